@@ -1,0 +1,121 @@
+"""The on-disk shard format: one place that says what a sample and a manifest look like.
+
+A shard set is a directory::
+
+    DIR/manifest.json
+    DIR/train-000000.tar, DIR/train-000001.tar, ...
+    DIR/valid-000000.tar, ...
+    DIR/test-000000.tar, ...
+
+Each tar is a WebDataset shard: members grouped by key (``<key>.<ext>``), one sample per key,
+members of one sample adjacent. An audio sample has two members:
+
+- ``<key>.pcm``  -- mono int16 little-endian PCM at the manifest's ``sample_rate`` (raw, no header:
+  ``np.frombuffer(b, '<i2')`` is the whole decoder; raw PCM was chosen over FLAC because the reader
+  must stream >= 1 GB/s per process, which no FLAC decoder does on one core).
+- ``<key>.json`` -- per-track metadata (see :data:`SAMPLE_META_FIELDS`).
+
+A feature-sequence sample (Million Song Dataset) has ``<key>.feats.npy`` (float16 ``[N, D]``) instead of
+``.pcm``; the manifest's ``kind`` says which (``"audio"`` or ``"features"``).
+
+Keys are unique within a shard set and contain no dots (WebDataset splits key and extension at the
+first dot).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SPLITS = ("train", "valid", "test")
+PCM_EXT = "pcm"
+FEATS_EXT = "feats.npy"
+META_EXT = "json"
+
+#: Fields of every sample's JSON. ``artist`` and ``track_id`` may be null; ``fold`` is -1 without folds.
+SAMPLE_META_FIELDS = (
+    "key",  # str, unique in the shard set
+    "label",  # str, label name
+    "label_index",  # int, index into manifest["labels"]
+    "path",  # str, source path relative to SOURCE
+    "orig_sample_rate",  # int, Hz, of the source file
+    "channels",  # int, of the source file
+    "duration",  # float, seconds of the stored (resampled, trimmed) audio
+    "num_samples",  # int, samples of the stored audio
+    "track_id",  # str | None
+    "artist",  # str | None
+    "split",  # "train" | "valid" | "test"
+    "fold",  # int, k-fold assignment (0..K-1), -1 when no folds were asked for
+)
+
+
+def shard_name(split: str, index: int) -> str:
+    """``train-000003.tar``: the file name of shard ``index`` of ``split``."""
+    return f"{split}-{index:06d}.tar"
+
+
+def encode_pcm(wave: np.ndarray) -> bytes:
+    """float waveform in [-1, 1] ``(T,)`` -> int16 little-endian bytes (rounded, clipped)."""
+    pcm = np.clip(np.rint(np.asarray(wave, dtype=np.float64) * 32768.0), -32768, 32767).astype("<i2")
+    return pcm.tobytes()
+
+
+def decode_pcm(data: bytes) -> np.ndarray:
+    """int16 little-endian bytes -> int16 array ``(T,)`` (zero-copy view on ``data``)."""
+    return np.frombuffer(data, dtype="<i2")
+
+
+def encode_feats(feats: np.ndarray) -> bytes:
+    """``[N, D]`` feature sequence -> ``.npy`` bytes (float16)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(feats, dtype=np.float16), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_feats(data: bytes) -> np.ndarray:
+    """``.npy`` bytes -> ``[N, D]`` float16 array."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def encode_meta(meta: dict[str, Any]) -> bytes:
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def decode_meta(data: bytes) -> dict[str, Any]:
+    return json.loads(data.decode("utf-8"))
+
+
+def load_manifest(shard_dir: str | Path) -> dict[str, Any]:
+    """Read ``DIR/manifest.json``; a clear error if it is missing or not a shard set.
+
+    Manifest keys: ``format_version``, ``kind`` ("audio" | "features"), ``sample_rate`` (Hz),
+    ``labels`` (ordered list of names; label_index indexes it), ``splits`` ({split: {tracks, seconds,
+    per_label: {label: count}, shards: [{name, samples, bytes, sha256}]}}), ``skipped``
+    ([{path, reason}]), ``source``, ``layout``, ``command``, ``folds`` (K or 0), ``feature_dim``
+    (features kind only).
+    """
+    path = Path(shard_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no shard set at {shard_dir}: {path} does not exist "
+            "(make one with `python tools/make_shards.py SOURCE --out DIR`)"
+        )
+    manifest = json.loads(path.read_text())
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version!r}, this reader understands {FORMAT_VERSION}")
+    return manifest
+
+
+def split_shards(manifest: dict[str, Any], split: str, shard_dir: str | Path) -> list[tuple[str, int]]:
+    """``[(path_or_url, num_samples), ...]`` of ``split``, in manifest order."""
+    if split not in manifest["splits"]:
+        raise KeyError(f"split {split!r} not in shard set (has {sorted(manifest['splits'])})")
+    entries = manifest["splits"][split]["shards"]
+    return [(str(Path(shard_dir) / e["name"]), int(e["samples"])) for e in entries]
