@@ -1,0 +1,565 @@
+"""Training: one top-to-bottom loop over WebDataset shards, with Hugging Face Accelerate.
+
+Runs unchanged as::
+
+    python -m engine train --config configs/crnn.yaml data.shards=DIR
+    accelerate launch --multi_gpu --num_processes 4 -m engine.train --config configs/crnn.yaml data.shards=DIR
+    torchrun --nproc_per_node 2 -m engine.train --config ...
+
+Accelerate places the model, wraps it in DDP and runs mixed precision; the shard reader splits the data by
+rank itself (every rank gets the same number of batches, so DDP never waits on a rank that ran out).
+Each epoch: train, validate (segment- and track-level accuracy and macro F1, gathered once across ranks),
+log, step the schedule, write ``last.pt`` / ``best.pt`` (model checkpoints with the whole config, enough
+to rebuild the model) and ``state/`` (``Accelerator.save_state``: optimiser, scheduler, RNG) so ``--resume``
+continues exactly where the run stopped: data order, augmentation and dropout are seeded from
+``(seed, epoch)``, so a resumed run computes what the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import broadcast_object_list, gather_object
+from tqdm.auto import tqdm
+
+from engine.checkpoint import init_from, save_checkpoint
+from engine.config import ConfigError, from_dict, load_config, to_dict
+from engine.models import ModelConfig, build_model, count_parameters
+from shards.format import load_manifest
+from shards.reader import ShardStream, make_loader
+
+logger = get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------- config
+@dataclass
+class DataConfig:
+    shards: str = ""  # shard-set directory (with manifest.json)
+    train_split: str = "train"
+    valid_split: str = "valid"
+    segment_seconds: float = 3.0  # training crop and evaluation window, seconds
+    eval_hop_seconds: float | None = None  # evaluation window hop; None = segment_seconds
+    batch_size: int = 32  # per process
+    eval_batch_size: int = 64
+    num_workers: int = -1  # DataLoader workers per process; -1 = by core count
+    shuffle_buffer: int = 512
+    holdout_fold: int = -1  # >= 0: cross-validation, train on the other folds of train_split, validate on this one
+
+    def validate(self) -> None:
+        if self.segment_seconds <= 0:
+            raise ConfigError(f"data.segment_seconds must be > 0, got {self.segment_seconds}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    schedule: Literal["plateau", "cosine", "onecycle", "none"] = "plateau"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2  # epochs without validation-loss improvement before the lr drops
+    epochs: int = 30
+    max_steps_per_epoch: int = 0  # 0 = the whole epoch; > 0 caps it (quick runs, benchmarks)
+    early_stop_patience: int = 6  # epochs without validation-loss improvement; 0 = off
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    grad_accum: int = 1
+    class_weights: bool = False  # weight the loss by inverse training-class frequency (imbalanced sets)
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.epochs < 1 or self.grad_accum < 1:
+            raise ConfigError("optim.lr must be > 0, optim.epochs and optim.grad_accum >= 1")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = ""  # run directory; "" = runs/<arch>-<timestamp>
+    seed: int = 0
+    precision: Literal["no", "fp16", "bf16"] = "no"
+    cpu: bool = False  # force CPU even when a GPU is there
+    compile: bool = False  # torch.compile the model
+    log_every: int = 20  # steps between loss/throughput updates (the only .item() calls)
+    resume: bool = False  # continue the run in out_dir from its last saved state
+    init_from: str = ""  # checkpoint to start from (transfer learning)
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes to freeze with init_from
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> None:
+        if not self.data.shards:
+            raise ConfigError("data.shards is required (a shard-set directory made by tools/make_shards.py)")
+        if self.run.resume and not self.run.out_dir:
+            raise ConfigError("run.resume needs run.out_dir: the run directory to continue")
+
+
+# ------------------------------------------------------------------------------------------ train state
+@dataclass
+class TrainState:
+    """What the loop needs to continue; saved with ``Accelerator.save_state``."""
+
+    epoch: int = 0  # next epoch to run
+    step: int = 0  # optimiser steps so far
+    best_loss: float = math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+# -------------------------------------------------------------------------------------------- helpers
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """One seed per (run seed, epoch, rank): what makes a resumed epoch equal the uninterrupted one."""
+    return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % (2**31 - 1)
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy against (possibly mixed) soft targets ``[B, K]``; logits ``[B, K]``; mean over batch."""
+    if smoothing:
+        targets = targets * (1.0 - smoothing) + smoothing / targets.shape[1]
+    logp = F.log_softmax(logits.float(), dim=1)
+    per_class = -targets * logp
+    if weight is not None:
+        per_class = per_class * weight
+    return per_class.sum(dim=1).mean()
+
+
+def check_shards(manifest: dict[str, Any], cfg: DataConfig) -> None:
+    """Fail fast on a shard set that cannot train: missing or empty splits, labels unseen in training."""
+    splits = manifest["splits"]
+    need = [cfg.train_split] + ([] if cfg.holdout_fold >= 0 else [cfg.valid_split])
+    for split in need:
+        if split not in splits:
+            raise ConfigError(f"{cfg.shards}: no {split!r} split (has {sorted(splits)}); set data.train_split/valid_split")
+        if not splits[split]["tracks"]:
+            raise ConfigError(f"{cfg.shards}: split {split!r} is empty")
+    train_labels = {k for k, n in splits[cfg.train_split]["per_label"].items() if n > 0}
+    for split in need[1:]:
+        unseen = sorted(k for k, n in splits[split]["per_label"].items() if n > 0 and k not in train_labels)
+        if unseen:
+            raise ConfigError(
+                f"{cfg.shards}: labels {unseen} occur in {split!r} but never in {cfg.train_split!r}; "
+                "re-shard with stratified splits or drop those classes"
+            )
+    if cfg.holdout_fold >= 0 and cfg.holdout_fold >= int(manifest.get("folds") or 0):
+        raise ConfigError(
+            f"data.holdout_fold={cfg.holdout_fold} but the shard set has {manifest.get('folds') or 0} folds "
+            "(make shards with --folds K)"
+        )
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int):
+    """(scheduler or None, steps per call: 'step' | 'epoch' | 'plateau')."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+        ), "plateau"
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total), "step"
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total), "step"
+    return None, "none"
+
+
+def class_weight_tensor(manifest: dict[str, Any], split: str, labels: list[str]) -> torch.Tensor:
+    """Inverse-frequency weights ``[K]`` normalised to mean 1 (classes absent from training get weight 1)."""
+    counts = manifest["splits"][split]["per_label"]
+    n = torch.tensor([float(counts.get(name, 0)) for name in labels])
+    w = torch.where(n > 0, n.sum() / (len(labels) * n.clamp(min=1)), torch.ones_like(n))
+    return w / w.mean()
+
+
+@torch.no_grad()
+def validate(
+    model: torch.nn.Module,
+    loader: Any,
+    accelerator: Accelerator,
+    num_classes: int,
+    label_names: list[str],
+    weight: torch.Tensor | None,
+) -> dict[str, float]:
+    """Validation loss, segment- and track-level accuracy and macro F1, every track counted once.
+
+    Each rank evaluates its own tracks; the per-window results are gathered once at the end (ranks may
+    hold different window counts, so no per-batch collective is used).
+    """
+    from engine.metrics import track_and_segment_metrics
+
+    net = accelerator.unwrap_model(model)
+    net.eval()
+    probs, labels, tracks, valid, loss_sum = [], [], [], [], torch.zeros((), device=accelerator.device)
+    for batch in loader:
+        wave = batch["wave"].to(accelerator.device, non_blocking=True)
+        y = batch["label"].to(accelerator.device, non_blocking=True)
+        ok = batch["valid"].to(accelerator.device, non_blocking=True)
+        with accelerator.autocast():
+            logits = net(wave)
+        loss = F.cross_entropy(logits.float(), y, weight=weight, reduction="none")
+        loss_sum += (loss * ok).sum()
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        labels.append(batch["label"])
+        tracks.append(batch["track"])
+        valid.append(batch["valid"])
+    local = {
+        "probs": torch.cat(probs) if probs else torch.zeros(0, num_classes),
+        "labels": torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
+        "tracks": torch.cat(tracks) if tracks else torch.zeros(0, dtype=torch.long),
+        "valid": torch.cat(valid) if valid else torch.zeros(0, dtype=torch.bool),
+        "loss_sum": float(loss_sum),
+    }
+    parts = gather_object([local]) if accelerator.num_processes > 1 else [local]
+    cat = {k: torch.cat([p[k] for p in parts]) for k in ("probs", "labels", "tracks", "valid")}
+    n_valid = int(cat["valid"].sum())
+    m = track_and_segment_metrics(cat["probs"], cat["labels"], cat["tracks"], cat["valid"], label_names)
+    return {
+        "valid_loss": sum(p["loss_sum"] for p in parts) / max(1, n_valid),
+        "valid_acc": m["segment"]["accuracy"],
+        "valid_f1": m["segment"]["macro_f1"],
+        "valid_track_acc": m["track"]["accuracy"],
+        "valid_track_f1": m["track"]["macro_f1"],
+        "valid_windows": n_valid,
+        "valid_tracks": int(m["track"]["n"]),
+    }
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    with open(run_dir / "history.jsonl", "w") as f:
+        for row in history:
+            f.write(json.dumps(row) + "\n")
+    if history:
+        keys = list(history[0])
+        with open(run_dir / "history.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(history)
+
+
+# ----------------------------------------------------------------------------------------------- train
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train a model as ``cfg`` says; returns ``{run_dir, best_checkpoint, last_checkpoint, history, best}``."""
+    accelerator = Accelerator(
+        mixed_precision=cfg.run.precision, gradient_accumulation_steps=cfg.optim.grad_accum, cpu=cfg.run.cpu
+    )
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    # -- data: everything read from the manifest, checked before any work
+    manifest = load_manifest(cfg.data.shards)
+    check_shards(manifest, cfg.data)
+    labels: list[str] = list(manifest["labels"])
+    sample_rate = int(manifest["sample_rate"])
+    segment_samples = int(round(cfg.data.segment_seconds * sample_rate))
+    hop = cfg.data.eval_hop_seconds
+    hop_samples = int(round(hop * sample_rate)) if hop else segment_samples
+
+    # -- run directory: chosen on the main process, the same on every rank
+    run_dir = [cfg.run.out_dir or f"runs/{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"]
+    if world > 1:
+        broadcast_object_list(run_dir)
+    run_dir = Path(run_dir[0])
+    state_dir = run_dir / "state"
+    if cfg.run.resume and not (state_dir / "train_state.json").is_file():
+        raise ConfigError(f"run.resume: no saved state in {state_dir} (nothing to resume; drop --resume to start)")
+    if accelerator.is_main_process:
+        if not cfg.run.resume and (run_dir / "last.pt").exists():
+            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(_yaml_dump(to_dict(cfg)))
+    accelerator.wait_for_everyone()
+
+    train_stream = ShardStream(
+        cfg.data.shards, cfg.data.train_split, train=True, segment_samples=segment_samples,
+        batch_size=cfg.data.batch_size, seed=cfg.run.seed, shuffle_buffer=cfg.data.shuffle_buffer,
+        rank=rank, world_size=world, holdout_fold=cfg.data.holdout_fold, folds="exclude",
+    )  # fmt: skip
+    holdout = cfg.data.holdout_fold >= 0
+    valid_stream = ShardStream(
+        cfg.data.shards, cfg.data.train_split if holdout else cfg.data.valid_split, train=False,
+        segment_samples=segment_samples, hop_samples=hop_samples, batch_size=cfg.data.eval_batch_size,
+        rank=rank, world_size=world, holdout_fold=cfg.data.holdout_fold, folds="only",
+    )  # fmt: skip
+    workers = None if cfg.data.num_workers < 0 else cfg.data.num_workers
+    train_loader = make_loader(train_stream, num_workers=workers)
+    valid_loader = make_loader(valid_stream, num_workers=workers)
+    steps_per_epoch = len(train_stream)
+    if cfg.optim.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.optim.max_steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} gives no full batch per process; lower it")
+
+    # -- model, optimiser, schedule
+    seed_everything(cfg.run.seed)
+    model = build_model(cfg.model, len(labels), sample_rate, segment_samples)
+    if cfg.run.init_from:
+        init_from(model, cfg.run.init_from, freeze=cfg.run.freeze)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    n_params = count_parameters(model)
+    optimizer = make_optimizer(model, cfg.optim)
+    scheduler, sched_kind = make_scheduler(optimizer, cfg.optim, math.ceil(steps_per_epoch / cfg.optim.grad_accum))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.run.compile:
+        model = torch.compile(model)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    if scheduler is not None:
+        accelerator.register_for_checkpointing(scheduler)
+    if cfg.run.resume:
+        try:
+            accelerator.load_state(str(state_dir))
+        except (RuntimeError, KeyError) as err:
+            raise ConfigError(f"cannot resume from {state_dir}: it was saved by a different model/config ({err})") from err
+        state.load_state_dict(json.loads((state_dir / "train_state.json").read_text()))
+        logger.info(f"resumed {run_dir} at epoch {state.epoch}", main_process_only=True)
+    weight = class_weight_tensor(manifest, cfg.data.train_split, labels).to(accelerator.device) if cfg.optim.class_weights else None
+
+    tb = None
+    if cfg.run.tensorboard and accelerator.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb = SummaryWriter(str(run_dir / "tensorboard"))
+    logger.info(
+        f"training {cfg.model.arch} ({n_params:,} parameters) on {world} process(es), {accelerator.device}, "
+        f"{len(labels)} classes, {steps_per_epoch} steps/epoch x {cfg.data.batch_size} x {world}",
+        main_process_only=True,
+    )
+    config_dict = to_dict(cfg)
+    ckpt_meta = dict(labels=labels, sample_rate=sample_rate, segment_samples=segment_samples)
+    net = accelerator.unwrap_model(model)
+
+    # -- the loop
+    while state.epoch < cfg.optim.epochs:
+        epoch = state.epoch
+        seed_everything(epoch_seed(cfg.run.seed, epoch, rank))  # dropout, mixup, ...
+        reseed = getattr(net, "reseed_augmentation", None)
+        if callable(reseed):
+            reseed(epoch_seed(cfg.run.seed, epoch, rank))
+        train_stream.set_epoch(epoch)
+        model.train()
+        t0, seen = time.perf_counter(), 0
+        loss_sum = torch.zeros((), device=accelerator.device)
+        correct = torch.zeros((), device=accelerator.device)
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not (cfg.run.progress and accelerator.is_main_process), leave=False)
+        for i, batch in enumerate(train_loader):
+            if i >= steps_per_epoch:
+                break
+            wave = batch["wave"].to(accelerator.device, non_blocking=True)
+            y = batch["label"].to(accelerator.device, non_blocking=True)
+            with accelerator.accumulate(model):
+                targets = F.one_hot(y, len(labels)).float()
+                with accelerator.autocast():
+                    logits, mixed = model(wave, targets)
+                loss = soft_cross_entropy(logits, mixed, cfg.optim.label_smoothing, weight)
+                accelerator.backward(loss)
+                if cfg.optim.grad_clip and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients:
+                    state.step += 1
+                    if sched_kind == "step":
+                        scheduler.step()
+            loss_sum += loss.detach()
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.shape[0]
+            bar.update(1)
+            if (i + 1) % cfg.run.log_every == 0:  # the only host syncs of the step loop
+                bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.3f}", clips_s=f"{seen * world / (time.perf_counter() - t0):.0f}")
+        bar.close()
+        n_steps = i + 1 if seen else 0
+        train_time = time.perf_counter() - t0
+        train_loss = float(accelerator.reduce(loss_sum, "mean")) / max(1, n_steps)
+        train_acc = float(accelerator.reduce(correct, "sum")) / max(1, seen * world)
+
+        metrics = validate(model, valid_loader, accelerator, len(labels), labels, weight)
+        lr = optimizer.param_groups[0]["lr"]
+        row = {
+            "epoch": epoch, "step": state.step, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+            **metrics, "train_clips_per_s": seen * world / max(train_time, 1e-9), "epoch_seconds": time.perf_counter() - t0,
+        }  # fmt: skip
+        state.history.append(row)
+        if sched_kind == "plateau":
+            scheduler.step(metrics["valid_loss"])
+        improved = metrics["valid_loss"] < state.best_loss
+        if improved:
+            state.best_loss, state.best_epoch, state.bad_epochs = metrics["valid_loss"], epoch, 0
+        else:
+            state.bad_epochs += 1
+        state.epoch = epoch + 1
+        logger.info(
+            f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | valid loss {metrics['valid_loss']:.4f} "
+            f"acc {metrics['valid_acc']:.3f} track acc {metrics['valid_track_acc']:.3f} f1 {metrics['valid_track_f1']:.3f} "
+            f"| {row['train_clips_per_s']:.0f} clips/s",
+            main_process_only=True,
+        )
+        if accelerator.is_main_process:
+            save_checkpoint(run_dir / "last.pt", model=net, config=config_dict, epoch=epoch, metrics=row, **ckpt_meta)
+            if improved:
+                save_checkpoint(run_dir / "best.pt", model=net, config=config_dict, epoch=epoch, metrics=row, **ckpt_meta)
+            write_history(run_dir, state.history)
+            if tb is not None:
+                for k, v in row.items():
+                    if isinstance(v, (int, float)) and k != "epoch":
+                        tb.add_scalar(k, v, epoch)
+                tb.flush()
+            _plot_curves(run_dir, state.history)
+        accelerator.save_state(str(state_dir))
+        if accelerator.is_main_process:
+            (state_dir / "train_state.json").write_text(json.dumps(state.state_dict()))
+        accelerator.wait_for_everyone()
+        if cfg.optim.early_stop_patience and state.bad_epochs >= cfg.optim.early_stop_patience:
+            logger.info(f"early stop: no validation-loss improvement for {state.bad_epochs} epochs", main_process_only=True)
+            break
+
+    best = next((r for r in state.history if r["epoch"] == state.best_epoch), state.history[-1] if state.history else {})
+    summary = {
+        "run_dir": str(run_dir),
+        "best_checkpoint": str(run_dir / "best.pt"),
+        "last_checkpoint": str(run_dir / "last.pt"),
+        "best_epoch": state.best_epoch,
+        "best": best,
+        "history": state.history,
+        "parameters": n_params,
+        "world_size": world,
+        "labels": labels,
+    }
+    if accelerator.is_main_process:
+        (run_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    if tb is not None:
+        tb.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+def _plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    try:
+        from engine.plots import training_curves_png
+    except ImportError:  # plots are a report nicety; training never fails for them
+        return
+    training_curves_png(history, run_dir / "curves.png")
+
+
+def _yaml_dump(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m engine train",
+        description="Train a genre model on a shard set. Any config field can be overridden as section.key=value "
+        "(e.g. optim.lr=3e-4 model.arch=crnn data.batch_size=64).",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (sections: data, model, optim, run)")
+    p.add_argument("--config", help="YAML config (see configs/*.yaml); overrides apply on top")
+    p.add_argument("--shards", help="shard-set directory (= data.shards)")
+    p.add_argument("--out", help="run directory (= run.out_dir)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
+    p.add_argument("--init-from", help="start from this checkpoint's weights (= run.init_from)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = list(args.overrides)
+    for flag, key in (("shards", "data.shards"), ("out", "run.out_dir"), ("init_from", "run.init_from")):
+        if getattr(args, flag):
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if args.resume:
+        overrides.append("run.resume=true")
+    return load_config(TrainConfig, args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(_yaml_dump(to_dict(cfg)))
+        return 0
+    try:
+        summary = train(cfg)
+    except (ConfigError, FileNotFoundError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except torch.OutOfMemoryError as err:
+        print(
+            f"error: out of memory ({err}). Lower data.batch_size (now {cfg.data.batch_size}), use "
+            "optim.grad_accum to keep the effective batch, or run.precision=bf16.",
+            file=sys.stderr,
+        )
+        return 3
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = summary["best"]
+        print(f"run: {summary['run_dir']}")
+        print(f"checkpoint: {summary['best_checkpoint']}")
+        if best:
+            print(f"valid track accuracy: {100 * best['valid_track_acc']:.1f}% (epoch {summary['best_epoch']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["DataConfig", "OptimConfig", "RunConfig", "TrainConfig", "train", "main", "from_dict"]
