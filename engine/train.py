@@ -59,7 +59,7 @@ class DataConfig:
     eval_batch_size: int = 64
     num_workers: int = -1  # DataLoader workers per process; -1 = by core count
     shuffle_buffer: int = 512
-    holdout_fold: int = -1  # >= 0: cross-validation, train on the other folds of train_split, validate on this one
+    holdout_fold: int = -1  # >= 0: cross-validation, train on the other folds of train_split (this one is the test fold)
 
     def validate(self) -> None:
         if self.segment_seconds <= 0:
@@ -169,7 +169,7 @@ def soft_cross_entropy(
 def check_shards(manifest: dict[str, Any], cfg: DataConfig) -> None:
     """Fail fast on a shard set that cannot train: missing or empty splits, labels unseen in training."""
     splits = manifest["splits"]
-    need = [cfg.train_split] + ([] if cfg.holdout_fold >= 0 else [cfg.valid_split])
+    need = [cfg.train_split, cfg.valid_split]
     for split in need:
         if split not in splits:
             raise ConfigError(f"{cfg.shards}: no {split!r} split (has {sorted(splits)}); set data.train_split/valid_split")
@@ -323,11 +323,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         batch_size=cfg.data.batch_size, seed=cfg.run.seed, shuffle_buffer=cfg.data.shuffle_buffer,
         rank=rank, world_size=world, holdout_fold=cfg.data.holdout_fold, folds="exclude",
     )  # fmt: skip
-    holdout = cfg.data.holdout_fold >= 0
     valid_stream = ShardStream(
-        cfg.data.shards, cfg.data.train_split if holdout else cfg.data.valid_split, train=False,
-        segment_samples=segment_samples, hop_samples=hop_samples, batch_size=cfg.data.eval_batch_size,
-        rank=rank, world_size=world, holdout_fold=cfg.data.holdout_fold, folds="only",
+        cfg.data.shards, cfg.data.valid_split, train=False, segment_samples=segment_samples,
+        hop_samples=hop_samples, batch_size=cfg.data.eval_batch_size, rank=rank, world_size=world,
     )  # fmt: skip
     workers = None if cfg.data.num_workers < 0 else cfg.data.num_workers
     train_loader = make_loader(train_stream, num_workers=workers)
@@ -479,7 +477,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if tb is not None:
         tb.close()
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    # no accelerator.end_training(): it destroys the process group, and cv/compare train again in-process
     return summary
 
 

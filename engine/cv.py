@@ -1,0 +1,120 @@
+"""K-fold cross-validation over a shard set's fold assignment.
+
+``python -m engine cv --config configs/crnn.yaml --shards DIR [--folds K] --out DIR [key=value ...]``
+
+Fold ``k``: train on the training split's tracks of every other fold (early stopping on the validation
+split, as in a normal run), then evaluate the best checkpoint on the training split's fold ``k``. The
+folds were assigned at ingest (``make_shards.py --folds K``, track- or artist-grouped), so no track or
+artist crosses from training into its test fold. Resumable fold by fold: a finished fold is read back,
+an interrupted one resumes from its saved state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.config import ConfigError
+from engine.train import TrainConfig, config_from_args, train
+from shards.format import load_manifest
+
+
+def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """``{"segment": {"accuracy": ..}, "track": {..}}`` -> ``{"segment_accuracy": .., ...}`` (scalars only)."""
+    flat: dict[str, float] = {}
+    for level in ("segment", "track", "track_vote"):
+        for k, v in (metrics.get(level) or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("n", "support"):
+                flat[f"{level}_{k}"] = float(v)
+    return flat
+
+
+def mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    keys = [k for k in rows[0] if all(k in r for r in rows)] if rows else []
+    return {
+        k: {"mean": statistics.fmean(r[k] for r in rows), "std": statistics.pstdev([r[k] for r in rows]) if len(rows) > 1 else 0.0}
+        for k in keys
+    }
+
+
+def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = None) -> dict[str, Any]:
+    """Train and evaluate one model per fold; returns ``{folds: [...], summary: {metric: {mean, std}}}``."""
+    from engine.evaluate import evaluate_checkpoint
+
+    manifest = load_manifest(cfg.data.shards)
+    k_available = int(manifest.get("folds") or 0)
+    if k_available < 2:
+        raise ConfigError(f"{cfg.data.shards} has no fold assignment; make the shards with --folds K (K >= 2)")
+    k = folds or k_available
+    if k != k_available:
+        raise ConfigError(f"--folds {k} but the shard set was made with {k_available} folds")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for fold in range(k):
+        fold_dir = out_dir / f"fold{fold}"
+        done = fold_dir / "test_metrics.json"
+        if done.is_file():
+            rows.append(json.loads(done.read_text()))
+            continue
+        run_dir = fold_dir / "run"
+        resume = (run_dir / "state" / "train_state.json").is_file()
+        fold_cfg = dataclasses.replace(
+            cfg,
+            data=dataclasses.replace(cfg.data, holdout_fold=fold),
+            run=dataclasses.replace(cfg.run, out_dir=str(run_dir), resume=resume),
+        )
+        summary = train(fold_cfg)
+        metrics = evaluate_checkpoint(
+            summary["best_checkpoint"], cfg.data.shards, split=cfg.data.train_split, fold=fold, out=fold_dir / "eval"
+        )
+        row = {"fold": fold, **flatten_metrics(metrics), "best_epoch": summary["best_epoch"]}
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(row, indent=2))
+        rows.append(row)
+    result = {"folds": rows, "summary": mean_std([{k: v for k, v in r.items() if k != "fold"} for r in rows])}
+    (out_dir / "cv.json").write_text(json.dumps(result, indent=2))
+    (out_dir / "cv.md").write_text(cv_markdown(result))
+    return result
+
+
+def cv_markdown(result: dict[str, Any]) -> str:
+    cols = [c for c in ("segment_accuracy", "segment_macro_f1", "track_accuracy", "track_macro_f1") if c in result["summary"]]
+    lines = ["# Cross-validation", "", "| fold | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for r in result["folds"]:
+        lines.append(f"| {r['fold']} | " + " | ".join(f"{100 * r[c]:.1f}%" for c in cols) + " |")
+    s = result["summary"]
+    lines.append("| **mean ± std** | " + " | ".join(f"**{100 * s[c]['mean']:.1f} ± {100 * s[c]['std']:.1f}%**" for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine.train import build_parser
+
+    parser = build_parser()
+    parser.prog = "python -m engine cv"
+    parser.description = "K-fold cross-validation: one model per fold, mean ± std of every metric. " + (parser.description or "")
+    parser.add_argument("--folds", type=int, help="number of folds (must match the shard set's; default: the shard set's)")
+    args = parser.parse_args(argv)
+    if not args.out:
+        parser.error("--out DIR is required (fold runs and cv.json/cv.md go there)")
+    out = args.out
+    args.out = None  # each fold gets its own run directory under --out
+    try:
+        cfg = config_from_args(args)
+        result = cross_validate(cfg, out, args.folds)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(cv_markdown(result))
+    print(f"results: {Path(out) / 'cv.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
