@@ -11,7 +11,6 @@ an interrupted one resumes from its saved state.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import statistics
