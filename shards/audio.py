@@ -56,12 +56,19 @@ def _check_file(path: Path) -> None:
 
 
 def _reason_from_soundfile(err: Exception) -> str:
-    msg = str(err)
+    # LibsndfileError's str() is "Error opening '<path>': <libsndfile message>"; the path is reported
+    # separately, so keep only libsndfile's own message.
+    msg = getattr(err, "error_string", None) or str(err)
     low = msg.lower()
+    if "does not exist or is not a regular file" in low:
+        # the file was checked to exist and be regular: libsndfile says this when no codec accepts it
+        return "not audio or unsupported format (no decoder recognises the content)"
     if "format not recognised" in low or "unknown format" in low or "not a valid" in low:
-        return f"not audio or unsupported format ({msg.split(':')[-1].strip()})"
+        return f"not audio or unsupported format ({msg.strip()})"
+    if "chunk" in low or "malformed" in low or "error in" in low:
+        return f"corrupt or truncated ({msg.strip()})"
     if "riff" in low or "header" in low:
-        return f"corrupt header ({msg.split(':')[-1].strip()})"
+        return f"corrupt header ({msg.strip()})"
     if "permission" in low:
         return "unreadable: permission denied"
     return f"undecodable ({msg.strip()})"
@@ -108,7 +115,10 @@ def trim_silence(x: np.ndarray, top_db: float, frame_length: int = 2048, hop_len
         return x
     pad = frame_length // 2
     padded = np.pad(x, (pad, pad))
-    idx = np.arange(frame_length)[None, :] + hop_length * np.arange(1 + (padded.size - frame_length) // hop_length)[:, None]
+    idx = (
+        np.arange(frame_length)[None, :]
+        + hop_length * np.arange(1 + (padded.size - frame_length) // hop_length)[:, None]
+    )
     rms = np.sqrt(np.mean(padded[idx].astype(np.float64) ** 2, axis=1))
     ref = rms.max()
     if ref <= 0:

@@ -1,0 +1,888 @@
+"""Music collection -> WebDataset tar shards (``tools/make_shards.py``).
+
+The job runs in three phases, each deterministic given the arguments and the source files:
+
+1. **scan** -- the layout (:mod:`shards.layouts`) lists candidate tracks; exact duplicates (same realpath,
+   or same bytes: only files of equal size are hashed) are dropped and reported.
+2. **plan** -- every track is probed (header only, in parallel); labels, keys, split/fold assignment
+   (:mod:`shards.splits`) and the partition into shards are fixed and saved to ``DIR/.ingest/plan.json``.
+   Sample order within a split: sorted by key, then shuffled with a generator seeded by ``(seed, split)``,
+   so a shard is a label mix (good for streaming shuffles) and reruns give the same order.
+3. **write** -- tracks are decoded by a process pool (``imap``, order kept) and written shard by shard;
+   each shard goes to ``<name>.tmp``, is fsync'ed and renamed, then ``DIR/.ingest/done/<name>.json``
+   records its size, sha256, samples and decode skips.
+
+A rerun with the same arguments on the same source reuses the saved plan, skips shards whose record
+matches the file on disk (size and sha256) and writes the rest: an interrupted job finishes with exactly
+the bytes an uninterrupted one writes. A rerun with different arguments into a non-empty DIR is an error
+unless ``overwrite`` (start over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import random
+import re
+import shlex
+import shutil
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from shards import audio
+from shards.format import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    META_EXT,
+    PCM_EXT,
+    SAMPLE_META_FIELDS,
+    SPLITS,
+    encode_meta,
+    encode_pcm,
+    shard_name,
+)
+from shards.layouts import (
+    FMA_SUBSETS,
+    LAYOUTS,
+    LayoutError,
+    LayoutOptions,
+    Skipped,
+    Track,
+    detect_layout,
+    gtzan_list_name,
+    scan_source,
+)
+from shards.splits import gtzan_filtered_lists, kfold, parse_ratios, stratified_splits
+from shards.writer import ShardWriter, shard_matches
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".ingest"
+PLAN_VERSION = 1
+SPLIT_METHODS = ("stratified", "official", "gtzan-filtered")
+_TAR_BLOCK = 512
+_MAX_KEY = 90  # ustar member names are <= 100 bytes: key + ".json"
+
+
+class IngestError(Exception):
+    """A configuration or input problem that stops the job (clear message, non-zero exit)."""
+
+
+@dataclass
+class IngestConfig:
+    source: Path
+    out: Path
+    layout: str = "auto"
+    subset: str = "small"  # fma only
+    sample_rate: int = 22050  # Hz of the stored audio
+    max_seconds: float | None = None  # keep at most this many seconds from the start of each track
+    peak_normalize: bool = False
+    trim_silence: float | None = None  # dB below peak; None = no trimming
+    split: str | None = None  # None: "official" for fma (or a csv with a split column), else "stratified"
+    split_ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    folds: int = 0
+    group_by: str = "auto"  # "auto" (artist when artists are known) | "artist" | "none"
+    shard_size: str = "256MB"  # "<n>MB" / "<n>GB" / "<n>KB" by size, a bare integer by sample count
+    workers: int | None = None  # None: os.cpu_count()
+    overwrite: bool = False
+    progress: bool | None = None  # None: tqdm decides (bars on a terminal only)
+    command: str = ""
+
+
+@dataclass
+class IngestResult:
+    manifest: dict[str, Any]
+    out: Path
+    layout: str
+    resumed_shards: int = 0
+    written_shards: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def parse_shard_size(text: str) -> tuple[str, int]:
+    """``"256MB"`` -> ``("bytes", 256_000_000)``; ``"1000"`` -> ``("count", 1000)``."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", text, flags=re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise IngestError(f"--shard-size {text!r}: expected a sample count like 1000 or a size like 256MB")
+    num, unit = float(m.group(1)), (m.group(2) or "").upper()
+    if not unit:
+        if num != int(num):
+            raise IngestError(f"--shard-size {text!r}: a sample count must be an integer")
+        return "count", int(num)
+    mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
+    return "bytes", int(num * mult)
+
+
+def _sanitize_key(text: str) -> str:
+    key = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "track"
+    return key
+
+
+def _member_bytes(n: int) -> int:
+    return _TAR_BLOCK + ((n + _TAR_BLOCK - 1) // _TAR_BLOCK) * _TAR_BLOCK
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------- workers
+_WORKER_SETTINGS: dict[str, Any] = {}
+
+
+def _init_worker(settings: dict[str, Any]) -> None:
+    _WORKER_SETTINGS.clear()
+    _WORKER_SETTINGS.update(settings)
+
+
+def _probe_task(path: str) -> tuple[int, int, int] | str:
+    """``(orig_sr, channels, frames)`` or the reason the file cannot be decoded."""
+    try:
+        info = audio.probe(path)
+    except audio.AudioError as err:
+        return err.reason
+    except Exception as err:  # never let one file kill the job
+        return f"probe failed ({type(err).__name__}: {err})"
+    return info.orig_sample_rate, info.channels, info.frames
+
+
+def _hash_task(path: str) -> str | None:
+    h = hashlib.blake2b(digest_size=20)
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _decode_task(path: str) -> tuple[bytes, int] | str:
+    """Decode one track with the pool's settings -> ``(int16 LE pcm bytes, samples)`` or a skip reason."""
+    s = _WORKER_SETTINGS
+    try:
+        wave, _info = audio.load_audio(path, s["sample_rate"], max_seconds=s["max_seconds"])
+        if s["trim_silence"] is not None:
+            wave = audio.trim_silence(wave, s["trim_silence"])
+            if wave.size == 0:
+                return f"silent: nothing left after trimming at -{s['trim_silence']} dB"
+        if s["peak_normalize"]:
+            wave = audio.peak_normalize(wave)
+        if wave.size == 0:
+            return "no audio samples after decoding"
+        return encode_pcm(wave), int(wave.size)
+    except audio.AudioError as err:
+        return err.reason
+    except MemoryError:
+        return "decode failed (out of memory)"
+    except Exception as err:
+        return f"decode failed ({type(err).__name__}: {err})"
+
+
+class _Mapper:
+    """``imap`` over a process pool (order kept), or in-process when ``workers <= 1``."""
+
+    def __init__(self, workers: int, settings: dict[str, Any]) -> None:
+        self.workers = workers
+        self.settings = settings
+        self.pool = None
+        if workers > 1:
+            self.pool = mp.get_context().Pool(workers, initializer=_init_worker, initargs=(settings,))
+        else:
+            _init_worker(settings)
+
+    def imap(self, fn: Callable, items: Sequence, chunksize: int = 1) -> Iterator:
+        if self.pool is None:
+            return map(fn, items)
+        return self.pool.imap(fn, items, chunksize=max(1, chunksize))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+
+def _chunksize(n: int, workers: int, cap: int) -> int:
+    # ~8 chunks per worker keeps the pool busy to the end; the cap bounds result latency/memory
+    return max(1, min(cap, n // max(1, workers * 8)))
+
+
+def _bar(total: int, desc: str, enabled: bool | None) -> tqdm:
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="file",
+        disable=None if enabled is None else not enabled,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+
+
+# --------------------------------------------------------------------------------------------- plan
+def _settings(cfg: IngestConfig, layout: str) -> dict[str, Any]:
+    """Everything that changes the output bytes (the resume fingerprint)."""
+    return {
+        "source": str(Path(cfg.source).resolve()),
+        "layout": layout,
+        "subset": cfg.subset if layout == "fma" else None,
+        "sample_rate": cfg.sample_rate,
+        "max_seconds": cfg.max_seconds,
+        "peak_normalize": cfg.peak_normalize,
+        "trim_silence": cfg.trim_silence,
+        "split": cfg.split,
+        "split_ratios": list(cfg.split_ratios),
+        "seed": cfg.seed,
+        "folds": cfg.folds,
+        "group_by": cfg.group_by,
+        "shard_size": list(parse_shard_size(cfg.shard_size)),
+    }
+
+
+def _scan_digest(tracks: Iterable[Track], skipped: Iterable[Skipped]) -> str:
+    h = hashlib.sha256()
+    for t in tracks:
+        try:
+            st = t.path.stat()
+            sig = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            sig = "missing"
+        h.update(f"T{t.rel}\0{t.label}\0{t.split}\0{t.artist}\0{sig}\n".encode())
+    for s in skipped:
+        h.update(f"S{s.path}\0{s.reason}\n".encode())
+    return h.hexdigest()
+
+
+def _dedupe(tracks: list[Track], mapper: _Mapper, progress: bool | None) -> tuple[list[Track], list[Skipped]]:
+    """Drop exact duplicates (same realpath, or same bytes); the first in rel-path order is kept."""
+    keep: list[Track] = []
+    skipped: list[Skipped] = []
+    by_real: dict[str, Track] = {}
+    for t in sorted(tracks, key=lambda t: t.rel):
+        real = os.path.realpath(t.path)
+        if real in by_real:
+            skipped.append(Skipped(t.rel, f"duplicate of {by_real[real].rel} (same file)"))
+            continue
+        by_real[real] = t
+        keep.append(t)
+    by_size: dict[int, list[Track]] = defaultdict(list)
+    for t in keep:
+        try:
+            by_size[t.path.stat().st_size].append(t)
+        except OSError:
+            pass  # missing: reported by the probe
+    # only files that share their size with another can be byte-identical; empty files are the probe's
+    candidates = [t for sz, group in by_size.items() if len(group) > 1 and sz > 0 for t in group]
+    if not candidates:
+        return keep, skipped
+    digests = list(
+        tqdm(
+            mapper.imap(
+                _hash_task, [str(t.path) for t in candidates], _chunksize(len(candidates), mapper.workers, 16)
+            ),
+            total=len(candidates),
+            desc="dedupe",
+            unit="file",
+            disable=None if progress is None else not progress,
+        )
+    )
+    first: dict[str, Track] = {}
+    dup: set[int] = set()
+    for t, d in sorted(zip(candidates, digests), key=lambda td: td[0].rel):
+        if d is None:
+            continue
+        if d in first:
+            skipped.append(Skipped(t.rel, f"duplicate of {first[d].rel} (same content)"))
+            dup.add(id(t))
+        else:
+            first[d] = t
+    return [t for t in keep if id(t) not in dup], skipped
+
+
+def _make_keys(tracks: list[Track]) -> list[str]:
+    keys: list[str] = []
+    used: set[str] = set()
+    for t in tracks:  # tracks are in a deterministic (sorted) order here
+        key = _sanitize_key(t.key_hint)
+        if len(key) > _MAX_KEY:
+            key = key[: _MAX_KEY - 9]
+        if key in used:
+            key = f"{key[: _MAX_KEY - 9]}_{hashlib.sha1(t.rel.encode()).hexdigest()[:8]}"
+        n = 1
+        base = key
+        while key in used:  # pathological: hash prefix collided too
+            key = f"{base}_{n}"
+            n += 1
+        used.add(key)
+        keys.append(key)
+    return keys
+
+
+def build_plan(
+    cfg: IngestConfig, layout: str, tracks: list[Track], skipped: list[Skipped], mapper: _Mapper
+) -> tuple[dict[str, Any], list[str]]:
+    """Probe, assign splits/folds, order and partition into shards. Returns ``(plan, warnings)``."""
+    warnings: list[str] = []
+    tracks, dup_skips = _dedupe(tracks, mapper, cfg.progress)
+    skipped = skipped + dup_skips
+    scanned_labels = sorted({t.label for t in tracks})
+
+    # ---- probe (header only)
+    tracks.sort(key=lambda t: t.rel)
+    paths = [str(t.path) for t in tracks]
+    bar = _bar(len(paths), "probe", cfg.progress)
+    infos: list[tuple[int, int, int]] = []
+    ok: list[Track] = []
+    for t, res in zip(tracks, mapper.imap(_probe_task, paths, _chunksize(len(paths), mapper.workers, 64))):
+        bar.update()
+        if isinstance(res, str):
+            skipped.append(Skipped(t.rel, res))
+        else:
+            ok.append(t)
+            infos.append(res)
+    bar.close()
+    tracks = ok
+
+    # ---- split method
+    method = cfg.split
+    if method is None:
+        method = "official" if tracks and (layout == "fma" or all(t.split for t in tracks)) else "stratified"
+    if method not in SPLIT_METHODS:
+        raise IngestError(f"--split {method!r}: valid are {', '.join(SPLIT_METHODS)}")
+
+    keep_idx = list(range(len(tracks)))
+    if method == "official":
+        keep_idx = []
+        for i, t in enumerate(tracks):
+            if t.split in SPLITS:
+                keep_idx.append(i)
+            else:
+                skipped.append(Skipped(t.rel, "no official split for this track"))
+    elif method == "gtzan-filtered":
+        lists = gtzan_filtered_lists()
+        present: set[str] = set()
+        keep_idx = []
+        for i, t in enumerate(tracks):
+            name = gtzan_list_name(t)
+            if name in lists:
+                keep_idx.append(i)
+                present.add(name)
+                t.split = lists[name]
+            else:
+                skipped.append(Skipped(t.rel, "not in gtzan-filtered split"))
+        bad = {s.path.rsplit("/", 2)[-2] + "/" + s.path.rsplit("/", 1)[-1] for s in skipped if "/" in s.path}
+        for name in sorted(set(lists) - present):
+            if name not in bad:
+                skipped.append(
+                    Skipped(name, f"listed in gtzan-filtered {lists[name]} split but missing from SOURCE")
+                )
+    tracks = [tracks[i] for i in keep_idx]
+    infos = [infos[i] for i in keep_idx]
+
+    if not tracks:
+        reasons = Counter(s.reason for s in skipped)
+        detail = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(5)) or "no audio files found"
+        raise IngestError(f"{cfg.source}: zero decodable tracks ({detail})")
+
+    labels = sorted({t.label for t in tracks})
+    for lab in scanned_labels:
+        if lab not in labels:
+            warnings.append(
+                f"label {lab!r} has no decodable audio: it is not a class (its files are in skipped)"
+            )
+    keys = _make_keys(tracks)
+
+    # ---- grouping, splits, folds
+    group_by = cfg.group_by
+    has_artists = any(t.artist for t in tracks)
+    if group_by == "auto":
+        group_by = "artist" if has_artists else "none"
+    if group_by == "artist" and not has_artists:
+        warnings.append("--group-by artist: no artist is known for any track; splits are not grouped")
+    if group_by not in ("artist", "none"):
+        raise IngestError(f"--group-by {group_by!r}: valid are auto, artist, none")
+    groups = [t.artist if group_by == "artist" else None for t in tracks]
+    label_list = [t.label for t in tracks]
+    if method == "stratified":
+        splits = stratified_splits(keys, label_list, cfg.split_ratios, cfg.seed, groups)
+    else:
+        splits = [t.split for t in tracks]
+        if group_by == "artist":
+            crossing = _artists_across(tracks, splits)
+            if crossing:
+                warnings.append(
+                    f"{method} split puts {crossing} artist(s) in more than one split (kept: it is the official split)"
+                )
+    if cfg.folds:
+        if all(t.fold is not None for t in tracks):
+            folds = [int(t.fold) for t in tracks]
+        else:
+            folds = kfold(keys, label_list, cfg.folds, cfg.seed, groups)
+    else:
+        folds = [-1] * len(tracks)
+
+    # ---- order within a split and partition into shards
+    kind, size = parse_shard_size(cfg.shard_size)
+    plan_tracks: list[dict[str, Any]] = []
+    plan_shards: list[dict[str, Any]] = []
+    for split in SPLITS:
+        idx = sorted((i for i in range(len(tracks)) if splits[i] == split), key=lambda i: keys[i])
+        random.Random(f"{cfg.seed}:{split}").shuffle(idx)
+        shard_i, cur_n, cur_bytes, start = 0, 0, 0, len(plan_tracks)
+        for i in idx:
+            t, (osr, ch, frames) = tracks[i], infos[i]
+            used = frames if cfg.max_seconds is None else min(frames, int(round(cfg.max_seconds * osr)))
+            est = int(math.ceil(used * cfg.sample_rate / osr))
+            est_bytes = _member_bytes(2 * est) + _member_bytes(400)
+            full = cur_n >= size if kind == "count" else (cur_n > 0 and cur_bytes + est_bytes > size)
+            if full:
+                plan_shards.append(
+                    {
+                        "name": shard_name(split, shard_i),
+                        "split": split,
+                        "start": start,
+                        "stop": len(plan_tracks),
+                    }
+                )
+                shard_i, cur_n, cur_bytes, start = shard_i + 1, 0, 0, len(plan_tracks)
+            plan_tracks.append(
+                {
+                    "key": keys[i],
+                    "rel": t.rel,
+                    "path": str(t.path),
+                    "label": t.label,
+                    "track_id": t.track_id,
+                    "artist": t.artist,
+                    "split": split,
+                    "fold": folds[i],
+                    "orig_sample_rate": osr,
+                    "channels": ch,
+                }
+            )
+            cur_n += 1
+            cur_bytes += est_bytes
+        if cur_n:
+            plan_shards.append(
+                {"name": shard_name(split, shard_i), "split": split, "start": start, "stop": len(plan_tracks)}
+            )
+    plan = {
+        "plan_version": PLAN_VERSION,
+        "settings": _settings(cfg, layout),
+        "split_method": method,
+        "group_by": group_by,
+        "labels": labels,
+        "tracks": plan_tracks,
+        "shards": plan_shards,
+        "skipped": sorted(
+            ({"path": s.path, "reason": s.reason} for s in skipped), key=lambda s: (s["path"], s["reason"])
+        ),
+        "warnings": warnings,
+    }
+    return plan, warnings
+
+
+def _artists_across(tracks: list[Track], splits: list[str]) -> int:
+    seen: dict[str, set[str]] = defaultdict(set)
+    for t, s in zip(tracks, splits):
+        if t.artist:
+            seen[t.artist].add(s)
+    return sum(1 for v in seen.values() if len(v) > 1)
+
+
+# --------------------------------------------------------------------------------------------- out dir
+def _our_files(out: Path) -> list[Path]:
+    pat = re.compile(r"^(train|valid|test)-\d{6}\.tar(\.tmp)?$")
+    return [p for p in out.iterdir() if p.name in (MANIFEST_NAME, STATE_DIR) or pat.match(p.name)]
+
+
+def _clear_out(out: Path) -> None:
+    for p in _our_files(out):
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    (out / (MANIFEST_NAME + ".tmp")).unlink(missing_ok=True)
+
+
+def _settings_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+# --------------------------------------------------------------------------------------------- run
+def run_ingest(cfg: IngestConfig) -> IngestResult:
+    """Scan, plan, decode and write a shard set (resuming a matching interrupted run). See module doc."""
+    source, out = Path(cfg.source), Path(cfg.out)
+    if not source.exists():
+        raise IngestError(f"SOURCE {source} does not exist")
+    if source.is_dir() and not any(p for p in source.iterdir() if not p.name.startswith(".")):
+        raise IngestError(f"SOURCE {source} is empty")
+    if cfg.sample_rate <= 0:
+        raise IngestError(f"--sample-rate {cfg.sample_rate}: must be positive")
+    if cfg.max_seconds is not None and cfg.max_seconds <= 0:
+        raise IngestError(f"--max-seconds {cfg.max_seconds}: must be positive")
+    if cfg.folds < 0 or cfg.folds == 1:
+        raise IngestError(f"--folds {cfg.folds}: use 0 (no folds) or K >= 2")
+    if cfg.subset not in FMA_SUBSETS:
+        raise IngestError(f"--subset {cfg.subset!r}: valid are {', '.join(FMA_SUBSETS)}")
+    if cfg.split is not None and cfg.split not in SPLIT_METHODS:
+        raise IngestError(f"--split {cfg.split!r}: valid are {', '.join(SPLIT_METHODS)}")
+    parse_shard_size(cfg.shard_size)
+    if cfg.layout != "auto" and cfg.layout not in LAYOUTS:
+        raise IngestError(f"unknown layout {cfg.layout!r}; valid: auto, {', '.join(LAYOUTS.names())}")
+
+    try:
+        layout = detect_layout(source) if cfg.layout == "auto" else cfg.layout
+    except LayoutError as err:
+        raise IngestError(str(err)) from None
+    if cfg.layout == "auto":
+        log.debug("layout auto -> %s", layout)
+    settings = _settings(cfg, layout)
+
+    # ---- output directory: fresh, resumable, or a conflict
+    state = out / STATE_DIR
+    plan_path = state / "plan.json"
+    saved_plan: dict[str, Any] | None = None
+    if out.exists() and not out.is_dir():
+        raise IngestError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if cfg.overwrite:
+            _clear_out(out)
+        elif plan_path.is_file():
+            saved_plan = json.loads(plan_path.read_text(encoding="utf-8"))
+            diff = _settings_diff(saved_plan.get("settings", {}), settings)
+            if diff or saved_plan.get("plan_version") != PLAN_VERSION:
+                raise IngestError(
+                    f"--out {out} holds a shard set made with different arguments (differs in: "
+                    f"{', '.join(diff) or 'plan version'}); pass --overwrite to start over, or use another --out"
+                )
+        else:
+            raise IngestError(
+                f"--out {out} is not empty and holds no resumable ingest; pass --overwrite to start over "
+                "(removes shards and manifest there), or use another --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    (state / "done").mkdir(parents=True, exist_ok=True)
+
+    try:
+        scan = scan_source(source, layout, LayoutOptions(subset=cfg.subset))
+    except LayoutError as err:
+        raise IngestError(str(err)) from None
+    if not scan.tracks and not scan.skipped:
+        raise IngestError(f"SOURCE {source}: no audio files found for layout {layout!r}")
+    warnings = list(scan.warnings)
+    digest = _scan_digest(scan.tracks, scan.skipped)
+
+    workers = max(1, cfg.workers if cfg.workers is not None else (os.cpu_count() or 1))
+    worker_settings = {
+        "sample_rate": cfg.sample_rate,
+        "max_seconds": cfg.max_seconds,
+        "trim_silence": cfg.trim_silence,
+        "peak_normalize": cfg.peak_normalize,
+    }
+    mapper = _Mapper(workers, worker_settings)
+    try:
+        if saved_plan is not None:
+            if saved_plan.get("scan_digest") != digest:
+                raise IngestError(
+                    f"--out {out}: the source changed since the interrupted run (files added, removed or "
+                    "modified); pass --overwrite to start over"
+                )
+            plan = saved_plan
+            warnings.extend(plan.get("warnings", []))
+            log.info("resuming the ingest planned in %s", plan_path)
+        else:
+            plan, plan_warnings = build_plan(cfg, layout, scan.tracks, scan.skipped, mapper)
+            plan["scan_digest"] = digest
+            warnings.extend(plan_warnings)
+            _atomic_write_json(plan_path, plan)
+        for w in warnings:
+            log.warning("%s", w)
+        resumed, written = _write_shards(cfg, out, plan, mapper)
+    finally:
+        mapper.close()
+
+    manifest = _build_manifest(cfg, out, plan, layout)
+    if sum(manifest["splits"][s]["tracks"] for s in SPLITS) == 0:
+        _atomic_write_json(out / MANIFEST_NAME, manifest)
+        raise IngestError(
+            f"{source}: zero decodable tracks (every file failed to decode; see {out / MANIFEST_NAME})"
+        )
+    _atomic_write_json(out / MANIFEST_NAME, manifest)
+    return IngestResult(manifest, out, layout, resumed, written, warnings)
+
+
+def _done_record(out: Path, name: str) -> dict[str, Any] | None:
+    """The completion record of shard ``name`` if the shard on disk matches it, else None."""
+    rec_path = out / STATE_DIR / "done" / f"{name}.json"
+    if not rec_path.is_file():
+        return None
+    try:
+        rec = json.loads(rec_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    info = rec.get("shard")
+    if info is None:  # every track of the shard failed: complete, no file
+        return rec
+    if shard_matches(out / name, info["bytes"], info["sha256"]):
+        return rec
+    log.warning("shard %s does not match its record (size/sha256): rewriting it", name)
+    return None
+
+
+def _write_shards(cfg: IngestConfig, out: Path, plan: dict[str, Any], mapper: _Mapper) -> tuple[int, int]:
+    tracks = plan["tracks"]
+    labels = plan["labels"]
+    label_index = {lab: i for i, lab in enumerate(labels)}
+    pending = [s for s in plan["shards"] if _done_record(out, s["name"]) is None]
+    resumed = len(plan["shards"]) - len(pending)
+    if resumed:
+        log.info("%d of %d shards already complete", resumed, len(plan["shards"]))
+    todo = [tracks[i] for s in pending for i in range(s["start"], s["stop"])]
+    results = mapper.imap(_decode_task, [t["path"] for t in todo], _chunksize(len(todo), mapper.workers, 4))
+    bar = _bar(len(todo), "decode", cfg.progress)
+    try:
+        for shard in pending:
+            name = shard["name"]
+            skipped: list[dict[str, str]] = []
+            per_label: Counter = Counter()
+            seconds = 0.0
+            with ShardWriter(out / name) as writer:
+                for i in range(shard["start"], shard["stop"]):
+                    t = tracks[i]
+                    res = next(results)
+                    bar.update()
+                    if isinstance(res, str):
+                        skipped.append({"path": t["rel"], "reason": res})
+                        continue
+                    pcm, n = res
+                    duration = n / cfg.sample_rate
+                    meta = {
+                        "key": t["key"],
+                        "label": t["label"],
+                        "label_index": label_index[t["label"]],
+                        "path": t["rel"],
+                        "orig_sample_rate": t["orig_sample_rate"],
+                        "channels": t["channels"],
+                        "duration": duration,
+                        "num_samples": n,
+                        "track_id": t["track_id"],
+                        "artist": t["artist"],
+                        "split": t["split"],
+                        "fold": t["fold"],
+                    }
+                    assert tuple(sorted(meta)) == tuple(sorted(SAMPLE_META_FIELDS))
+                    writer.add(t["key"], {PCM_EXT: pcm, META_EXT: encode_meta(meta)})
+                    per_label[t["label"]] += 1
+                    seconds += duration
+                info = writer.close()
+            if info.samples == 0:
+                (out / name).unlink()
+                shard_rec = None
+            else:
+                shard_rec = info.to_dict()
+            _atomic_write_json(
+                out / STATE_DIR / "done" / f"{name}.json",
+                {"shard": shard_rec, "skipped": skipped, "per_label": dict(per_label), "seconds": seconds},
+            )
+    finally:
+        bar.close()
+    return resumed, len(pending)
+
+
+def _build_manifest(cfg: IngestConfig, out: Path, plan: dict[str, Any], layout: str) -> dict[str, Any]:
+    labels = plan["labels"]
+    splits: dict[str, Any] = {
+        s: {"tracks": 0, "seconds": 0.0, "per_label": dict.fromkeys(labels, 0), "shards": []} for s in SPLITS
+    }
+    skipped = list(plan["skipped"])
+    for shard in plan["shards"]:
+        rec = json.loads((out / STATE_DIR / "done" / f"{shard['name']}.json").read_text(encoding="utf-8"))
+        entry = splits[shard["split"]]
+        skipped.extend(rec["skipped"])
+        if rec["shard"] is None:
+            continue
+        entry["shards"].append(rec["shard"])
+        entry["tracks"] += rec["shard"]["samples"]
+        entry["seconds"] += rec["seconds"]
+        for lab, n in rec["per_label"].items():
+            entry["per_label"][lab] += n
+    for entry in splits.values():
+        entry["seconds"] = round(entry["seconds"], 6)
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": "audio",
+        "sample_rate": cfg.sample_rate,
+        "labels": labels,
+        "splits": splits,
+        "skipped": sorted(skipped, key=lambda s: (s["path"], s["reason"])),
+        "source": str(Path(cfg.source).resolve()),
+        "layout": layout,
+        "command": cfg.command,
+        "folds": cfg.folds,
+        "seed": cfg.seed,
+        "split_method": plan["split_method"],
+        "group_by": plan["group_by"],
+        "settings": plan["settings"],
+    }
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="make_shards.py",
+        description=(
+            "Turn a music collection into WebDataset tar shards (mono int16 PCM + JSON metadata) and a "
+            "manifest.json. Reruns with the same arguments resume an interrupted job."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "source", type=Path, metavar="SOURCE", help="collection root (a .csv file for --layout csv)"
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output shard directory")
+    p.add_argument(
+        "--layout",
+        default="auto",
+        choices=["auto", *LAYOUTS.names()],
+        help="collection layout; auto recognises it and says which it chose",
+    )
+    p.add_argument("--subset", default="small", choices=list(FMA_SUBSETS), help="FMA subset (fma layout)")
+    p.add_argument("--sample-rate", type=int, default=22050, help="Hz of the stored audio")
+    p.add_argument("--max-seconds", type=float, default=None, help="keep at most this many seconds per track")
+    p.add_argument("--peak-normalize", action="store_true", help="scale each track to peak 0.99")
+    p.add_argument(
+        "--trim-silence",
+        type=float,
+        default=None,
+        metavar="DB",
+        help="trim leading/trailing audio quieter than DB below the peak",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        choices=list(SPLIT_METHODS),
+        help="split method (default: official for fma or a csv with a split column, else stratified)",
+    )
+    p.add_argument("--split-ratios", default="0.7,0.15,0.15", help="train,valid,test fractions (stratified)")
+    p.add_argument("--seed", type=int, default=0, help="seed of split/fold assignment and sample order")
+    p.add_argument("--folds", type=int, default=0, help="also assign K stratified folds (0 = none)")
+    p.add_argument(
+        "--group-by",
+        default="auto",
+        choices=["auto", "artist", "none"],
+        help="keep groups in one split/fold (auto: artist when artists are known)",
+    )
+    p.add_argument(
+        "--shard-size", default="256MB", help="per shard: a size (256MB, 1GB) or a sample count (1000)"
+    )
+    p.add_argument("--workers", type=int, default=None, help="decode processes (default: os.cpu_count())")
+    p.add_argument("--overwrite", action="store_true", help="start over in a non-empty --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary and errors")
+    return p
+
+
+def _summary(res: IngestResult, limit: int = 50) -> str:
+    m = res.manifest
+    lines = [f"layout: {res.layout}", f"labels ({len(m['labels'])}): {', '.join(m['labels'])}"]
+    for s in SPLITS:
+        e = m["splits"][s]
+        lines.append(f"{s}: {e['tracks']} tracks, {e['seconds'] / 3600:.2f} h, {len(e['shards'])} shards")
+    if res.resumed_shards:
+        lines.append(
+            f"resumed: {res.resumed_shards} shards were already complete, {res.written_shards} written"
+        )
+    skipped = m["skipped"]
+    lines.append(f"skipped: {len(skipped)}")
+    for reason, n in Counter(_reason_kind(s["reason"]) for s in skipped).most_common():
+        lines.append(f"  {n:6d} x {reason}")
+    for s in skipped[:limit]:
+        lines.append(f"  {s['path']}: {s['reason']}")
+    if len(skipped) > limit:
+        lines.append(f"  ... {len(skipped) - limit} more (see 'skipped' in {res.out / MANIFEST_NAME})")
+    for w in res.warnings:
+        lines.append(f"warning: {w}")
+    lines.append(f"wrote {res.out / MANIFEST_NAME}")
+    return "\n".join(lines)
+
+
+def _reason_kind(reason: str) -> str:
+    return re.sub(
+        r"\(.*\)$", "", reason.split(" of ")[0] if reason.startswith("duplicate") else reason
+    ).strip()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (0 ok, 2 on a configuration/input error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        ratios = parse_ratios(args.split_ratios)
+    except ValueError as err:
+        print(f"make_shards: error: {err}", file=sys.stderr)
+        return 2
+    cfg = IngestConfig(
+        source=args.source,
+        out=args.out,
+        layout=args.layout,
+        subset=args.subset,
+        sample_rate=args.sample_rate,
+        max_seconds=args.max_seconds,
+        peak_normalize=args.peak_normalize,
+        trim_silence=args.trim_silence,
+        split=args.split,
+        split_ratios=ratios,
+        seed=args.seed,
+        folds=args.folds,
+        group_by=args.group_by,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=False if args.no_progress else None,
+        command=shlex.join(["make_shards.py", *argv]),
+    )
+    if args.layout == "auto" and args.source.exists():
+        try:
+            print(f"layout: auto -> {detect_layout(args.source)}", file=sys.stderr)
+        except LayoutError:
+            pass
+    try:
+        res = run_ingest(cfg)
+    except IngestError as err:
+        print(f"make_shards: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("make_shards: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(_summary(res))
+    return 0
+
+
+__all__ = [
+    "IngestConfig",
+    "IngestError",
+    "IngestResult",
+    "build_parser",
+    "build_plan",
+    "main",
+    "parse_shard_size",
+    "run_ingest",
+]

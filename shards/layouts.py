@@ -1,0 +1,439 @@
+"""Collection layouts: find the tracks of a music collection and their labels.
+
+A layout is a class registered in :data:`LAYOUTS` with
+
+- ``name`` (its registry name) and ``priority`` (lower is tried first by ``--layout auto``),
+- ``detect(source) -> bool``: a cheap look at SOURCE that says whether this layout fits,
+- ``__init__(source, options)`` and ``scan() -> Iterator[Track | Skipped]``: every candidate track, or a
+  record of why a listed/found file cannot become one.
+
+``scan`` only enumerates (stat, no decoding); decodability is checked later by the ingest. Adding a layout
+(e.g. ``msd`` over HDF5 feature files) is one class with ``@LAYOUTS.register("msd")``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from kernels.registry import Registry
+from shards.audio import is_audio_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Track:
+    """One candidate track found by a layout (nothing decoded yet)."""
+
+    path: Path  # the file to decode (absolute, symlinks not resolved)
+    rel: str  # path relative to SOURCE, posix separators (or as written in a CSV)
+    label: str
+    key_hint: str  # basis of the sample key (sanitized and de-duplicated by the ingest)
+    track_id: str | None = None
+    artist: str | None = None
+    split: str | None = None  # official split of the collection, if it has one ("train"|"valid"|"test")
+    fold: int | None = None
+
+
+@dataclass
+class Skipped:
+    """A file (or listed track) that will not be ingested, with a short specific reason."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class LayoutOptions:
+    subset: str = "small"  # fma: small | medium | large | full
+
+
+class LayoutError(ValueError):
+    """SOURCE does not fit the layout (a configuration error: fail fast)."""
+
+
+class Layout:
+    """Base class of a collection layout; see the module docstring for the protocol."""
+
+    name: ClassVar[str] = ""
+    priority: ClassVar[int] = 100
+
+    def __init__(self, source: Path, options: LayoutOptions | None = None) -> None:
+        self.source = Path(source)
+        self.options = options or LayoutOptions()
+        self.warnings: list[str] = []
+
+    @classmethod
+    def detect(cls, source: Path) -> bool:
+        raise NotImplementedError
+
+    def scan(self) -> Iterator[Track | Skipped]:
+        raise NotImplementedError
+
+
+LAYOUTS: Registry[type[Layout]] = Registry("layout")
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _is_hidden(name: str) -> bool:
+    # covers AppleDouble "._x" and ".DS_Store"
+    return name.startswith(".")
+
+
+def walk_files(root: Path) -> Iterator[Path]:
+    """Every non-hidden file under ``root`` in sorted order, following directory symlinks (loops cut).
+
+    Dangling symlinks are yielded too (the caller reports them); hidden files and directories are not.
+    """
+    seen: set[tuple[int, int]] = set()
+
+    def rec(d: Path) -> Iterator[Path]:
+        try:
+            st = d.stat()
+        except OSError:
+            return
+        ident = (st.st_dev, st.st_ino)
+        if ident in seen:  # a symlink loop or a directory linked twice
+            return
+        seen.add(ident)
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as err:
+            log.warning("cannot list %s: %s", d, err)
+            return
+        for e in entries:
+            if _is_hidden(e.name):
+                continue
+            p = Path(e.path)
+            if e.is_dir(follow_symlinks=True):
+                yield from rec(p)
+            else:
+                yield p
+
+    yield from rec(root)
+
+
+def _dangling(p: Path) -> Skipped | None:
+    if p.is_symlink() and not p.exists():
+        return Skipped(str(p), f"dangling symlink (points to {os.readlink(p)})")
+    return None
+
+
+# --------------------------------------------------------------------------------------------- folder
+@LAYOUTS.register("folder")
+class FolderLayout(Layout):
+    """``SOURCE/<label>/**/<file>.<audio ext>``: the label is the first directory under SOURCE."""
+
+    name = "folder"
+    priority = 1000  # the fallback
+
+    @classmethod
+    def detect(cls, source: Path) -> bool:
+        return source.is_dir()
+
+    def scan(self) -> Iterator[Track | Skipped]:
+        root = self.source
+        for p in walk_files(root):
+            rel = _rel(p, root)
+            if not is_audio_name(p.name):
+                continue
+            bad = _dangling(p)
+            if bad is not None:
+                yield Skipped(rel, bad.reason)
+                continue
+            parts = rel.split("/")
+            if len(parts) < 2:
+                yield Skipped(rel, "no label: audio file directly under SOURCE (put it in a <label>/ folder)")
+                continue
+            stem = rel.rsplit(".", 1)[0]
+            yield Track(path=p, rel=rel, label=parts[0], key_hint=stem)
+
+
+# --------------------------------------------------------------------------------------------- gtzan
+_GTZAN_NAME = re.compile(r"^(?P<genre>[^/.]+)\.(?P<num>\d{5})\.[A-Za-z0-9]+$")
+
+
+def _gtzan_root(source: Path) -> Path | None:
+    """The folder holding ``<genre>/<genre>.000NN.wav`` (SOURCE, or genres_original/ or genres/ in it)."""
+    for cand in (
+        source / "genres_original",
+        source / "genres",
+        source / "Data" / "genres_original",
+        source,
+    ):
+        if not cand.is_dir():
+            continue
+        for sub in sorted(cand.iterdir()):
+            if not sub.is_dir() or _is_hidden(sub.name):
+                continue
+            for f in sub.iterdir():
+                m = _GTZAN_NAME.match(f.name)
+                if m and m.group("genre") == sub.name:
+                    return cand
+    return None
+
+
+@LAYOUTS.register("gtzan")
+class GTZANLayout(Layout):
+    """GTZAN: ``genres_original/<genre>/<genre>.000NN.wav`` (or ``genres/``, or SOURCE = that folder).
+
+    ``images_original/``, the features CSVs and any non-audio file are ignored. ``track_id`` is
+    ``<genre>.000NN``; :func:`gtzan_list_name` gives the name used by the fault-filtered split lists.
+    """
+
+    name = "gtzan"
+    priority = 10
+
+    @classmethod
+    def detect(cls, source: Path) -> bool:
+        return source.is_dir() and _gtzan_root(source) is not None
+
+    def scan(self) -> Iterator[Track | Skipped]:
+        root = _gtzan_root(self.source)
+        if root is None:
+            raise LayoutError(
+                f"{self.source}: not a GTZAN tree (expected genres_original/<genre>/<genre>.000NN.wav)"
+            )
+        for genre_dir in sorted(root.iterdir()):
+            if not genre_dir.is_dir() or _is_hidden(genre_dir.name):
+                continue
+            genre = genre_dir.name
+            for p in walk_files(genre_dir):
+                if not is_audio_name(p.name):
+                    continue
+                rel = _rel(p, self.source)
+                bad = _dangling(p)
+                if bad is not None:
+                    yield Skipped(rel, bad.reason)
+                    continue
+                stem = p.name.rsplit(".", 1)[0]
+                yield Track(path=p, rel=rel, label=genre, key_hint=stem, track_id=stem)
+
+
+def gtzan_list_name(track: Track) -> str:
+    """``blues/blues.00012.wav``: how the fault-filtered split lists name a track."""
+    return f"{track.label}/{track.path.name}"
+
+
+# --------------------------------------------------------------------------------------------- fma
+FMA_SUBSETS = ("small", "medium", "large", "full")
+_FMA_SPLITS = {"training": "train", "validation": "valid", "test": "test"}
+
+
+def read_fma_tracks(csv_path: Path) -> tuple[list[tuple[str, str]], Iterator[list[str]]]:
+    """Parse FMA's ``tracks.csv`` header: ``([(group, column), ...], data rows)``.
+
+    The file has three header rows: the top-level group (``album``, ``artist``, ``set``, ``track``), the
+    column name, and a row starting with ``track_id``. Fields are real CSV (quoted, with commas and
+    newlines inside), so only the csv module may split them.
+    """
+    fh = open(csv_path, newline="", encoding="utf-8")  # noqa: SIM115 -- closed by the generator
+    reader = csv.reader(fh)
+    try:
+        groups = next(reader)
+        cols = next(reader)
+        third = next(reader)
+    except StopIteration:
+        fh.close()
+        raise LayoutError(f"{csv_path}: fewer than three header rows; not FMA's tracks.csv") from None
+    if not third or third[0] != "track_id":
+        fh.close()
+        raise LayoutError(f"{csv_path}: third header row must start with 'track_id' (got {third[:1]})")
+    header = [(g.strip(), c.strip()) for g, c in zip(groups, cols)]
+
+    def rows() -> Iterator[list[str]]:
+        with fh:
+            yield from reader
+
+    return header, rows()
+
+
+@LAYOUTS.register("fma")
+class FMALayout(Layout):
+    """Free Music Archive: ``fma_metadata/tracks.csv`` + ``fma_<subset>/<3-digit>/<6-digit>.mp3``.
+
+    Labels from (track, genre_top); official split from (set, split); subset from (set, subset) with
+    small ⊂ medium ⊂ large ⊂ full; artist from (artist, id).
+    """
+
+    name = "fma"
+    priority = 20
+
+    @classmethod
+    def detect(cls, source: Path) -> bool:
+        return (source / "fma_metadata" / "tracks.csv").is_file()
+
+    def scan(self) -> Iterator[Track | Skipped]:
+        subset = self.options.subset
+        if subset not in FMA_SUBSETS:
+            raise LayoutError(f"unknown FMA subset {subset!r}; valid: {', '.join(FMA_SUBSETS)}")
+        csv_path = self.source / "fma_metadata" / "tracks.csv"
+        if not csv_path.is_file():
+            raise LayoutError(f"{self.source}: no fma_metadata/tracks.csv")
+        audio_dir = self.source / f"fma_{subset}"
+        if not audio_dir.is_dir():
+            raise LayoutError(f"{self.source}: no fma_{subset}/ audio folder for --subset {subset}")
+        header, rows = read_fma_tracks(csv_path)
+        need = {
+            "genre": ("track", "genre_top"),
+            "split": ("set", "split"),
+            "subset": ("set", "subset"),
+            "artist": ("artist", "id"),
+        }
+        idx: dict[str, int] = {}
+        for k, col in need.items():
+            if col not in header:
+                raise LayoutError(f"{csv_path}: no column {col} in the header")
+            idx[k] = header.index(col)
+        rank = FMA_SUBSETS.index(subset)
+        for row in rows:
+            if not row or not row[0].strip():
+                continue
+            try:
+                tid = int(row[0])
+            except ValueError:
+                self.warnings.append(f"{csv_path}: row with non-integer track_id {row[0]!r} ignored")
+                continue
+
+            def get(k: str, row: list[str] = row) -> str:
+                return row[idx[k]].strip() if idx[k] < len(row) else ""
+
+            track_subset = get("subset")
+            if subset != "full" and (
+                track_subset not in FMA_SUBSETS or FMA_SUBSETS.index(track_subset) > rank
+            ):
+                continue  # another subset: filtered out silently
+            name = f"{tid:06d}"
+            rel = f"fma_{subset}/{name[:3]}/{name}.mp3"
+            genre = get("genre")
+            if not genre:
+                yield Skipped(rel, "no genre_top")
+                continue
+            artist = get("artist") or None
+            split = _FMA_SPLITS.get(get("split"))
+            yield Track(
+                path=self.source / rel,
+                rel=rel,
+                label=genre,
+                key_hint=f"fma_{name}",
+                track_id=str(tid),
+                artist=artist,
+                split=split,
+            )
+
+
+# --------------------------------------------------------------------------------------------- csv
+@LAYOUTS.register("csv")
+class CSVLayout(Layout):
+    """A CSV file with columns ``path,label`` and optional ``split``, ``artist``, ``track_id``, ``fold``.
+
+    Paths are relative to the CSV's folder, or absolute. ``split`` accepts train/valid/test (and
+    training/validation).
+    """
+
+    name = "csv"
+    priority = 30
+    _SPLIT_NAMES: ClassVar[dict[str, str]] = {
+        "train": "train",
+        "training": "train",
+        "valid": "valid",
+        "validation": "valid",
+        "val": "valid",
+        "test": "test",
+    }
+
+    @classmethod
+    def detect(cls, source: Path) -> bool:
+        return source.is_file() and source.suffix.lower() == ".csv"
+
+    def scan(self) -> Iterator[Track | Skipped]:
+        if not self.source.is_file():
+            raise LayoutError(f"{self.source}: the csv layout needs SOURCE to be a .csv file")
+        base = self.source.parent
+        with open(self.source, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            fields = [f.strip() for f in (reader.fieldnames or [])]
+            missing = {"path", "label"} - set(fields)
+            if missing:
+                raise LayoutError(f"{self.source}: missing column(s) {sorted(missing)} (has {fields})")
+            for lineno, raw in enumerate(reader, start=2):
+                row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+                path_s, label = row.get("path", ""), row.get("label", "")
+                if not path_s:
+                    yield Skipped(f"{self.source.name}:{lineno}", "empty path")
+                    continue
+                if not label:
+                    yield Skipped(path_s, "no label")
+                    continue
+                p = Path(path_s)
+                p = p if p.is_absolute() else base / p
+                bad = _dangling(p)
+                if bad is not None:
+                    yield Skipped(path_s, bad.reason)
+                    continue
+                split = None
+                if row.get("split"):
+                    split = self._SPLIT_NAMES.get(row["split"].lower())
+                    if split is None:
+                        yield Skipped(path_s, f"unknown split {row['split']!r} (train/valid/test)")
+                        continue
+                fold = None
+                if row.get("fold"):
+                    try:
+                        fold = int(row["fold"])
+                    except ValueError:
+                        yield Skipped(path_s, f"fold {row['fold']!r} is not an integer")
+                        continue
+                yield Track(
+                    path=p,
+                    rel=path_s,
+                    label=label,
+                    key_hint=row.get("track_id") or path_s.rsplit(".", 1)[0],
+                    track_id=row.get("track_id") or None,
+                    artist=row.get("artist") or None,
+                    split=split,
+                    fold=fold,
+                )
+
+
+# --------------------------------------------------------------------------------------------- lookup
+def detect_layout(source: Path) -> str:
+    """The first registered layout (by priority) whose ``detect`` accepts SOURCE."""
+    for name in sorted(LAYOUTS.names(), key=lambda n: (LAYOUTS.get(n).priority, n)):
+        if LAYOUTS.get(name).detect(source):
+            return name
+    raise LayoutError(f"{source}: no layout recognises it (valid: {', '.join(LAYOUTS.names())})")
+
+
+@dataclass
+class ScanResult:
+    layout: str
+    tracks: list[Track] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def scan_source(source: Path, layout: str = "auto", options: LayoutOptions | None = None) -> ScanResult:
+    """Resolve ``layout`` (``auto`` detects) and collect its tracks and skips."""
+    if layout == "auto":
+        layout = detect_layout(source)
+    cls = LAYOUTS.get(layout)
+    inst = cls(source, options)
+    res = ScanResult(layout=layout)
+    for item in inst.scan():
+        (res.tracks if isinstance(item, Track) else res.skipped).append(item)
+    res.warnings.extend(inst.warnings)
+    return res

@@ -1,0 +1,129 @@
+"""Shared fixtures for shard tests: small music-like clips written with real codecs (soundfile).
+
+Tests use the ``clip_writer`` / ``corrupt_writer`` fixtures (the plain functions :func:`write_clip` and
+:func:`write_corrupt`), so tree builders need no imports from this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+_SUBTYPE = {
+    ".wav": "PCM_16",
+    ".flac": "PCM_16",
+    ".ogg": "VORBIS",
+    ".mp3": "MPEG_LAYER_III",
+    ".aiff": "PCM_16",
+}
+_FORMAT = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3", ".aiff": "AIFF", ".au": "AU"}
+
+
+def music_like(seconds: float, sample_rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """A tone + harmonics + noise clip, float32 ``(frames, channels)`` in [-0.5, 0.5], distinct per seed."""
+    rng = np.random.default_rng(seed)
+    n = max(1, int(round(seconds * sample_rate)))
+    t = np.arange(n) / sample_rate
+    f0 = 110.0 * 2 ** (rng.integers(0, 24) / 12)
+    out = np.empty((n, channels), dtype=np.float32)
+    env = 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.5, 3.0) * t)
+    for c in range(channels):
+        x = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.28)) / k for k in (1, 2, 3))
+        x = 0.25 * env * x / 1.84 + 0.03 * rng.standard_normal(n)
+        out[:, c] = x.astype(np.float32)
+    return out
+
+
+def write_clip(
+    path: str | Path,
+    *,
+    sample_rate: int = 22050,
+    channels: int = 1,
+    seconds: float = 0.5,
+    seed: int | None = None,
+) -> Path:
+    """Write a music-like clip; the codec comes from the extension (wav/flac/ogg/mp3/aiff/au, any case).
+
+    ``seed`` defaults to a hash of the path so that distinct files never have identical content.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if seed is None:
+        seed = int(hashlib.sha1(str(path).encode()).hexdigest()[:8], 16)
+    ext = path.suffix.lower()
+    data = music_like(seconds, sample_rate, channels, seed)
+    sf.write(str(path), data, sample_rate, format=_FORMAT[ext], subtype=_SUBTYPE.get(ext))
+    return path
+
+
+def write_corrupt(path: str | Path, kind: str = "garbage") -> Path:
+    """Broken files: ``garbage`` (random bytes), ``text``, ``empty`` (0 bytes), ``header_only`` (a WAV header
+    declaring 0 frames), ``truncated`` (a WAV cut inside its header)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "garbage":
+        path.write_bytes(np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    elif kind == "text":
+        path.write_text("this is not audio, just a text file named like one\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind in ("header_only", "truncated"):
+        tmp = path.with_name("_tmp_" + path.name + ".wav")
+        sf.write(str(tmp), np.zeros((100, 1), np.float32), 22050, subtype="PCM_16")
+        raw = tmp.read_bytes()
+        tmp.unlink()
+        path.write_bytes(raw[:44] if kind == "header_only" else raw[:30])
+    else:
+        raise ValueError(kind)
+    return path
+
+
+@pytest.fixture
+def clip_writer():
+    """The :func:`write_clip` function."""
+    return write_clip
+
+
+@pytest.fixture
+def corrupt_writer():
+    """The :func:`write_corrupt` function."""
+    return write_corrupt
+
+
+def read_shard_set(out: str | Path) -> dict:
+    """Read a shard set back with tarfile: ``{"manifest", "samples": {key: (int16 pcm, meta)}, "per_shard":
+    {name: [keys]}}``; asserts members come in (pcm, json) pairs of one key."""
+    import json
+    import tarfile
+
+    out = Path(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    samples: dict = {}
+    per_shard: dict = {}
+    for split, entry in manifest["splits"].items():
+        for sh in entry["shards"]:
+            keys = []
+            with tarfile.open(out / sh["name"]) as tar:
+                members = tar.getmembers()
+                assert len(members) % 2 == 0
+                for m_pcm, m_meta in zip(members[::2], members[1::2]):
+                    key = m_pcm.name.split(".", 1)[0]
+                    assert m_pcm.name == f"{key}.pcm" and m_meta.name == f"{key}.json"
+                    pcm = np.frombuffer(tar.extractfile(m_pcm).read(), dtype="<i2")
+                    meta = json.loads(tar.extractfile(m_meta).read())
+                    assert meta["split"] == split
+                    assert key not in samples, f"{key} stored twice"
+                    samples[key] = (pcm, meta)
+                    keys.append(key)
+            per_shard[sh["name"]] = keys
+    return {"manifest": manifest, "samples": samples, "per_shard": per_shard}
+
+
+@pytest.fixture
+def shard_set_reader():
+    """The :func:`read_shard_set` function."""
+    return read_shard_set
