@@ -1,0 +1,962 @@
+"""Batched, on-device data augmentation for waveforms and spectrograms.
+
+Every augmentation is an :class:`torch.nn.Module` that is active only in ``model.train()`` and is exactly the
+identity in ``model.eval()`` (``forward`` returns its input object unchanged). Random parameters are drawn
+*per sample* from a :class:`torch.Generator` that lives on the input's device (created lazily, one per
+device, seeded from ``AugmentConfig.seed`` and the augmentation's name), so
+
+* nothing is synchronised with the host and nothing loops over the samples of a batch;
+* the same seed + the same inputs + the same sequence of calls give the same outputs (on the same device
+  type: CPU and CUDA generators produce different streams);
+* the training loop can re-seed per epoch / rank with :meth:`RandomAugment.reseed` or :func:`reseed_all`.
+
+Inputs may be float32, float16 or bfloat16 (and float64); the output has the input dtype. Half-precision
+inputs are augmented in float32 where the arithmetic needs it (noise power, FFT, interpolation).
+
+Modules
+-------
+=================  ===================================  ==========================================
+name               class                                input -> output
+=================  ===================================  ==========================================
+``shift``          :class:`TimeShift`                   wave ``[B, ..., T]``: circular roll
+``polarity``       :class:`Polarity`                    wave ``[B, ..., T]``: sign flip
+``gain``           :class:`Gain`                        wave ``[B, ..., T]``: random gain in dB
+``noise``          :class:`AddNoise`                    wave ``[B, ..., T]``: white/pink noise at SNR
+``time_stretch``   :class:`SpecTimeStretch`             spec ``[B, C, F, frames]``
+``pitch_shift``    :class:`SpecPitchShift`              spec ``[B, C, F, frames]``
+``freq_mask``      :class:`FreqMask`                    spec ``[B, C, F, frames]``
+``time_mask``      :class:`TimeMask`                    spec ``[B, C, F, frames]``
+``mixup``          :class:`Mixup`                       ``(x [B, ...], targets [B, K])``
+=================  ===================================  ==========================================
+
+They are registered in :data:`AUGMENTATIONS`; each class has ``from_config(cfg, sample_rate)``.
+:class:`WaveAugment` and :class:`SpecAugment` chain the enabled ones in a fixed order;
+:func:`build_augment` returns the three stages used by the model. :func:`offline_time_stretch_pitch_shift`
+is the slow, waveform-domain alternative (phase vocoder + resampling) for offline corpus expansion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.config import ConfigError
+from kernels.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+AUGMENTATIONS: Registry[type[RandomAugment]] = Registry("augmentation")
+
+#: order in which :class:`WaveAugment` applies its parts (gain before noise so the SNR is of the final level)
+WAVE_ORDER = ("shift", "polarity", "gain", "noise")
+#: order in which :class:`SpecAugment` applies its parts (masks last so masked regions are exact)
+SPEC_ORDER = ("time_stretch", "pitch_shift", "freq_mask", "time_mask")
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation recipe. Every augmentation is switched off by its probability (or mask count) = 0.
+
+    Probabilities are per sample: each sample of a batch independently gets the augmentation with
+    probability ``*_p`` and its own random parameters. The defaults are a modest recipe for 3-30 s music
+    clips fed to a log-mel CNN.
+    """
+
+    enabled: bool = True
+    """Master switch: False makes every stage the identity (also in training)."""
+    seed: int = 0
+    """Base seed of the per-device generators (each augmentation derives its own stream from it)."""
+
+    # --- waveform ([B, T], float, full scale 1.0)
+    gain_p: float = 0.5
+    gain_db: tuple[float, float] = (-6.0, 6.0)
+    """Gain range in dB, drawn uniformly per sample."""
+    noise_p: float = 0.3
+    noise_snr_db: tuple[float, float] = (15.0, 40.0)
+    """Signal-to-noise ratio range in dB (noise power relative to the clip's mean power), uniform."""
+    noise_color: Literal["white", "pink", "both"] = "both"
+    """With "both", each noisy sample gets white or pink noise with equal probability."""
+    shift_p: float = 0.5
+    shift_max_seconds: float = 1.0
+    """Largest circular shift, in seconds (either direction)."""
+    shift_max_fraction: float = 0.5
+    """...and at most this fraction of the clip length."""
+    polarity_p: float = 0.5
+
+    # --- spectrogram ([B, C, F, frames])
+    freq_masks: int = 2
+    """Number of frequency masks per sample (0 disables)."""
+    freq_mask_width: int = 12
+    """Largest frequency-mask width in bins; widths are uniform in {0, ..., freq_mask_width}."""
+    time_masks: int = 2
+    """Number of time masks per sample (0 disables)."""
+    time_mask_width: int = 24
+    """Largest time-mask width in frames; widths are uniform in {0, ..., max width}."""
+    time_mask_max_fraction: float = 0.2
+    """...and at most this fraction of the frames (SpecAugment's upper bound ``p``)."""
+    mask_value: Literal["zero", "mean"] = "mean"
+    """Masked bins become 0 or the sample's mean over (C, F, frames)."""
+    time_stretch_p: float = 0.3
+    time_stretch_rate: tuple[float, float] = (0.8, 1.25)
+    """Speed-up factor range (>1 = faster/shorter content), drawn log-uniformly per sample."""
+    time_stretch_pad: Literal["wrap", "edge"] = "wrap"
+    """How a sped-up (rate > 1) spectrogram is filled back to its frame count: loop it, or repeat the last frame."""
+    pitch_shift_p: float = 0.3
+    pitch_shift_semitones: tuple[float, float] = (-2.0, 2.0)
+    """Pitch-shift range in semitones, uniform per sample."""
+
+    # --- mixup (on whatever the model mixes: features or waveforms)
+    mixup_p: float = 0.5
+    """Fraction of samples that are mixed with another sample of the batch."""
+    mixup_alpha: float = 0.4
+    """lambda ~ Beta(alpha, alpha) per sample."""
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for values that cannot be right."""
+        for name in (
+            "gain_p",
+            "noise_p",
+            "shift_p",
+            "polarity_p",
+            "time_stretch_p",
+            "pitch_shift_p",
+            "mixup_p",
+        ):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0 or math.isnan(p):
+                raise ConfigError(f"augment.{name} must be a probability in [0, 1], got {p}")
+        for name in ("gain_db", "noise_snr_db", "time_stretch_rate", "pitch_shift_semitones"):
+            lo, hi = getattr(self, name)
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ConfigError(f"augment.{name} must be finite, got {(lo, hi)}")
+            if lo > hi:
+                raise ConfigError(f"augment.{name} must be (low, high) with low <= high, got {(lo, hi)}")
+        if self.time_stretch_rate[0] <= 0:
+            raise ConfigError(
+                f"augment.time_stretch_rate must be > 0 (a speed factor), got {self.time_stretch_rate}"
+            )
+        if max(abs(v) for v in self.gain_db) > 60:
+            raise ConfigError(f"augment.gain_db beyond +-60 dB is not an augmentation: {self.gain_db}")
+        if max(abs(v) for v in self.pitch_shift_semitones) > 24:
+            raise ConfigError(
+                f"augment.pitch_shift_semitones must stay within +-24 semitones, got {self.pitch_shift_semitones}"
+            )
+        if self.noise_color not in ("white", "pink", "both"):
+            raise ConfigError(f"augment.noise_color must be white, pink or both, got {self.noise_color!r}")
+        if self.mask_value not in ("zero", "mean"):
+            raise ConfigError(f"augment.mask_value must be zero or mean, got {self.mask_value!r}")
+        if self.time_stretch_pad not in ("wrap", "edge"):
+            raise ConfigError(f"augment.time_stretch_pad must be wrap or edge, got {self.time_stretch_pad!r}")
+        if self.shift_max_seconds < 0:
+            raise ConfigError(f"augment.shift_max_seconds must be >= 0, got {self.shift_max_seconds}")
+        for name in ("shift_max_fraction", "time_mask_max_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"augment.{name} must be in [0, 1], got {v}")
+        for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.mixup_alpha > 0:
+            raise ConfigError(f"augment.mixup_alpha must be > 0 (Beta(alpha, alpha)), got {self.mixup_alpha}")
+
+
+# ---------------------------------------------------------------------------------------- base + helpers
+
+
+def _derive_seed(seed: int, name: str) -> int:
+    """A 63-bit seed for augmentation ``name`` from the base seed: distinct, stable across runs/platforms."""
+    digest = hashlib.blake2b(f"{int(seed)}:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float16/bfloat16 are augmented in float32; float32/float64 in themselves."""
+    return torch.float32 if dtype in _HALF else dtype
+
+
+def _per_sample(v: Tensor, x: Tensor) -> Tensor:
+    """Reshape a per-sample ``[B]`` tensor to broadcast against ``x [B, ...]``."""
+    return v.reshape(v.shape[0], *([1] * (x.dim() - 1)))
+
+
+def _check_float(x: Tensor, what: str, min_dim: int) -> None:
+    if not torch.is_tensor(x):
+        raise TypeError(f"{what}: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{what}: expected a floating-point tensor, got {x.dtype}")
+    if x.dim() < min_dim:
+        raise ValueError(
+            f"{what}: expected at least {min_dim} dims with the batch first, got shape {tuple(x.shape)}"
+        )
+
+
+def _check_spec(x: Tensor, what: str) -> None:
+    _check_float(x, what, 4)
+    if x.dim() != 4:
+        raise ValueError(f"{what}: expected a spectrogram [B, C, F, frames], got shape {tuple(x.shape)}")
+
+
+class RandomAugment(nn.Module):
+    """Base of all augmentations: identity in eval, per-device generators, ``reseed``.
+
+    Subclasses set ``name`` (their registry name) and implement ``forward`` (which returns its input
+    unchanged unless ``self.training and self.is_active``) and :meth:`from_config`.
+    """
+
+    name: str = "augment"
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.seed = int(seed)
+        self._generators: dict[str, torch.Generator] = {}
+
+    # -- randomness
+    def reseed(self, seed: int) -> None:
+        """Restart the random streams from ``seed`` (e.g. ``base + 1000 * epoch + rank``) on every device."""
+        self.seed = int(seed)
+        self._generators = {}
+
+    def generator(self, device: torch.device | str) -> torch.Generator:
+        """This module's generator on ``device`` (created on first use, seeded from ``seed`` and ``name``)."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        key = str(device)
+        gen = self._generators.get(key)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(_derive_seed(self.seed, self.name))
+            self._generators[key] = gen
+        return gen
+
+    def _rand(self, n: int, device: torch.device) -> Tensor:
+        """``n`` float32 uniforms in [0, 1) on ``device``."""
+        return torch.rand(n, generator=self.generator(device), device=device)
+
+    def _coin(self, n: int, p: float, device: torch.device) -> Tensor:
+        """Per-sample Bernoulli(p) as bool ``[n]``."""
+        return self._rand(n, device) < p
+
+    def _uniform(self, n: int, lo: float, hi: float, device: torch.device) -> Tensor:
+        return lo + (hi - lo) * self._rand(n, device)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # generators are device-bound runtime state: a copy / unpickled module re-creates them from the seed
+        state = self.__dict__.copy()
+        state["_generators"] = {}
+        return state
+
+    @property
+    def is_active(self) -> bool:
+        """False when the parameters make this module a no-op (then ``forward`` returns its input)."""
+        return True
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> RandomAugment:  # pragma: no cover
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"seed={self.seed}"
+
+
+def reseed_all(module: nn.Module, seed: int) -> int:
+    """Reseed every :class:`RandomAugment` inside ``module`` (e.g. a whole model) from ``seed``.
+
+    Each augmentation still derives its own stream from ``seed`` and its name. Returns how many were reseeded.
+    """
+    n = 0
+    for m in module.modules():
+        if isinstance(m, RandomAugment):
+            m.reseed(seed)
+            n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------------------- waveform
+
+
+def _wave_input(x: Tensor, what: str) -> Tensor:
+    """Accept float ``[B, ..., T]`` (full scale 1.0) or int16 PCM (converted to float32 / 32768)."""
+    if torch.is_tensor(x) and x.dtype == torch.int16:
+        x = x.float() / 32768.0
+    _check_float(x, what, 2)
+    return x
+
+
+@AUGMENTATIONS.register("gain")
+class Gain(RandomAugment):
+    """Multiply each sample by a random gain, uniform in ``db_range`` dB, with probability ``p``.
+
+    ``x [B, ..., T]`` -> same shape and dtype; the RMS ratio out/in of an augmented sample is
+    ``10 ** (g / 20)`` with ``g`` in ``db_range``.
+    """
+
+    name = "gain"
+
+    def __init__(self, db_range: tuple[float, float] = (-6.0, 6.0), p: float = 0.5, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.db_range = (float(db_range[0]), float(db_range[1]))
+        self.p = float(p)
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> Gain:
+        return cls(cfg.gain_db, cfg.gain_p, cfg.seed)
+
+    @property
+    def is_active(self) -> bool:
+        return self.p > 0 and self.db_range != (0.0, 0.0)
+
+    def gains(self, batch: int, device: torch.device) -> Tensor:
+        """Per-sample linear gain factors float32 ``[B]`` (1 where not applied)."""
+        db = self._uniform(batch, *self.db_range, device)
+        on = self._coin(batch, self.p, device)
+        return torch.where(on, torch.pow(10.0, db / 20.0), torch.ones_like(db))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or not self.is_active:
+            return x
+        x = _wave_input(x, "Gain")
+        g = self.gains(x.shape[0], x.device)
+        return x * _per_sample(g, x).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"db_range={self.db_range}, p={self.p}, seed={self.seed}"
+
+
+@AUGMENTATIONS.register("polarity")
+class Polarity(RandomAugment):
+    """Invert the sign of each sample with probability ``p``. ``x [B, ..., T]`` -> same shape and dtype."""
+
+    name = "polarity"
+
+    def __init__(self, p: float = 0.5, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.p = float(p)
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> Polarity:
+        return cls(cfg.polarity_p, cfg.seed)
+
+    @property
+    def is_active(self) -> bool:
+        return self.p > 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or not self.is_active:
+            return x
+        x = _wave_input(x, "Polarity")
+        flip = self._coin(x.shape[0], self.p, x.device)
+        sign = 1.0 - 2.0 * flip.to(torch.float32)  # (B,) in {+1, -1}
+        return x * _per_sample(sign, x).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, seed={self.seed}"
+
+
+@AUGMENTATIONS.register("shift")
+class TimeShift(RandomAugment):
+    """Circularly roll each sample along time by a random integer shift, with probability ``p``.
+
+    The shift is uniform in ``[-m, m]`` samples with ``m = min(max_seconds * sample_rate, max_fraction * T)``.
+    ``x [B, ..., T]`` -> same shape and dtype; ``out[b, ..., t] = x[b, ..., (t - s_b) mod T]``.
+    """
+
+    name = "shift"
+
+    def __init__(
+        self,
+        sample_rate: int,
+        max_seconds: float = 1.0,
+        max_fraction: float = 0.5,
+        p: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(seed)
+        if sample_rate <= 0:
+            raise ValueError(f"TimeShift: sample_rate must be > 0 Hz, got {sample_rate}")
+        self.sample_rate = int(sample_rate)
+        self.max_seconds = float(max_seconds)
+        self.max_fraction = float(max_fraction)
+        self.p = float(p)
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> TimeShift:
+        return cls(sample_rate, cfg.shift_max_seconds, cfg.shift_max_fraction, cfg.shift_p, cfg.seed)
+
+    @property
+    def is_active(self) -> bool:
+        return self.p > 0 and self.max_seconds > 0 and self.max_fraction > 0
+
+    def max_shift(self, num_samples: int) -> int:
+        """Largest shift in samples for a clip of ``num_samples``."""
+        return int(min(self.max_seconds * self.sample_rate, self.max_fraction * num_samples, num_samples - 1))
+
+    def shifts(self, batch: int, num_samples: int, device: torch.device) -> Tensor:
+        """Per-sample shifts int64 ``[B]`` in ``[-m, m]`` (0 where not applied)."""
+        m = self.max_shift(num_samples)
+        u = self._rand(batch, device)
+        s = torch.floor(u * (2 * m + 1)).long().clamp_(max=2 * m) - m
+        on = self._coin(batch, self.p, device)
+        return torch.where(on, s, torch.zeros_like(s))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or not self.is_active:
+            return x
+        x = _wave_input(x, "TimeShift")
+        n = x.shape[-1]
+        s = self.shifts(x.shape[0], n, x.device)
+        # (B, 1.., T) source index of each output sample: a per-sample circular roll as one gather
+        idx = torch.remainder(torch.arange(n, device=x.device) - s[:, None], n)
+        idx = idx.reshape(x.shape[0], *([1] * (x.dim() - 2)), n).expand_as(x)
+        return torch.gather(x, -1, idx)
+
+    def extra_repr(self) -> str:
+        return (
+            f"sample_rate={self.sample_rate}, max_seconds={self.max_seconds}, "
+            f"max_fraction={self.max_fraction}, p={self.p}, seed={self.seed}"
+        )
+
+
+def _pink_from_white(white: Tensor) -> Tensor:
+    """Shape white noise ``[B, ..., T]`` to a 1/f power spectrum (amplitude 1/sqrt(f)) by FFT; no DC."""
+    n = white.shape[-1]
+    spec = torch.fft.rfft(white, dim=-1)  # (B, .., T//2+1) complex
+    k = torch.arange(spec.shape[-1], device=white.device, dtype=white.dtype)
+    scale = torch.where(k > 0, torch.rsqrt(k.clamp(min=1.0)), torch.zeros_like(k))
+    return torch.fft.irfft(spec * scale, n=n, dim=-1)
+
+
+@AUGMENTATIONS.register("noise")
+class AddNoise(RandomAugment):
+    """Add white or pink Gaussian noise at a random SNR (uniform in ``snr_db``), with probability ``p``.
+
+    The SNR is ``10 log10(mean(x^2) / mean(n^2))`` per sample over all non-batch dims, exact up to float
+    rounding (the noise is normalised to the target power). Pink noise (power ~ 1/f) is white noise shaped
+    by ``1/sqrt(f)`` in the FFT domain, on device. A silent sample gets no noise (its SNR is undefined).
+    ``x [B, ..., T]`` -> same shape and dtype.
+    """
+
+    name = "noise"
+
+    def __init__(
+        self,
+        snr_db: tuple[float, float] = (15.0, 40.0),
+        color: Literal["white", "pink", "both"] = "both",
+        p: float = 0.3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(seed)
+        if color not in ("white", "pink", "both"):
+            raise ValueError(f"AddNoise: color must be white, pink or both, got {color!r}")
+        self.snr_db = (float(snr_db[0]), float(snr_db[1]))
+        self.color = color
+        self.p = float(p)
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> AddNoise:
+        return cls(cfg.noise_snr_db, cfg.noise_color, cfg.noise_p, cfg.seed)
+
+    @property
+    def is_active(self) -> bool:
+        return self.p > 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or not self.is_active:
+            return x
+        x = _wave_input(x, "AddNoise")
+        b, dev = x.shape[0], x.device
+        wd = _work_dtype(x.dtype)
+        gen = self.generator(dev)
+        snr = self._uniform(b, *self.snr_db, dev)
+        on = self._coin(b, self.p, dev)
+        pink = self._coin(b, 0.5, dev) if self.color == "both" else None
+        noise = torch.randn(x.shape, generator=gen, device=dev, dtype=wd)
+        if self.color == "pink":
+            noise = _pink_from_white(noise)
+        elif self.color == "both":
+            noise = torch.where(_per_sample(pink, x), _pink_from_white(noise), noise)
+        dims = tuple(range(1, x.dim()))
+        xw = x.detach().to(wd)
+        p_sig = xw.square().mean(dim=dims)  # (B,) signal power: a random parameter, not differentiated
+        p_noise = noise.square().mean(dim=dims).clamp_min(torch.finfo(wd).tiny)
+        scale = torch.sqrt(p_sig / p_noise * torch.pow(10.0, -snr.to(wd) / 10.0))
+        scale = torch.where(on, scale, torch.zeros_like(scale))
+        return (x.to(wd) + noise * _per_sample(scale, x)).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"snr_db={self.snr_db}, color={self.color!r}, p={self.p}, seed={self.seed}"
+
+
+class _Chain(nn.Module):
+    """Apply child augmentations in order; identity in eval or when none is active."""
+
+    def __init__(self, parts: dict[str, RandomAugment], enabled: bool) -> None:
+        super().__init__()
+        self.enabled = enabled
+        self.parts = nn.ModuleDict(parts)
+
+    @property
+    def is_active(self) -> bool:
+        return self.enabled and any(p.is_active for p in self.parts.values())
+
+    def reseed(self, seed: int) -> None:
+        """Reseed every part (each derives its own stream from ``seed`` and its name)."""
+        reseed_all(self, seed)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or not self.is_active:
+            return x
+        for part in self.parts.values():
+            x = part(x)
+        return x
+
+
+class WaveAugment(_Chain):
+    """Waveform augmentation chain: circular shift, polarity, gain, additive noise (in that order).
+
+    ``forward(x float [B, T] or [B, ..., T])`` -> same shape and dtype (int16 PCM is accepted and returned
+    as float32 / 32768 in training); the identity (the same object) in eval or when ``cfg.enabled`` is False.
+    """
+
+    def __init__(self, cfg: AugmentConfig, sample_rate: int) -> None:
+        parts = {name: AUGMENTATIONS.get(name).from_config(cfg, sample_rate) for name in WAVE_ORDER}
+        super().__init__({k: v for k, v in parts.items() if v.is_active}, cfg.enabled)
+
+
+# ---------------------------------------------------------------------------------------- spectrogram
+
+
+def _interp_axis(x: Tensor, pos: Tensor, dim: int, wrap: bool) -> Tensor:
+    """Linear interpolation of ``x [B, C, F, N]`` at per-sample fractional positions along ``dim``.
+
+    ``pos [B, M]`` are input indices (float) for each output index along ``dim`` (-1 = frames, -2 = bins);
+    returns ``[B, C, F, M]`` or ``[B, C, M, N]``. Out-of-range positions wrap around (``wrap``) or clamp to
+    the edge. An integer position returns the input value exactly.
+    """
+    n = x.shape[dim]
+    i0 = torch.floor(pos)
+    w = (pos - i0).to(x.dtype)
+    i0 = i0.long()
+    i1 = i0 + 1
+    if wrap:
+        i0, i1 = torch.remainder(i0, n), torch.remainder(i1, n)
+    else:
+        i0, i1 = i0.clamp(0, n - 1), i1.clamp(0, n - 1)
+    b, m = pos.shape
+    shape = (b, 1, 1, m) if dim == -1 else (b, 1, m, 1)
+    out_shape = list(x.shape)
+    out_shape[dim] = m
+    i0 = i0.reshape(shape).expand(out_shape)
+    i1 = i1.reshape(shape).expand(out_shape)
+    w = w.reshape(shape)
+    x0 = torch.gather(x, dim, i0)
+    x1 = torch.gather(x, dim, i1)
+    return x0 + w * (x1 - x0)
+
+
+@AUGMENTATIONS.register("time_stretch")
+class SpecTimeStretch(RandomAugment):
+    """Resample a spectrogram along time by a per-sample rate, keeping the frame count.
+
+    ``rate`` is drawn log-uniformly in ``rate_range`` (>1 = faster: the content is compressed). Output frame
+    ``t`` reads input frame ``offset + t * rate`` (linear interpolation). For ``rate < 1`` the stretched
+    content is longer than the clip and a random window of it is kept (random ``offset``); for ``rate > 1``
+    it is shorter and the tail is filled by looping (``pad="wrap"``) or repeating the last frame
+    (``"edge"``). ``x [B, C, F, frames]`` -> same shape and dtype. Unlike a phase vocoder this interpolates
+    frame magnitudes (onsets smear slightly when slowing down); it is a cheap approximation of a tempo change.
+    """
+
+    name = "time_stretch"
+
+    def __init__(
+        self,
+        rate_range: tuple[float, float] = (0.8, 1.25),
+        p: float = 0.3,
+        pad: Literal["wrap", "edge"] = "wrap",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(seed)
+        if not 0 < rate_range[0] <= rate_range[1]:
+            raise ValueError(f"SpecTimeStretch: rate_range must be 0 < low <= high, got {rate_range}")
+        if pad not in ("wrap", "edge"):
+            raise ValueError(f"SpecTimeStretch: pad must be wrap or edge, got {pad!r}")
+        self.rate_range = (float(rate_range[0]), float(rate_range[1]))
+        self.p = float(p)
+        self.pad = pad
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> SpecTimeStretch:
+        return cls(cfg.time_stretch_rate, cfg.time_stretch_p, cfg.time_stretch_pad, cfg.seed)
+
+    @property
+    def is_active(self) -> bool:
+        return self.p > 0 and self.rate_range != (1.0, 1.0)
+
+    def rates(self, batch: int, device: torch.device) -> Tensor:
+        """Per-sample rates float32 ``[B]`` (1 where not applied)."""
+        lo, hi = math.log(self.rate_range[0]), math.log(self.rate_range[1])
+        r = torch.exp(self._uniform(batch, lo, hi, device))
+        on = self._coin(batch, self.p, device)
+        return torch.where(on, r, torch.ones_like(r))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or not self.is_active:
+            return x
+        _check_spec(x, "SpecTimeStretch")
+        b, n, dev = x.shape[0], x.shape[-1], x.device
+        r = self.rates(b, dev)
+        u = self._rand(b, dev)
+        offset = u * (n - 1) * (1.0 - r).clamp(min=0.0)  # (B,) random window start when stretching longer
+        t = torch.arange(n, device=dev, dtype=torch.float32)
+        pos = offset[:, None] + t[None, :] * r[:, None]  # (B, frames) input frame of each output frame
+        out = _interp_axis(x.to(_work_dtype(x.dtype)), pos, -1, wrap=self.pad == "wrap").to(x.dtype)
+        return torch.where(_per_sample(r != 1.0, x), out, x)
+
+    def extra_repr(self) -> str:
+        return f"rate_range={self.rate_range}, p={self.p}, pad={self.pad!r}, seed={self.seed}"
+
+
+@AUGMENTATIONS.register("pitch_shift")
+class SpecPitchShift(RandomAugment):
+    """Resample a spectrogram along frequency by ``2 ** (s / 12)``, ``s`` uniform in ``semitones``, keeping F.
+
+    Output bin ``f`` reads input bin ``f / 2 ** (s / 12)`` (linear interpolation; bins above the top are
+    filled with the top bin). This is exact (up to bin resolution) for a *linear*-frequency spectrogram whose
+    bin 0 is 0 Hz. On mel bins it is an approximation: mel spacing is roughly linear below ~1 kHz (where it is
+    right) and roughly logarithmic above (where a pitch shift is really a constant translation of bins), so
+    high-frequency content is moved too far for upward shifts and too little for downward ones. Use small
+    ranges (a few semitones), or the waveform-domain :func:`offline_time_stretch_pitch_shift` for exact shifts.
+    ``x [B, C, F, frames]`` -> same shape and dtype.
+    """
+
+    name = "pitch_shift"
+
+    def __init__(self, semitones: tuple[float, float] = (-2.0, 2.0), p: float = 0.3, seed: int = 0) -> None:
+        super().__init__(seed)
+        if semitones[0] > semitones[1]:
+            raise ValueError(f"SpecPitchShift: semitones must be (low, high), got {semitones}")
+        self.semitones = (float(semitones[0]), float(semitones[1]))
+        self.p = float(p)
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> SpecPitchShift:
+        return cls(cfg.pitch_shift_semitones, cfg.pitch_shift_p, cfg.seed)
+
+    @property
+    def is_active(self) -> bool:
+        return self.p > 0 and self.semitones != (0.0, 0.0)
+
+    def factors(self, batch: int, device: torch.device) -> Tensor:
+        """Per-sample frequency factors ``2 ** (s / 12)`` float32 ``[B]`` (1 where not applied)."""
+        s = self._uniform(batch, *self.semitones, device)
+        on = self._coin(batch, self.p, device)
+        return torch.where(on, torch.pow(2.0, s / 12.0), torch.ones_like(s))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or not self.is_active:
+            return x
+        _check_spec(x, "SpecPitchShift")
+        b, nf, dev = x.shape[0], x.shape[-2], x.device
+        k = self.factors(b, dev)
+        f = torch.arange(nf, device=dev, dtype=torch.float32)
+        pos = f[None, :] / k[:, None]  # (B, F) input bin of each output bin
+        out = _interp_axis(x.to(_work_dtype(x.dtype)), pos, -2, wrap=False).to(x.dtype)
+        return torch.where(_per_sample(k != 1.0, x), out, x)
+
+    def extra_repr(self) -> str:
+        return f"semitones={self.semitones}, p={self.p}, seed={self.seed}"
+
+
+class _Mask(RandomAugment):
+    """``count`` masks per sample along ``dim`` of ``[B, C, F, frames]``; width uniform in {0..max}."""
+
+    dim = -1
+
+    def __init__(
+        self,
+        count: int,
+        max_width: int,
+        max_fraction: float = 1.0,
+        value: Literal["zero", "mean"] = "mean",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(seed)
+        if count < 0 or max_width < 0:
+            raise ValueError(
+                f"{type(self).__name__}: count and max_width must be >= 0, got {count}, {max_width}"
+            )
+        if value not in ("zero", "mean"):
+            raise ValueError(f"{type(self).__name__}: value must be zero or mean, got {value!r}")
+        self.count = int(count)
+        self.max_width = int(max_width)
+        self.max_fraction = float(max_fraction)
+        self.value = value
+
+    @property
+    def is_active(self) -> bool:
+        return self.count > 0 and self.max_width > 0 and self.max_fraction > 0
+
+    def width_limit(self, size: int) -> int:
+        """Largest mask width for an axis of ``size``."""
+        return max(0, min(self.max_width, int(self.max_fraction * size), size))
+
+    def masks(self, batch: int, size: int, device: torch.device) -> Tensor:
+        """bool ``[B, size]``: True where masked (union of ``count`` intervals per sample)."""
+        wmax = self.width_limit(size)
+        u = self._rand(2 * batch * self.count, device).view(2, batch, self.count)
+        width = torch.floor(u[0] * (wmax + 1)).clamp_(max=wmax)  # (B, count) in {0..wmax}
+        start = torch.floor(u[1] * (size - width + 1)).clamp_(max=size - width)  # (B, count)
+        i = torch.arange(size, device=device, dtype=torch.float32)
+        inside = (i >= start[..., None]) & (i < (start + width)[..., None])  # (B, count, size)
+        return inside.any(dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or not self.is_active:
+            return x
+        _check_spec(x, type(self).__name__)
+        m = self.masks(x.shape[0], x.shape[self.dim], x.device)
+        m = m[:, None, None, :] if self.dim == -1 else m[:, None, :, None]
+        if self.value == "zero":
+            fill = torch.zeros((), dtype=x.dtype, device=x.device)
+        else:
+            fill = x.detach().to(_work_dtype(x.dtype)).mean(dim=(1, 2, 3)).to(x.dtype)
+            fill = _per_sample(fill, x)
+        return torch.where(m, fill, x)
+
+    def extra_repr(self) -> str:
+        return (
+            f"count={self.count}, max_width={self.max_width}, max_fraction={self.max_fraction}, "
+            f"value={self.value!r}, seed={self.seed}"
+        )
+
+
+@AUGMENTATIONS.register("freq_mask")
+class FreqMask(_Mask):
+    """SpecAugment frequency masks: ``count`` bands of ``0..max_width`` bins per sample, same on all channels.
+
+    ``x [B, C, F, frames]`` -> same shape and dtype; masked bins are 0 or the sample's mean.
+    """
+
+    name = "freq_mask"
+    dim = -2
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> FreqMask:
+        return cls(cfg.freq_masks, cfg.freq_mask_width, 1.0, cfg.mask_value, cfg.seed)
+
+
+@AUGMENTATIONS.register("time_mask")
+class TimeMask(_Mask):
+    """SpecAugment time masks: ``count`` spans of ``0..min(max_width, max_fraction*frames)`` frames per sample.
+
+    ``x [B, C, F, frames]`` -> same shape and dtype; masked frames are 0 or the sample's mean.
+    """
+
+    name = "time_mask"
+    dim = -1
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> TimeMask:
+        return cls(cfg.time_masks, cfg.time_mask_width, cfg.time_mask_max_fraction, cfg.mask_value, cfg.seed)
+
+
+class SpecAugment(_Chain):
+    """Spectrogram augmentation chain: time stretch, pitch shift, frequency masks, time masks (in that order).
+
+    ``forward(x [B, C, F, frames])`` -> same shape and dtype; the identity (the same object) in eval or when
+    ``cfg.enabled`` is False.
+    """
+
+    def __init__(self, cfg: AugmentConfig, sample_rate: int = 0) -> None:
+        parts = {name: AUGMENTATIONS.get(name).from_config(cfg, sample_rate) for name in SPEC_ORDER}
+        super().__init__({k: v for k, v in parts.items() if v.is_active}, cfg.enabled)
+
+
+# ---------------------------------------------------------------------------------------------- mixup
+
+
+@AUGMENTATIONS.register("mixup")
+class Mixup(RandomAugment):
+    """Mixup within the batch with a per-sample ``lambda ~ Beta(alpha, alpha)``.
+
+    ``forward(x [B, ...], targets float [B, K])`` -> ``(x_mixed, targets_mixed)`` with, for every sample ``i``,
+    ``x_mixed[i] = lam[i] * x[i] + (1 - lam[i]) * x[perm[i]]`` and the same for targets, where ``perm`` is a
+    random permutation of the batch and ``lam[i] = 1`` for samples not selected (probability ``1 - p``).
+    Soft/one-hot targets that sum to 1 still sum to 1. ``lambda`` is sampled as ``G1 / (G1 + G2)`` with
+    ``G ~ Gamma(alpha)`` from the module's generator (reproducible). Identity (the same objects) in eval.
+    """
+
+    name = "mixup"
+
+    def __init__(self, alpha: float = 0.4, p: float = 0.5, seed: int = 0) -> None:
+        super().__init__(seed)
+        if not alpha > 0:
+            raise ValueError(f"Mixup: alpha must be > 0, got {alpha}")
+        self.alpha = float(alpha)
+        self.p = float(p)
+        self.enabled = True  # AugmentConfig.enabled master switch
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int = 0) -> Mixup:
+        m = cls(cfg.mixup_alpha, cfg.mixup_p, cfg.seed)
+        m.enabled = cfg.enabled
+        return m
+
+    @property
+    def is_active(self) -> bool:
+        return self.enabled and self.p > 0
+
+    def params(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Draw ``(lam float32 [B], perm int64 [B])`` from the module's generator."""
+        gen = self.generator(device)
+        conc = torch.full((2, batch), self.alpha, device=device, dtype=torch.float32)
+        g = torch._standard_gamma(conc, generator=gen)  # (2, B)
+        lam = g[0] / (g[0] + g[1]).clamp_min(torch.finfo(torch.float32).tiny)
+        on = self._coin(batch, self.p, device)
+        lam = torch.where(on, lam, torch.ones_like(lam))
+        perm = torch.randperm(batch, generator=gen, device=device)
+        return lam, perm
+
+    def forward(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        if not self.training or not self.is_active:
+            return x, targets
+        _check_float(x, "Mixup x", 1)
+        if not torch.is_tensor(targets) or not targets.is_floating_point() or targets.dim() != 2:
+            got = (
+                f"{targets.dtype} {tuple(targets.shape)}"
+                if torch.is_tensor(targets)
+                else type(targets).__name__
+            )
+            raise TypeError(
+                f"Mixup: targets must be float [B, K] (one-hot or soft), got {got}; "
+                "convert class indices with F.one_hot(labels, K).float()"
+            )
+        if targets.shape[0] != x.shape[0]:
+            raise ValueError(f"Mixup: batch sizes differ: x {tuple(x.shape)}, targets {tuple(targets.shape)}")
+        lam, perm = self.params(x.shape[0], x.device)
+        wd = _work_dtype(x.dtype)
+        lx = _per_sample(lam, x).to(wd)
+        xm = (lx * x.to(wd) + (1.0 - lx) * x[perm].to(wd)).to(x.dtype)
+        lt = lam.to(device=targets.device, dtype=_work_dtype(targets.dtype))[:, None]
+        perm_t = perm.to(targets.device)
+        tm = (lt * targets + (1.0 - lt) * targets[perm_t]).to(targets.dtype)
+        return xm, tm
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, p={self.p}, seed={self.seed}"
+
+
+def build_augment(cfg: AugmentConfig, sample_rate: int) -> tuple[WaveAugment, SpecAugment, Mixup]:
+    """The three training-time stages: ``(WaveAugment, SpecAugment, Mixup)`` from one config.
+
+    Each is the identity in eval mode and when ``cfg.enabled`` is False.
+    """
+    cfg.validate()
+    return WaveAugment(cfg, sample_rate), SpecAugment(cfg, sample_rate), Mixup.from_config(cfg, sample_rate)
+
+
+# -------------------------------------------------------------------------------------- offline (slow)
+
+
+def offline_time_stretch_pitch_shift(
+    wave: Tensor,
+    sample_rate: int,
+    rate: float = 1.0,
+    semitones: float = 0.0,
+    n_fft: int = 2048,
+    hop_length: int | None = None,
+) -> Tensor:
+    """Waveform-domain time stretch and pitch shift (phase vocoder + band-limited resampling).
+
+    ``wave`` float ``[T]`` (or ``[..., T]``) at ``sample_rate`` Hz -> float ``[round(T / rate)]`` (same
+    leading dims and dtype): tempo multiplied by ``rate`` (>1 = faster/shorter), pitch moved by ``semitones``.
+    One STFT -> :func:`torchaudio.functional.phase_vocoder` at rate ``rate / k`` -> iSTFT -> resampling by
+    ``k = 2 ** (semitones / 12)`` (:func:`torchaudio.functional.resample`, ratio approximated to a fraction
+    with denominator <= 256: a pitch error below 0.05 cent).
+
+    Cost: an STFT/iSTFT pair plus a polyphase resampling per clip, ~10-50x the on-device spectrogram
+    approximations and not batched over different rates; meant for offline corpus expansion, not for the
+    training loop. Phase-vocoder artefacts ("phasiness") grow with ``|log rate|`` and ``|semitones|``.
+    """
+    import torchaudio.functional as AF
+
+    if not torch.is_tensor(wave) or not wave.is_floating_point():
+        raise TypeError(
+            f"offline_time_stretch_pitch_shift: wave must be a float tensor, got {type(wave).__name__}"
+        )
+    if wave.dim() < 1 or wave.shape[-1] < 2:
+        raise ValueError(
+            f"offline_time_stretch_pitch_shift: wave must be [..., T] with T >= 2, got {tuple(wave.shape)}"
+        )
+    if sample_rate <= 0:
+        raise ValueError(f"offline_time_stretch_pitch_shift: sample_rate must be > 0 Hz, got {sample_rate}")
+    if not (rate > 0 and math.isfinite(rate)):
+        raise ValueError(f"offline_time_stretch_pitch_shift: rate must be > 0, got {rate}")
+    if abs(semitones) > 48:
+        raise ValueError(f"offline_time_stretch_pitch_shift: semitones must be within +-48, got {semitones}")
+    out_len = max(1, round(wave.shape[-1] / rate))
+    if rate == 1.0 and semitones == 0.0:
+        return wave.clone()
+
+    dtype = wave.dtype
+    lead = wave.shape[:-1]
+    x = wave.reshape(-1, wave.shape[-1]).to(torch.float32 if dtype in _HALF else dtype)
+    k = 2.0 ** (semitones / 12.0)
+    hop = hop_length or n_fft // 4
+    window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
+    # (N, n_fft // 2 + 1, frames) complex. Zero (not reflect) padding: the phase vocoder propagates the
+    # inter-bin phases of frame 0, and a reflected first frame breaks them (a steady tone then loses ~half
+    # its level when slowed down; torchaudio.functional.pitch_shift has this problem, librosa does not).
+    spec = torch.stft(x, n_fft, hop, window=window, center=True, pad_mode="constant", return_complex=True)
+    # pitch by k = stretch by 1/k, then resample by k; net tempo factor = (rate / k) * k = rate
+    pv_rate = rate / k
+    if pv_rate != 1.0:
+        # expected phase advance per hop of each bin, (n_freq, 1)
+        phase_advance = torch.linspace(0, math.pi * hop, spec.shape[-2], device=x.device, dtype=x.dtype)
+        phase_advance = phase_advance[:, None]
+        spec = AF.phase_vocoder(spec, pv_rate, phase_advance)
+    stretched_len = round(x.shape[-1] / pv_rate)
+    y = torch.istft(spec, n_fft, hop, window=window, center=True, length=stretched_len)
+    if semitones != 0.0:
+        # playing `k` times faster: orig_freq / new_freq = k
+        frac = Fraction(k).limit_denominator(256)
+        y = AF.resample(y, frac.numerator, frac.denominator)
+    if y.shape[-1] >= out_len:
+        y = y[..., :out_len]
+    else:
+        y = F.pad(y, (0, out_len - y.shape[-1]))
+    return y.reshape(*lead, out_len).to(dtype)
+
+
+__all__ = [
+    "AUGMENTATIONS",
+    "AddNoise",
+    "AugmentConfig",
+    "FreqMask",
+    "Gain",
+    "Mixup",
+    "Polarity",
+    "RandomAugment",
+    "SpecAugment",
+    "SpecPitchShift",
+    "SpecTimeStretch",
+    "TimeMask",
+    "TimeShift",
+    "WaveAugment",
+    "build_augment",
+    "offline_time_stretch_pitch_shift",
+    "reseed_all",
+]
