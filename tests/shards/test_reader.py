@@ -1,0 +1,392 @@
+"""ShardStream on real tar shard sets written here (tarfile + shards.format), real pipes, real processes.
+
+Every track's PCM encodes its identity: sample ``i`` of track ``t`` is ``t * 1024 + i`` (tracks are shorter
+than 1024 samples), so any crop or window can be traced back to its track and offset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shards import format as fmt
+from shards.reader import ShardStream, make_loader
+
+LABELS = ["blues", "jazz", "rock"]
+SR = 8000
+WORKER = Path(__file__).with_name("_reader_worker.py")
+
+
+# ------------------------------------------------------------------------------------------ test writer
+
+
+def track(t: int, length: int, fold: int = -1, key: str | None = None) -> dict:
+    """Track ``t`` of ``length`` samples whose PCM is ``t * 1024 + arange(length)``."""
+    assert length < 1024 and t < 32
+    return {
+        "t": t,
+        "key": key or f"trk{t:03d}",
+        "label_index": t % len(LABELS),
+        "fold": fold,
+        "pcm": (t * 1024 + np.arange(length)).astype(np.int16),
+    }
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_set(
+    root: Path,
+    splits: dict[str, list[list[dict]]],
+    *,
+    kind: str = "audio",
+    folds: int = 0,
+    json_first: bool = True,
+) -> Path:
+    """A shard set: ``splits[split][i]`` = the tracks of shard ``i``; returns ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    manifest: dict = {
+        "format_version": fmt.FORMAT_VERSION,
+        "kind": kind,
+        "sample_rate": SR,
+        "labels": LABELS,
+        "folds": folds,
+        "splits": {},
+        "skipped": [],
+    }
+    for split, shards in splits.items():
+        entries = []
+        for i, tracks in enumerate(shards):
+            name = fmt.shard_name(split, i)
+            with tarfile.open(root / name, "w", format=tarfile.PAX_FORMAT) as tar:
+                for tr in tracks:
+                    meta = {
+                        "key": tr["key"],
+                        "label": LABELS[tr["label_index"]],
+                        "label_index": tr["label_index"],
+                        "path": f"{tr['key']}.wav",
+                        "orig_sample_rate": SR,
+                        "channels": 1,
+                        "duration": len(tr["pcm"]) / SR,
+                        "num_samples": len(tr["pcm"]),
+                        "track_id": None,
+                        "artist": None,
+                        "split": split,
+                        "fold": tr["fold"],
+                    }
+                    if kind == "audio":
+                        data = (f"{tr['key']}.{fmt.PCM_EXT}", fmt.encode_pcm(tr["pcm"] / 32768.0))
+                    else:  # features: [N, 2] frames = (track, frame index), exact in float16
+                        n = len(tr["pcm"])
+                        feats = np.stack([np.full(n, tr["t"]), np.arange(n)], axis=1).astype(np.float32)
+                        data = (f"{tr['key']}.{fmt.FEATS_EXT}", fmt.encode_feats(feats))
+                    members = [(f"{tr['key']}.{fmt.META_EXT}", fmt.encode_meta(meta)), data]
+                    for m in members if json_first else members[::-1]:
+                        _add(tar, *m)
+            entries.append(
+                {"name": name, "samples": len(tracks), "bytes": (root / name).stat().st_size, "sha256": ""}
+            )
+        manifest["splits"][split] = {
+            "tracks": sum(len(s) for s in shards),
+            "seconds": sum(len(t["pcm"]) for s in shards for t in s) / SR,
+            "per_label": {},
+            "shards": entries,
+        }
+    if kind == "features":
+        manifest["feature_dim"] = 2
+    (root / fmt.MANIFEST_NAME).write_text(json.dumps(manifest))
+    return root
+
+
+def tracks_of(row: np.ndarray) -> tuple[int, int]:
+    """(track, offset) of a crop / window from its first value."""
+    v = int(row[0])
+    return v // 1024, v % 1024
+
+
+def drain(stream: ShardStream, num_workers: int = 0) -> list[dict]:
+    return list(make_loader(stream, num_workers=num_workers, pin_memory=False))
+
+
+def uneven_set(root: Path, **kw) -> tuple[Path, list[dict]]:
+    """3 shards of 2, 5 and 9 tracks, lengths 40..1000 samples."""
+    rng = np.random.default_rng(0)
+    tracks = [track(t, int(rng.integers(40, 1000)), fold=t % 3) for t in range(16)]
+    return write_set(root, {"train": [tracks[:2], tracks[2:7], tracks[7:]]}, folds=3, **kw), tracks
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+
+@pytest.mark.parametrize("json_first", [True, False])
+def test_train_crops_have_shape_dtype_and_trace_to_their_track(tmp_path, json_first):
+    root, tracks = uneven_set(tmp_path / "set", json_first=json_first)
+    seg, bs = 32, 4
+    stream = ShardStream(root, "train", train=True, segment_samples=seg, batch_size=bs, seed=3)
+    batches = drain(stream)
+    assert len(batches) == len(stream) == 4  # ceil(16 / 4)
+    seen = set()
+    for b in batches:
+        assert set(b) == {"wave", "label"}
+        assert b["wave"].dtype == torch.int16 and tuple(b["wave"].shape) == (bs, seg)
+        assert b["label"].dtype == torch.int64 and tuple(b["label"].shape) == (bs,)
+        for row, label in zip(b["wave"].numpy(), b["label"].tolist()):
+            t, off = tracks_of(row)
+            n = len(tracks[t]["pcm"])
+            assert off + seg <= n  # all tracks are longer than the segment
+            np.testing.assert_array_equal(row, tracks[t]["pcm"][off : off + seg])
+            assert label == tracks[t]["label_index"]
+            seen.add(t)
+    assert seen == set(range(16))  # one epoch on one rank covers every track exactly once
+    offsets = [tracks_of(r)[1] for b in batches for r in b["wave"].numpy()]
+    assert len(set(offsets)) > 8  # random crop offsets, not all at 0
+
+
+def test_partial_reads_and_whole_reads_give_identical_crops(tmp_path):
+    root, _ = uneven_set(tmp_path / "set")
+    kw = dict(train=True, segment_samples=50, batch_size=5, seed=1)
+    a = drain(ShardStream(root, "train", partial_reads=True, **kw))
+    b = drain(ShardStream(root, "train", partial_reads=False, **kw))
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x["wave"], y["wave"]) and torch.equal(x["label"], y["label"])
+
+
+def test_epochs_reshuffle_reproducibly(tmp_path):
+    root, _ = uneven_set(tmp_path / "set")
+
+    def epoch_rows(epoch: int, seed: int = 7) -> list[tuple[int, int]]:
+        s = ShardStream(
+            root, "train", train=True, segment_samples=20, batch_size=4, seed=seed, shuffle_buffer=8
+        )
+        s.set_epoch(epoch)
+        return [tracks_of(r) for b in drain(s) for r in b["wave"].numpy()]
+
+    e0, e1 = epoch_rows(0), epoch_rows(1)
+    assert e0 == epoch_rows(0)  # same (seed, epoch): identical tracks, order and crop offsets
+    assert e1 == epoch_rows(1)
+    assert e0 != e1
+    assert [t for t, _ in e0] != [t for t, _ in e1]  # order differs, not only the crops
+    assert sorted(t for t, _ in e0) == sorted(t for t, _ in e1) == list(range(16))
+    assert e0 != epoch_rows(0, seed=8)
+
+
+def test_len_matches_batches_with_two_workers(tmp_path):
+    root, _ = uneven_set(tmp_path / "set")
+    for train, bs in [(True, 3), (True, 16), (True, 40), (False, 3), (False, 7)]:
+        s = ShardStream(root, "train", train=train, segment_samples=64, batch_size=bs, shuffle_buffer=2)
+        batches = drain(s, num_workers=2)
+        assert len(batches) == len(s), (train, bs)
+        assert all(b["wave"].shape[0] == bs for b in batches)
+
+
+def test_eval_yields_every_window_once_with_track_index_and_padding(tmp_path):
+    lengths = [10, 64, 65, 200, 333, 999]
+    tracks = [track(t, n) for t, n in enumerate(lengths)]
+    root = write_set(tmp_path / "set", {"valid": [tracks[:4], tracks[4:]]})
+    seg, hop, bs = 64, 48, 5
+    s = ShardStream(root, "valid", train=False, segment_samples=seg, hop_samples=hop, batch_size=bs)
+    assert s.track_keys() == [t["key"] for t in tracks]
+    assert s.track_labels() == [t["label_index"] for t in tracks]
+    expected_windows = [1 + max(0, -(-(n - seg) // hop)) for n in lengths]  # [1, 1, 2, 4, 7, 21]
+    assert s.num_windows() == expected_windows
+    batches = drain(s)
+    assert len(batches) == len(s) == -(-sum(expected_windows) // bs)
+    seen: dict[int, list[int]] = {}
+    for b in batches:
+        assert set(b) == {"wave", "label", "track", "valid"}
+        assert b["wave"].dtype == torch.int16 and tuple(b["wave"].shape) == (bs, seg)
+        assert b["track"].dtype == torch.int64 and b["valid"].dtype == torch.bool
+        for row, t, ok, label in zip(b["wave"].numpy(), b["track"].tolist(), b["valid"].tolist(), b["label"]):
+            if not ok:
+                assert t == -1 and not row.any()
+                continue
+            pcm = tracks[t]["pcm"]
+            start = len(seen.setdefault(t, [])) * hop
+            seen[t].append(start)
+            want = np.zeros(seg, np.int16)
+            piece = pcm[start : start + seg]
+            want[: len(piece)] = piece  # last partial window / short track: zero-padded
+            np.testing.assert_array_equal(row, want)
+            assert int(label) == tracks[t]["label_index"]
+    assert {t: len(v) for t, v in seen.items()} == dict(enumerate(expected_windows))
+    n_invalid = sum(int((~b["valid"]).sum()) for b in batches)
+    assert n_invalid == len(batches) * bs - sum(expected_windows)
+
+
+@pytest.mark.parametrize("pad_mode", ["loop", "zero"])
+def test_short_tracks_are_looped_or_zero_padded(tmp_path, pad_mode):
+    tracks = [track(t, n) for t, n in enumerate([5, 17, 30])]
+    root = write_set(tmp_path / "set", {"train": [tracks]})
+    seg = 40
+    s = ShardStream(
+        root,
+        "train",
+        train=True,
+        segment_samples=seg,
+        batch_size=3,
+        pad_mode=pad_mode,
+        seed=2,
+        shuffle_buffer=0,
+    )
+    rows = [r for b in drain(s) for r in b["wave"].numpy()]
+    assert len(rows) == 3
+    for row in rows:
+        t, phase = tracks_of(row)
+        pcm = tracks[t]["pcm"]
+        if pad_mode == "loop":
+            want = np.tile(pcm, 20)[phase : phase + seg]
+        else:
+            assert phase == 0
+            want = np.concatenate([pcm, np.zeros(seg - len(pcm), np.int16)])
+        np.testing.assert_array_equal(row, want)
+
+
+def test_fold_filtering_excludes_or_keeps_only_the_holdout_fold(tmp_path):
+    root, tracks = uneven_set(tmp_path / "set")
+    fold_of = {t["t"]: t["fold"] for t in tracks}
+    train = ShardStream(root, "train", train=True, segment_samples=16, batch_size=2, holdout_fold=1)
+    seen = [tracks_of(r)[0] for b in drain(train, num_workers=2) for r in b["wave"].numpy()]
+    kept = sorted(t for t, f in fold_of.items() if f != 1)
+    # 11 kept tracks, batch 2: ceil(11 / 2) = 6 full batches, the wrap-around repeats one kept track
+    assert len(kept) == 11 and len(train) == 6 and len(seen) == 12
+    assert set(seen) == set(kept)
+
+    ev = ShardStream(
+        root, "train", train=False, segment_samples=2000, batch_size=4, holdout_fold=1, folds="only"
+    )
+    only = [t for t, f in fold_of.items() if f == 1]
+    assert ev.track_keys() == [tracks[t]["key"] for t in only]
+    got = [int(t) for b in drain(ev) for t, ok in zip(b["track"], b["valid"]) if ok]
+    assert got == list(range(len(only)))  # track indices index the filtered track list
+    with pytest.raises(ValueError, match="holdout_fold"):
+        ShardStream(root, "train", train=False, segment_samples=8, batch_size=2, folds="only")
+
+
+def test_pipe_url_reads_like_the_local_path(tmp_path):
+    root, _ = uneven_set(tmp_path / "set")
+    local = fmt.split_shards(fmt.load_manifest(root), "train", root)
+    piped = [(f"pipe:cat {p}", n) for p, n in local]
+    for train in (True, False):
+        kw = dict(train=train, segment_samples=24, batch_size=4, seed=5)
+        a = drain(ShardStream(local, "train", **kw))
+        b = drain(ShardStream(piped, "train", **kw))
+        c = drain(ShardStream(root, "train", **kw))
+        assert len(a) == len(b) == len(c) > 0
+        for x, y, z in zip(a, b, c):
+            assert x.keys() == y.keys() == z.keys()
+            for k in x:
+                assert torch.equal(x[k], y[k]) and torch.equal(x[k], z[k])
+
+
+def test_failing_pipe_and_corrupt_shard_are_reported_and_counts_hold(tmp_path, caplog):
+    root, tracks = uneven_set(tmp_path / "set")
+    # corrupt the third shard in its middle: the reader must report it, not crash or hang
+    bad = root / fmt.shard_name("train", 2)
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 2048] = b"\xff" * 2048
+    bad.write_bytes(bytes(data))
+    caplog.set_level(logging.WARNING, logger="shards.reader")
+    s = ShardStream(root, "train", train=True, segment_samples=16, batch_size=4)
+    batches = drain(s)
+    assert len(batches) == len(s) == 4
+    assert any(str(bad) in r.getMessage() and "checksum" in r.getMessage() for r in caplog.records)
+
+    caplog.clear()
+    ev = ShardStream(root, "train", train=False, segment_samples=2000, batch_size=4)
+    assert 7 <= len(ev.track_keys()) < 16  # the scan dropped the unreadable part, and said so
+    assert any(str(bad) in r.getMessage() for r in caplog.records)
+    assert sum(int(b["valid"].sum()) for b in drain(ev)) == len(ev.track_keys())
+
+    caplog.clear()
+    missing = [(f"pipe:cat {tmp_path}/nope.tar", 3), (str(root / fmt.shard_name("train", 0)), 2)]
+    s = ShardStream(missing, "train", train=True, segment_samples=16, batch_size=5)
+    batches = drain(s)
+    assert len(batches) == len(s) == 1
+    assert {tracks_of(r)[0] for r in batches[0]["wave"].numpy()} <= {0, 1}  # re-used readable samples
+    assert any("nope.tar" in r.getMessage() and "status" in r.getMessage() for r in caplog.records)
+
+
+def test_feature_shards_yield_float16_frame_crops(tmp_path):
+    tracks = [track(t, n) for t, n in enumerate([50, 80, 120])]
+    root = write_set(tmp_path / "set", {"train": [tracks]}, kind="features")
+    s = ShardStream(root, "train", train=True, segment_samples=30, batch_size=3)
+    (b,) = drain(s)
+    assert set(b) == {"feats", "label"}
+    assert b["feats"].dtype == torch.float16 and tuple(b["feats"].shape) == (3, 30, 2)
+    for x in b["feats"].numpy().astype(np.int64):
+        t, off = x[0]
+        assert (x[:, 0] == t).all() and off + 30 <= len(tracks[t]["pcm"])
+        np.testing.assert_array_equal(x[:, 1], off + np.arange(30))
+    ev = ShardStream(root, "train", train=False, segment_samples=64, batch_size=4)
+    batches = drain(ev)
+    assert tuple(batches[0]["feats"].shape) == (4, 64, 2)
+    assert sum(int(b["valid"].sum()) for b in batches) == 1 + 2 + 2
+
+
+def test_long_unicode_keys_in_pax_headers(tmp_path):
+    key = "ä" * 80 + "_long_key_that_needs_a_pax_header" * 3
+    tracks = [track(0, 100, key=key), track(1, 100)]
+    root = write_set(tmp_path / "set", {"test": [tracks]})
+    s = ShardStream(root, "test", train=False, segment_samples=100, batch_size=2)
+    assert s.track_keys() == [key, "trk001"]
+    (b,) = drain(s)
+    assert b["track"].tolist() == [0, 1] and b["valid"].all()
+
+
+def _run_ranks(root: Path, tmp_path: Path, world: int = 2, workers: int = 2, bs: int = 3, seg: int = 32):
+    procs, outs = [], []
+    for rank in range(world):
+        out = tmp_path / f"rank{rank}.json"
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), PYTHONPATH=str(Path.cwd()))
+        cmd = [sys.executable, str(WORKER), str(root), str(out), str(workers), str(bs), str(seg)]
+        procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
+        outs.append(out)
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    return [json.loads(o.read_text()) for o in outs]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["uneven3", "single"])
+def test_two_ranks_two_workers_see_each_track_once_and_equal_batches(tmp_path, layout):
+    if layout == "uneven3":
+        root, tracks = uneven_set(tmp_path / "set")
+    else:
+        tracks = [track(t, 100 + 37 * t) for t in range(5)]
+        root = write_set(tmp_path / "set", {"train": [tracks]})
+    seg, bs = 32, 3
+    results = _run_ranks(root, tmp_path, bs=bs, seg=seg)
+    assert [r["rank"] for r in results] == [0, 1] and all(r["world_size"] == 2 for r in results)
+    n = len(tracks)
+    # training: every rank yields len(stream) = ceil(ceil(n / 2) / bs) full batches, both epochs
+    want = math.ceil(math.ceil(n / 2) / bs)
+    for r in results:
+        assert r["train_len"] == want
+        for e in (0, 1):
+            assert r[f"train_batches_{e}"] == want and r[f"train_rows_{e}"] == want * bs
+    for e in (0, 1):
+        union = {t for r in results for t in r[f"train_tracks_{e}"]}
+        assert union == set(range(n))  # nothing lost across ranks x workers
+    # evaluation: every window of every track exactly once over both ranks, equal batch counts
+    windows = sorted(tuple(w) for r in results for w in r["eval_windows"])
+    expected = sorted(
+        (t, w) for t, tr in enumerate(tracks) for w in range(1 + max(0, -(-(len(tr["pcm"]) - seg) // seg)))
+    )
+    assert windows == expected
+    assert results[0]["eval_batches"] == results[1]["eval_batches"] == results[0]["eval_len"]
+    assert all(r["eval_len"] == r["eval_batches"] for r in results)
