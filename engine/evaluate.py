@@ -1,0 +1,442 @@
+"""Evaluate a checkpoint on a split of a shard set: segment and track metrics, report, confusion matrix.
+
+::
+
+    python -m engine evaluate runs/x/best.pt --shards shards/gtzan --split test --out runs/x/eval
+    accelerate launch -m engine.evaluate runs/x/best.pt --shards DIR --out DIR     # several processes
+
+Every track of the split is cut into windows of the checkpoint's ``segment_samples`` (hop
+``--hop-seconds``, default = one window: non-overlapping); the model scores each window; a track's
+prediction is the argmax of its mean window probability. Each process evaluates its share of the tracks
+(:class:`shards.reader.ShardStream` with its rank), the per-window results are gathered once at the end,
+and only the main process writes files: the figures are the same on CPU or GPU, with one process or many.
+
+Cross-dataset evaluation: when the shard set's label names differ from the model's, ``--label-map FILE``
+(YAML or JSON ``{shard label: model label}``; ``null`` excludes a class) maps them; without a map, names
+equal up to case and punctuation (``hiphop`` / ``Hip-Hop``) are matched automatically. Shard classes
+without a counterpart are reported ("unmapped classes"), with the number of tracks not evaluated, and
+model classes absent from the shards are listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import tarfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.metrics import Accumulator, aggregate_tracks, track_and_segment_metrics
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["evaluate_checkpoint", "main", "resolve_label_map", "load_label_map"]
+
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+def _norm(name: str) -> str:
+    """Label name up to case and punctuation: ``Hip-Hop`` -> ``hiphop``."""
+    return re.sub(r"[^0-9a-z]+", "", name.casefold())
+
+
+def load_label_map(path: str | Path) -> dict[str, str | None]:
+    """Read a YAML or JSON mapping ``{shard label: model label or null}``."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label map {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML
+    except yaml.YAMLError as err:
+        raise ValueError(f"label map {path} is neither YAML nor JSON: {err}") from err
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise ValueError(f"label map {path} must be a mapping of shard label name -> model label name")
+    for k, v in data.items():
+        if v is not None and not isinstance(v, str):
+            raise ValueError(f"label map {path}: {k!r} maps to {v!r}, expected a label name or null")
+    return data
+
+
+def resolve_label_map(
+    shard_labels: list[str], model_labels: list[str], label_map: dict[str, str | None] | None = None
+) -> tuple[list[int], dict[str, str]]:
+    """Map each shard class to a model class.
+
+    Order of rules per shard label: the explicit ``label_map`` entry (``None`` = not evaluated), else the
+    identical model label, else the unique model label equal up to case and punctuation.
+
+    Returns:
+        ``(index, mapping)``: ``index[i]`` is the model class of shard class ``i`` (-1 = unmapped);
+        ``mapping`` is ``{shard label: model label}`` of the mapped classes.
+    Raises:
+        ValueError: a map entry names a model label that does not exist, or a shard label that does not
+        exist (a typo would otherwise silently drop a class).
+    """
+    label_map = dict(label_map or {})
+    unknown_src = sorted(set(label_map) - set(shard_labels))
+    if unknown_src:
+        raise ValueError(
+            f"label map names shard label(s) {unknown_src} that the shard set does not have "
+            f"(shard labels: {shard_labels})"
+        )
+    bad_dst = sorted({v for v in label_map.values() if v is not None and v not in model_labels})
+    if bad_dst:
+        raise ValueError(f"label map targets {bad_dst} are not model labels (model labels: {model_labels})")
+    by_norm: dict[str, list[str]] = {}
+    for name in model_labels:
+        by_norm.setdefault(_norm(name), []).append(name)
+    index, mapping = [], {}
+    for name in shard_labels:
+        if name in label_map:
+            target = label_map[name]
+        elif name in model_labels:
+            target = name
+        else:
+            candidates = by_norm.get(_norm(name), [])
+            target = candidates[0] if len(candidates) == 1 else None
+        index.append(model_labels.index(target) if target is not None else -1)
+        if target is not None:
+            mapping[name] = target
+    return index, mapping
+
+
+def _track_paths(shards: list[tuple[str, int]]) -> dict[str, str]:
+    """``{key: source path}`` from the ``.json`` members of local shards (PCM members are seeked over)."""
+    out: dict[str, str] = {}
+    for url, _ in shards:
+        path = Path(url[len("file://") :] if url.startswith("file://") else url)
+        if not path.is_file():
+            logger.info("%s is not a local file: predictions.csv will have no source paths for it", url)
+            continue
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for member in tar:
+                    if not member.isfile() or not member.name.endswith(".json"):
+                        continue
+                    f = tar.extractfile(member)
+                    if f is None:
+                        continue
+                    try:
+                        meta = json.loads(f.read().decode("utf-8"))
+                    except (ValueError, UnicodeDecodeError) as err:
+                        logger.warning("%s: %s: unreadable metadata (%s)", url, member.name, err)
+                        continue
+                    key = str(meta.get("key", member.name.split(".", 1)[0]))
+                    out[key] = str(meta.get("path", ""))
+        except (OSError, tarfile.TarError) as err:
+            logger.warning("%s: cannot list track paths (%s)", url, err)
+    return out
+
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    if precision == "no":
+        return nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _make_accelerator() -> Any:
+    """An Accelerator for inference. Under ``torchrun`` / ``accelerate launch`` on a machine without CUDA,
+    accelerate only sets up the (gloo) CPU process group when asked for the CPU explicitly; without it every
+    process would silently evaluate everything as world size 1."""
+    from accelerate import Accelerator
+    from accelerate.state import PartialState
+
+    if PartialState._shared_state:  # already set up in this process (e.g. by train()): share it
+        return Accelerator()
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(cpu=multi and not torch.cuda.is_available())
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    shards: str | Path,
+    split: str = "test",
+    out: str | Path | None = None,
+    *,
+    batch_size: int = 64,
+    hop_seconds: float | None = None,
+    label_map: dict[str, str | None] | str | Path | None = None,
+    num_workers: int | None = None,
+    precision: str = "no",
+    accelerator: Any = None,
+    fold: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``split`` of the shard set ``shards``; write the report to ``out``.
+
+    Args:
+        checkpoint: a genre-engine ``.pt`` (see :mod:`engine.checkpoint`).
+        shards: shard-set directory; its ``sample_rate`` must equal the checkpoint's.
+        split: ``"train"``, ``"valid"`` or ``"test"``.
+        out: directory for metrics.json, report.md, confusion_matrix.png, predictions.csv (main
+            process only); None writes nothing.
+        batch_size: windows per batch.
+        hop_seconds: window hop in seconds (default: the window length, no overlap).
+        label_map: ``{shard label: model label | None}`` or a YAML/JSON file of it (cross-dataset).
+        num_workers: DataLoader workers (default :func:`shards.reader.default_num_workers`).
+        precision: ``"no"``, ``"fp16"`` or ``"bf16"`` autocast of the forward pass.
+        accelerator: an ``accelerate.Accelerator`` to reuse (default: a new one; it picks up the
+            process group of ``accelerate launch`` / ``torchrun``).
+        fold: evaluate only the tracks of this k-fold fold (cross-validation); None: every track.
+        progress: show a progress bar on the main process.
+
+    Returns:
+        The metrics dict (also written to metrics.json): ``segment`` / ``track`` (see
+        :func:`engine.metrics.classification_metrics`), ``track_vote``, and the run's facts
+        (``world_size``, ``tracks_expected``, ``tracks_missing``, ``unmapped_classes``,
+        ``model_classes_absent``, ``label_map``, ...). Identical on every process.
+    """
+    from engine.checkpoint import load_model
+    from engine.report import write_evaluation
+    from shards.format import load_manifest
+    from shards.reader import ShardStream, make_loader
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    t0 = time.perf_counter()
+    manifest = load_manifest(shards)  # fail fast before loading a model
+    if isinstance(label_map, (str, Path)):
+        label_map = load_label_map(label_map)
+    accelerator = accelerator or _make_accelerator()
+    device = accelerator.device
+    model, ckpt = load_model(checkpoint, device)
+    model_labels = [str(x) for x in ckpt["labels"]]
+    sample_rate, segment = int(ckpt["sample_rate"]), int(ckpt["segment_samples"])
+    kind = manifest.get("kind", "audio")
+    if kind == "audio" and int(manifest["sample_rate"]) != sample_rate:
+        raise ValueError(
+            f"shard set {shards} is at {manifest['sample_rate']} Hz but the checkpoint {checkpoint} was trained "
+            f"at {sample_rate} Hz: re-shard the source at {sample_rate} Hz "
+            f"(python tools/make_shards.py SOURCE --out DIR --sample-rate {sample_rate})"
+        )
+    shard_labels = [str(x) for x in manifest["labels"]]
+    index, mapping = resolve_label_map(shard_labels, model_labels, label_map)
+    hop = None
+    if hop_seconds is not None:
+        if hop_seconds <= 0:
+            raise ValueError(f"hop_seconds must be > 0, got {hop_seconds}")
+        hop = max(1, int(round(hop_seconds * sample_rate)))
+
+    stream = ShardStream(
+        str(shards),
+        split,
+        train=False,
+        segment_samples=segment,
+        batch_size=batch_size,
+        hop_samples=hop,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        holdout_fold=-1 if fold is None else int(fold),
+        folds="only" if fold is not None else "exclude",
+    )
+    loader = make_loader(stream, num_workers=num_workers)
+    to_model = torch.tensor(index, dtype=torch.long)  # shard class -> model class (-1 unmapped)
+    to_model_dev = to_model.to(device)
+    acc = Accumulator()
+    iterator: Any = loader
+    if progress and accelerator.is_local_main_process:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(loader, total=len(loader), desc=f"evaluate {split}", unit="batch")
+    with torch.inference_mode():
+        for batch in iterator:
+            x = batch["wave"] if "wave" in batch else batch["feats"]
+            x = x.to(device, non_blocking=True)
+            with _autocast(device, precision):
+                logits = model(x)  # (B, K)
+            probs = torch.softmax(logits.float(), dim=1)
+            label = batch["label"].to(device, non_blocking=True)
+            valid = batch["valid"].to(device, non_blocking=True)
+            mapped = to_model_dev[label.clamp_min(0)]  # (B,) model class or -1
+            valid = valid & (mapped >= 0)
+            acc.update(probs, mapped.clamp_min(0), batch["track"].to(device, non_blocking=True), valid)
+    windows = acc.compute(num_classes=len(model_labels))  # gathered across processes, every rank
+
+    metrics = track_and_segment_metrics(
+        windows["probs"], windows["labels"], windows["tracks"], None, model_labels
+    )
+
+    # which tracks should have been evaluated, which could not be
+    keys = stream.track_keys()
+    track_shard_labels = stream.track_labels()
+    unmapped: dict[str, int] = {}
+    for lab in track_shard_labels:
+        if index[lab] < 0:
+            unmapped[shard_labels[lab]] = unmapped.get(shard_labels[lab], 0) + 1
+    for i, name in enumerate(shard_labels):  # unmapped classes with no track in this split: 0
+        if index[i] < 0:
+            unmapped.setdefault(name, 0)
+    expected = {t for t, lab in enumerate(track_shard_labels) if index[lab] >= 0}
+    track_ids, track_probs, vote = aggregate_tracks(windows["probs"], windows["tracks"])
+    got = set(track_ids.tolist())
+    missing = sorted(expected - got)
+    if missing:
+        logger.error(
+            "%d of %d tracks produced no readable window and are not in the metrics (e.g. %s)",
+            len(missing),
+            len(expected),
+            ", ".join(keys[t] for t in missing[:5]),
+        )
+    if unmapped:
+        logger.warning(
+            "unmapped classes: %s (%d tracks not evaluated)",
+            ", ".join(unmapped),
+            sum(unmapped.values()),
+        )
+    present = set(mapping.values())
+    metrics.update(
+        {
+            "checkpoint": str(checkpoint),
+            "shards": str(shards),
+            "split": split,
+            "fold": fold,
+            "labels": model_labels,
+            "shard_labels": shard_labels,
+            "label_map": mapping,
+            "unmapped_classes": unmapped,
+            "model_classes_absent": [n for n in model_labels if n not in present],
+            "sample_rate": sample_rate,
+            "segment_samples": segment,
+            "segment_seconds": segment / sample_rate,
+            "hop_seconds": (hop or segment) / sample_rate,
+            "windows": int(windows["tracks"].numel()),
+            "tracks_expected": len(expected),
+            "tracks_missing": [keys[t] for t in missing],
+            "world_size": accelerator.num_processes,
+            "precision": precision,
+            "device": str(device.type),
+            "seconds": time.perf_counter() - t0,
+        }
+    )
+
+    if out is not None and accelerator.is_main_process:
+        paths = _track_paths(stream.shards)
+        labels_of = torch.tensor([index[lab] for lab in track_shard_labels], dtype=torch.long)
+        counts = torch.bincount(torch.searchsorted(track_ids, windows["tracks"]), minlength=track_ids.numel())
+        predictions = []
+        for row, (t, p, v) in enumerate(zip(track_ids.tolist(), track_probs, vote.tolist())):
+            true = int(labels_of[t])
+            top2 = p.topk(min(2, p.numel())).indices.tolist()
+            pred = int(p.argmax())
+            predictions.append(
+                {
+                    "key": keys[t],
+                    "path": paths.get(keys[t], ""),
+                    "true_label": model_labels[true],
+                    "predicted_label": model_labels[pred],
+                    "correct": pred == true,
+                    "top2_correct": true in top2,
+                    "vote_label": model_labels[v],
+                    "windows": int(counts[row]),
+                    "probs": p.tolist(),
+                }
+            )
+        write_evaluation(out, metrics, predictions, model_labels)
+        logger.info("wrote the evaluation report to %s", out)
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m engine evaluate",
+        description=(
+            "Evaluate a checkpoint on a split of a shard set: segment (window) and track metrics, per-class "
+            "table, confusion matrix, predictions.csv. Runs on CPU or GPU; launch with `accelerate launch -m "
+            "engine.evaluate ...` or `torchrun -m engine.evaluate ...` for several processes (same figures)."
+        ),
+    )
+    p.add_argument("checkpoint", help="genre-engine checkpoint (.pt)")
+    p.add_argument("--shards", required=True, help="shard-set directory (with manifest.json)")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--out", default=None, help="report directory (default: <checkpoint dir>/eval-<split>)")
+    p.add_argument("--batch-size", type=int, default=64, help="windows per batch (default: 64)")
+    p.add_argument(
+        "--hop-seconds",
+        type=float,
+        default=None,
+        help="window hop in seconds (default: window length, no overlap)",
+    )
+    p.add_argument(
+        "--label-map",
+        default=None,
+        metavar="FILE",
+        help="YAML/JSON {shard label: model label or null} for a shard set whose label names differ",
+    )
+    p.add_argument("--precision", choices=PRECISIONS, default="no", help="autocast of the forward pass")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: automatic)")
+    p.add_argument("--fold", type=int, default=None, help="evaluate only the tracks of this k-fold fold")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _print_summary(metrics: dict[str, Any], out: Path | None) -> None:
+    seg, trk = metrics["segment"], metrics["track"]
+    print(
+        f"{metrics['split']}: {trk['n']} tracks, {seg['n']} windows of {metrics['segment_seconds']:.2f} s "
+        f"({metrics['world_size']} process{'es' if metrics['world_size'] > 1 else ''})"
+    )
+    print(f"{'':18}{'segment':>10}{'track':>10}")
+    for key, name in (
+        ("accuracy", "accuracy"),
+        ("top2_accuracy", "top-2 accuracy"),
+        ("macro_precision", "macro precision"),
+        ("macro_recall", "macro recall"),
+        ("macro_f1", "macro F1"),
+    ):
+        print(f"{name:<18}{100 * seg[key]:>9.2f}%{100 * trk[key]:>9.2f}%")
+    print(f"{'vote accuracy':<18}{'':>10}{100 * metrics['track_vote']['accuracy']:>9.2f}%")
+    if metrics.get("unmapped_classes"):
+        u = metrics["unmapped_classes"]
+        print(f"unmapped classes: {', '.join(u)} ({sum(u.values())} tracks not evaluated)")
+    if metrics.get("model_classes_absent"):
+        print(f"model classes absent from the shards: {', '.join(metrics['model_classes_absent'])}")
+    if metrics.get("tracks_missing"):
+        print(f"WARNING: {len(metrics['tracks_missing'])} tracks could not be read (see the log)")
+    if out is not None:
+        print(f"report: {out / 'report.md'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
+    try:
+        metrics = evaluate_checkpoint(
+            args.checkpoint,
+            args.shards,
+            split=args.split,
+            out=out,
+            batch_size=args.batch_size,
+            hop_seconds=args.hop_seconds,
+            label_map=args.label_map,
+            num_workers=args.workers,
+            precision=args.precision,
+            fold=args.fold,
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
+        return 2
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        _print_summary(metrics, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Evaluation report files: metrics.json, report.md, confusion_matrix.png, predictions.csv.
+
+Layout of ``metrics`` (what :func:`engine.evaluate.evaluate_checkpoint` produces)::
+
+    {"segment": classification_metrics(...), "track": classification_metrics(...),
+     "track_vote": {"accuracy", "n"}, ...run information (checkpoint, shards, split, world_size,
+     unmapped_classes, model_classes_absent, ...)}
+
+``predictions``: one dict per evaluated track with ``key``, ``path``, ``true_label``, ``predicted_label``
+(argmax of the mean window probability), ``vote_label`` (majority vote of windows, optional),
+``windows`` (number of windows, optional) and ``probs`` (``[K]`` mean window probabilities in
+``label_names`` order).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from engine.plots import confusion_matrix_png
+
+__all__ = ["write_evaluation", "markdown_report"]
+
+_HEADLINE = (
+    ("accuracy", "accuracy"),
+    ("top2_accuracy", "top-2 accuracy"),
+    ("macro_precision", "macro precision"),
+    ("macro_recall", "macro recall"),
+    ("macro_f1", "macro F1"),
+    ("weighted_precision", "weighted precision"),
+    ("weighted_recall", "weighted recall"),
+    ("weighted_f1", "weighted F1"),
+)
+
+
+def _pct(x: Any) -> str:
+    return f"{100.0 * x:.2f}%" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[Any]], align: list[str] | None = None) -> list[str]:
+    align = align or ["---"] + ["--:"] * (len(header) - 1)
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def markdown_report(
+    metrics: dict[str, Any], label_names: list[str], predictions: list[dict[str, Any]]
+) -> str:
+    """The report.md text: headline (segment vs track), per-class table, confusion matrix, notes."""
+    seg, trk = metrics.get("segment", {}), metrics.get("track", {})
+    title = "Evaluation"
+    if metrics.get("checkpoint"):
+        title += f" of `{metrics['checkpoint']}`"
+    lines = [f"# {title}", ""]
+    info = []
+    for key, label in (
+        ("shards", "shards"),
+        ("split", "split"),
+        ("sample_rate", "sample rate (Hz)"),
+        ("segment_seconds", "window (s)"),
+        ("hop_seconds", "hop (s)"),
+        ("world_size", "processes"),
+        ("precision", "precision"),
+        ("seconds", "wall time (s)"),
+    ):
+        if metrics.get(key) is not None:
+            value = metrics[key]
+            info.append(f"- {label}: {f'{value:.1f}' if key == 'seconds' else value}")
+    lines += info + ([""] if info else [])
+
+    lines += ["## Headline", ""]
+    lines += _table(
+        ["metric", "segment (per window)", "track (mean of windows)"],
+        [[label, _pct(seg.get(k)), _pct(trk.get(k))] for k, label in _HEADLINE]
+        + [["samples", seg.get("n", 0), trk.get("n", 0)]],
+    )
+    if "track_vote" in metrics:
+        lines += [
+            "",
+            f"Track accuracy by majority vote of windows: {_pct(metrics['track_vote'].get('accuracy'))}.",
+        ]
+    lines += [
+        "",
+        "Macro averages are over the classes present in the evaluated truth (support > 0); "
+        "classes with no evaluated tracks are listed per class with support 0.",
+        "",
+    ]
+
+    lines += ["## Per class (track level; segment F1 alongside)", ""]
+    rows = []
+    for name in label_names:
+        t = trk.get("per_class", {}).get(name, {})
+        s = seg.get("per_class", {}).get(name, {})
+        rows.append(
+            [
+                name,
+                t.get("support", 0),
+                _pct(t.get("precision")),
+                _pct(t.get("recall")),
+                _pct(t.get("f1")),
+                s.get("support", 0),
+                _pct(s.get("f1")),
+            ]
+        )
+    lines += _table(
+        ["class", "tracks", "precision", "recall", "F1", "windows", "segment F1"],
+        rows,
+    )
+    lines += ["", "## Confusion matrix (tracks; rows = true, columns = predicted)", ""]
+    cm = trk.get("confusion_matrix") or [[0] * len(label_names) for _ in label_names]
+    lines += _table(
+        ["true \\ predicted", *label_names],
+        [[name, *row] for name, row in zip(label_names, cm)],
+    )
+    lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
+
+    notes = []
+    unmapped = metrics.get("unmapped_classes") or {}
+    if unmapped:
+        n = sum(int(v) for v in unmapped.values())
+        listed = ", ".join(f"{k} ({v})" for k, v in unmapped.items())
+        notes.append(f"- unmapped classes: {listed} ({n} tracks not evaluated)")
+    absent = metrics.get("model_classes_absent") or []
+    if absent:
+        notes.append(f"- model classes absent from the shards: {', '.join(absent)}")
+    if metrics.get("label_map"):
+        mapped = ", ".join(f"{k} -> {v}" for k, v in metrics["label_map"].items() if k != v)
+        if mapped:
+            notes.append(f"- label map (shard -> model): {mapped}")
+    if notes:
+        lines += ["## Notes", "", *notes, ""]
+
+    wrong = [p for p in predictions if not p.get("correct", p.get("true_label") == p.get("predicted_label"))]
+    lines += [f"## Misclassified tracks ({len(wrong)} of {len(predictions)})", ""]
+    if wrong:
+        shown = wrong[:50]
+        lines += _table(
+            ["key", "path", "true", "predicted", "p(true)", "p(predicted)"],
+            [
+                [
+                    p.get("key", ""),
+                    p.get("path", ""),
+                    p.get("true_label", ""),
+                    p.get("predicted_label", ""),
+                    _prob(p, label_names, p.get("true_label")),
+                    _prob(p, label_names, p.get("predicted_label")),
+                ]
+                for p in shown
+            ],
+            ["---", "---", "---", "---", "--:", "--:"],
+        )
+        if len(wrong) > len(shown):
+            lines.append(f"\n... {len(wrong) - len(shown)} more: see predictions.csv (column `correct`).")
+    else:
+        lines.append("None.")
+    return "\n".join(lines) + "\n"
+
+
+def _prob(pred: dict[str, Any], label_names: list[str], name: Any) -> str:
+    probs = pred.get("probs")
+    if probs is None or name not in label_names:
+        return ""
+    return f"{float(probs[label_names.index(name)]):.3f}"
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+        return _jsonable(obj.tolist())
+    return obj
+
+
+def write_predictions_csv(path: Path, predictions: list[dict[str, Any]], label_names: list[str]) -> Path:
+    """One row per track: key, path, true/predicted label, correct, top-2 hit, vote, windows, p_<class>..."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "key",
+                "path",
+                "true_label",
+                "predicted_label",
+                "correct",
+                "top2_correct",
+                "vote_label",
+                "windows",
+                *[f"p_{n}" for n in label_names],
+            ]
+        )
+        for p in predictions:
+            probs = list(p.get("probs") or [])
+            if probs and len(probs) != len(label_names):
+                raise ValueError(
+                    f"track {p.get('key')}: {len(probs)} probabilities for {len(label_names)} labels"
+                )
+            true, pred = p.get("true_label"), p.get("predicted_label")
+            correct = p.get("correct", true == pred)
+            top2 = p.get("top2_correct")
+            if top2 is None and probs and true in label_names:
+                order = sorted(range(len(probs)), key=lambda i: -probs[i])[:2]
+                top2 = label_names.index(true) in order
+            w.writerow(
+                [
+                    p.get("key", ""),
+                    p.get("path", ""),
+                    true,
+                    pred,
+                    int(bool(correct)),
+                    "" if top2 is None else int(bool(top2)),
+                    p.get("vote_label", ""),
+                    p.get("windows", ""),
+                    *[f"{float(x):.6f}" for x in probs],
+                ]
+            )
+    return path
+
+
+def write_evaluation(
+    out_dir: str | Path,
+    metrics: dict[str, Any],
+    predictions: list[dict[str, Any]],
+    label_names: list[str],
+) -> dict[str, Path]:
+    """Write metrics.json, report.md, confusion_matrix.png (track level), confusion_matrix_segment.png
+    and predictions.csv into ``out_dir`` (created). Returns ``{name: path}``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "metrics": out / "metrics.json",
+        "report": out / "report.md",
+        "confusion_matrix": out / "confusion_matrix.png",
+        "predictions": out / "predictions.csv",
+    }
+    paths["metrics"].write_text(json.dumps(_jsonable(metrics), indent=2, allow_nan=False) + "\n")
+    write_predictions_csv(paths["predictions"], predictions, label_names)
+    k = len(label_names)
+    empty = [[0] * k for _ in range(k)]
+    confusion_matrix_png(
+        metrics.get("track", {}).get("confusion_matrix") or empty,
+        label_names,
+        paths["confusion_matrix"],
+        title="Confusion matrix (tracks)",
+    )
+    if "segment" in metrics:
+        paths["confusion_matrix_segment"] = confusion_matrix_png(
+            metrics["segment"].get("confusion_matrix") or empty,
+            label_names,
+            out / "confusion_matrix_segment.png",
+            title="Confusion matrix (windows)",
+        )
+    paths["report"].write_text(markdown_report(metrics, label_names, predictions), encoding="utf-8")
+    return paths
