@@ -41,10 +41,16 @@ TINY_MODEL = {
 
 
 def make_shard_set(
-    root: Path, labels: list[str], tracks_per_label: int = 3, sample_rate: int = SR, per_shard: int = 4
+    root: Path,
+    labels: list[str],
+    tracks_per_label: int = 3,
+    sample_rate: int = SR,
+    per_shard: int = 4,
+    folds: int = 0,
 ) -> Path:
     """A test split of ``len(labels) * tracks_per_label`` tracks of 0.3-1.6 s (1-4 windows, one shorter
-    than a window) in tar shards of ``per_shard`` tracks, with manifest.json."""
+    than a window) in tar shards of ``per_shard`` tracks, with manifest.json; with ``folds``, track ``j``
+    of each label is in fold ``j % folds``."""
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     samples = []
@@ -68,7 +74,7 @@ def make_shard_set(
                 "track_id": None,
                 "artist": None,
                 "split": "test",
-                "fold": -1,
+                "fold": j % folds if folds else -1,
             }
             samples.append((key, fmt.encode_pcm(wave), meta))
     order = np.random.default_rng(1).permutation(len(samples))  # labels interleaved across shards
@@ -99,7 +105,7 @@ def make_shard_set(
         "source": "synthetic test",
         "layout": "test",
         "command": "",
-        "folds": 0,
+        "folds": folds,
     }
     (root / fmt.MANIFEST_NAME).write_text(json.dumps(manifest))
     return root
@@ -259,6 +265,24 @@ def test_evaluate_with_label_map_reports_unmapped_class(tmp_path, checkpoint):
     assert "unmapped classes: polka (2) (2 tracks not evaluated)" in report
     assert "model classes absent from the shards: rock" in report
     assert json.loads((out / "metrics.json").read_text())["unmapped_classes"] == {"polka": 2}
+
+
+def test_hop_fold_and_bf16_options(tmp_path, checkpoint):
+    shards = make_shard_set(tmp_path / "folded", LABELS, tracks_per_label=3, folds=2)
+    full = evaluate_checkpoint(checkpoint, shards, num_workers=0, progress=False)
+    # hop 0.25 s over 0.5-s windows: 0.3 s -> 1 window, 0.9 s -> 3, 1.6 s -> 6 (last ones zero-padded)
+    hop = evaluate_checkpoint(checkpoint, shards, hop_seconds=0.25, num_workers=0, progress=False)
+    assert hop["windows"] == 3 * (1 + 3 + 6) and hop["hop_seconds"] == 0.25
+    assert hop["track"]["n"] == full["track"]["n"] == 9
+    # fold 1 holds track j=1 (0.9 s, 2 windows) of each label
+    fold = evaluate_checkpoint(checkpoint, shards, fold=1, num_workers=0, progress=False)
+    assert fold["track"]["n"] == fold["tracks_expected"] == 3 and fold["windows"] == 6
+    assert fold["fold"] == 1
+    # bf16 autocast runs on CPU and evaluates the same tracks
+    bf16 = evaluate_checkpoint(checkpoint, shards, precision="bf16", num_workers=0, progress=False)
+    assert bf16["track"]["n"] == 9 and bf16["precision"] == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        evaluate_checkpoint(checkpoint, shards, precision="fp8", num_workers=0, progress=False)
 
 
 def test_sample_rate_mismatch_is_a_clear_error(tmp_path, shard_set):
