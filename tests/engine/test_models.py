@@ -286,3 +286,45 @@ def test_example_config_files_build_models(name: str) -> None:
         assert model.in_shape == (1, 3 * 20 + 12, 130)  # MFCC + 2 deltas + chroma along frequency
     else:
         assert model.in_shape == (1, 128, 130)
+
+
+@pytest.mark.parametrize(
+    ("arch", "params"),
+    [
+        ("rnn", {"cell": "lstm", "pool": "last", "bidirectional": False, "layers": 1}),
+        ("rnn", {"cell": "gru", "pool": "mean"}),
+        ("crnn", {"pool": "last"}),
+        ("cnn", {"pool": "avgmax"}),
+        ("cnn1d", {"pool": "attention"}),
+    ],
+)
+def test_pooling_variants_give_logits_that_depend_on_every_frame_window(arch: str, params: dict) -> None:
+    torch.manual_seed(0)
+    model = build_model(small_config(arch, **params), 4, SR, SR).eval()
+    wave = torch.randn(2, SR) * 0.1
+    changed = wave.clone()
+    changed[:, : SR // 4] = 0.0  # silence the first quarter: "last" pooling must still see it
+    with torch.no_grad():
+        a, b = model(wave), model(changed)
+    assert a.shape == (2, 4)
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "crnn", "resnet"])
+def test_2d_archs_accept_narrow_and_multichannel_feature_stacks(arch: str) -> None:
+    # chroma alone has 12 bins: frequency pooling stops at 1 bin instead of failing
+    narrow = from_dict(ModelConfig, {**SMALL[arch], "features": {"features": ["chroma"]}, "augment": NO_AUG})
+    # log-mel and MFCC as two channels of 32 bins each
+    stacked = from_dict(
+        ModelConfig,
+        {
+            **SMALL[arch],
+            "features": {"features": ["logmel", "mfcc"], "n_mels": 32, "n_mfcc": 32, "stack": "channels"},
+            "augment": NO_AUG,
+        },
+    )
+    for cfg, in_shape in ((narrow, (1, 12, 44)), (stacked, (2, 32, 44))):
+        model = build_model(cfg, 3, SR, SR).eval()
+        assert model.in_shape == in_shape
+        with torch.no_grad():
+            assert model(torch.randn(2, SR) * 0.1).shape == (2, 3)
