@@ -447,6 +447,82 @@ def _num_windows(length: int, segment: int, hop: int) -> int:
 # ----------------------------------------------------------------------------------------------- stream
 
 
+class _TrainBatcher:
+    """Shuffle buffer + batch assembly for training crops.
+
+    Crops live in one preallocated slab ``(capacity, T[, D])`` -- no allocation per sample -- and are
+    copied once into the batch array when drawn: one copy in, one copy out.
+    """
+
+    def __init__(self, capacity: int, batch_size: int, rng: random.Random):
+        self.capacity, self.bs, self.rng = capacity, batch_size, rng
+        self.slab: np.ndarray | None = None
+        self.free = list(range(capacity - 1, -1, -1))
+        self.used: list[tuple[int, int]] = []  # (slot, label)
+        self.x: np.ndarray | None = None  # batch being filled
+        self.labels = np.zeros(batch_size, dtype=np.int64)
+        self.row = 0
+        self.last: tuple[np.ndarray, np.ndarray] | None = None  # last emitted batch (x, labels)
+
+    def _batch(self, x: np.ndarray, label: int) -> dict[str, torch.Tensor] | None:
+        if self.x is None:
+            self.x = np.empty((self.bs, *x.shape), dtype=x.dtype)
+            self.labels = np.empty(self.bs, dtype=np.int64)
+        self.x[self.row] = x
+        self.labels[self.row] = label
+        self.row += 1
+        if self.row < self.bs:
+            return None
+        xb, lb = self.x, self.labels
+        self.last, self.x, self.row = (xb, lb), None, 0
+        # (B, T) int16 waves, or (B, T_frames, D) float16 features
+        return {("feats" if xb.ndim == 3 else "wave"): torch.from_numpy(xb), "label": torch.from_numpy(lb)}
+
+    def add(
+        self, write: Callable[[np.ndarray], None], label: int, row_shape: tuple[int, ...], dtype: Any
+    ) -> dict[str, torch.Tensor] | None:
+        """Store a crop (``write(row)`` fills a slab row of ``row_shape``); returns a batch when one is
+        complete. A full buffer first moves a random stored crop to the batch, then reuses its slot."""
+        if self.slab is None:
+            self.slab = np.empty((self.capacity, *row_shape), dtype=dtype)
+        if self.free:
+            slot = self.free.pop()
+            write(self.slab[slot])
+            self.used.append((slot, int(label)))
+            return None
+        j = self.rng.randrange(len(self.used))
+        slot, old = self.used[j]
+        out = self._batch(self.slab[slot], old)
+        write(self.slab[slot])
+        self.used[j] = (slot, int(label))
+        return out
+
+    def drain(self) -> Iterator[dict[str, torch.Tensor]]:
+        assert self.slab is not None or not self.used
+        self.rng.shuffle(self.used)
+        for slot, label in self.used:
+            out = self._batch(self.slab[slot], label)  # type: ignore[index]
+            if out is not None:
+                yield out
+        self.used = []
+
+    def can_refill(self) -> bool:
+        return self.last is not None or self.row > 0
+
+    def refill(self, n: int) -> Iterator[dict[str, torch.Tensor]]:
+        """``n`` more rows re-using rows already read (keeps the planned batch count after read errors)."""
+        if self.last is not None:
+            pool_x, pool_l = self.last
+        else:
+            assert self.x is not None
+            pool_x, pool_l = self.x[: self.row].copy(), self.labels[: self.row].copy()
+        for _ in range(n):
+            i = self.rng.randrange(len(pool_l))
+            out = self._batch(pool_x[i], int(pool_l[i]))
+            if out is not None:
+                yield out
+
+
 def _resolve_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is None or world_size is None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -698,36 +774,20 @@ class ShardStream(IterableDataset):
         a = self.rank * per_rank + b0 * bs
         planned = (b1 - b0) * bs
         rng = random.Random(_hash(seed, epoch, a, 0xB0F))
-        capacity = max(1, self.shuffle_buffer)
-        buffer: list[tuple[np.ndarray, int]] = []
-        batch: list[tuple[np.ndarray, int]] = []
+        batcher = _TrainBatcher(min(max(1, self.shuffle_buffer), planned), bs, rng)
         produced = 0
-        recent: list[tuple[np.ndarray, int]] = []
         kept = self._kept_by_shard
         partial = self.partial_reads
-
-        def emit(item: tuple[np.ndarray, int]) -> dict[str, torch.Tensor] | None:
-            nonlocal batch, recent
-            batch.append(item)
-            if len(batch) < bs:
-                return None
-            out = self._train_batch(batch)
-            recent, batch = batch, []
-            return out
 
         for shard, lo, hi, k_lo in self._train_segments(epoch, a, a + planned):
             url = self.shards[shard][0]
             wanted: Sequence[int] = range(lo, hi) if kept is None else kept[shard][lo:hi]
             k_of = {o: k_lo + j for j, o in enumerate(wanted)}
-            hashes: dict[int, int] = {}
 
-            def crop_range(ordinal: int, n: int, k_of=k_of, hashes=hashes) -> tuple[int, int]:
-                h = _hash(seed, epoch, k_of[ordinal])
-                hashes[ordinal] = h
-                if n <= seg:
+            def crop_range(ordinal: int, n: int, k_of=k_of) -> tuple[int, int]:
+                if n <= seg or not partial:
                     return 0, n
-                off = h % (n - seg + 1)
-                return (off, seg) if partial else (0, n)
+                return _hash(seed, epoch, k_of[ordinal]) % (n - seg + 1), seg
 
             got = 0
             try:
@@ -737,15 +797,14 @@ class ShardStream(IterableDataset):
                         log.error("%s: skipping sample %d: %s", url, sample.ordinal, sample.error)
                         continue
                     got += 1
-                    h = hashes.get(sample.ordinal, _hash(seed, epoch, k_of[sample.ordinal]))
-                    crop = self._train_crop(sample, h)
-                    item = (crop, int(meta["label_index"]))
-                    if len(buffer) < capacity:
-                        buffer.append(item)
-                        continue
-                    j = rng.randrange(capacity)
-                    item, buffer[j] = buffer[j], item
-                    out = emit(item)
+                    h = _hash(seed, epoch, k_of[sample.ordinal])
+                    x = sample.data
+                    out = batcher.add(
+                        lambda row, s=sample, h=h: self._train_crop(s, h, row),
+                        meta["label_index"],
+                        (seg, *x.shape[1:]),  # type: ignore[union-attr]
+                        x.dtype,  # type: ignore[union-attr]
+                    )
                     if out is not None:
                         yield out
             except ShardReadError as e:
@@ -753,39 +812,28 @@ class ShardStream(IterableDataset):
             if got < len(wanted):
                 log.error("%s: read %d of the %d samples expected", url, got, len(wanted))
             produced += got
-        rng.shuffle(buffer)
-        for item in buffer:
-            out = emit(item)
-            if out is not None:
-                yield out
+        yield from batcher.drain()
         if produced < planned:
-            pool = recent + batch
-            if not pool:
+            log.error("rank %d: re-using samples to fill %d unreadable ones", self.rank, planned - produced)
+            if not batcher.can_refill():
                 raise RuntimeError(
                     f"rank {self.rank}: none of the {planned} training samples of this worker could be read "
                     "(see the errors above)"
                 )
-            log.error("rank %d: re-using samples to fill %d unreadable ones", self.rank, planned - produced)
-            for _ in range(planned - produced):
-                out = emit(pool[rng.randrange(len(pool))])
-                if out is not None:
-                    yield out
+            yield from batcher.refill(planned - produced)
 
-    def _train_crop(self, sample: _Sample, h: int) -> np.ndarray:
-        """Copy of the ``segment_samples`` crop at the sample's hashed offset (looped/padded if short)."""
+    def _train_crop(self, sample: _Sample, h: int, out: np.ndarray) -> None:
+        """Write the ``segment_samples`` crop at the sample's hashed offset into ``out`` (looped/padded
+        if the track is short)."""
         seg, n, x = self.segment_samples, sample.length, sample.data
         assert x is not None
         if n < seg:
             if n == 0:
                 log.warning("%s: empty track, yielding silence", sample.key)
-            return _fit(x, seg, self.pad_mode, h % n if n else 0)
+            out[:] = _fit(x, seg, self.pad_mode, h % n if n else 0)
+            return
         off = h % (n - seg + 1) - sample.start  # data may already be the crop (partial read)
-        return x[off : off + seg].copy()
-
-    def _train_batch(self, items: list[tuple[np.ndarray, int]]) -> dict[str, torch.Tensor]:
-        x = np.stack([c for c, _ in items])  # (B, T) int16 or (B, T_frames, D) float16
-        label = torch.from_numpy(np.fromiter((lab for _, lab in items), dtype=np.int64, count=len(items)))
-        return {("feats" if x.ndim == 3 else "wave"): torch.from_numpy(x), "label": label}
+        out[:] = x[off : off + seg]
 
     # -- evaluation
     def _iter_eval(self) -> Iterator[dict[str, torch.Tensor]]:
