@@ -46,7 +46,6 @@ from shards.format import (
     MANIFEST_NAME,
     META_EXT,
     PCM_EXT,
-    SAMPLE_META_FIELDS,
     SPLITS,
     encode_meta,
     encode_pcm,
@@ -150,9 +149,19 @@ def _init_worker(settings: dict[str, Any]) -> None:
     _WORKER_SETTINGS.update(settings)
 
 
+def _layout_cls() -> type | None:
+    """The worker's layout class when it is not an audio layout (it then probes and decodes itself)."""
+    name = _WORKER_SETTINGS.get("layout")
+    cls = LAYOUTS.get(name) if name else None
+    return cls if cls is not None and cls.kind != "audio" else None
+
+
 def _probe_task(path: str) -> tuple[int, int, int] | str:
     """``(orig_sr, channels, frames)`` or the reason the file cannot be decoded."""
     try:
+        cls = _layout_cls()
+        if cls is not None:
+            return tuple(cls.probe_file(path))  # type: ignore[return-value]
         info = audio.probe(path)
     except audio.AudioError as err:
         return err.reason
@@ -172,10 +181,16 @@ def _hash_task(path: str) -> str | None:
     return h.hexdigest()
 
 
-def _decode_task(path: str) -> tuple[bytes, int] | str:
-    """Decode one track with the pool's settings -> ``(int16 LE pcm bytes, samples)`` or a skip reason."""
+def _decode_task(path: str) -> tuple[dict[str, bytes], int, float] | str:
+    """Decode one track with the pool's settings -> ``({ext: bytes}, samples, seconds)`` or a skip reason.
+
+    Audio: ``{"pcm": int16 LE bytes}`` at ``sample_rate`` Hz; other kinds: the layout's ``decode_file``.
+    """
     s = _WORKER_SETTINGS
     try:
+        cls = _layout_cls()
+        if cls is not None:
+            return cls.decode_file(path, dict(s))
         wave, _info = audio.load_audio(path, s["sample_rate"], max_seconds=s["max_seconds"])
         if s["trim_silence"] is not None:
             wave = audio.trim_silence(wave, s["trim_silence"])
@@ -185,7 +200,7 @@ def _decode_task(path: str) -> tuple[bytes, int] | str:
             wave = audio.peak_normalize(wave)
         if wave.size == 0:
             return "no audio samples after decoding"
-        return encode_pcm(wave), int(wave.size)
+        return {PCM_EXT: encode_pcm(wave)}, int(wave.size), wave.size / s["sample_rate"]
     except audio.AudioError as err:
         return err.reason
     except MemoryError:
@@ -589,6 +604,7 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
 
     workers = max(1, cfg.workers if cfg.workers is not None else (os.cpu_count() or 1))
     worker_settings = {
+        "layout": layout,
         "sample_rate": cfg.sample_rate,
         "max_seconds": cfg.max_seconds,
         "trim_silence": cfg.trim_silence,
@@ -669,8 +685,7 @@ def _write_shards(cfg: IngestConfig, out: Path, plan: dict[str, Any], mapper: _M
                     if isinstance(res, str):
                         skipped.append({"path": t["rel"], "reason": res})
                         continue
-                    pcm, n = res
-                    duration = n / cfg.sample_rate
+                    members, n, duration = res
                     meta = {
                         "key": t["key"],
                         "label": t["label"],
@@ -685,8 +700,7 @@ def _write_shards(cfg: IngestConfig, out: Path, plan: dict[str, Any], mapper: _M
                         "split": t["split"],
                         "fold": t["fold"],
                     }
-                    assert tuple(sorted(meta)) == tuple(sorted(SAMPLE_META_FIELDS))
-                    writer.add(t["key"], {PCM_EXT: pcm, META_EXT: encode_meta(meta)})
+                    writer.add(t["key"], {**members, META_EXT: encode_meta(meta)})
                     per_label[t["label"]] += 1
                     seconds += duration
                 info = writer.close()
@@ -725,7 +739,7 @@ def _build_manifest(cfg: IngestConfig, out: Path, plan: dict[str, Any], layout: 
         entry["seconds"] = round(entry["seconds"], 6)
     return {
         "format_version": FORMAT_VERSION,
-        "kind": "audio",
+        "kind": LAYOUTS.get(layout).kind,
         "sample_rate": cfg.sample_rate,
         "labels": labels,
         "splits": splits,

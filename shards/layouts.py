@@ -60,10 +60,28 @@ class LayoutError(ValueError):
 
 
 class Layout:
-    """Base class of a collection layout; see the module docstring for the protocol."""
+    """Base class of a collection layout; see the module docstring for the protocol.
+
+    Audio layouts only find files (the ingest decodes them with :mod:`shards.audio`). A layout of another
+    ``kind`` (e.g. ``"features"`` for MSD HDF5 files) also overrides :meth:`probe_file` and
+    :meth:`decode_file`; they run in the ingest's worker processes and the manifest gets its ``kind``.
+    """
 
     name: ClassVar[str] = ""
     priority: ClassVar[int] = 100
+    kind: ClassVar[str] = "audio"  # the manifest's "kind" ("audio" | "features")
+
+    @classmethod
+    def probe_file(cls, path: str) -> tuple[int, int, int]:
+        """Non-audio kinds: ``(rate, channels, frames)`` of a file (header only; any consistent units
+        for features, used to size shards); raise ``shards.audio.AudioError(path, reason)`` if unusable."""
+        raise NotImplementedError(f"layout {cls.name!r} of kind {cls.kind!r} must implement probe_file")
+
+    @classmethod
+    def decode_file(cls, path: str, settings: dict) -> tuple[dict[str, bytes], int, float]:
+        """Non-audio kinds: ``({ext: bytes} tar members, num_samples or frames, seconds)``; raise
+        ``AudioError`` to skip the file with a reason. ``settings`` holds the ingest's sample_rate etc."""
+        raise NotImplementedError(f"layout {cls.name!r} of kind {cls.kind!r} must implement decode_file")
 
     def __init__(self, source: Path, options: LayoutOptions | None = None) -> None:
         self.source = Path(source)

@@ -6,10 +6,22 @@ import csv
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from shards.audio import AudioError
+from shards.format import decode_feats, encode_feats
 from shards.ingest import IngestConfig, run_ingest
-from shards.layouts import LAYOUTS, LayoutOptions, Skipped, Track, detect_layout, scan_source
+from shards.layouts import (
+    LAYOUTS,
+    Layout,
+    LayoutOptions,
+    Skipped,
+    Track,
+    detect_layout,
+    scan_source,
+    walk_files,
+)
 
 
 def _ingest(src: Path, out: Path, **kw) -> dict:
@@ -237,3 +249,54 @@ def test_layout_registry_lists_all_layouts_and_rejects_unknown():
     with pytest.raises(KeyError, match="unknown layout 'msd'"):
         LAYOUTS.get("msd")
     assert Skipped("a", "b").reason == "b"
+
+
+@LAYOUTS.register("test-npy-features")
+class _NpyFeatures(Layout):
+    """A stand-in for a later feature layout (MSD): ``SOURCE/<label>/*.npy`` float ``[N, D]`` sequences."""
+
+    name = "test-npy-features"
+    kind = "features"
+
+    @classmethod
+    def detect(cls, source: Path) -> bool:
+        return False  # never chosen by auto
+
+    def scan(self):
+        for p in walk_files(self.source):
+            if p.suffix == ".npy":
+                rel = p.relative_to(self.source).as_posix()
+                yield Track(path=p, rel=rel, label=rel.split("/")[0], key_hint=rel[:-4])
+
+    @classmethod
+    def probe_file(cls, path: str):
+        arr = np.load(path, mmap_mode="r")
+        if arr.ndim != 2 or arr.shape[0] == 0:
+            raise AudioError(path, f"expected a non-empty [N, D] array, got shape {arr.shape}")
+        return 1, int(arr.shape[1]), int(arr.shape[0])
+
+    @classmethod
+    def decode_file(cls, path: str, settings: dict):
+        arr = np.load(path)
+        return {"feats.npy": encode_feats(arr)}, int(arr.shape[0]), float(arr.shape[0])
+
+
+def test_a_registered_feature_layout_plugs_into_the_ingest(tmp_path, shard_set_reader):
+    import tarfile
+
+    src = tmp_path / "feats"
+    rng = np.random.default_rng(0)
+    for lab in ("x", "y"):
+        (src / lab).mkdir(parents=True)
+        for i in range(3):
+            np.save(src / lab / f"t{i}.npy", rng.standard_normal((5 + i, 12)).astype(np.float32))
+    np.save(src / "x" / "bad.npy", np.zeros((0, 12), np.float32))
+    manifest = _ingest(src, tmp_path / "out", layout="test-npy-features", split_ratios=(1, 0, 0))
+    assert manifest["kind"] == "features" and manifest["labels"] == ["x", "y"]
+    assert [s["path"] for s in manifest["skipped"]] == ["x/bad.npy"]
+    shard = tmp_path / "out" / manifest["splits"]["train"]["shards"][0]["name"]
+    with tarfile.open(shard) as tar:
+        names = tar.getnames()
+        feats = decode_feats(tar.extractfile(next(n for n in names if n.endswith(".feats.npy"))).read())
+    assert len(names) == 12 and sum(n.endswith(".feats.npy") for n in names) == 6
+    assert feats.dtype == np.float16 and feats.shape[1] == 12
