@@ -1,0 +1,304 @@
+"""Export a checkpoint as a self-contained model: ``python -m engine export CHECKPOINT --format torchscript|onnx --out FILE``.
+
+The exported graph is the whole inference path -- float32 waveform ``[B, T]`` in [-1, 1] at the model's
+sample rate -> feature front end -> backbone -> softmax probabilities ``[B, K]`` -- with the augmentations
+removed and the model in eval mode, so a deployment needs neither this package nor librosa/nnAudio.
+
+Metadata travels with the file: TorchScript archives carry ``genre_meta.json`` (labels, sample_rate,
+segment_samples, config) as an extra file, which :mod:`engine.classify` reads, so ``classify`` accepts an
+exported TorchScript file like a checkpoint; ONNX files carry the same JSON in ``metadata_props``
+(key ``genre_meta``).
+
+Every export is verified in the command itself: the exported model and the eager model are run on the same
+random waveforms and the largest absolute probability difference must stay under ``tolerance`` (1e-4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from engine.classify import TS_META_FILE, CheckpointInputError, _features_marker, _msd_message
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOLERANCE = 1e-4  # max |p_exported - p_eager| over every probability of the check batch
+ONNX_OPSET = 17  # STFT is an ONNX op from opset 17
+
+
+class ProbabilityModel(nn.Module):
+    """Eval-mode :class:`~engine.models.GenreModel` without augmentation, returning probabilities.
+
+    ``forward(wave float32 [B, T] in [-1, 1]) -> float32 [B, K]`` (softmax over the K genres).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        strip = getattr(model, "strip_augmentation", None)
+        if callable(strip):
+            model = strip()
+        self.model = model.eval()
+
+    def forward(self, wave: Tensor) -> Tensor:
+        return torch.softmax(self.model(wave).float(), dim=-1)
+
+
+class ExportError(RuntimeError):
+    """The exporter failed, or the exported model does not match the eager one."""
+
+
+def _meta(ckpt: dict[str, Any], window_samples: int) -> dict[str, Any]:
+    return {
+        "format": "genre-engine-export",
+        "labels": list(ckpt["labels"]),
+        "sample_rate": int(ckpt["sample_rate"]),
+        "segment_samples": int(ckpt["segment_samples"]),
+        "window_samples": int(window_samples),
+        "arch": ckpt.get("arch"),
+        "config": ckpt.get("config"),
+        "input": "wave float32 [B, T] in [-1, 1] at sample_rate Hz",
+        "output": "probabilities float32 [B, K] in label order",
+    }
+
+
+def _check_inputs(batch: int, window_samples: int, seed: int = 0) -> Tensor:
+    """Random test waveforms ``[batch, window_samples]``: noise at varied loudness plus one silent row."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, window_samples, generator=g) * torch.logspace(-3, -0.5, batch).unsqueeze(1)
+    x[-1] = 0.0  # silence must export too (log of zero power)
+    return x.clamp(-1.0, 1.0)
+
+
+def _export_torchscript(wrapper: ProbabilityModel, example: Tensor, out: Path, meta: dict[str, Any]) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape-derived Python ints are fine here
+        traced = torch.jit.trace(wrapper, (example,), check_trace=False)
+    traced = torch.jit.freeze(traced.eval())
+    torch.jit.save(traced, str(out), _extra_files={TS_META_FILE: json.dumps(meta)})
+
+
+def _export_onnx(wrapper: ProbabilityModel, example: Tensor, out: Path, meta: dict[str, Any]) -> str:
+    """Legacy (TorchScript-based) exporter first -- it handles ``torch.stft`` at opset 17 -- then dynamo."""
+    errors = []
+    for dynamo in (False, True):
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if dynamo:
+                    batch = torch.export.Dim("batch", min=1)
+                    torch.onnx.export(
+                        wrapper, (example,), str(out), dynamo=True, opset_version=ONNX_OPSET,
+                        input_names=["wave"], output_names=["probs"],
+                        dynamic_shapes={"wave": {0: batch}}, external_data=False,
+                    )  # fmt: skip
+                else:
+                    torch.onnx.export(
+                        wrapper, (example,), str(out), dynamo=False, opset_version=ONNX_OPSET,
+                        input_names=["wave"], output_names=["probs"],
+                        dynamic_axes={"wave": {0: "batch"}, "probs": {0: "batch"}},
+                    )  # fmt: skip
+            exporter = "torch.onnx dynamo" if dynamo else f"torch.onnx legacy, opset {ONNX_OPSET}"
+            break
+        except Exception as err:  # each exporter fails in its own way; report both if neither works
+            errors.append(f"{'dynamo' if dynamo else 'legacy'}: {type(err).__name__}: {str(err)[:500]}")
+            logger.info("ONNX %s exporter failed: %s", "dynamo" if dynamo else "legacy", errors[-1])
+    else:
+        raise ExportError("ONNX export failed with both exporters:\n" + "\n".join(errors))
+    try:
+        import onnx  # noqa: PLC0415 -- optional dependency
+
+        proto = onnx.load(str(out))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "genre_meta", json.dumps(meta)
+        onnx.save(proto, str(out))
+    except ImportError:
+        logger.warning("onnx is not installed: %s carries no label metadata", out)
+    return exporter
+
+
+def _onnx_friendly(model: nn.Module, ckpt: dict[str, Any]) -> nn.Module:
+    """The same model with its STFT computed by nnAudio's real-valued conv STFT instead of ``torch.stft``.
+
+    The legacy ONNX exporter rejects complex tensors (``torch.stft(return_complex=True)``) and the dynamo
+    exporter needs onnxscript; the conv STFT computes the same power spectrum (kernels/features.py) with
+    plain Conv1d ops every ONNX runtime supports. Weights are copied from ``model``; the conv kernels are
+    derived buffers. The verification still compares against the original (torch.stft) eager model.
+    """
+    import dataclasses  # noqa: PLC0415
+
+    from engine.checkpoint import model_config_from  # noqa: PLC0415
+    from engine.models import build_model  # noqa: PLC0415
+
+    cfg = model_config_from(ckpt)
+    if getattr(cfg.features, "backend", "nnaudio") == "nnaudio":
+        return model
+    cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, backend="nnaudio"))
+    twin = build_model(cfg, len(ckpt["labels"]), ckpt["sample_rate"], ckpt["segment_samples"])
+    res = twin.load_state_dict(model.state_dict(), strict=False)
+    bad = [k for k in [*res.missing_keys, *res.unexpected_keys] if ".stft." not in k]
+    if bad:
+        raise ExportError(
+            f"cannot switch the STFT to the ONNX-friendly conv backend: mismatched weights {bad[:5]}"
+        )
+    return twin.eval()
+
+
+def _run_exported(fmt: str, path: Path, x: Tensor) -> Tensor | None:
+    if fmt == "torchscript":
+        model = torch.jit.load(str(path), map_location="cpu")
+        with torch.no_grad():
+            return model(x)
+    try:
+        import onnxruntime as ort  # noqa: PLC0415 -- optional dependency
+    except ImportError:
+        return None
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+
+
+def export_model(
+    checkpoint: str | os.PathLike,
+    fmt: str,
+    out: str | os.PathLike,
+    *,
+    window_samples: int | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    check_batch: int = 4,
+) -> dict[str, Any]:
+    """Export ``checkpoint`` to ``out`` as ``fmt`` (``"torchscript"`` or ``"onnx"``) and verify it.
+
+    Args:
+        window_samples: input length T the graph is traced at (default: the checkpoint's
+            ``segment_samples``); the exported graph is verified at that length, other lengths may work
+            but are not checked.
+        tolerance: the largest allowed ``|p_exported - p_eager|`` on the check batch.
+        check_batch: waveforms in the verification batch (a different batch size than the trace's 2, so a
+            batch dimension baked in by mistake fails here).
+
+    Returns ``{"format", "out", "bytes", "max_abs_diff", "tolerance", "verified", "exporter", "labels",
+    "sample_rate", "segment_samples", "window_samples", "seconds"}``; ``verified`` is False only when
+    onnxruntime is missing. Raises :class:`ExportError` when the check fails (the file is removed).
+    """
+    from engine.checkpoint import load_model  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    fmt = fmt.lower()
+    if fmt not in ("torchscript", "onnx"):
+        raise ValueError(f"format {fmt!r} is not torchscript or onnx")
+    ckpt_probe = torch.load(os.fspath(checkpoint), map_location="cpu", weights_only=True, mmap=True)
+    if isinstance(ckpt_probe, dict):
+        reason = _features_marker(ckpt_probe.get("config"), ckpt_probe)
+        if reason:
+            raise CheckpointInputError(_msd_message(os.fspath(checkpoint), reason))
+    del ckpt_probe
+    model, ckpt = load_model(checkpoint, "cpu")
+    window = int(window_samples or ckpt["segment_samples"])
+    if window < 1:
+        raise ValueError(f"window_samples must be >= 1, got {window}")
+    wrapper = ProbabilityModel(model).eval()
+    meta = _meta(ckpt, window)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    example = _check_inputs(2, window, seed=1)
+    # write to a temporary name; only a verified export replaces ``out``
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        exporter = "torch.jit.trace"
+        if fmt == "torchscript":
+            _export_torchscript(wrapper, example, tmp, meta)
+        else:
+            onnx_wrapper = ProbabilityModel(_onnx_friendly(model, ckpt)).eval()
+            exporter = _export_onnx(onnx_wrapper, example, tmp, meta)
+        x = _check_inputs(check_batch, window, seed=2)
+        with torch.no_grad():
+            eager = wrapper(x)
+        got = _run_exported(fmt, tmp, x)
+        diff = None if got is None else float((got.float() - eager).abs().max())
+        if diff is not None and not diff <= tolerance:
+            raise ExportError(
+                f"exported {fmt} model differs from the eager model: max |dp| = {diff:.3g} > {tolerance:g}"
+            )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if diff is None:
+        logger.warning("onnxruntime is not installed: %s was not verified", out)
+    return {
+        "format": fmt,
+        "out": str(out),
+        "bytes": out.stat().st_size,
+        "exporter": exporter,
+        "max_abs_diff": diff,
+        "tolerance": tolerance,
+        "verified": diff is not None,
+        "labels": meta["labels"],
+        "sample_rate": meta["sample_rate"],
+        "segment_samples": meta["segment_samples"],
+        "window_samples": window,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m engine export",
+        description=(
+            "Export a checkpoint as a self-contained waveform-in, probabilities-out model (feature front end "
+            "inside, augmentation removed) and verify it against the eager model."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="checkpoint .pt written by training")
+    p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
+    p.add_argument("--out", required=True, help="output file (.pt/.ts for TorchScript, .onnx for ONNX)")
+    p.add_argument(
+        "--window-samples", type=int, default=None, help="input length T (default: segment_samples)"
+    )
+    p.add_argument(
+        "--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max abs probability difference"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        res = export_model(
+            args.checkpoint,
+            args.format,
+            args.out,
+            window_samples=args.window_samples,
+            tolerance=args.tolerance,
+        )
+    except (ExportError, CheckpointInputError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    check = (
+        f"max |p - p_eager| = {res['max_abs_diff']:.2e} <= {res['tolerance']:g}"
+        if res["verified"]
+        else "NOT verified (onnxruntime missing)"
+    )
+    print(
+        f"exported {res['format']} ({res['exporter']}) to {res['out']} ({res['bytes'] / 1e6:.2f} MB): "
+        f"wave float32 [B, {res['window_samples']}] at {res['sample_rate']} Hz -> probabilities over "
+        f"{len(res['labels'])} genres; {check}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
