@@ -296,6 +296,13 @@ def evaluate_checkpoint(
             ", ".join(unmapped),
             sum(unmapped.values()),
         )
+    unreadable = 0
+    if fold is None:  # tracks the manifest lists but the scan could not read (logged by the reader)
+        unreadable = max(0, int(manifest["splits"][split].get("tracks", len(keys))) - len(keys))
+        if unreadable:
+            logger.error(
+                "%d tracks of the manifest's %s split are unreadable and not evaluated", unreadable, split
+            )
     present = set(mapping.values())
     metrics.update(
         {
@@ -315,6 +322,7 @@ def evaluate_checkpoint(
             "windows": int(windows["tracks"].numel()),
             "tracks_expected": len(expected),
             "tracks_missing": [keys[t] for t in missing],
+            "tracks_unreadable": unreadable,
             "world_size": accelerator.num_processes,
             "precision": precision,
             "device": str(device.type),
@@ -404,8 +412,9 @@ def _print_summary(metrics: dict[str, Any], out: Path | None) -> None:
         print(f"unmapped classes: {', '.join(u)} ({sum(u.values())} tracks not evaluated)")
     if metrics.get("model_classes_absent"):
         print(f"model classes absent from the shards: {', '.join(metrics['model_classes_absent'])}")
-    if metrics.get("tracks_missing"):
-        print(f"WARNING: {len(metrics['tracks_missing'])} tracks could not be read (see the log)")
+    bad = len(metrics.get("tracks_missing") or []) + int(metrics.get("tracks_unreadable") or 0)
+    if bad:
+        print(f"WARNING: {bad} tracks could not be read and are not in the metrics (see the log)")
     if out is not None:
         print(f"report: {out / 'report.md'}")
 

@@ -131,6 +131,11 @@ def markdown_report(
     absent = metrics.get("model_classes_absent") or []
     if absent:
         notes.append(f"- model classes absent from the shards: {', '.join(absent)}")
+    missing = metrics.get("tracks_missing") or []
+    if missing:
+        notes.append(f"- {len(missing)} tracks gave no readable window: {', '.join(map(str, missing[:20]))}")
+    if metrics.get("tracks_unreadable"):
+        notes.append(f"- {metrics['tracks_unreadable']} tracks listed in the manifest could not be read")
     if metrics.get("label_map"):
         mapped = ", ".join(f"{k} -> {v}" for k, v in metrics["label_map"].items() if k != v)
         if mapped:

@@ -285,6 +285,24 @@ def test_hop_fold_and_bf16_options(tmp_path, checkpoint):
         evaluate_checkpoint(checkpoint, shards, precision="fp8", num_workers=0, progress=False)
 
 
+def test_unreadable_track_is_reported_not_silently_dropped(tmp_path, checkpoint):
+    shards = make_shard_set(tmp_path / "bad", LABELS)
+    tar_path = shards / fmt.shard_name("test", 0)
+    with tarfile.open(tar_path) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]
+    broken = next(name for name, _ in members if name.endswith(".json"))
+    with tarfile.open(tar_path, "w") as tar:
+        for name, data in members:
+            data = b"{not json" if name == broken else data
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "eval"
+    m = evaluate_checkpoint(checkpoint, shards, out=out, num_workers=0, progress=False)
+    assert m["track"]["n"] == 8 and m["tracks_unreadable"] == 1
+    assert "1 tracks listed in the manifest could not be read" in (out / "report.md").read_text()
+
+
 def test_sample_rate_mismatch_is_a_clear_error(tmp_path, shard_set):
     ckpt = make_checkpoint(tmp_path / "m16k.pt", LABELS, sample_rate=16000)
     with pytest.raises(ValueError, match="re-shard the source at 16000 Hz"):
