@@ -943,12 +943,13 @@ class ShardStream(IterableDataset):
 
 
 def default_num_workers() -> int:
-    """DataLoader workers for this machine: measured with ``benchmarks/bench_loader.py``.
+    """DataLoader workers for this machine, from ``benchmarks/bench_loader.py``.
 
-    On <= 2 usable cores a worker competes with the training process and the batch hand-over through
-    shared memory costs more than it saves (the loader does ~1 GB/s in-process), so 0 (read in the main
-    process). With more cores, one worker per 2 cores up to 8: one worker already streams several GB/s
-    of crops, so more only add memory.
+    Measured on 2 cores (3-s crops of 30-s tracks, batch 32): in-process reading is 2-3x faster than 1 or
+    2 workers (fork start-up of ~0.3 s per epoch, the batch hand-over through shared memory, and the worker
+    competing with the main process for the same cores), so <= 2 cores -> 0. With more cores a worker
+    overlaps reading with the training step; one worker already streams thousands of crops/s, so use one
+    per 4 cores, at most 4 (each holds a shuffle slab of ``shuffle_buffer`` crops, e.g. 68 MB).
     """
     try:
         cores = len(os.sched_getaffinity(0))
@@ -956,7 +957,7 @@ def default_num_workers() -> int:
         cores = os.cpu_count() or 1
     if cores <= 2:
         return 0
-    return min(8, cores // 2)
+    return min(4, max(1, cores // 4))
 
 
 def make_loader(
