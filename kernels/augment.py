@@ -113,7 +113,7 @@ class AugmentConfig:
     time_stretch_rate: tuple[float, float] = (0.8, 1.25)
     """Speed-up factor range (>1 = faster/shorter content), drawn log-uniformly per sample."""
     time_stretch_pad: Literal["wrap", "edge"] = "wrap"
-    """How a sped-up (rate > 1) spectrogram is filled back to its frame count: loop it, or repeat the last frame."""
+    """How a sped-up (rate > 1) spectrogram is filled to its frame count: loop it / repeat the last frame."""
     pitch_shift_p: float = 0.3
     pitch_shift_semitones: tuple[float, float] = (-2.0, 2.0)
     """Pitch-shift range in semitones, uniform per sample."""
@@ -152,7 +152,8 @@ class AugmentConfig:
             raise ConfigError(f"augment.gain_db beyond +-60 dB is not an augmentation: {self.gain_db}")
         if max(abs(v) for v in self.pitch_shift_semitones) > 24:
             raise ConfigError(
-                f"augment.pitch_shift_semitones must stay within +-24 semitones, got {self.pitch_shift_semitones}"
+                "augment.pitch_shift_semitones must stay within +-24 semitones, "
+                f"got {self.pitch_shift_semitones}"
             )
         if self.noise_color not in ("white", "pink", "both"):
             raise ConfigError(f"augment.noise_color must be white, pink or both, got {self.noise_color!r}")
@@ -430,13 +431,22 @@ class TimeShift(RandomAugment):
         )
 
 
-def _pink_from_white(white: Tensor) -> Tensor:
-    """Shape white noise ``[B, ..., T]`` to a 1/f power spectrum (amplitude 1/sqrt(f)) by FFT; no DC."""
-    n = white.shape[-1]
-    spec = torch.fft.rfft(white, dim=-1)  # (B, .., T//2+1) complex
-    k = torch.arange(spec.shape[-1], device=white.device, dtype=white.dtype)
-    scale = torch.where(k > 0, torch.rsqrt(k.clamp(min=1.0)), torch.zeros_like(k))
-    return torch.fft.irfft(spec * scale, n=n, dim=-1)
+def _shaped_noise(shape: torch.Size, pink: Tensor | None, gen: torch.Generator, dtype: torch.dtype) -> Tensor:
+    """Gaussian noise ``[B, ..., T]`` drawn in the frequency domain, no DC.
+
+    ``pink`` bool ``[B]`` selects per sample a 1/f power spectrum (amplitude ``1/sqrt(f)``) instead of a
+    flat one; a single complex draw + one inverse FFT serves both colours, so no white->pink forward FFT.
+    """
+    n = shape[-1]
+    k = n // 2 + 1
+    device = pink.device
+    z = torch.view_as_complex(torch.randn((*shape[:-1], k, 2), generator=gen, device=device, dtype=dtype))
+    f = torch.arange(k, device=device, dtype=dtype)
+    flat = (f > 0).to(dtype)
+    one_over_sqrt_f = flat * torch.rsqrt(f.clamp(min=1.0))
+    bshape = (shape[0], *([1] * (len(shape) - 1)))
+    amp = torch.where(pink.reshape(bshape), one_over_sqrt_f, flat)  # (B, 1.., K)
+    return torch.fft.irfft(z * amp, n=n, dim=-1)
 
 
 @AUGMENTATIONS.register("noise")
@@ -444,9 +454,10 @@ class AddNoise(RandomAugment):
     """Add white or pink Gaussian noise at a random SNR (uniform in ``snr_db``), with probability ``p``.
 
     The SNR is ``10 log10(mean(x^2) / mean(n^2))`` per sample over all non-batch dims, exact up to float
-    rounding (the noise is normalised to the target power). Pink noise (power ~ 1/f) is white noise shaped
-    by ``1/sqrt(f)`` in the FFT domain, on device. A silent sample gets no noise (its SNR is undefined).
-    ``x [B, ..., T]`` -> same shape and dtype.
+    rounding (the noise is normalised to the target power). Pink noise (power ~ 1/f) is complex Gaussian
+    noise shaped by ``1/sqrt(f)`` in the FFT domain and inverse-transformed, on device. A silent sample
+    gets no noise (its SNR is undefined). ``x [B, ..., T]`` -> same shape and dtype. Cost: one ``randn`` of
+    the batch (+ one inverse FFT for pink), for every sample whatever ``p`` (no data-dependent shapes).
     """
 
     name = "noise"
@@ -482,12 +493,15 @@ class AddNoise(RandomAugment):
         gen = self.generator(dev)
         snr = self._uniform(b, *self.snr_db, dev)
         on = self._coin(b, self.p, dev)
-        pink = self._coin(b, 0.5, dev) if self.color == "both" else None
-        noise = torch.randn(x.shape, generator=gen, device=dev, dtype=wd)
-        if self.color == "pink":
-            noise = _pink_from_white(noise)
-        elif self.color == "both":
-            noise = torch.where(_per_sample(pink, x), _pink_from_white(noise), noise)
+        if self.color == "white":
+            noise = torch.randn(x.shape, generator=gen, device=dev, dtype=wd)
+        else:
+            pink = (
+                self._coin(b, 0.5, dev)
+                if self.color == "both"
+                else torch.ones(b, dtype=torch.bool, device=dev)
+            )
+            noise = _shaped_noise(x.shape, pink, gen, wd)
         dims = tuple(range(1, x.dim()))
         xw = x.detach().to(wd)
         p_sig = xw.square().mean(dim=dims)  # (B,) signal power: a random parameter, not differentiated
