@@ -447,6 +447,16 @@ def _num_windows(length: int, segment: int, hop: int) -> int:
 # ----------------------------------------------------------------------------------------------- stream
 
 
+def _batch_array(shape: tuple[int, ...], dtype: Any, zero: bool = False) -> tuple[np.ndarray, torch.Tensor]:
+    """A batch buffer as (numpy view, tensor). In a DataLoader worker the tensor is allocated in shared
+    memory, so handing the batch to the main process does not copy it once more."""
+    t_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    t = torch.zeros(shape, dtype=t_dtype) if zero else torch.empty(shape, dtype=t_dtype)
+    if get_worker_info() is not None:
+        t.share_memory_()
+    return t.numpy(), t
+
+
 class _TrainBatcher:
     """Shuffle buffer + batch assembly for training crops.
 
@@ -459,24 +469,25 @@ class _TrainBatcher:
         self.slab: np.ndarray | None = None
         self.free = list(range(capacity - 1, -1, -1))
         self.used: list[tuple[int, int]] = []  # (slot, label)
-        self.x: np.ndarray | None = None  # batch being filled
+        self.x: np.ndarray | None = None  # batch being filled (a view of self.xt)
+        self.xt: torch.Tensor | None = None
         self.labels = np.zeros(batch_size, dtype=np.int64)
         self.row = 0
         self.last: tuple[np.ndarray, np.ndarray] | None = None  # last emitted batch (x, labels)
 
     def _batch(self, x: np.ndarray, label: int) -> dict[str, torch.Tensor] | None:
         if self.x is None:
-            self.x = np.empty((self.bs, *x.shape), dtype=x.dtype)
+            self.x, self.xt = _batch_array((self.bs, *x.shape), x.dtype)
             self.labels = np.empty(self.bs, dtype=np.int64)
         self.x[self.row] = x
         self.labels[self.row] = label
         self.row += 1
         if self.row < self.bs:
             return None
-        xb, lb = self.x, self.labels
+        xb, xt, lb = self.x, self.xt, self.labels
         self.last, self.x, self.row = (xb, lb), None, 0
         # (B, T) int16 waves, or (B, T_frames, D) float16 features
-        return {("feats" if xb.ndim == 3 else "wave"): torch.from_numpy(xb), "label": torch.from_numpy(lb)}
+        return {("feats" if xb.ndim == 3 else "wave"): xt, "label": torch.from_numpy(lb)}
 
     def add(
         self, write: Callable[[np.ndarray], None], label: int, row_shape: tuple[int, ...], dtype: Any
@@ -857,10 +868,10 @@ class ShardStream(IterableDataset):
         name = "feats" if is_feats else "wave"
 
         state = {"row": 0}
-        cur: dict[str, np.ndarray] = {}
+        cur: dict[str, Any] = {}
 
         def new_batch() -> None:
-            cur["x"] = np.zeros(shape, dtype=dtype)
+            cur["x"], cur["xt"] = _batch_array(shape, dtype, zero=True)
             cur["track"] = np.full(bs, -1, dtype=np.int64)
             cur["label"] = np.zeros(bs, dtype=np.int64)
             cur["valid"] = np.zeros(bs, dtype=bool)
@@ -877,7 +888,7 @@ class ShardStream(IterableDataset):
             if row + 1 < bs:
                 return None
             out = {
-                name: torch.from_numpy(cur["x"]),
+                name: cur["xt"],
                 "label": torch.from_numpy(cur["label"]),
                 "track": torch.from_numpy(cur["track"]),
                 "valid": torch.from_numpy(cur["valid"]),
