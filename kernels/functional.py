@@ -16,7 +16,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -155,17 +154,15 @@ def savgol_operators(width: int, order: int) -> tuple[np.ndarray, np.ndarray, np
 def savgol_delta(x: Tensor, kernel: Tensor, left: Tensor, right: Tensor) -> Tensor:
     """Apply :func:`savgol_operators` along the last (time) axis of ``x (..., frames)`` -> same shape.
 
-    Vectorised: one ``conv1d`` for the interior and two small matmuls for the edges. Needs
+    Vectorised: one windowed matmul for the interior and two small matmuls for the edges. Needs
     ``frames >= width`` (as librosa's ``mode='interp'`` does).
     """
     width = kernel.shape[0]
-    half = width // 2
     frames = x.shape[-1]
     if frames < width:
         raise ValueError(f"delta with width {width} needs at least {width} frames, got {frames}")
-    lead = x.shape[:-1]
-    flat = x.reshape(-1, 1, frames)
-    mid = F.conv1d(flat, kernel.view(1, 1, width)).reshape(*lead, frames - 2 * half)
+    # interior: sliding windows (a view) times the kernel; a gemv, far cheaper on CPU than a 1-channel conv1d
+    mid = torch.matmul(x.unfold(-1, width, 1), kernel)  # (..., frames - 2 * half)
     head = torch.matmul(x[..., :width], left.t())  # (..., half)
     tail = torch.matmul(x[..., frames - width :], right.t())  # (..., half)
     return torch.cat([head, mid, tail], dim=-1)
@@ -207,17 +204,23 @@ def chroma_filterbank(
     return wts[:, :, : 1 + n_fft // 2].to(torch.float32).to(torch.float64)
 
 
-def _masked_median(values: Tensor, mask: Tensor) -> Tensor:
-    """numpy-style median (mean of the two middles) of ``values[b][mask[b]]`` per row; 0 for empty rows."""
-    flat_v = values.flatten(1)
-    flat_m = mask.flatten(1)
-    count = flat_m.sum(dim=1)  # (B,)
-    inf = torch.full_like(flat_v, float("inf"))
-    ordered = torch.sort(torch.where(flat_m, flat_v, inf), dim=1).values
-    lo = ((count - 1).clamp_min(0) // 2).unsqueeze(1)
-    hi = (count // 2).clamp_max(flat_v.shape[1] - 1).unsqueeze(1)
-    med = 0.5 * (ordered.gather(1, lo) + ordered.gather(1, hi)).squeeze(1)
-    return torch.where(count > 0, med, torch.zeros_like(med))
+def _grouped_median(values: Tensor, group: Tensor, num_groups: int) -> Tensor:
+    """numpy-style median (mean of the two middle values) of positive float32 ``values[group == g]`` per ``g``.
+
+    ``values`` / ``group`` are 1-D; empty groups get 0. One sort of an int64 key ``(group << 32) | bits``:
+    the IEEE bits of positive float32 numbers sort like the numbers, so this orders by group, then value.
+    """
+    if values.numel() == 0:
+        return torch.zeros(num_groups, dtype=values.dtype, device=values.device)
+    bits = values.contiguous().view(torch.int32).to(torch.int64)
+    ordered = torch.sort((group.to(torch.int64) << 32) | bits).values.to(torch.int32).view(torch.float32)
+    counts = torch.bincount(group, minlength=num_groups)
+    offsets = torch.cumsum(counts, 0) - counts
+    last = values.numel() - 1
+    lo = (offsets + (counts - 1).clamp_min(0) // 2).clamp_max(last)
+    hi = (offsets + counts // 2).clamp_max(last)
+    med = 0.5 * (ordered[lo] + ordered[hi])
+    return torch.where(counts > 0, med, torch.zeros_like(med))
 
 
 @torch.no_grad()
@@ -234,53 +237,51 @@ def estimate_tuning(
     """Batched port of ``librosa.estimate_tuning(S=power, sr, bins_per_octave)`` -> tuning ``(B,)`` in bins.
 
     ``power`` is ``(B, n_fft // 2 + 1, frames)`` (the power spectrogram, as ``chroma_stft`` passes it).
-    Same steps as librosa: ``piptrack`` (parabolic peak interpolation of thresholded local maxima between
-    ``fmin`` and ``fmax``), keep the peaks at or above the median peak magnitude, histogram of their
-    deviation from the equal-tempered grid with ``resolution``, return the left edge of the fullest bin
-    (0.0 for a clip without peaks). Computed in float64; not differentiable (tuning is a discrete choice).
+    Same steps and float32 arithmetic as librosa: ``piptrack`` (parabolic interpolation at thresholded local
+    maxima between ``fmin`` and ``fmax`` Hz), keep the peaks at or above the clip's median peak magnitude,
+    histogram of their deviation from the equal-tempered grid at ``resolution``, return the left edge of the
+    fullest bin (0.0 for a clip without peaks). Only the ``fmin..fmax`` band is processed and the peaks are
+    handled as a compact list, so it costs a fraction of the STFT. Not differentiable (a discrete choice).
     """
-    s = power.to(torch.float64)
+    s = power.to(torch.float32)
     nb, n_freq, _ = s.shape
     dev = s.device
-    fft_freqs = torch.arange(n_freq, dtype=torch.float64, device=dev) * (float(sample_rate) / n_fft)
+    hz_per_bin = float(sample_rate) / n_fft
     fmax = min(fmax, float(sample_rate) / 2)
-    freq_mask = ((fft_freqs >= max(fmin, 0.0)) & (fft_freqs < fmax)).view(1, -1, 1)
+    fft_freqs = np.arange(n_freq) * hz_per_bin
+    band = np.nonzero((fft_freqs >= max(fmin, 0.0)) & (fft_freqs < fmax))[0]
+    # a peak needs both neighbours (localmax is false at bin 0; the Nyquist bin is never below fmax)
+    k0 = max(int(band[0]), 1) if band.size else 1
+    k1 = min(int(band[-1]) + 1, n_freq - 1) if band.size else 1
+    if k1 <= k0:
+        return torch.zeros(nb, dtype=torch.float64, device=dev)
 
-    # np.gradient along frequency: central differences inside, one-sided at the ends
-    avg = torch.cat([s[:, 1:2] - s[:, :1], 0.5 * (s[:, 2:] - s[:, :-2]), s[:, -1:] - s[:, -2:-1]], dim=1)
-    # parabolic interpolation (librosa._parabolic_interpolation): 0 at the edges and where |b| >= |a|
-    a = s[:, 2:] + s[:, :-2] - 2.0 * s[:, 1:-1]
-    b = 0.5 * (s[:, 2:] - s[:, :-2])
-    inner = torch.where(
+    ref = threshold * s.amax(dim=1, keepdim=True)  # (B, 1, frames)
+    c, prev, nxt = s[:, k0:k1], s[:, k0 - 1 : k1 - 1], s[:, k0 + 1 : k1 + 1]  # (B, band, frames)
+    xc, xp, xn = c * (c > ref), prev * (prev > ref), nxt * (nxt > ref)
+    peaks = (xc > xp) & (xc >= xn)  # librosa.util.localmax of the thresholded spectrum
+    bidx, fidx, _ = peaks.nonzero(as_tuple=True)  # row-major: grouped by clip
+    pc, pp, pn = c[peaks], prev[peaks], nxt[peaks]  # (P,) float32 at the peaks only
+    a = pn + pp - 2.0 * pc
+    b = (pn - pp) / 2.0  # also np.gradient's central difference
+    shift = torch.where(
         b.abs() >= a.abs(), torch.zeros_like(a), -b / torch.where(a == 0, torch.ones_like(a), a)
     )
-    zero = torch.zeros_like(s[:, :1])
-    shift = torch.cat([zero, inner, zero], dim=1)
-    dskew = 0.5 * avg * shift
-
-    ref_value = threshold * s.amax(dim=1, keepdim=True)
-    x = s * (s > ref_value)
-    # librosa.util.localmax with edge padding: x > previous and x >= next
-    prev = torch.cat([x[:, :1], x[:, :-1]], dim=1)
-    nxt = torch.cat([x[:, 1:], x[:, -1:]], dim=1)
-    peaks = freq_mask & (x > prev) & (x >= nxt)
-    bins = torch.arange(n_freq, dtype=torch.float64, device=dev).view(1, -1, 1)
-    pitch = torch.where(peaks, (bins + shift) * (float(sample_rate) / n_fft), torch.zeros_like(s))
-    mag = torch.where(peaks, s + dskew, torch.zeros_like(s))
-
-    pitch_mask = pitch > 0
-    med = _masked_median(mag, pitch_mask).view(-1, 1, 1)
-    keep = (mag >= med) & pitch_mask  # (B, n_freq, frames)
-
-    octs = torch.log2(torch.where(keep, pitch, torch.ones_like(pitch)) / (440.0 / 16.0))
+    mag = pc + 0.5 * b * shift  # > 0: at a local maximum a < 0, so the skew term -b^2 / 2a >= 0
+    # librosa: (int64 bin + float32 shift) * sr / n_fft in float64, stored as float32
+    pitch = ((fidx + k0).to(torch.float64) + shift.to(torch.float64)) * hz_per_bin
+    pitch = pitch.to(torch.float32)
+    valid = pitch > 0
+    med = _grouped_median(mag[valid], bidx[valid], nb)
+    keep = valid & (mag >= med[bidx])
+    octs = torch.log2(pitch[keep] / (440.0 / 16.0))
     residual = torch.remainder(bins_per_octave * octs, 1.0)
     residual = torch.where(residual >= 0.5, residual - 1.0, residual)
     n_hist = int(math.ceil(1.0 / resolution))
     edges = torch.from_numpy(np.linspace(-0.5, 0.5, n_hist + 1)).to(dev)
     # np.histogram: bins are [e_i, e_{i+1}), the last one closed
-    idx = (torch.bucketize(residual.flatten(1), edges, right=True) - 1).clamp(0, n_hist - 1)
-    counts = torch.zeros(nb, n_hist, dtype=torch.float64, device=dev)
-    counts.scatter_add_(1, idx, keep.flatten(1).to(torch.float64))
-    best = counts.argmax(dim=1)  # first maximum, as np.argmax
-    tuning = edges[best]
-    return torch.where(keep.flatten(1).any(dim=1), tuning, torch.zeros_like(tuning))
+    hist_bin = (torch.bucketize(residual.to(torch.float64), edges, right=True) - 1).clamp(0, n_hist - 1)
+    kept_clip = bidx[keep]
+    counts = torch.bincount(kept_clip * n_hist + hist_bin, minlength=nb * n_hist).view(nb, n_hist)
+    tuning = edges[counts.argmax(dim=1)]  # first maximum, as np.argmax
+    return torch.where(counts.sum(dim=1) > 0, tuning, torch.zeros_like(tuning))

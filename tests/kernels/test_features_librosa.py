@@ -113,6 +113,8 @@ def test_estimate_tuning_is_batched_and_matches_librosa_per_clip(clips, sr):
     want = np.array([librosa.estimate_tuning(S=s, sr=sr, bins_per_octave=12) for s in specs])
     np.testing.assert_allclose(got, want, atol=1e-9)
     assert abs(got[1] - 0.23) < 0.03  # the detuned clip is found detuned
+    silent = KF.estimate_tuning(torch.zeros(2, 1025, 20), sr, 2048)
+    assert silent.tolist() == [0.0, 0.0]  # no peaks: 0.0, as librosa (which also warns)
 
 
 def test_chroma_with_estimated_tuning_matches_librosa_default_chroma_stft(clips, sr):
