@@ -32,6 +32,7 @@ import re
 import shlex
 import shutil
 import sys
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -216,17 +217,40 @@ class _Mapper:
         self.workers = workers
         self.settings = settings
         self.pool = None
+        self._stop = threading.Event()
         if workers > 1:
             self.pool = mp.get_context().Pool(workers, initializer=_init_worker, initargs=(settings,))
         else:
             _init_worker(settings)
 
-    def imap(self, fn: Callable, items: Sequence, chunksize: int = 1) -> Iterator:
+    def imap(self, fn: Callable, items: Sequence, chunksize: int = 1, window: int | None = None) -> Iterator:
+        """Ordered ``fn`` over ``items``. ``window`` bounds the tasks in flight: ``Pool.imap`` reads its input
+        eagerly, so without it a slow consumer (a slow disk) lets decoded results pile up in memory."""
         if self.pool is None:
             return map(fn, items)
-        return self.pool.imap(fn, items, chunksize=max(1, chunksize))
+        chunksize = max(1, chunksize)
+        if window is None:
+            return self.pool.imap(fn, items, chunksize=chunksize)
+        window = max(window, 2 * chunksize * self.workers)
+        sem = threading.BoundedSemaphore(window)
+        stop = self._stop
+
+        def throttled() -> Iterator:
+            for x in items:  # runs in the pool's task-feeding thread
+                while not sem.acquire(timeout=0.2):
+                    if stop.is_set():
+                        return
+                yield x
+
+        def release(results: Iterator) -> Iterator:
+            for r in results:
+                sem.release()
+                yield r
+
+        return release(self.pool.imap(fn, throttled(), chunksize=chunksize))
 
     def close(self) -> None:
+        self._stop.set()
         if self.pool is not None:
             self.pool.terminate()
             self.pool.join()
@@ -574,9 +598,10 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
     saved_plan: dict[str, Any] | None = None
     if out.exists() and not out.is_dir():
         raise IngestError(f"--out {out} exists and is not a directory")
+    clear_first = False  # --overwrite clears only once the new plan stands (a failed scan loses nothing)
     if out.is_dir() and any(out.iterdir()):
         if cfg.overwrite:
-            _clear_out(out)
+            clear_first = True
         elif plan_path.is_file():
             saved_plan = json.loads(plan_path.read_text(encoding="utf-8"))
             diff = _settings_diff(saved_plan.get("settings", {}), settings)
@@ -590,9 +615,6 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
                 f"--out {out} is not empty and holds no resumable ingest; pass --overwrite to start over "
                 "(removes shards and manifest there), or use another --out"
             )
-    out.mkdir(parents=True, exist_ok=True)
-    (state / "done").mkdir(parents=True, exist_ok=True)
-
     try:
         scan = scan_source(source, layout, LayoutOptions(subset=cfg.subset))
     except LayoutError as err:
@@ -625,6 +647,9 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
             plan, plan_warnings = build_plan(cfg, layout, scan.tracks, scan.skipped, mapper)
             plan["scan_digest"] = digest
             warnings.extend(plan_warnings)
+            if clear_first:
+                _clear_out(out)
+            (state / "done").mkdir(parents=True, exist_ok=True)
             _atomic_write_json(plan_path, plan)
         for w in warnings:
             log.warning("%s", w)
@@ -669,7 +694,11 @@ def _write_shards(cfg: IngestConfig, out: Path, plan: dict[str, Any], mapper: _M
     if resumed:
         log.info("%d of %d shards already complete", resumed, len(plan["shards"]))
     todo = [tracks[i] for s in pending for i in range(s["start"], s["stop"])]
-    results = mapper.imap(_decode_task, [t["path"] for t in todo], _chunksize(len(todo), mapper.workers, 4))
+    chunk = _chunksize(len(todo), mapper.workers, 4)
+    # at most ~64 decoded tracks (~85 MB of 30-s clips) wait for the writer
+    results = mapper.imap(
+        _decode_task, [t["path"] for t in todo], chunk, window=max(64, 4 * chunk * mapper.workers)
+    )
     bar = _bar(len(todo), "decode", cfg.progress)
     try:
         for shard in pending:

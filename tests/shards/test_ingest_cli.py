@@ -53,7 +53,7 @@ def test_cli_errors_are_clear_and_non_zero(tmp_path, capsys, corrupt_writer):
         corrupt_writer(tmp_path / "broken" / "rock" / f"b{i}.wav", ["text", "empty", "header_only"][i])
     rc, _, err = _main(capsys, tmp_path / "broken", "--out", tmp_path / "o4")
     assert rc == 2 and "zero decodable tracks" in err and "empty file" in err
-    assert not (tmp_path / "o4" / "manifest.json").exists()
+    assert not (tmp_path / "o4").exists()  # nothing written before the plan stands
     (tmp_path / "docs" / "x").mkdir(parents=True)
     (tmp_path / "docs" / "x" / "readme.txt").write_text("no audio here")
     rc, _, err = _main(capsys, tmp_path / "docs", "--out", tmp_path / "o5")
