@@ -76,7 +76,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         print(f"[2/5] sharding {source} ({layout} layout)")
         argv = [str(source), "--out", str(shards), "--layout", layout, "--seed", "0"]
         if args.quiet:
-            argv.append("--quiet")
+            argv.append("--no-progress")
         rc = make_shards(argv)
         if rc:
             raise SystemExit(rc)
