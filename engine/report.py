@@ -90,7 +90,8 @@ def markdown_report(
     lines += [
         "",
         "Macro averages are over the classes present in the evaluated truth (support > 0); "
-        "classes with no evaluated tracks are listed per class with support 0.",
+        "classes with no evaluated tracks are listed per class with support 0 (torchmetrics' own macro average "
+        "would also count classes that are only predicted, with precision and recall 0).",
         "",
     ]
 
