@@ -266,7 +266,9 @@ class RandomAugment(nn.Module):
         return True
 
     @classmethod
-    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> RandomAugment:  # pragma: no cover
+    def from_config(
+        cls, cfg: AugmentConfig, sample_rate: int | None = None
+    ) -> RandomAugment:  # pragma: no cover
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -313,7 +315,7 @@ class Gain(RandomAugment):
         self.p = float(p)
 
     @classmethod
-    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> Gain:
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int | None = None) -> Gain:
         return cls(cfg.gain_db, cfg.gain_p, cfg.seed)
 
     @property
@@ -348,7 +350,7 @@ class Polarity(RandomAugment):
         self.p = float(p)
 
     @classmethod
-    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> Polarity:
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int | None = None) -> Polarity:
         return cls(cfg.polarity_p, cfg.seed)
 
     @property
@@ -371,7 +373,8 @@ class Polarity(RandomAugment):
 class TimeShift(RandomAugment):
     """Circularly roll each sample along time by a random integer shift, with probability ``p``.
 
-    The shift is uniform in ``[-m, m]`` samples with ``m = min(max_seconds * sample_rate, max_fraction * T)``.
+    The shift is uniform in ``[-m, m]`` samples with ``m = min(max_seconds * sample_rate, max_fraction * T)``
+    (without a ``sample_rate`` only the fraction limits it).
     ``x [B, ..., T]`` -> same shape and dtype; ``out[b, ..., t] = x[b, ..., (t - s_b) mod T]``.
     """
 
@@ -379,22 +382,22 @@ class TimeShift(RandomAugment):
 
     def __init__(
         self,
-        sample_rate: int,
+        sample_rate: int | None,
         max_seconds: float = 1.0,
         max_fraction: float = 0.5,
         p: float = 0.5,
         seed: int = 0,
     ) -> None:
         super().__init__(seed)
-        if sample_rate <= 0:
+        if sample_rate is not None and sample_rate <= 0:
             raise ValueError(f"TimeShift: sample_rate must be > 0 Hz, got {sample_rate}")
-        self.sample_rate = int(sample_rate)
+        self.sample_rate = None if sample_rate is None else int(sample_rate)
         self.max_seconds = float(max_seconds)
         self.max_fraction = float(max_fraction)
         self.p = float(p)
 
     @classmethod
-    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> TimeShift:
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int | None = None) -> TimeShift:
         return cls(sample_rate, cfg.shift_max_seconds, cfg.shift_max_fraction, cfg.shift_p, cfg.seed)
 
     @property
@@ -403,7 +406,8 @@ class TimeShift(RandomAugment):
 
     def max_shift(self, num_samples: int) -> int:
         """Largest shift in samples for a clip of ``num_samples``."""
-        return int(min(self.max_seconds * self.sample_rate, self.max_fraction * num_samples, num_samples - 1))
+        by_time = math.inf if self.sample_rate is None else self.max_seconds * self.sample_rate
+        return int(min(by_time, self.max_fraction * num_samples, num_samples - 1))
 
     def shifts(self, batch: int, num_samples: int, device: torch.device) -> Tensor:
         """Per-sample shifts int64 ``[B]`` in ``[-m, m]`` (0 where not applied)."""
@@ -477,7 +481,7 @@ class AddNoise(RandomAugment):
         self.p = float(p)
 
     @classmethod
-    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> AddNoise:
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int | None = None) -> AddNoise:
         return cls(cfg.noise_snr_db, cfg.noise_color, cfg.noise_p, cfg.seed)
 
     @property
@@ -543,9 +547,16 @@ class WaveAugment(_Chain):
 
     ``forward(x float [B, T] or [B, ..., T])`` -> same shape and dtype (int16 PCM is accepted and returned
     as float32 / 32768 in training); the identity (the same object) in eval or when ``cfg.enabled`` is False.
+    ``sample_rate`` (Hz) converts ``shift_max_seconds`` to samples; pass it (``build_augment`` does).
     """
 
-    def __init__(self, cfg: AugmentConfig, sample_rate: int) -> None:
+    def __init__(self, cfg: AugmentConfig, sample_rate: int | None = None) -> None:
+        if sample_rate is None and cfg.enabled and cfg.shift_p > 0:
+            logger.warning(
+                "WaveAugment without sample_rate: the time shift is limited by shift_max_fraction only "
+                "(shift_max_seconds=%s is ignored)",
+                cfg.shift_max_seconds,
+            )
         parts = {name: AUGMENTATIONS.get(name).from_config(cfg, sample_rate) for name in WAVE_ORDER}
         super().__init__({k: v for k, v in parts.items() if v.is_active}, cfg.enabled)
 
@@ -612,7 +623,7 @@ class SpecTimeStretch(RandomAugment):
         self.pad = pad
 
     @classmethod
-    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> SpecTimeStretch:
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int | None = None) -> SpecTimeStretch:
         return cls(cfg.time_stretch_rate, cfg.time_stretch_p, cfg.time_stretch_pad, cfg.seed)
 
     @property
@@ -666,7 +677,7 @@ class SpecPitchShift(RandomAugment):
         self.p = float(p)
 
     @classmethod
-    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> SpecPitchShift:
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int | None = None) -> SpecPitchShift:
         return cls(cfg.pitch_shift_semitones, cfg.pitch_shift_p, cfg.seed)
 
     @property
@@ -768,7 +779,7 @@ class FreqMask(_Mask):
     dim = -2
 
     @classmethod
-    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> FreqMask:
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int | None = None) -> FreqMask:
         return cls(cfg.freq_masks, cfg.freq_mask_width, 1.0, cfg.mask_value, cfg.seed)
 
 
@@ -783,7 +794,7 @@ class TimeMask(_Mask):
     dim = -1
 
     @classmethod
-    def from_config(cls, cfg: AugmentConfig, sample_rate: int) -> TimeMask:
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int | None = None) -> TimeMask:
         return cls(cfg.time_masks, cfg.time_mask_width, cfg.time_mask_max_fraction, cfg.mask_value, cfg.seed)
 
 
@@ -794,7 +805,7 @@ class SpecAugment(_Chain):
     ``cfg.enabled`` is False.
     """
 
-    def __init__(self, cfg: AugmentConfig, sample_rate: int = 0) -> None:
+    def __init__(self, cfg: AugmentConfig, sample_rate: int | None = None) -> None:
         parts = {name: AUGMENTATIONS.get(name).from_config(cfg, sample_rate) for name in SPEC_ORDER}
         super().__init__({k: v for k, v in parts.items() if v.is_active}, cfg.enabled)
 
@@ -824,7 +835,7 @@ class Mixup(RandomAugment):
         self.enabled = True  # AugmentConfig.enabled master switch
 
     @classmethod
-    def from_config(cls, cfg: AugmentConfig, sample_rate: int = 0) -> Mixup:
+    def from_config(cls, cfg: AugmentConfig, sample_rate: int | None = None) -> Mixup:
         m = cls(cfg.mixup_alpha, cfg.mixup_p, cfg.seed)
         m.enabled = cfg.enabled
         return m

@@ -211,6 +211,12 @@ def test_shift_is_a_per_sample_circular_roll_within_the_limit():
     xc = torch.stack([x, -x], dim=1)  # (B, 2, T)
     yc = TimeShift(SR, 0.25, 0.5, p=1.0, seed=1).train()(xc)
     assert torch.equal(yc[:, 0], y) and torch.equal(yc[:, 1], -y)
+    # without a sample rate only the fraction of the clip limits the shift
+    wave = WaveAugment(_cfg(shift_p=1.0, shift_max_fraction=0.01), sample_rate=None).train()
+    y = wave(x)
+    for i in range(b):
+        s = int(torch.nonzero(y[i] == x[i, 0])[0])
+        assert min(s, t - s) <= 40
 
 
 def test_polarity_flips_the_sign_of_selected_samples():
