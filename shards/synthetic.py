@@ -29,7 +29,7 @@ classical    60-115     major/minor triad progressions as piano arpeggios (Alber
                         string pads and cello bass, legato violin melody with vibrato, no drums
 country      95-150     I-IV-V major triads, train beat, root-fifth "boom-chick" bass, bright twangy
                         strummed guitar on the off-beats, fiddle melody
-disco        110-132    four-on-the-floor kick, open hi-hat on every off-beat, 16th closed hats,
+disco        110-132    four-on-the-floor kick, open hi-hat on every off-beat, 8th/16th closed hats,
                         octave-jumping bass, minor-7th stabs and string pads
 hiphop       70-100     slow swung 16th beats, syncopated kick, very loud long 808 sub-bass, dark
                         low-passed minor-7th/9th keys, sparse bell melody
@@ -46,7 +46,9 @@ rock         105-160    I-bVII-IV / I-IV-V progressions, driving straight 8ths, 
 ============ ========== ==============================================================================
 
 Per clip the key, tempo (within the genre's range), swing amount, drum-kit parameters, pattern choice,
-progression, mix levels and the panning are random. Two nuisances are drawn from the *same* distribution
+progression, mix levels and the panning are random, and with probability ``overlap`` (default 0.15) per
+part a clip borrows its drums, bass, chords or melody from another genre (played in its own tempo, key and
+progression), so genres overlap the way real ones do. Two nuisances are drawn from the *same* distribution
 for every genre so no genre is recognisable from one global statistic: the overall loudness (a target RMS,
 log-uniform in [-30, -14] dBFS) and a "mastering EQ" (random spectral tilt, low-pass and high-pass corners)
 that spreads the spectral centroid over overlapping ranges. ``tests/tools/test_make_synthetic.py`` checks
@@ -1172,7 +1174,8 @@ def generate_clip(
     if recipe.clip_drive > 0:
         mix = np.stack([_drive(c, recipe.clip_drive * float(rng.uniform(0.6, 1.4))) for c in mix])
     tilt = float(rng.uniform(-5.0, 3.0))  # dB per octave around 1 kHz
-    lp = float(np.exp(rng.uniform(np.log(2500.0), np.log(min(11000.0, 0.45 * sr)))))
+    lp_top = max(min(11000.0, 0.45 * sr), 2500.0)  # Hz; low rates get the same (inaudible) draw range
+    lp = float(np.exp(rng.uniform(np.log(2500.0), np.log(lp_top))))
     hp = float(np.exp(rng.uniform(np.log(25.0), np.log(150.0))))
 
     def master_eq(f: np.ndarray) -> np.ndarray:
@@ -1215,12 +1218,12 @@ def clip_path(out_dir: str | os.PathLike, genre: str, index: int, ext: str) -> P
     return Path(out_dir) / genre / f"{genre}.{index:05d}.{ext}"
 
 
-def _write_clip(task: tuple[str, str, int, str, float, int, int, int]) -> str:
-    out_dir, genre, index, ext, duration, sample_rate, channels, seed = task
+def _write_clip(task: tuple[str, str, int, str, float, int, int, int, float]) -> str:
+    out_dir, genre, index, ext, duration, sample_rate, channels, seed, overlap = task
     import soundfile as sf
 
     rng = np.random.default_rng(clip_seed(seed, genre, index))
-    audio = generate_clip(genre, rng, duration, sample_rate, channels)
+    audio = generate_clip(genre, rng, duration, sample_rate, channels, overlap=overlap)
     path = clip_path(out_dir, genre, index, ext)
     fmt, subtype = FORMATS[ext]
     tmp = path.with_name(f".{path.name}.part")  # hidden partial file: a crash never leaves a truncated clip
@@ -1245,13 +1248,15 @@ def make_corpus(
     channels: int = 1,
     workers: int | None = None,
     progress: bool = True,
+    overlap: float = OVERLAP,
 ) -> list[Path]:
     """Write a synthetic corpus ``out_dir/<genre>/<genre>.000NN.<ext>``; returns the paths in (genre, index) order.
 
     Clip ``i`` of a genre is written as ``formats[i % len(formats)]`` (``wav`` PCM_16, ``flac`` PCM_16,
     ``ogg`` Vorbis, ``mp3`` layer III), so a mixed-format corpus is deterministic. Each clip's generator is
     derived from ``(seed, genre, i)``, so the audio does not depend on ``workers`` (``None``: one process per
-    CPU core, ``0``/``1``: in this process). Existing files of the same names are overwritten.
+    CPU core, ``0``/``1``: in this process). ``overlap`` is :func:`generate_clip`'s part-borrowing probability.
+    Existing files of the same names are overwritten.
     """
     genres = list(genres)
     formats = [f.lower().lstrip(".") for f in formats]
@@ -1268,6 +1273,8 @@ def make_corpus(
             raise ValueError(f"unknown format {fmt!r}; supported: {', '.join(FORMATS)}")
     for genre in genres:
         _validate(genre, duration, sample_rate, channels)
+    if not 0.0 <= overlap <= 1.0:
+        raise ValueError(f"overlap must be a probability in [0, 1], got {overlap!r}")
     if "mp3" in formats and sample_rate not in MP3_SAMPLE_RATES:
         raise ValueError(
             f"MP3 cannot store {sample_rate} Hz; use one of {MP3_SAMPLE_RATES} or another format"
@@ -1285,6 +1292,7 @@ def make_corpus(
             int(sample_rate),
             int(channels),
             int(seed),
+            float(overlap),
         )
         for g in genres
         for i in range(clips_per_genre)
@@ -1337,6 +1345,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=1, choices=(1, 2), help="1: mono, 2: stereo")
     parser.add_argument("--seed", type=int, default=0, help="corpus seed")
     parser.add_argument(
+        "--overlap",
+        type=float,
+        default=OVERLAP,
+        help="probability that a clip borrows a part (drums, bass, chords, melody) from another genre",
+    )
+    parser.add_argument(
         "--genres", nargs="+", default=list(GENRES), metavar="GENRE", help=f"genres, from: {' '.join(GENRES)}"
     )
     parser.add_argument(
@@ -1357,6 +1371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             genres=genres,
             channels=args.channels,
             workers=args.workers,
+            overlap=args.overlap,
             progress=not args.quiet,
         )
     except ValueError as err:
