@@ -33,6 +33,7 @@ import math
 import os
 import sys
 import time
+import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -514,6 +515,22 @@ def _features_marker(cfg: Any, ckpt: dict[str, Any]) -> str | None:
     return None
 
 
+def check_input_kind(path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointInputError` for a checkpoint trained on precomputed (MSD) features.
+
+    Reads the checkpoint lazily (``mmap``); unreadable files pass here and fail in ``load_model`` with its
+    own specific error.
+    """
+    try:
+        ckpt = torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a checkpoint at all: load_model says why
+        return
+    if isinstance(ckpt, dict):
+        reason = _features_marker(ckpt.get("config"), ckpt)
+        if reason:
+            raise CheckpointInputError(_msd_message(os.fspath(path), reason))
+
+
 def is_torchscript_file(path: str | os.PathLike) -> bool:
     """TorchScript archives hold ``<root>/code/`` and ``<root>/constants.pkl``; ``torch.save`` files do not."""
     try:
@@ -536,7 +553,11 @@ class Predictor:
         self.torchscript = is_torchscript_file(self.path)
         if self.torchscript:
             extra = {TS_META_FILE: ""}
-            self.model = torch.jit.load(self.path, map_location=self.device, _extra_files=extra)
+            with warnings.catch_warnings():
+                warnings.simplefilter(
+                    "ignore", FutureWarning
+                )  # "torch.jit is deprecated": still the portable format
+                self.model = torch.jit.load(self.path, map_location=self.device, _extra_files=extra)
             if not extra[TS_META_FILE]:
                 raise CheckpointInputError(
                     f"{self.path} is a TorchScript file without {TS_META_FILE}; export it with `python -m engine export`"
@@ -547,14 +568,7 @@ class Predictor:
             if reason:
                 raise CheckpointInputError(_msd_message(self.path, reason))
         else:
-            ckpt = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
-            if not isinstance(ckpt, dict):
-                raise CheckpointInputError(
-                    f"{self.path} is not a genre-engine checkpoint (got {type(ckpt).__name__})"
-                )
-            reason = _features_marker(ckpt.get("config"), ckpt)
-            if reason:
-                raise CheckpointInputError(_msd_message(self.path, reason))
+            check_input_kind(self.path)
             from engine.checkpoint import load_model  # noqa: PLC0415 -- keeps `--help` and discovery light
 
             self.model, meta = load_model(self.path, self.device)

@@ -136,6 +136,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4)")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw != "" else ""
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string; a number is meant
+            try:
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                pass
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import sys
 import tarfile
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from engine.distributed import make_accelerator
 from engine.metrics import Accumulator, aggregate_tracks, track_and_segment_metrics
 
 logger = logging.getLogger(__name__)
@@ -145,17 +145,6 @@ def _autocast(device: torch.device, precision: str) -> Any:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _make_accelerator() -> Any:
-    """An Accelerator for inference. Under ``torchrun`` / ``accelerate launch`` on a machine without CUDA,
-    accelerate only sets up the (gloo) CPU process group when asked for the CPU explicitly; without it every
-    process would silently evaluate everything as world size 1."""
-    from accelerate import Accelerator
-    from accelerate.state import PartialState
-
-    if PartialState._shared_state:  # already set up in this process (e.g. by train()): share it
-        return Accelerator()
-    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(cpu=multi and not torch.cuda.is_available())
 
 
 def evaluate_checkpoint(
@@ -210,7 +199,7 @@ def evaluate_checkpoint(
     manifest = load_manifest(shards)  # fail fast before loading a model
     if isinstance(label_map, (str, Path)):
         label_map = load_label_map(label_map)
-    accelerator = accelerator or _make_accelerator()
+    accelerator = accelerator or make_accelerator()
     device = accelerator.device
     model, ckpt = load_model(checkpoint, device)
     model_labels = [str(x) for x in ckpt["labels"]]

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from engine.classify import TS_META_FILE, CheckpointInputError, _features_marker, _msd_message
+from engine.classify import TS_META_FILE, CheckpointInputError, check_input_kind
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,10 @@ def _check_inputs(batch: int, window_samples: int, seed: int = 0) -> Tensor:
 def _export_torchscript(wrapper: ProbabilityModel, example: Tensor, out: Path, meta: dict[str, Any]) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape-derived Python ints are fine here
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated": still the portable format
         traced = torch.jit.trace(wrapper, (example,), check_trace=False)
-    traced = torch.jit.freeze(traced.eval())
-    torch.jit.save(traced, str(out), _extra_files={TS_META_FILE: json.dumps(meta)})
+        traced = torch.jit.freeze(traced.eval())
+        torch.jit.save(traced, str(out), _extra_files={TS_META_FILE: json.dumps(meta)})
 
 
 def _export_onnx(wrapper: ProbabilityModel, example: Tensor, out: Path, meta: dict[str, Any]) -> str:
@@ -156,7 +157,9 @@ def _onnx_friendly(model: nn.Module, ckpt: dict[str, Any]) -> nn.Module:
 
 def _run_exported(fmt: str, path: Path, x: Tensor) -> Tensor | None:
     if fmt == "torchscript":
-        model = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model = torch.jit.load(str(path), map_location="cpu")
         with torch.no_grad():
             return model(x)
     try:
@@ -196,12 +199,7 @@ def export_model(
     fmt = fmt.lower()
     if fmt not in ("torchscript", "onnx"):
         raise ValueError(f"format {fmt!r} is not torchscript or onnx")
-    ckpt_probe = torch.load(os.fspath(checkpoint), map_location="cpu", weights_only=True, mmap=True)
-    if isinstance(ckpt_probe, dict):
-        reason = _features_marker(ckpt_probe.get("config"), ckpt_probe)
-        if reason:
-            raise CheckpointInputError(_msd_message(os.fspath(checkpoint), reason))
-    del ckpt_probe
+    check_input_kind(checkpoint)
     model, ckpt = load_model(checkpoint, "cpu")
     window = int(window_samples or ckpt["segment_samples"])
     if window < 1:

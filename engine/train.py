@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from engine.checkpoint import init_from, save_checkpoint
 from engine.config import ConfigError, from_dict, load_config, to_dict
+from engine.distributed import make_accelerator
 from engine.models import ModelConfig, build_model, count_parameters
 from shards.format import load_manifest
 from shards.reader import ShardStream, make_loader
@@ -289,7 +290,7 @@ def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
 # ----------------------------------------------------------------------------------------------- train
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train a model as ``cfg`` says; returns ``{run_dir, best_checkpoint, last_checkpoint, history, best}``."""
-    accelerator = Accelerator(
+    accelerator = make_accelerator(
         mixed_precision=cfg.run.precision, gradient_accumulation_steps=cfg.optim.grad_accum, cpu=cfg.run.cpu
     )
     rank, world = accelerator.process_index, accelerator.num_processes
