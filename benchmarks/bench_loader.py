@@ -124,6 +124,21 @@ def loader_run(
     return {"clips": clips, "seconds": time.perf_counter() - t0, "first": first / epochs}
 
 
+def handover_ms(bs: int, seg: int, batches: int = 60) -> float:
+    """ms per batch a bare DataLoader worker needs to hand an int16 (bs, seg) batch to the main process."""
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class Zeros(IterableDataset):
+        def __iter__(self):
+            for _ in range(batches):
+                yield {"wave": torch.from_numpy(np.zeros((bs, seg), np.int16))}
+
+    t0 = time.perf_counter()
+    n = sum(1 for _ in DataLoader(Zeros(), batch_size=None, num_workers=1))
+    return (time.perf_counter() - t0) / n * 1e3
+
+
 def librosa_run(mp3s: list[Path], seg_seconds: float) -> float:
     import librosa
 
@@ -183,6 +198,9 @@ def main() -> None:
                     f"{cps * track_bytes / 1e9:5.2f} GB/s, crop {cps * seg * 2 / 1e9:5.2f} GB/s "
                     f"(first batch after {r['first'] * 1e3:.0f} ms)"
                 )
+
+        ho = handover_ms(args.batch_size, seg)
+        print(f"    (bare DataLoader worker -> main hand-over of one batch: {ho:.1f} ms, start-up included)")
 
         lib = librosa_run(mp3s, args.segment_seconds)
         print(f"(c) librosa.load(sr={SR}, mono=True) of MP3 + crop: {lib:.2f} clips/s")

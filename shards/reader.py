@@ -957,9 +957,10 @@ class ShardStream(IterableDataset):
 def default_num_workers() -> int:
     """DataLoader workers for this machine, from ``benchmarks/bench_loader.py``.
 
-    Measured on 2 cores (3-s crops of 30-s tracks, batch 32): in-process reading is 2-3x faster than 1 or
-    2 workers (fork start-up of ~0.3 s per epoch, the batch hand-over through shared memory, and the worker
-    competing with the main process for the same cores), so <= 2 cores -> 0. With more cores a worker
+    Measured on 2 cores (3-s crops of 30-s tracks, batch 32): in-process reading is 2-4x faster than 1 or
+    2 workers: fork start-up of ~0.3 s per epoch, the hand-over of each 4.2 MB batch from a worker (~12 ms
+    even for a bare DataLoader, i.e. a ceiling of ~2,600 crops/s per worker) and the worker competing with
+    the main process for the same cores. So <= 2 cores -> 0. With more cores a worker
     overlaps reading with the training step; one worker already streams thousands of crops/s, so use one
     per 4 cores, at most 4 (each holds a shuffle slab of ``shuffle_buffer`` crops, e.g. 68 MB).
     """

@@ -280,8 +280,9 @@ def test_pipe_url_reads_like_the_local_path(tmp_path):
     root, _ = uneven_set(tmp_path / "set")
     local = fmt.split_shards(fmt.load_manifest(root), "train", root)
     piped = [(f"pipe:cat {p}", n) for p, n in local]
-    for train in (True, False):
-        kw = dict(train=train, segment_samples=24, batch_size=4, seed=5)
+    for train, rank in [(True, 0), (False, 0), (True, 1), (False, 1)]:
+        # rank 0 of 2 stops inside a shard: the pipe command is killed early, output still identical
+        kw = dict(train=train, segment_samples=24, batch_size=4, seed=5, rank=rank, world_size=2)
         a = drain(ShardStream(local, "train", **kw))
         b = drain(ShardStream(piped, "train", **kw))
         c = drain(ShardStream(root, "train", **kw))
@@ -402,3 +403,35 @@ def test_crops_do_not_depend_on_the_number_of_workers(tmp_path):
         rows[workers] = sorted(tracks_of(r) for b in drain(s, workers) for r in b["wave"].numpy())
     # the same (track, crop offset) multiset: offsets hash (seed, epoch, position), not the worker
     assert rows[0] == rows[2] and len(rows[0]) == 18
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5, 20])
+def test_in_process_rank_partition_is_exact_for_any_world_size(tmp_path, world):
+    root, tracks = uneven_set(tmp_path / "set")
+    seg, bs = 64, 5
+    train_rows, windows, lens = [], [], set()
+    for rank in range(world):
+        kw = dict(segment_samples=seg, batch_size=bs, rank=rank, world_size=world, shuffle_buffer=3)
+        tr = ShardStream(root, "train", train=True, **kw)
+        batches = drain(tr)
+        lens.add((len(tr), len(batches)))
+        train_rows += [tracks_of(r)[0] for b in batches for r in b["wave"].numpy()]
+        ev = ShardStream(root, "train", train=False, **kw)
+        batches = drain(ev)
+        lens.add(("eval", len(ev), len(batches)))
+        for b in batches:
+            for row, t, ok in zip(b["wave"].numpy(), b["track"].tolist(), b["valid"].tolist()):
+                if ok:
+                    assert tracks_of(row)[0] == t
+                    windows.append((t, tracks_of(row)[1] // seg))
+    per_rank = math.ceil(math.ceil(16 / world) / bs)
+    eval_lens = {x for x in lens if x[0] == "eval"}
+    assert lens - eval_lens == {(per_rank, per_rank)}  # every rank: len == yielded, equal counts
+    assert len(eval_lens) == 1 and all(a == b for _, a, b in eval_lens)
+    assert set(train_rows) == set(range(16)) and len(train_rows) == world * per_rank * bs
+    expected = [
+        (t, w)
+        for t, tr in enumerate(tracks)
+        for w in range(math.ceil(max(len(tr["pcm"]) - seg, 0) / seg) + 1)
+    ]
+    assert sorted(windows) == expected  # every window of every track exactly once over all ranks
