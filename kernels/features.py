@@ -318,11 +318,11 @@ class MFCC(_Feature):
         self.stack_freq = cfg.stack == "freq"
         dct = AF.create_dct(cfg.n_mfcc, cfg.n_mels, norm="ortho")  # (n_mels, n_mfcc)
         _matrix(dct.t().contiguous(), cfg.trainable, self, "dct")  # (n_mfcc, n_mels)
-        for order in (1, 2):
-            kernel, left, right = KF.savgol_operators(cfg.delta_width, order)
-            self.register_buffer(f"d{order}_kernel", torch.from_numpy(kernel).float(), persistent=False)
-            self.register_buffer(f"d{order}_left", torch.from_numpy(left).float(), persistent=False)
-            self.register_buffer(f"d{order}_right", torch.from_numpy(right).float(), persistent=False)
+        # orders 1..deltas stacked into one operator set: (K, width), (K, h, width), (K, h, width)
+        ops = [KF.savgol_operators(cfg.delta_width, order) for order in range(1, cfg.deltas + 1)]
+        for i, name in enumerate(("delta_kernel", "delta_left", "delta_right")):
+            t = torch.from_numpy(np.stack([op[i] for op in ops])).float() if ops else torch.zeros(0)
+            self.register_buffer(name, t, persistent=False)
 
     def out_shape(self, num_samples: int) -> tuple[int, int, int]:
         frames = KF.out_frames(num_samples, self.hop_length)
@@ -333,14 +333,15 @@ class MFCC(_Feature):
     def from_logmel(self, logmel_db: Tensor) -> Tensor:
         """Log-mel dB ``(B, n_mels, frames)`` -> MFCC features (layout as in the class docstring)."""
         static = KF.apply_filterbank(self.dct, logmel_db)  # (B, n_mfcc, frames)
-        parts = [static]
-        if self.deltas >= 1:
-            parts.append(KF.savgol_delta(static, self.d1_kernel, self.d1_left, self.d1_right))
-        if self.deltas >= 2:
-            parts.append(KF.savgol_delta(static, self.d2_kernel, self.d2_left, self.d2_right))
+        if self.deltas == 0:
+            return static.unsqueeze(1)
+        d = KF.savgol_delta(
+            static, self.delta_kernel, self.delta_left, self.delta_right
+        )  # (B, n_mfcc, K, frames)
+        out = torch.cat([static.unsqueeze(1), d.transpose(1, 2)], dim=1)  # (B, 1 + K, n_mfcc, frames)
         if self.stack_freq:
-            return torch.cat(parts, dim=1).unsqueeze(1)  # (B, 1, (1+deltas)*n_mfcc, frames)
-        return torch.stack(parts, dim=1)  # (B, 1+deltas, n_mfcc, frames)
+            return out.reshape(out.shape[0], 1, -1, out.shape[-1])  # (B, 1, (1 + K) * n_mfcc, frames)
+        return out
 
     def from_power(self, power: Tensor) -> Tensor:
         return self.from_logmel(self.logmel.db(power))

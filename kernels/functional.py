@@ -152,20 +152,29 @@ def savgol_operators(width: int, order: int) -> tuple[np.ndarray, np.ndarray, np
 
 
 def savgol_delta(x: Tensor, kernel: Tensor, left: Tensor, right: Tensor) -> Tensor:
-    """Apply :func:`savgol_operators` along the last (time) axis of ``x (..., frames)`` -> same shape.
+    """Apply :func:`savgol_operators` along the last (time) axis of ``x (..., frames)``.
 
-    Vectorised: one windowed matmul for the interior and two small matmuls for the edges. Needs
-    ``frames >= width`` (as librosa's ``mode='interp'`` does).
+    One operator (``kernel (width,)``, ``left`` / ``right (h, width)``) -> ``(..., frames)``; ``K`` stacked
+    operators (``kernel (K, width)``, ``left`` / ``right (K, h, width)``, e.g. orders 1 and 2 at once) ->
+    ``(..., K, frames)``. Vectorised: one GEMM over sliding windows for the interior and one small GEMM per
+    edge. Needs ``frames >= width`` (as librosa's ``mode='interp'`` does).
     """
-    width = kernel.shape[0]
+    single = kernel.dim() == 1
+    if single:
+        kernel, left, right = kernel.unsqueeze(0), left.unsqueeze(0), right.unsqueeze(0)
+    n_ops, width = kernel.shape
+    half = width // 2
     frames = x.shape[-1]
     if frames < width:
         raise ValueError(f"delta with width {width} needs at least {width} frames, got {frames}")
-    # interior: sliding windows (a view) times the kernel; a gemv, far cheaper on CPU than a 1-channel conv1d
-    mid = torch.matmul(x.unfold(-1, width, 1), kernel)  # (..., frames - 2 * half)
-    head = torch.matmul(x[..., :width], left.t())  # (..., half)
-    tail = torch.matmul(x[..., frames - width :], right.t())  # (..., half)
-    return torch.cat([head, mid, tail], dim=-1)
+    lead = x.shape[:-1]
+    mid = torch.matmul(x.unfold(-1, width, 1), kernel.t())  # (..., frames - 2h, K)
+    head = torch.matmul(x[..., :width], left.reshape(n_ops * half, width).t())  # (..., K * h)
+    tail = torch.matmul(x[..., frames - width :], right.reshape(n_ops * half, width).t())
+    out = torch.cat(
+        [head.view(*lead, n_ops, half), mid.transpose(-1, -2), tail.view(*lead, n_ops, half)], dim=-1
+    )  # (..., K, frames)
+    return out.squeeze(-2) if single else out
 
 
 def chroma_filterbank(

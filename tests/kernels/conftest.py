@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 SR = 22050
-SECONDS = 4.0
+SECONDS = 3.0
 
 
 def synth_music(seed: int, seconds: float = SECONDS, sr: int = SR, detune: float = 0.0) -> np.ndarray:

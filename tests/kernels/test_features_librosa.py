@@ -1,4 +1,4 @@
-"""Parity of the torch front end with librosa 0.11 on synthetic music and white noise (22,050 Hz, 4 s).
+"""Parity of the torch front end with librosa 0.11 on synthetic music and white noise (22,050 Hz, 3 s).
 
 Tolerances (stated per test): log-mel < 0.01 dB where librosa is above its -80 dB floor, MFCC < 0.01,
 MFCC deltas (order 1 and 2, including the first/last 4 frames) < 0.01, chroma < 1e-3. nnAudio's CQT is

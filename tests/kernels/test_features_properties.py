@@ -105,6 +105,7 @@ def test_autocast_bfloat16_keeps_features_float32_and_equal(batch, sr):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
 def test_jit_trace_matches_eager(batch, sr):
     # torch.jit.trace (cheap on CPU); torch.compile is exercised by benchmarks/bench_features.py --compile
     fe = frontend(sr, features=ALL, deltas=2)
@@ -149,7 +150,7 @@ def test_trainable_filterbanks_receive_gradients_and_default_has_no_parameters(b
 
 
 def test_nnaudio_backend_agrees_with_torch_backend(batch, sr):
-    wave = torch.from_numpy(batch[:, :44100])
+    wave = torch.from_numpy(batch[:2, :22050])
     with torch.no_grad():
         a = frontend(sr, features=ALL, deltas=2, backend="torch")(wave)
         b = frontend(sr, features=ALL, deltas=2, backend="nnaudio")(wave)
