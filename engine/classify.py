@@ -545,7 +545,13 @@ class Predictor:
     """``int16 windows [B, T]`` -> ``float32 probabilities [B, K]`` on the host, from a checkpoint or a
     TorchScript export. ``labels``, ``sample_rate`` (Hz) and ``segment_samples`` come from the file."""
 
-    def __init__(self, path: str | os.PathLike, device: torch.device | str, precision: str = "auto") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        device: torch.device | str,
+        precision: str = "auto",
+        channels_last: bool = True,
+    ) -> None:
         self.path = str(path)
         self.device = torch.device(device)
         if not os.path.isfile(self.path):
@@ -573,6 +579,11 @@ class Predictor:
 
             self.model, meta = load_model(self.path, self.device)
             self.model.eval()
+            backbone = getattr(self.model, "backbone", None)
+            if channels_last and isinstance(backbone, torch.nn.Module):
+                # NHWC conv weights make the convs run NHWC (2x faster on CPU measured for the seed CNN, same
+                # numbers to 1e-7); tensors that are not 4-D are left alone, so RNN backbones are unaffected
+                backbone.to(memory_format=torch.channels_last)
         try:
             self.labels = [str(x) for x in meta["labels"]]
             self.sample_rate = int(meta["sample_rate"])
@@ -695,6 +706,7 @@ def classify(
     num_workers: int | None = None,
     device: str | None = None,
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    channels_last: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Classify every audio file in ``paths`` (files, folders, plus ``from_list``) into ``out``.
@@ -702,6 +714,10 @@ def classify(
     One line per input file (JSONL, or CSV when ``fmt="csv"`` or ``out`` ends in ``.csv``); files already
     in ``out`` are skipped (resume). Under ``accelerate launch`` each rank classifies ``index % world``
     of the stream into ``out.rank{r}.part`` and the main process merges the parts into ``out``.
+
+    ``batch_size`` counts windows (of ``segment_samples`` from the checkpoint), ``precision`` is the autocast
+    dtype (the feature front end always runs in float32), ``channels_last`` runs the backbone's convs NHWC,
+    ``chunk_seconds`` bounds the audio a decode worker hands over at once (memory for long files).
 
     Returns the summary (computed over the whole output file on the main process): ``files``, ``ok``,
     ``error``, ``errors_by_reason``, ``genres`` (top-1 histogram), ``audio_hours``, plus this run's
@@ -731,7 +747,7 @@ def classify(
     state = PartialState(cpu=cpu)
     rank, world = state.process_index, state.num_processes
     dev = torch.device(device) if device else state.device
-    predictor = Predictor(checkpoint, dev, precision)
+    predictor = Predictor(checkpoint, dev, precision, channels_last=channels_last)
     sr, seg, labels = predictor.sample_rate, predictor.segment_samples, predictor.labels
     top_k = min(top_k, len(labels))
 
@@ -956,6 +972,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CHUNK_SECONDS,
         help="audio per decode piece (bounds memory for long files)",
     )
+    p.add_argument(
+        "--no-channels-last",
+        action="store_true",
+        help="keep the backbone's conv weights NCHW (default: NHWC)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -982,7 +1003,8 @@ def main(argv: list[str] | None = None) -> int:
             args.checkpoint, args.paths, args.out, from_list=args.from_list, fmt=args.format, top_k=args.top_k,
             batch_size=args.batch_size, max_windows=args.max_windows, pad=args.pad, timeline=args.timeline,
             precision=args.precision, num_workers=args.num_workers, device=args.device,
-            chunk_seconds=args.chunk_seconds, progress=not args.no_progress,
+            chunk_seconds=args.chunk_seconds, channels_last=not args.no_channels_last,
+            progress=not args.no_progress,
         )  # fmt: skip
     except (CheckpointInputError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

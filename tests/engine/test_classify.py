@@ -20,6 +20,7 @@ import torch
 from engine.checkpoint import load_model, save_checkpoint
 from engine.classify import (
     CheckpointInputError,
+    _merge_parts,
     classify,
     decode_track,
     iter_inputs,
@@ -141,6 +142,21 @@ def test_repair_tail_truncates_a_partial_last_line(tmp_path: Path) -> None:
     assert repair_tail(out) == len(b'{"path": "b", "sta')
     assert out.read_bytes() == b'{"path": "a", "status": "ok"}\n'
     assert repair_tail(out) == 0
+
+
+def test_part_files_merge_into_the_output_once_each_csv(tmp_path: Path) -> None:
+    out = tmp_path / "r.csv"
+    header = "path,status,reason,duration,label_1,prob_1,windows,note\n"
+    out.write_text(header + "a.wav,ok,,1.0,jazz,0.5,1,\n")
+    Path(f"{out}.rank0.part").write_text(
+        header + "a.wav,ok,,1.0,jazz,0.5,1,\n" + '"b, c.wav",error,empty,,,,0,\n'
+    )
+    Path(f"{out}.rank1.part").write_text(header + '"line\nbreak.wav",ok,,2.0,pop,0.75,2,\nd.wav,ok,,1.0,po')
+    assert _merge_parts(str(out), "csv", 1, False) == 2  # a.wav already there, d.wav torn
+    recs = list(read_records(out, "csv"))
+    assert [r["path"] for r in recs] == ["a.wav", "b, c.wav", "line\nbreak.wav"]
+    assert recs[2]["top"] == [{"label": "pop", "prob": 0.75}]
+    assert not list(tmp_path.glob("*.part"))
 
 
 def test_chunked_long_file_decoding_matches_whole_file_decoding(tmp_path: Path) -> None:
