@@ -217,6 +217,10 @@ class PowerSpectrogram(nn.Module):
                 output_format="Complex",
                 verbose=False,
             )
+            # nnAudio's Fourier kernels are persistent buffers; rebuilt from the config, so keep them out of
+            # checkpoints (the state dict is then the same for both backends)
+            for name, _ in list(self.stft.named_buffers(recurse=False)):
+                self.stft._non_persistent_buffers_set.add(name)
 
     def forward(self, wave: Tensor) -> Tensor:
         if self.stft is not None:

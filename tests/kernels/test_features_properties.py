@@ -117,6 +117,19 @@ def test_jit_trace_matches_eager(batch, sr):
     torch.testing.assert_close(other_batch, eager, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_torch_compile_matches_eager(batch, sr):
+    # slow-marked: inductor takes ~10-30 s on 2 CPU cores; log-mel + MFCC keeps the graph small
+    fe = frontend(sr, features=["logmel", "mfcc"], deltas=1)
+    wave = torch.from_numpy(batch[:2, :22050])
+    with torch.no_grad():
+        compiled = torch.compile(fe, dynamic=False)(wave)
+        eager = fe(wave)
+    assert compiled.dtype == torch.float32
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=0)
+
+
 def test_gradient_flows_from_features_to_waveform(batch, sr):
     fe = frontend(sr, features=ALL + ["cqt"], deltas=2)
     wave = torch.from_numpy(batch[:2, :22050]).clone().requires_grad_(True)
@@ -222,8 +235,9 @@ def test_config_loads_strictly_and_round_trips_through_to_dict():
         from_dict(FrontendConfig, {"features": ["spectral_contrast"]})
 
 
-def test_matrices_are_non_persistent_buffers_not_in_checkpoints(sr):
-    fe = frontend(sr, features=ALL + ["cqt"], deltas=2)
+@pytest.mark.parametrize("backend", ["torch", "nnaudio"])
+def test_matrices_are_non_persistent_buffers_not_in_checkpoints(sr, backend):
+    fe = frontend(sr, features=ALL + ["cqt"], deltas=2, backend=backend)
     assert fe.state_dict() == {}
     buffers = dict(fe.named_buffers())
     assert "feats.logmel.mel_fb" in buffers and "spectrogram.window" in buffers
