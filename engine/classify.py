@@ -45,14 +45,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shards.audio import AudioError, is_audio_name, load_audio, probe
+from shards.audio import AudioError, AudioInfo, is_audio_name, load_audio, probe
 
 logger = logging.getLogger(__name__)
 
 PCM_SCALE = 32768.0  # float [-1, 1] <-> int16, as shards.format.encode_pcm
 TS_META_FILE = "genre_meta.json"  # extra file inside exported TorchScript archives (engine/export.py)
 DEFAULT_CHUNK_SECONDS = 120.0  # audio per worker -> main piece; bounds memory for hour-long files
-WHOLE_FILE_SECONDS = 600.0  # files up to this long are decoded in one read (exactly librosa.load)
+WHOLE_FILE_SECONDS = 600.0  # files up to this long are decoded in one read (exactly librosa.load) ...
+WHOLE_FILE_SOURCE_SAMPLES = (
+    32_000_000  # ... if frames x channels fit 128 MB of float32 (6 min at 44.1 kHz stereo)
+)
+CHUNK_SOURCE_SAMPLES = 8_000_000  # frames x channels per chunk read of a long file (32 MB of float32)
 RESAMPLE_MARGIN_SECONDS = 0.05  # extra source audio read on both sides of a chunk (resampler edge effects)
 
 
@@ -183,70 +187,116 @@ def decode_track(
     """Decode one file into :class:`Piece` s of at most ``chunk_seconds`` of windows each.
 
     Never raises for bad input: an :class:`AudioError` (even in the middle of a long file) ends the track
-    with a ``last`` piece of status ``error`` and the reason. Files up to ``whole_file_seconds`` are decoded
-    in one read (exactly ``librosa.load``); longer ones in chunks, aligned so that windows differ from the
-    whole-file decode only by resampler rounding (a few int16 LSB).
+    with a ``last`` piece of status ``error`` and the reason. Files up to ``whole_file_seconds`` (and
+    ``WHOLE_FILE_SOURCE_SAMPLES`` frames x channels) are decoded in one read (exactly ``librosa.load``);
+    longer ones in chunks of at most ``chunk_seconds`` and ``CHUNK_SOURCE_SAMPLES``, aligned so that windows
+    differ from the whole-file decode only by resampler rounding (a few int16 LSB).
     """
     try:
         info = probe(path)
         duration = info.frames / info.orig_sample_rate
-        n_target = int(math.ceil(info.frames * float(sample_rate) / info.orig_sample_rate))
-        starts = window_starts(n_target, segment_samples, max_windows)
-        notes: list[str] = []
-        per_piece = max(1, int(chunk_seconds * sample_rate // segment_samples))
-        peak = 0
-        if duration <= whole_file_seconds:
-            wave, _ = load_audio(path, sample_rate)  # exactly librosa.load(path, sr, mono=True)
-            if wave.size < segment_samples:
-                notes.append(f"short: {wave.size / sample_rate:.2f} s {pad}-padded to one window")
-                wave = _fit(wave, segment_samples, pad)
-            pcm = _to_int16(wave)
-            for a in range(0, len(starts), per_piece):
-                s = starts[a : a + per_piece]
-                wins = np.stack([_fit(pcm[i : i + segment_samples], segment_samples, "zero") for i in s])
-                peak = max(peak, int(np.abs(wins.astype(np.int32)).max()))
-                last = a + per_piece >= len(starts)
-                if last and peak == 0:
-                    notes.append("silence")
-                yield Piece(index, path, wins, s, last, duration=duration, notes=notes if last else [])
-            return
-        # long file: read contiguous runs of windows in chunks, with a small margin for the resampler
-        groups: list[list[int]] = [[int(starts[0])]]
-        for s in starts[1:]:
-            g = groups[-1]
-            if int(s) == g[-1] + segment_samples and len(g) < per_piece:
-                g.append(int(s))
-            else:
-                groups.append([int(s)])
-        # chunk starts on a source frame that maps to a whole target sample (multiples of orig/gcd), so the
-        # resampler's phase equals the whole-file decode's; the margin absorbs the filter's edge effects
         orig = info.orig_sample_rate
-        step = orig // math.gcd(orig, sample_rate)  # source frames per ``sample_rate // gcd`` target samples
-        margin = int(RESAMPLE_MARGIN_SECONDS * orig)
-        for gi, g in enumerate(groups):
-            first_src = g[0] * orig // sample_rate  # source frame of the first window start (floor)
-            src_start = max(0, (first_src - margin) // step * step)
-            src_stop = int(math.ceil((g[-1] + segment_samples) * orig / sample_rate)) + margin
-            wave, _ = load_audio(
-                path, sample_rate, offset_seconds=src_start / orig, max_seconds=(src_stop - src_start) / orig
+        seg_src = segment_samples * orig / sample_rate  # source frames per window
+        per_piece = int(
+            max(
+                1,
+                min(
+                    chunk_seconds * sample_rate // segment_samples,
+                    CHUNK_SOURCE_SAMPLES // (seg_src * info.channels),
+                ),
             )
-            skip = g[0] - src_start * sample_rate // orig  # exact: src_start is a multiple of ``step``
-            pcm = _to_int16(wave[max(0, skip) :])
-            wins = np.stack(
-                [_fit(pcm[s - g[0] : s - g[0] + segment_samples], segment_samples, "zero") for s in g]
+        )
+        if duration <= whole_file_seconds and info.frames * info.channels <= WHOLE_FILE_SOURCE_SAMPLES:
+            yield from _whole_file(
+                index, path, sample_rate, segment_samples, max_windows, pad, per_piece, duration
             )
-            peak = max(peak, int(np.abs(wins.astype(np.int32)).max()))
-            last = gi == len(groups) - 1
-            if last and peak == 0:
-                notes.append("silence")
-            yield Piece(
-                index, path, wins, np.asarray(g, dtype=np.int64), last, duration=duration,
-                notes=notes if last else [],
-            )  # fmt: skip
+        else:
+            yield from _chunked(
+                index, path, info, sample_rate, segment_samples, max_windows, per_piece, duration
+            )
     except AudioError as err:
         yield _error_piece(index, path, err.reason, segment_samples)
     except (OSError, ValueError, RuntimeError, MemoryError) as err:  # decoder bugs must not stop the job
         yield _error_piece(index, path, f"undecodable ({type(err).__name__}: {err})", segment_samples)
+
+
+def _peak(wins: np.ndarray) -> int:
+    return int(np.abs(wins.astype(np.int32)).max()) if wins.size else 0
+
+
+def _whole_file(
+    index: int, path: str, sample_rate: int, segment_samples: int, max_windows: int | None, pad: str,
+    per_piece: int, duration: float,
+) -> Iterator[Piece]:  # fmt: skip
+    wave, _ = load_audio(path, sample_rate)  # exactly librosa.load(path, sr, mono=True)
+    notes: list[str] = []
+    if wave.size < segment_samples:
+        notes.append(f"short: {wave.size / sample_rate:.2f} s {pad}-padded to one window")
+        wave = _fit(wave, segment_samples, pad)
+    starts = window_starts(wave.size, segment_samples, max_windows)  # decoded length, not the header's
+    pcm = _to_int16(wave)
+    del wave
+    peak = 0
+    for a in range(0, len(starts), per_piece):
+        s = starts[a : a + per_piece]
+        wins = np.stack([pcm[i : i + segment_samples] for i in s])
+        peak = max(peak, _peak(wins))
+        last = a + per_piece >= len(starts)
+        if last and peak == 0:
+            notes.append("silence")
+        yield Piece(index, path, wins, s, last, duration=duration, notes=notes if last else [])
+
+
+def _chunked(
+    index: int, path: str, info: AudioInfo, sample_rate: int, segment_samples: int, max_windows: int | None,
+    per_piece: int, duration: float,
+) -> Iterator[Piece]:  # fmt: skip
+    """Contiguous runs of windows read in chunks of ``per_piece`` windows, with a margin for the resampler."""
+    orig = info.orig_sample_rate
+    n_target = int(math.ceil(info.frames * float(sample_rate) / orig))
+    starts = window_starts(n_target, segment_samples, max_windows)
+    groups: list[list[int]] = [[int(starts[0])]]
+    for s in starts[1:]:
+        g = groups[-1]
+        if int(s) == g[-1] + segment_samples and len(g) < per_piece:
+            g.append(int(s))
+        else:
+            groups.append([int(s)])
+    # a chunk starts on a source frame that maps to a whole target sample (multiples of orig/gcd), so the
+    # resampler's phase equals the whole-file decode's; the margin absorbs the filter's edge effects
+    step = orig // math.gcd(orig, sample_rate)  # source frames per ``sample_rate // gcd`` target samples
+    margin = int(RESAMPLE_MARGIN_SECONDS * orig)
+    notes: list[str] = []
+    peak = 0
+    for gi, g in enumerate(groups):
+        first_src = g[0] * orig // sample_rate  # source frame of the first window start (floor)
+        src_start = max(0, (first_src - margin) // step * step)
+        src_stop = int(math.ceil((g[-1] + segment_samples) * orig / sample_rate)) + margin
+        try:
+            wave, _ = load_audio(
+                path, sample_rate, offset_seconds=src_start / orig, max_seconds=(src_stop - src_start) / orig
+            )
+        except AudioError as err:
+            if gi == 0 or not err.reason.startswith("no audio frames"):
+                raise
+            # the stream ends before its header says (VBR MP3 estimates, truncated files): keep what was read
+            notes.append(f"stream ends at {g[0] / sample_rate:.1f} s, header says {duration:.1f} s")
+            yield Piece(index, path, np.zeros((0, segment_samples), np.int16), np.zeros(0, np.int64), True,
+                        duration=g[0] / sample_rate, notes=notes)  # fmt: skip
+            return
+        skip = g[0] - src_start * sample_rate // orig  # exact: src_start is a multiple of ``step``
+        pcm = _to_int16(wave[max(0, skip) :])
+        del wave
+        keep = [s for s in g if s - g[0] < pcm.size] or g[:1]  # windows past a short stream's end are dropped
+        wins = np.stack(
+            [_fit(pcm[s - g[0] : s - g[0] + segment_samples], segment_samples, "zero") for s in keep]
+        )
+        peak = max(peak, _peak(wins))
+        last = gi == len(groups) - 1
+        if last and peak == 0:
+            notes.append("silence")
+        yield Piece(index, path, wins, np.asarray(keep, dtype=np.int64), last, duration=duration,
+                    notes=notes if last else [])  # fmt: skip
 
 
 def _error_piece(index: int, path: str, reason: str, segment_samples: int) -> Piece:
