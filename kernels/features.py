@@ -91,6 +91,7 @@ class FrontendConfig:
     norm_mean: list[float] = field(default_factory=list)  # per band, length F or C*F (channel-major)
     norm_std: list[float] = field(default_factory=list)
     trainable: bool = False  # make mel / chroma / DCT matrices learnable parameters
+    feature_dim: int = 0  # features=[precomputed] only: D of the [B, frames, D] input (kernels.precomputed)
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a specific message for any value that cannot be right."""
@@ -125,6 +126,8 @@ class FrontendConfig:
             raise ValueError(f"frontend.chroma_norm must be > 0 (inf = max) or null, got {self.chroma_norm}")
         if not -0.5 <= self.tuning < 0.5:
             raise ValueError(f"frontend.tuning must be in [-0.5, 0.5) bins, got {self.tuning}")
+        if self.feature_dim < 0:
+            raise ValueError(f"frontend.feature_dim must be >= 0, got {self.feature_dim}")
         if self.cqt_bins_per_octave < 1 or self.cqt_n_bins < 1:
             raise ValueError("frontend.cqt_bins_per_octave and cqt_n_bins must be >= 1")
         if self.cqt_fmin <= 0:
@@ -571,3 +574,6 @@ def estimate_norm_stats(
     return dataclasses.replace(
         cfg, norm="stats", norm_mean=mean.flatten().tolist(), norm_std=std.flatten().tolist()
     )
+
+
+from kernels import precomputed as _precomputed  # noqa: E402,F401  (registers "precomputed"; builds on this module)

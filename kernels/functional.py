@@ -61,8 +61,9 @@ def power_spectrogram(
     """Power STFT ``|X|^2`` of float waveforms ``(B, T)`` -> ``(B, n_fft // 2 + 1, 1 + T // hop_length)``.
 
     ``center=True`` with zero padding (``pad_mode='constant'``, librosa >= 0.10's default) and the given
-    window (periodic Hann for librosa parity); equals ``np.abs(librosa.stft(y, ...)) ** 2``. The square-sum of
-    the real view keeps the gradient finite where the spectrum is exactly zero (``abs`` would not).
+    window (periodic Hann for librosa parity); equals ``np.abs(librosa.stft(y, ...)) ** 2``. ``re^2 + im^2``
+    keeps the gradient finite where the spectrum is exactly zero. The result is a view with the frequency axis
+    contiguous (strides ``(frames * F, 1, F)``), which ``fb @ S`` consumes without a copy.
     """
     spec = torch.stft(
         wave,
@@ -75,8 +76,11 @@ def power_spectrogram(
         normalized=False,
         onesided=True,
         return_complex=True,
-    )  # (B, n_freq, frames) complex64
-    return torch.view_as_real(spec).pow(2).sum(-1)
+    )  # (B, n_freq, frames) complex64, stored frequency-contiguous (a transposed view)
+    # square the real and imaginary parts in storage order (contiguous, no strided reduction), and hand the
+    # result back as a (B, n_freq, frames) view: the filterbank GEMMs read it transposed at no cost
+    ri = torch.view_as_real(spec.transpose(1, 2))  # (B, frames, n_freq, 2) contiguous
+    return (ri[..., 0].square() + ri[..., 1].square()).transpose(1, 2)
 
 
 def apply_filterbank(fb: Tensor, spec: Tensor) -> Tensor:

@@ -23,7 +23,8 @@ def frontend(sr: int, **kw) -> Frontend:
 
 
 def test_registered_feature_names():
-    assert FEATURES.names() == ["chroma", "cqt", "logmel", "mfcc"]
+    # "precomputed" (kernels.precomputed) stands for feature-sequence input (MSD), not a waveform feature
+    assert FEATURES.names() == ["chroma", "cqt", "logmel", "mfcc", "precomputed"]
 
 
 @pytest.mark.parametrize(
