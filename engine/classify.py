@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from engine.logs import setup_logging
 from shards.audio import AudioError, AudioInfo, is_audio_name, load_audio, probe
 
 logger = logging.getLogger(__name__)
@@ -1047,7 +1048,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         summary = classify(
             args.checkpoint, args.paths, args.out, from_list=args.from_list, fmt=args.format, top_k=args.top_k,

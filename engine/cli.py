@@ -37,4 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command {name!r}; valid: {', '.join(COMMANDS)}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
+    from engine.logs import setup_logging
+
+    setup_logging()
     return int(module.main(rest) or 0)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.classify import TS_META_FILE, CheckpointInputError, check_input_kind
+from engine.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         res = export_model(
             args.checkpoint,
