@@ -72,7 +72,10 @@ def librosa_seed(y: np.ndarray, tuning: float | None) -> tuple[np.ndarray, np.nd
 
 
 def time_it(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    """Median wall seconds of ``fn`` over ``repeats`` runs after one warm-up run."""
+    """Best (minimum) wall seconds of ``fn`` over ``repeats`` runs after one warm-up run.
+
+    The minimum, not the mean: on a shared machine other processes only ever add time.
+    """
     fn()
     sync()
     times = []
@@ -81,7 +84,7 @@ def time_it(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) ->
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(min(times))
 
 
 def cost_per_clip(cfg: FrontendConfig, num_samples: int) -> tuple[float, float]:
@@ -114,7 +117,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     ap.add_argument("--batch", type=int, default=32, help="clips per batch (default 32)")
     ap.add_argument("--seconds", type=float, nargs="+", default=[3.0, 30.0], help="clip lengths in s")
-    ap.add_argument("--repeats", type=int, default=3, help="timed batches per case (median)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed batches per case (best of)")
     ap.add_argument("--librosa-clips", type=int, default=8, help="clips timed with librosa per length")
     ap.add_argument(
         "--compile",
@@ -122,12 +125,12 @@ def main() -> None:
         default="none",
         help="torch.compile mode for the torch backend (reduce-overhead = CUDA graphs on CUDA)",
     )
-    ap.add_argument("--quick", action="store_true", help="batch 16, 1 repeat, 2 librosa clips")
+    ap.add_argument("--quick", action="store_true", help="batch 16, best of 2 batches, 3 librosa clips")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--json", default="", help="also write the results to this JSON file")
     args = ap.parse_args()
     if args.quick:
-        args.batch, args.repeats, args.librosa_clips = min(args.batch, 16), 1, 2
+        args.batch, args.repeats, args.librosa_clips = min(args.batch, 16), 2, 3
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -162,10 +165,12 @@ def main() -> None:
         n_lib = min(args.librosa_clips, args.batch)
         for name, tuning in (("librosa (seed)", None), ("librosa tuning=0", 0.0)):
             librosa_seed(waves[0], tuning)  # warm-up (numba JIT, filterbank caches)
-            t0 = time.perf_counter()
+            per_clip = []
             for i in range(n_lib):
+                t0 = time.perf_counter()
                 librosa_seed(waves[i], tuning)
-            res[name] = n_lib / (time.perf_counter() - t0)
+                per_clip.append(time.perf_counter() - t0)
+            res[name] = 1.0 / min(per_clip)  # best clip, as time_it
         results[key] = res
 
         seed = res["librosa (seed)"]

@@ -330,6 +330,8 @@ class MFCC(_Feature):
         for i, name in enumerate(("delta_kernel", "delta_left", "delta_right")):
             t = torch.from_numpy(np.stack([op[i] for op in ops])).float() if ops else torch.zeros(0)
             self.register_buffer(name, t, persistent=False)
+        # the interior taps as Python constants: no device read-back, traceable and compile-friendly
+        self.delta_taps: list[list[float]] = [op[0].tolist() for op in ops]
 
     def out_shape(self, num_samples: int) -> tuple[int, int, int]:
         frames = KF.out_frames(num_samples, self.hop_length)

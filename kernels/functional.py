@@ -13,6 +13,7 @@ The parity of each function with librosa is stated in its docstring and checked 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -155,30 +156,41 @@ def savgol_operators(width: int, order: int) -> tuple[np.ndarray, np.ndarray, np
     return kernel, left, right
 
 
-def savgol_delta(x: Tensor, kernel: Tensor, left: Tensor, right: Tensor) -> Tensor:
+def savgol_delta(
+    x: Tensor, kernel: Tensor | Sequence[Sequence[float]], left: Tensor, right: Tensor
+) -> Tensor:
     """Apply :func:`savgol_operators` along the last (time) axis of ``x (..., frames)``.
 
     One operator (``kernel (width,)``, ``left`` / ``right (h, width)``) -> ``(..., frames)``; ``K`` stacked
     operators (``kernel (K, width)``, ``left`` / ``right (K, h, width)``, e.g. orders 1 and 2 at once) ->
-    ``(..., K, frames)``. Vectorised: one GEMM over sliding windows for the interior and one small GEMM per
-    edge. Needs ``frames >= width`` (as librosa's ``mode='interp'`` does).
+    ``(..., K, frames)``. The interior is ``width`` shifted multiply-adds per operator (for a 9-tap filter
+    this is ~10x faster on CPU than a windowed GEMM or a 1-channel conv); the edges are one small GEMM each.
+    Pass ``kernel`` as nested Python floats to avoid reading a device tensor back. Needs
+    ``frames >= width`` (as librosa's ``mode='interp'`` does).
     """
-    single = kernel.dim() == 1
+    single = left.dim() == 2
     if single:
-        kernel, left, right = kernel.unsqueeze(0), left.unsqueeze(0), right.unsqueeze(0)
-    n_ops, width = kernel.shape
-    half = width // 2
+        left, right = left.unsqueeze(0), right.unsqueeze(0)
+    coeffs = kernel.tolist() if isinstance(kernel, Tensor) else kernel
+    if single and coeffs and not isinstance(coeffs[0], (list, tuple)):
+        coeffs = [coeffs]
+    n_ops, half, width = left.shape
     frames = x.shape[-1]
     if frames < width:
         raise ValueError(f"delta with width {width} needs at least {width} frames, got {frames}")
     lead = x.shape[:-1]
-    mid = torch.matmul(x.unfold(-1, width, 1), kernel.t())  # (..., frames - 2h, K)
+    inner = frames - 2 * half
+    mids = []
+    for taps in coeffs:
+        acc = x[..., :inner] * float(taps[0])
+        for j in range(1, width):
+            acc.add_(x[..., j : j + inner], alpha=float(taps[j]))
+        mids.append(acc)
+    mid = torch.stack(mids, dim=-2)  # (..., K, frames - 2h)
     head = torch.matmul(x[..., :width], left.reshape(n_ops * half, width).t())  # (..., K * h)
     tail = torch.matmul(x[..., frames - width :], right.reshape(n_ops * half, width).t())
-    out = torch.cat(
-        [head.view(*lead, n_ops, half), mid.transpose(-1, -2), tail.view(*lead, n_ops, half)], dim=-1
-    )  # (..., K, frames)
-    return out.squeeze(-2) if single else out
+    out = torch.cat([head.view(*lead, n_ops, half), mid, tail.view(*lead, n_ops, half)], dim=-1)
+    return out.squeeze(-2) if single else out  # (..., K, frames) or (..., frames)
 
 
 def chroma_filterbank(
