@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from engine.distributed import make_accelerator
+from engine.logs import setup_logging
 from engine.metrics import Accumulator, aggregate_tracks, track_and_segment_metrics
 
 logger = logging.getLogger(__name__)
@@ -205,6 +206,14 @@ def evaluate_checkpoint(
     model_labels = [str(x) for x in ckpt["labels"]]
     sample_rate, segment = int(ckpt["sample_rate"]), int(ckpt["segment_samples"])
     kind = manifest.get("kind", "audio")
+    model_kind = "features" if getattr(model, "input_kind", "wave") == "features" else "audio"
+    if model_kind != kind:  # a waveform model on MSD feature shards, or an MSD model on audio shards
+        raise ValueError(
+            f"checkpoint {checkpoint} takes {'precomputed feature sequences' if model_kind == 'features' else 'audio'}"
+            f" but shard set {shards} holds {'feature sequences' if kind == 'features' else 'audio'} "
+            f"(kind {kind!r}): evaluate {'MSD-feature' if kind == 'features' else 'audio'} shards with a model "
+            "trained on the same kind"
+        )
     if kind == "audio" and int(manifest["sample_rate"]) != sample_rate:
         raise ValueError(
             f"shard set {shards} is at {manifest['sample_rate']} Hz but the checkpoint {checkpoint} was trained "
@@ -387,12 +396,12 @@ def _print_summary(metrics: dict[str, Any], out: Path | None) -> None:
         f"({metrics['world_size']} process{'es' if metrics['world_size'] > 1 else ''})"
     )
     print(f"{'':18}{'segment':>10}{'track':>10}")
-    for key, name in (
+    for key, name in (  # macro F1 first: the honest figure on imbalanced sets (MSD genres)
+        ("macro_f1", "macro F1"),
         ("accuracy", "accuracy"),
         ("top2_accuracy", "top-2 accuracy"),
         ("macro_precision", "macro precision"),
         ("macro_recall", "macro recall"),
-        ("macro_f1", "macro F1"),
     ):
         print(f"{name:<18}{100 * seg[key]:>9.2f}%{100 * trk[key]:>9.2f}%")
     print(f"{'vote accuracy':<18}{'':>10}{100 * metrics['track_vote']['accuracy']:>9.2f}%")
@@ -410,7 +419,7 @@ def _print_summary(metrics: dict[str, Any], out: Path | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
     try:
         metrics = evaluate_checkpoint(

@@ -41,6 +41,8 @@ from tqdm.auto import tqdm
 from engine.checkpoint import init_from, save_checkpoint
 from engine.config import ConfigError, from_dict, load_config, to_dict
 from engine.distributed import make_accelerator
+from engine.feature_shards import model_input, prepare_model_config
+from engine.logs import setup_logging
 from engine.models import ModelConfig, build_model, count_parameters
 from shards.format import load_manifest
 from shards.reader import ShardStream, make_loader
@@ -242,7 +244,7 @@ def validate(
     net.eval()
     probs, labels, tracks, valid, loss_sum = [], [], [], [], torch.zeros((), device=accelerator.device)
     for batch in loader:
-        wave = batch["wave"].to(accelerator.device, non_blocking=True)
+        wave = model_input(batch).to(accelerator.device, non_blocking=True)  # wave [B, T] or feats [B, N, D]
         y = batch["label"].to(accelerator.device, non_blocking=True)
         ok = batch["valid"].to(accelerator.device, non_blocking=True)
         with accelerator.autocast():
@@ -303,6 +305,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     segment_samples = int(round(cfg.data.segment_seconds * sample_rate))
     hop = cfg.data.eval_hop_seconds
     hop_samples = int(round(hop * sample_rate)) if hop else segment_samples
+    # feature shards (MSD): sample_rate is the nominal frame rate; the model gets feature_dim and the training
+    # set's per-dimension normalisation here (so config.yaml and every checkpoint carry them)
+    cfg = dataclasses.replace(cfg, model=prepare_model_config(
+        cfg.model, manifest, cfg.data.shards, split=cfg.data.train_split, segment_frames=segment_samples,
+        batch_size=cfg.data.batch_size, seed=cfg.run.seed, holdout_fold=cfg.data.holdout_fold,
+    ))  # fmt: skip
 
     # -- run directory: chosen on the main process, the same on every rank
     run_dir = [cfg.run.out_dir or f"runs/{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"]
@@ -393,7 +401,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         for i, batch in enumerate(train_loader):
             if i >= steps_per_epoch:
                 break
-            wave = batch["wave"].to(accelerator.device, non_blocking=True)
+            wave = model_input(batch).to(accelerator.device, non_blocking=True)  # wave [B, T] or feats [B, N, D]
             y = batch["label"].to(accelerator.device, non_blocking=True)
             with accelerator.accumulate(model):
                 targets = F.one_hot(y, len(labels)).float()
@@ -524,9 +532,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)

@@ -48,6 +48,7 @@ from shards.format import (
     META_EXT,
     PCM_EXT,
     SPLITS,
+    decode_meta,
     encode_meta,
     encode_pcm,
     shard_name,
@@ -85,6 +86,7 @@ class IngestConfig:
     out: Path
     layout: str = "auto"
     subset: str = "small"  # fma only
+    labels: Path | None = None  # msd only: genre annotation file (TRACK_ID<TAB>genre)
     sample_rate: int = 22050  # Hz of the stored audio
     max_seconds: float | None = None  # keep at most this many seconds from the start of each track
     peak_normalize: bool = False
@@ -280,6 +282,7 @@ def _settings(cfg: IngestConfig, layout: str) -> dict[str, Any]:
         "source": str(Path(cfg.source).resolve()),
         "layout": layout,
         "subset": cfg.subset if layout == "fma" else None,
+        "labels": str(Path(cfg.labels).resolve()) if cfg.labels else None,
         "sample_rate": cfg.sample_rate,
         "max_seconds": cfg.max_seconds,
         "peak_normalize": cfg.peak_normalize,
@@ -392,8 +395,12 @@ def build_plan(
         if isinstance(res, str):
             skipped.append(Skipped(t.rel, res))
         else:
+            if len(res) > 3:  # a non-audio layout learnt track fields from the file (MSD: artist id)
+                for k, v in res[3].items():
+                    if getattr(t, k) is None:
+                        setattr(t, k, v)
             ok.append(t)
-            infos.append(res)
+            infos.append(tuple(res[:3]))
     bar.close()
     tracks = ok
 
@@ -477,6 +484,8 @@ def build_plan(
 
     # ---- order within a split and partition into shards
     kind, size = parse_shard_size(cfg.shard_size)
+    # non-audio layouts probe (rate, feature dim, frames): float16 [frames, dim] members
+    feature_layout = LAYOUTS.get(layout).kind != "audio"
     plan_tracks: list[dict[str, Any]] = []
     plan_shards: list[dict[str, Any]] = []
     for split in SPLITS:
@@ -488,6 +497,8 @@ def build_plan(
             used = frames if cfg.max_seconds is None else min(frames, int(round(cfg.max_seconds * osr)))
             est = int(math.ceil(used * cfg.sample_rate / osr))
             est_bytes = _member_bytes(2 * est) + _member_bytes(400)
+            if feature_layout:
+                est_bytes = _member_bytes(2 * used * ch + 128) + _member_bytes(800)
             full = cur_n >= size if kind == "count" else (cur_n > 0 and cur_bytes + est_bytes > size)
             if full:
                 plan_shards.append(
@@ -590,6 +601,8 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
         raise IngestError(str(err)) from None
     if cfg.layout == "auto":
         log.debug("layout auto -> %s", layout)
+    if cfg.labels is not None and layout != "msd":
+        raise IngestError(f"--labels is for the msd layout (a genre annotation file); layout is {layout!r}")
     settings = _settings(cfg, layout)
 
     # ---- output directory: fresh, resumable, or a conflict
@@ -616,7 +629,7 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
                 "(removes shards and manifest there), or use another --out"
             )
     try:
-        scan = scan_source(source, layout, LayoutOptions(subset=cfg.subset))
+        scan = scan_source(source, layout, LayoutOptions(subset=cfg.subset, labels=cfg.labels))
     except LayoutError as err:
         raise IngestError(str(err)) from None
     if not scan.tracks and not scan.skipped:
@@ -715,7 +728,10 @@ def _write_shards(cfg: IngestConfig, out: Path, plan: dict[str, Any], mapper: _M
                         skipped.append({"path": t["rel"], "reason": res})
                         continue
                     members, n, duration = res
+                    # a non-audio layout may add fields to the JSON (MSD: tempo, artist id...)
+                    extra = decode_meta(members.pop(META_EXT)) if META_EXT in members else {}
                     meta = {
+                        **extra,
                         "key": t["key"],
                         "label": t["label"],
                         "label_index": label_index[t["label"]],
@@ -766,10 +782,16 @@ def _build_manifest(cfg: IngestConfig, out: Path, plan: dict[str, Any], layout: 
             entry["per_label"][lab] += n
     for entry in splits.values():
         entry["seconds"] = round(entry["seconds"], 6)
+    layout_cls = LAYOUTS.get(layout)
+    extra: dict[str, Any] = {}
+    if layout_cls.kind != "audio" and getattr(layout_cls, "feature_dim", None):
+        extra["feature_dim"] = int(layout_cls.feature_dim)
     return {
+        **extra,
         "format_version": FORMAT_VERSION,
-        "kind": LAYOUTS.get(layout).kind,
-        "sample_rate": cfg.sample_rate,
+        "kind": layout_cls.kind,
+        # feature layouts store frames at a (nominal) frame rate: seconds-based settings map to frames
+        "sample_rate": int(getattr(layout_cls, "frame_rate", 0) or cfg.sample_rate),
         "labels": labels,
         "splits": splits,
         "skipped": sorted(skipped, key=lambda s: (s["path"], s["reason"])),
@@ -805,6 +827,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="collection layout; auto recognises it and says which it chose",
     )
     p.add_argument("--subset", default="small", choices=list(FMA_SUBSETS), help="FMA subset (fma layout)")
+    p.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="msd layout: genre annotation file, TRACK_ID<TAB>genre lines (tagtraum CD1/CD2/CD2C, top-MAGD)",
+    )
     p.add_argument("--sample-rate", type=int, default=22050, help="Hz of the stored audio")
     p.add_argument("--max-seconds", type=float, default=None, help="keep at most this many seconds per track")
     p.add_argument("--peak-normalize", action="store_true", help="scale each track to peak 0.99")
@@ -887,6 +916,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out=args.out,
         layout=args.layout,
         subset=args.subset,
+        labels=args.labels,
         sample_rate=args.sample_rate,
         max_seconds=args.max_seconds,
         peak_normalize=args.peak_normalize,

@@ -53,6 +53,7 @@ class Skipped:
 @dataclass
 class LayoutOptions:
     subset: str = "small"  # fma: small | medium | large | full
+    labels: Path | None = None  # msd: genre annotation file (TRACK_ID<TAB>genre lines)
 
 
 class LayoutError(ValueError):
@@ -455,3 +456,6 @@ def scan_source(source: Path, layout: str = "auto", options: LayoutOptions | Non
         (res.tracks if isinstance(item, Track) else res.skipped).append(item)
     res.warnings.extend(inst.warnings)
     return res
+
+
+from shards import msd as _msd  # noqa: E402,F401  (registers the "msd" layout; it builds on this module)

@@ -8,6 +8,14 @@ A genre model is one ``nn.Module`` that takes raw waveforms and returns logits::
 The front end (on-device features) and the augmentations live inside the model, so training, evaluation,
 batch classification and export all see the same computation; augmentations are identity in eval mode.
 
+A model with ``features.features == ["precomputed"]`` takes feature sequences instead of waveforms (feature
+shards, e.g. the Million Song Dataset)::
+
+    feats float16|float [B, frames, D] ──▶ PrecomputedFrontend (per-dimension normalisation) ──▶
+        [B, 1, D, frames] ──▶ SpecAugment (time masks only) ──▶ Mixup ──▶ backbone ──▶ logits [B, K]
+
+and ``sample_rate`` / ``segment_samples`` are then the shard set's nominal frame rate and the crop in frames.
+
 Backbones are registered by name in :data:`ARCHS`. Each one is an ``nn.Module`` subclass with a nested
 ``Config`` dataclass and ``__init__(self, cfg, in_shape: (C, F, frames), num_classes)``; its ``forward``
 maps features ``[B, C, F, frames]`` to logits ``[B, K]`` for *any* frame count (global pooling), so short
@@ -28,6 +36,7 @@ from torch import Tensor, nn
 from engine.config import ConfigError, from_dict, to_dict
 from kernels.augment import AugmentConfig, build_augment, reseed_all
 from kernels.features import FrontendConfig, build_frontend
+from kernels.precomputed import PrecomputedFrontend, is_precomputed, sequence_augment_config
 from kernels.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -159,14 +168,17 @@ class _NoMixup(nn.Module):
 
 
 class GenreModel(nn.Module):
-    """Raw waveform ``[B, T]`` (int16 or float in [-1, 1], at ``sample_rate`` Hz) -> logits ``[B, K]``.
+    """Raw waveform ``[B, T]`` (int16 or float in [-1, 1], at ``sample_rate`` Hz) -> logits ``[B, K]``; or,
+    for a precomputed-feature model (``cfg.features.features == ["precomputed"]``, :attr:`input_kind`
+    ``"features"``), feature sequences ``[B, frames, D]`` -> logits ``[B, K]``.
 
     Args:
         cfg: the :class:`ModelConfig` (validated here).
         num_classes: K, the number of genre labels.
         sample_rate: Hz of the waveforms this model is fed.
-        segment_samples: training crop length in samples; fixes the backbone's ``in_shape`` (the backbones
-            pool globally, so longer or shorter windows work at inference too).
+        segment_samples: training crop length in samples (frames for a precomputed-feature model); fixes the
+            backbone's ``in_shape`` (the backbones pool globally, so longer or shorter windows work at
+            inference too).
 
     ``forward(wave)`` returns logits; ``forward(wave, targets)`` with float targets ``[B, K]`` returns
     ``(logits, targets)``, the targets mixed when mixup is on in training mode. Augmentations only act in
@@ -187,8 +199,15 @@ class GenreModel(nn.Module):
         self.sample_rate = int(sample_rate)
         self.segment_samples = int(segment_samples)
 
-        self.frontend = build_frontend(cfg.features, sample_rate)
-        self.wave_aug, self.spec_aug, self.mixup = build_augment(cfg.augment, sample_rate)
+        self.input_kind = "features" if is_precomputed(cfg.features) else "wave"
+        augment = cfg.augment
+        self.frontend: nn.Module
+        if self.input_kind == "features":
+            self.frontend = PrecomputedFrontend(cfg.features)
+            augment = sequence_augment_config(augment)  # time masks + mixup: nothing else fits sequences
+        else:
+            self.frontend = build_frontend(cfg.features, sample_rate)
+        self.wave_aug, self.spec_aug, self.mixup = build_augment(augment, sample_rate)
         self.in_shape: tuple[int, int, int] = tuple(int(v) for v in self.frontend.out_shape(segment_samples))
         arch_cls = cfg.arch_class()
         arch_cfg = cfg.arch_config()
@@ -209,7 +228,9 @@ class GenreModel(nn.Module):
 
     def features(self, wave: Tensor) -> Tensor:
         """Waveform ``[B, T]`` -> backbone input ``[B, C, F, frames]`` (wave and spec augmentation included
-        in training mode)."""
+        in training mode). A precomputed-feature model takes ``[B, frames, D]`` here instead."""
+        if self.input_kind == "features":
+            return self.spec_aug(self.frontend(wave))  # (B, frames, D) -> (B, 1, D, frames)
         if wave.dim() != 2:
             raise ValueError(f"expected waveforms [B, T], got shape {tuple(wave.shape)}")
         if wave.dtype == torch.int16:

@@ -245,9 +245,9 @@ def test_csv_layout_relative_absolute_split_artist_track_id(tmp_path, clip_write
 
 
 def test_layout_registry_lists_all_layouts_and_rejects_unknown():
-    assert {"gtzan", "fma", "folder", "csv"} <= set(LAYOUTS.names())
-    with pytest.raises(KeyError, match="unknown layout 'msd'"):
-        LAYOUTS.get("msd")
+    assert {"gtzan", "fma", "folder", "csv", "msd"} <= set(LAYOUTS.names())
+    with pytest.raises(KeyError, match="unknown layout 'nosuch'"):
+        LAYOUTS.get("nosuch")
     assert Skipped("a", "b").reason == "b"
 
 
