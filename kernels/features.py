@@ -91,6 +91,7 @@ class FrontendConfig:
     norm_mean: list[float] = field(default_factory=list)  # per band, length F or C*F (channel-major)
     norm_std: list[float] = field(default_factory=list)
     trainable: bool = False  # make mel / chroma / DCT matrices learnable parameters
+    cpu_chunk_frames: int = 2048  # on CPU, feed the batch in sub-batches of about this many frames (0 = off)
     feature_dim: int = 0  # features=[precomputed] only: D of the [B, frames, D] input (kernels.precomputed)
 
     def validate(self) -> None:
@@ -118,6 +119,8 @@ class FrontendConfig:
             raise ValueError(f"frontend.top_db must be > 0 dB or null, got {self.top_db}")
         if not 1 <= self.n_mfcc <= self.n_mels:
             raise ValueError(f"frontend.n_mfcc must be in [1, n_mels={self.n_mels}], got {self.n_mfcc}")
+        if self.cpu_chunk_frames < 0:
+            raise ValueError(f"frontend.cpu_chunk_frames must be >= 0 (0 = off), got {self.cpu_chunk_frames}")
         if self.deltas not in (0, 1, 2):
             raise ValueError(f"frontend.deltas must be 0, 1 or 2, got {self.deltas}")
         if self.delta_width < 3 or self.delta_width % 2 == 0:
@@ -466,6 +469,7 @@ class Frontend(nn.Module):
         for m in self.feats.values():
             m.spectrogram = None  # one shared STFT (self.spectrogram) instead
         self.backend = resolve_backend(cfg.backend)
+        self.chunk_frames = cfg.cpu_chunk_frames
 
         shapes = [self.feats[n].out_shape(sample_rate) for n in self.names]
         if self.stack == "channels":
@@ -528,13 +532,39 @@ class Frontend(nn.Module):
         # with trainable matrices the MFCC owns its own mel filterbank, so it cannot reuse the log-mel
         return not self.cfg.trainable
 
-    def forward(self, wave: Tensor) -> Tensor:
+    def _stacked(self, wave: Tensor) -> Tensor:
         feats = self.features(wave)
         parts = [feats[n] for n in self.names]
         if len(parts) == 1:
-            y = parts[0]
+            return parts[0]
+        return torch.cat(parts, dim=1 if self.stack == "channels" else 2)
+
+    def _clips_per_chunk(self, wave: Tensor) -> int:
+        """Sub-batch size on CPU so one chunk's spectrograms stay cache-sized; the whole batch otherwise.
+
+        Measured on 2 cores: 16 x 30-s clips in one go cost ~2x per clip what they cost in chunks of
+        ~1-2k frames (the (B, 1025, frames) intermediates fall out of cache). Every feature is per clip, so
+        chunking changes no value. Off on accelerators and while tracing / compiling / exporting (the graph
+        must not bake in a batch split).
+        """
+        batch = wave.shape[0]
+        if (
+            self.chunk_frames <= 0
+            or wave.device.type != "cpu"
+            or torch.jit.is_tracing()
+            or torch.jit.is_scripting()
+            or torch.compiler.is_compiling()
+        ):
+            return batch
+        frames = KF.out_frames(wave.shape[-1], self.hop_length)
+        return max(1, self.chunk_frames // frames)
+
+    def forward(self, wave: Tensor) -> Tensor:
+        per = self._clips_per_chunk(wave)
+        if per < wave.shape[0]:
+            y = torch.cat([self._stacked(part) for part in wave.split(per)], dim=0)
         else:
-            y = torch.cat(parts, dim=1 if self.stack == "channels" else 2)
+            y = self._stacked(wave)
         if self.bn is not None:
             b, c, f, t = y.shape
             y = self.bn(y.reshape(b, c * f, t)).reshape(b, c, f, t)

@@ -83,6 +83,18 @@ def test_batch_equals_items_one_by_one(batch, sr, kw):
     torch.testing.assert_close(together, alone, atol=1e-4, rtol=0)  # dB / MFCC units
 
 
+def test_cpu_chunking_changes_no_value(batch, sr):
+    # cpu_chunk_frames=200 feeds 3-s clips (130 frames) one at a time; 0 feeds the whole batch
+    wave = torch.from_numpy(batch)
+    kw = {"features": ALL, "deltas": 2, "estimate_tuning": True}
+    chunked = frontend(sr, cpu_chunk_frames=200, **kw)
+    assert chunked._clips_per_chunk(wave) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(
+            chunked(wave), frontend(sr, cpu_chunk_frames=0, **kw)(wave), atol=0, rtol=0
+        )
+
+
 def test_top_db_clips_relative_to_each_clips_own_maximum(music, sr):
     loud = music.copy()
     loud[:11025] = 0.0  # digital silence: > 80 dB of range, so the floor is active
@@ -208,6 +220,7 @@ def test_stack_channels_with_different_bins_is_a_build_error(sr):
         ({"win_length": 4096}, "win_length"),
         ({"f_min": 100.0, "f_max": 50.0}, "f_max"),
         ({"delta_width": 4}, "delta_width"),
+        ({"cpu_chunk_frames": -1}, "cpu_chunk_frames"),
     ],
 )
 def test_validate_rejects_bad_values_with_specific_messages(kw, message):
