@@ -55,6 +55,9 @@ def inference_clips_per_s(checkpoint: str | Path, batch_size: int = 32, repeats:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, ckpt = load_model(checkpoint, device=device)
     wave = torch.randint(-8000, 8000, (batch_size, ckpt["segment_samples"]), dtype=torch.int16, device=device)
+    if getattr(model, "input_kind", "wave") == "features":  # MSD models: [B, frames, D] float16 sequences
+        dim = model.frontend.feature_dim
+        wave = torch.randn(batch_size, ckpt["segment_samples"], dim, device=device).half()
     model(wave)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()

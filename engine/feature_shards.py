@@ -46,7 +46,7 @@ def check_model_fits_shards(model_cfg: ModelConfig, manifest: dict[str, Any], sh
         raise ConfigError(
             f"{shards} holds precomputed feature sequences (kind 'features', D={manifest.get('feature_dim')}, "
             f"layout {manifest.get('layout')!r}), not audio: set model.features.features=[precomputed] "
-            f"(got {model_cfg.features.features})"
+            f"(compare: --features precomputed; got {model_cfg.features.features})"
         )
     if kind != "features" and is_precomputed(model_cfg.features):
         raise ConfigError(

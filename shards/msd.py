@@ -20,7 +20,9 @@ Each ingested sample is ``<key>.feats.npy`` float16 ``[N, 25]`` = timbre (12) | 
 ``artist_id``, ``artist_name``, ``title``, ``song_id``, ``tempo`` (BPM), ``musical_key`` (pitch class), ``mode``,
 ``time_signature`` and ``loudness`` (dB); ``duration`` is the track's
 duration in seconds, ``num_samples`` its segment count, ``artist`` the artist id (splits are grouped by
-artist, as MSD has many tracks per artist).
+artist, as MSD has many tracks per artist), ``orig_sample_rate`` the nominal frame rate and ``channels`` the
+feature dimension. The audio options of the ingest (``--sample-rate``, ``--trim-silence``,
+``--peak-normalize``) do not apply; ``--max-seconds`` keeps the segments that start before it.
 
 The manifest's ``sample_rate`` is :data:`MSD_FRAME_RATE`, a *nominal* segment rate (segments per second),
 so the engine's seconds-based settings map to segment counts: ``data.segment_seconds: 30`` is a crop of

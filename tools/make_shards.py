@@ -2,6 +2,7 @@
 """Music collection -> WebDataset tar shards + manifest.json. Thin CLI over :mod:`shards.ingest`.
 
     python tools/make_shards.py --layout {auto,gtzan,fma,folder,csv} SOURCE --out DIR [options]
+    python tools/make_shards.py --layout msd MSD_ROOT --labels msd_tagtraum_cd2c.cls --out DIR  # features
 
 Run with --help for every option.
 """

@@ -12,6 +12,7 @@ import torch
 
 from engine.checkpoint import load_model, save_checkpoint
 from engine.classify import CheckpointInputError, check_input_kind
+from engine.compare import inference_clips_per_s
 from engine.config import ConfigError, load_config
 from engine.evaluate import evaluate_checkpoint
 from engine.evaluate import main as evaluate_main
@@ -177,3 +178,4 @@ def test_msd_checkpoint_refuses_audio_classification_and_audio_input(msd_shards,
         model(torch.zeros(2, 8000))
     probs = model.probabilities(torch.randn(2, 57, 25).half())  # any frame count
     assert probs.shape == (2, 3) and torch.allclose(probs.sum(1), torch.ones(2))
+    assert inference_clips_per_s(res["best_checkpoint"], batch_size=4, repeats=1) > 0  # compare's timing
