@@ -177,9 +177,10 @@ class FrontendConfig:
 def resolve_backend(backend: str, device: torch.device | str | None = None) -> str:
     """``"auto"`` -> the faster STFT on ``device``.
 
-    ``benchmarks/bench_features.py`` measured torch.stft (FFT) 3.5-6x faster than nnAudio's conv STFT on CPU;
-    on CUDA cuFFT is also the cheaper algorithm (O(n log n) vs the conv's O(n^2) per frame), so ``auto``
-    picks ``torch`` everywhere unless a benchmark on a device says otherwise.
+    ``benchmarks/bench_features.py`` measured the whole front end 3.5-10x slower with nnAudio's conv STFT
+    than with torch.stft on CPU (2 cores; the FFT is O(n log n) per frame, the conv O(n^2)); on CUDA cuFFT is
+    the cheaper algorithm as well, so ``auto`` picks ``torch`` everywhere. ``nnaudio`` stays available for
+    real-valued graphs (ONNX export: no complex tensors).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of {list(BACKENDS)}")
