@@ -179,3 +179,22 @@ def test_msd_checkpoint_refuses_audio_classification_and_audio_input(msd_shards,
     probs = model.probabilities(torch.randn(2, 57, 25).half())  # any frame count
     assert probs.shape == (2, 3) and torch.allclose(probs.sum(1), torch.ones(2))
     assert inference_clips_per_s(res["best_checkpoint"], batch_size=4, repeats=1) > 0  # compare's timing
+
+
+def test_normalisation_is_reproducible_and_follows_the_config(msd_shards):
+    from engine.feature_shards import prepare_model_config
+    from kernels.features import FrontendConfig
+
+    manifest = load_manifest(msd_shards)
+    base = ModelConfig(arch="cnn1d", features=FrontendConfig(features=["precomputed"]))
+    kw = dict(split="train", segment_frames=40, batch_size=8, seed=0)
+    a = prepare_model_config(base, manifest, str(msd_shards), **kw)
+    b = prepare_model_config(base, manifest, str(msd_shards), **kw)  # every rank / a resumed run: the same
+    assert a.features.norm_mean == b.features.norm_mean and a.features.norm_std == b.features.norm_std
+    assert a.features.feature_dim == 25 and a.features.norm == "stats" and base.features.norm_mean == []
+    learned = ModelConfig(arch="cnn1d", features=FrontendConfig(features=["precomputed"], norm="batchnorm"))
+    bn = prepare_model_config(learned, manifest, str(msd_shards), **kw)
+    assert bn.features.norm == "batchnorm" and bn.features.norm_mean == [] and bn.features.feature_dim == 25
+    wrong = ModelConfig(arch="cnn1d", features=FrontendConfig(features=["precomputed"], feature_dim=12))
+    with pytest.raises(ConfigError, match="feature_dim=12 but .* holds D=25"):
+        prepare_model_config(wrong, manifest, str(msd_shards), **kw)
