@@ -91,7 +91,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     ckpt = summary["best_checkpoint"]
     # 4. evaluate on the held-out split
     print("[4/5] evaluating on the test split")
-    metrics = evaluate_checkpoint(ckpt, shards, split="test", out=out / "eval")
+    metrics = evaluate_checkpoint(ckpt, shards, split="test", out=out / "eval", progress=not args.quiet)
     # 5. classify new clips the model has never seen
     to_classify = out / "new_clips"
     if not args.source and not to_classify.is_dir():
@@ -99,7 +99,7 @@ def run_demo(args: argparse.Namespace) -> dict:
                     formats=("mp3",), seed=12345, progress=False)  # fmt: skip
     results = out / "classified.jsonl"
     print(f"[5/5] classifying {to_classify if to_classify.is_dir() else source}")
-    csummary = classify(ckpt, [str(to_classify if to_classify.is_dir() else source)], results)
+    csummary = classify(ckpt, [str(to_classify if to_classify.is_dir() else source)], results, progress=not args.quiet)
 
     track_acc = float(metrics["track"]["accuracy"])
     report = {
@@ -121,7 +121,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     print()
     print(f"corpus:        {source}")
     print(f"shards:        {shards}  ({', '.join(f'{s} {n}' for s, n in report['tracks'].items())} tracks)")
-    print(f"run:           {run_dir}  (history.csv, curves.png, tensorboard)")
+    print(f"run:           {run_dir}  (history.csv, curves.png, best.pt, last.pt)")
     print(f"evaluation:    {out / 'eval'}  (report.md, metrics.json, confusion_matrix.png, predictions.csv)")
     print(f"classified:    {results}")
     print(f"segment accuracy: {100 * report['segment_accuracy']:.1f}%  macro F1 (track): {100 * report['track_macro_f1']:.1f}%")
