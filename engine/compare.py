@@ -43,7 +43,7 @@ def model_config_for(arch: str, base: ModelConfig, features: list[str] | None) -
         cfg = from_dict(ModelConfig, load_yaml(path).get("model", {}), "model")
     if features:
         cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, features=list(features)))
-        cfg.validate()
+    cfg.validate()  # dataclasses.replace does not: an unknown arch must fail before any model trains
     return cfg
 
 
