@@ -111,7 +111,12 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
     if callable(check):
-        check()
+        try:
+            check()
+        except ConfigError:
+            raise
+        except ValueError as err:  # validators outside engine (kernels.features) raise plain ValueError
+            raise ConfigError(str(err)) from err
     return obj
 
 

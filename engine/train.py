@@ -69,6 +69,8 @@ class DataConfig:
             raise ConfigError(f"data.segment_seconds must be > 0, got {self.segment_seconds}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
+        if self.eval_hop_seconds is not None and self.eval_hop_seconds <= 0:
+            raise ConfigError(f"data.eval_hop_seconds must be > 0 (or null: one window), got {self.eval_hop_seconds}")
 
 
 @dataclass
@@ -108,6 +110,12 @@ class RunConfig:
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes to freeze with init_from
     tensorboard: bool = True
     progress: bool = True
+
+    def validate(self) -> None:
+        if self.log_every < 1:
+            raise ConfigError(
+                f"run.log_every must be >= 1 (steps between loss updates), got {self.log_every}"
+            )
 
 
 @dataclass

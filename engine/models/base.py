@@ -202,11 +202,16 @@ class GenreModel(nn.Module):
         self.input_kind = "features" if is_precomputed(cfg.features) else "wave"
         augment = cfg.augment
         self.frontend: nn.Module
-        if self.input_kind == "features":
-            self.frontend = PrecomputedFrontend(cfg.features)
-            augment = sequence_augment_config(augment)  # time masks + mixup: nothing else fits sequences
-        else:
-            self.frontend = build_frontend(cfg.features, sample_rate)
+        try:  # the front ends check what needs the sample rate (f_max, CQT range) with plain ValueError
+            if self.input_kind == "features":
+                self.frontend = PrecomputedFrontend(cfg.features)
+                augment = sequence_augment_config(augment)  # time masks + mixup: nothing else fits sequences
+            else:
+                self.frontend = build_frontend(cfg.features, sample_rate)
+        except ConfigError:
+            raise
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
         self.wave_aug, self.spec_aug, self.mixup = build_augment(augment, sample_rate)
         self.in_shape: tuple[int, int, int] = tuple(int(v) for v in self.frontend.out_shape(segment_samples))
         arch_cls = cfg.arch_class()

@@ -61,6 +61,23 @@ def test_config_rejects_unknown_keys_and_bad_types_before_any_work(tmp_path):
         load_config(TrainConfig, cfg_file, [])
 
 
+def test_bad_feature_settings_are_config_errors_and_the_cli_says_so(tmp_path, synthetic_shards, capsys):
+    # FrontendConfig validates with plain ValueError (kernels do not depend on engine)
+    with pytest.raises(ConfigError, match="n_fft must be >= 16"):
+        load_config(TrainConfig, None, ["data.shards=x", "model.features.n_fft=4"])
+    with pytest.raises(ConfigError, match="log_every must be >= 1"):
+        load_config(TrainConfig, None, ["data.shards=x", "run.log_every=0"])
+    # checks that need the sample rate run when the model is built: still a clean exit 2, no traceback
+    argv = [
+        f"--shards={synthetic_shards}",
+        f"--out={tmp_path / 'r'}",
+        "model.features.f_max=20000",
+        "run.progress=false",
+    ]
+    assert main(argv) == 2
+    assert "above Nyquist" in capsys.readouterr().err
+
+
 def test_cli_overrides_apply_on_top_of_yaml_and_numbers_parse(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("data:\n  shards: s\noptim:\n  lr: 0.01\n  epochs: 3\n")
