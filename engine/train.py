@@ -402,7 +402,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             reseed(epoch_seed(cfg.run.seed, epoch, rank))
         train_stream.set_epoch(epoch)
         model.train()
-        t0, seen = time.perf_counter(), 0
+        t0, seen, n_steps = time.perf_counter(), 0, 0
         loss_sum = torch.zeros((), device=accelerator.device)
         correct = torch.zeros((), device=accelerator.device)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not (cfg.run.progress and accelerator.is_main_process), leave=False)
@@ -428,11 +428,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             loss_sum += loss.detach()
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.shape[0]
+            n_steps += 1
             bar.update(1)
-            if (i + 1) % cfg.run.log_every == 0:  # the only host syncs of the step loop
-                bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.3f}", clips_s=f"{seen * world / (time.perf_counter() - t0):.0f}")
+            if n_steps % cfg.run.log_every == 0:  # the only host syncs of the step loop
+                bar.set_postfix(loss=f"{loss_sum.item() / n_steps:.3f}", clips_s=f"{seen * world / (time.perf_counter() - t0):.0f}")
         bar.close()
-        n_steps = i + 1 if seen else 0
         train_time = time.perf_counter() - t0
         train_loss = float(accelerator.reduce(loss_sum, "mean")) / max(1, n_steps)
         train_acc = float(accelerator.reduce(correct, "sum")) / max(1, seen * world)
