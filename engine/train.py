@@ -201,6 +201,35 @@ def check_shards(manifest: dict[str, Any], cfg: DataConfig) -> None:
         )
 
 
+#: Settings a resumed run must share with the run it continues (the rest -- epochs, workers, logging -- may change).
+RESUME_FIXED = ("model", "data.shards", "data.train_split", "data.valid_split", "data.segment_seconds",
+                "data.batch_size", "data.holdout_fold", "run.seed")  # fmt: skip
+
+
+def check_resume_config(saved_path: Path, cfg: TrainConfig) -> None:
+    """ConfigError when ``cfg`` changes what the run in ``saved_path``'s directory was trained with (a
+    changed model or data setting would silently mix two runs in one history and checkpoint)."""
+    import yaml
+
+    if not saved_path.is_file():
+        return  # state saved by an older version without config.yaml: nothing to compare
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    now = to_dict(cfg)
+    changed = []
+    for key in RESUME_FIXED:
+        a, b = saved, now
+        for part in key.split("."):
+            a = a.get(part) if isinstance(a, dict) else None
+            b = b.get(part) if isinstance(b, dict) else None
+        if a != b:
+            changed.append(key)
+    if changed:
+        raise ConfigError(
+            f"run.resume: {', '.join(changed)} differ from the run in {saved_path.parent} ({saved_path.name}); "
+            "resume with the same settings (optim, workers and logging may change) or start a new --out"
+        )
+
+
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
@@ -328,6 +357,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     state_dir = run_dir / "state"
     if cfg.run.resume and not (state_dir / "train_state.json").is_file():
         raise ConfigError(f"run.resume: no saved state in {state_dir} (nothing to resume; drop --resume to start)")
+    if cfg.run.resume:
+        check_resume_config(run_dir / "config.yaml", cfg)
     if accelerator.is_main_process:
         if not cfg.run.resume and (run_dir / "last.pt").exists():
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")

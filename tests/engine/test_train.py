@@ -116,6 +116,10 @@ def test_resume_without_saved_state_and_rerun_into_a_finished_run_are_errors(tmp
     train(quick_config(synthetic_shards, tmp_path / "run", "optim.epochs=1", "optim.max_steps_per_epoch=1"))
     with pytest.raises(ConfigError, match="already holds a run"):
         train(quick_config(synthetic_shards, tmp_path / "run", "optim.epochs=1"))
+    # a resume that changes the model or the data would mix two runs in one history and checkpoint
+    with pytest.raises(ConfigError, match=r"model, data.segment_seconds differ from the run"):
+        train(quick_config(synthetic_shards, tmp_path / "run", "run.resume=true", "model.features.n_mels=32",
+                           "data.segment_seconds=1.5"))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- learning
