@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from engine.config import ConfigError, from_dict, load_yaml, to_dict
-from engine.cv import flatten_metrics
+from engine.cv import evaluate_best, flatten_metrics
 from engine.models import ModelConfig
 from engine.train import TrainConfig, config_from_args, train
 
@@ -70,8 +70,6 @@ def inference_clips_per_s(checkpoint: str | Path, batch_size: int = 32, repeats:
 
 
 def compare(cfg: TrainConfig, models: list[str], out_dir: str | Path, features: list[str] | None = None) -> list[dict[str, Any]]:
-    from engine.evaluate import evaluate_checkpoint
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # validate every model config before hours of training
@@ -88,7 +86,7 @@ def compare(cfg: TrainConfig, models: list[str], out_dir: str | Path, features: 
         t0 = time.perf_counter()
         summary = train(arch_cfg)
         wall = time.perf_counter() - t0
-        metrics = evaluate_checkpoint(summary["best_checkpoint"], cfg.data.shards, split="test", out=out_dir / arch / "eval")
+        metrics = evaluate_best(cfg, summary["best_checkpoint"], "test", out_dir / arch / "eval")
         history = summary["history"]
         row = {
             "model": arch,

@@ -33,6 +33,27 @@ def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
+def evaluate_best(
+    cfg: TrainConfig, checkpoint: str | Path, split: str, out: str | Path, fold: int | None = None
+) -> dict[str, Any]:
+    """:func:`engine.evaluate.evaluate_checkpoint` with the run's own evaluation settings (window hop,
+    eval batch size, DataLoader workers, precision, progress bar), as validation used them in training."""
+    from engine.evaluate import evaluate_checkpoint
+
+    return evaluate_checkpoint(
+        checkpoint,
+        cfg.data.shards,
+        split=split,
+        out=out,
+        batch_size=cfg.data.eval_batch_size,
+        hop_seconds=cfg.data.eval_hop_seconds,
+        num_workers=None if cfg.data.num_workers < 0 else cfg.data.num_workers,
+        precision=cfg.run.precision,
+        fold=fold,
+        progress=cfg.run.progress,
+    )
+
+
 def mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     keys = [k for k in rows[0] if all(k in r for r in rows)] if rows else []
     return {
@@ -43,8 +64,6 @@ def mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = None) -> dict[str, Any]:
     """Train and evaluate one model per fold; returns ``{folds: [...], summary: {metric: {mean, std}}}``."""
-    from engine.evaluate import evaluate_checkpoint
-
     manifest = load_manifest(cfg.data.shards)
     k_available = int(manifest.get("folds") or 0)
     if k_available < 2:
@@ -69,9 +88,7 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = No
             run=dataclasses.replace(cfg.run, out_dir=str(run_dir), resume=resume),
         )
         summary = train(fold_cfg)
-        metrics = evaluate_checkpoint(
-            summary["best_checkpoint"], cfg.data.shards, split=cfg.data.train_split, fold=fold, out=fold_dir / "eval"
-        )
+        metrics = evaluate_best(cfg, summary["best_checkpoint"], cfg.data.train_split, fold_dir / "eval", fold=fold)
         row = {"fold": fold, **flatten_metrics(metrics), "best_epoch": summary["best_epoch"]}
         fold_dir.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(row, indent=2))

@@ -38,10 +38,11 @@ def tiny_config(shards: Path, *extra: str) -> TrainConfig:
 
 def test_cv_trains_one_model_per_fold_and_evaluates_each_on_its_own_fold(tmp_path, synthetic_shards):
     manifest = json.loads((synthetic_shards / "manifest.json").read_text())
-    result = cross_validate(tiny_config(synthetic_shards), tmp_path / "cv")
+    result = cross_validate(tiny_config(synthetic_shards, "data.eval_hop_seconds=0.5"), tmp_path / "cv")
     assert [r["fold"] for r in result["folds"]] == [0, 1, 2]
     for row in result["folds"]:
         eval_metrics = json.loads((tmp_path / "cv" / f"fold{row['fold']}" / "eval" / "metrics.json").read_text())
+        assert eval_metrics["hop_seconds"] == pytest.approx(0.5)  # the run's evaluation settings are used
         assert 0.0 <= row["track_accuracy"] <= 1.0
         assert row["track_accuracy"] == pytest.approx(eval_metrics["track"]["accuracy"])
     # every training-split track is tested exactly once across the folds
@@ -55,7 +56,7 @@ def test_cv_trains_one_model_per_fold_and_evaluates_each_on_its_own_fold(tmp_pat
     assert "mean ± std" in table and table.count("\n| ") >= 4
     # resumable fold by fold: a finished cv is read back, nothing retrained
     mtime = (tmp_path / "cv" / "fold0" / "run" / "best.pt").stat().st_mtime
-    again = cross_validate(tiny_config(synthetic_shards), tmp_path / "cv")
+    again = cross_validate(tiny_config(synthetic_shards, "data.eval_hop_seconds=0.5"), tmp_path / "cv")
     assert again["folds"] == result["folds"]
     assert (tmp_path / "cv" / "fold0" / "run" / "best.pt").stat().st_mtime == mtime
 
