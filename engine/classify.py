@@ -23,7 +23,6 @@ of the files.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import glob
 import io
@@ -45,6 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from engine.distributed import autocast
 from engine.logs import setup_logging
 from shards.audio import AudioError, AudioInfo, is_audio_name, load_audio, probe
 
@@ -660,12 +660,7 @@ class Predictor:
             # exported graphs take float [-1, 1] and give probabilities
             probs = self.model(x.float() / PCM_SCALE)
         else:
-            ctx = (
-                torch.autocast(self.device.type, dtype=self.dtype)
-                if self.dtype is not None
-                else contextlib.nullcontext()
-            )
-            with ctx:
+            with autocast(self.device, self.dtype):
                 logits = self.model(x)
             probs = torch.softmax(logits.float(), dim=-1)
         return probs.float().cpu().numpy()

@@ -27,13 +27,12 @@ import re
 import sys
 import tarfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine.distributed import make_accelerator
+from engine.distributed import autocast, make_accelerator
 from engine.logs import setup_logging
 from engine.metrics import Accumulator, aggregate_tracks, track_and_segment_metrics
 
@@ -139,13 +138,7 @@ def _track_paths(shards: list[tuple[str, int]]) -> dict[str, str]:
     return out
 
 
-def _autocast(device: torch.device, precision: str) -> Any:
-    if precision == "no":
-        return nullcontext()
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
+_AUTOCAST_DTYPES = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # keys: PRECISIONS
 
 
 def evaluate_checkpoint(
@@ -253,7 +246,7 @@ def evaluate_checkpoint(
         for batch in iterator:
             x = batch["wave"] if "wave" in batch else batch["feats"]
             x = x.to(device, non_blocking=True)
-            with _autocast(device, precision):
+            with autocast(device, _AUTOCAST_DTYPES[precision]):
                 logits = model(x)  # (B, K)
             probs = torch.softmax(logits.float(), dim=1)
             label = batch["label"].to(device, non_blocking=True)
