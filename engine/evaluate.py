@@ -191,6 +191,11 @@ def evaluate_checkpoint(
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
     t0 = time.perf_counter()
     manifest = load_manifest(shards)  # fail fast before loading a model
+    if fold is not None and not 0 <= int(fold) < int(manifest.get("folds") or 0):
+        raise ValueError(
+            f"fold {fold} does not exist: shard set {shards} has {int(manifest.get('folds') or 0)} folds "
+            "(folds are 0-based; make shards with --folds K for cross-validation)"
+        )
     if isinstance(label_map, (str, Path)):
         label_map = load_label_map(label_map)
     accelerator = accelerator or make_accelerator()

@@ -278,6 +278,8 @@ def test_hop_fold_and_bf16_options(tmp_path, checkpoint):
     fold = evaluate_checkpoint(checkpoint, shards, fold=1, num_workers=0, progress=False)
     assert fold["track"]["n"] == fold["tracks_expected"] == 3 and fold["windows"] == 6
     assert fold["fold"] == 1
+    with pytest.raises(ValueError, match="fold 2 does not exist: shard set .* has 2 folds"):
+        evaluate_checkpoint(checkpoint, shards, fold=2, num_workers=0, progress=False)
     # bf16 autocast runs on CPU and evaluates the same tracks
     bf16 = evaluate_checkpoint(checkpoint, shards, precision="bf16", num_workers=0, progress=False)
     assert bf16["track"]["n"] == 9 and bf16["precision"] == "bf16"
