@@ -787,6 +787,15 @@ def classify(
             raise FileNotFoundError(f"--from-list {from_list} does not exist")
     if not paths and from_list is None:
         raise ValueError("no input: give files, folders or --from-list")
+    if num_workers is not None and num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0 (0: decode in this process), got {num_workers}")
+    if device is not None:
+        try:
+            kind = torch.device(device).type
+        except RuntimeError as err:
+            raise ValueError(f"--device {device!r} is not a torch device ({err})") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available here (use --device cpu or leave it out)")
 
     # without CUDA (or with --device cpu) the processes of `accelerate launch` talk over gloo on the CPU
     cpu = (device is not None and torch.device(device).type == "cpu") or not torch.cuda.is_available()

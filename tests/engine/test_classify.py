@@ -299,6 +299,20 @@ def test_max_windows_and_precision_follow_the_eager_model(tmp_path: Path, ckpt: 
     assert max(abs(p - got[lab]) for lab, p in probs_of(rec16).items()) < 0.05  # bf16 backbone, fp32 features
 
 
+def test_bad_device_and_worker_options_are_clear_errors(tmp_path: Path, ckpt: Path) -> None:
+    path = tmp_path / "one.wav"
+    sf.write(path, tone(1.0, 16000, seed=1), 16000)
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(ValueError, match="num_workers must be >= 0"):
+        classify(ckpt, [path], out, num_workers=-1, progress=False)
+    with pytest.raises(ValueError, match="'gpu0' is not a torch device"):
+        classify(ckpt, [path], out, device="gpu0", num_workers=0, progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            classify(ckpt, [path], out, device="cuda", num_workers=0, progress=False)
+    assert not out.exists()
+
+
 def test_csv_output_parses_and_equals_jsonl(tmp_path: Path, ckpt: Path) -> None:
     d = tmp_path / "in"
     d.mkdir()
