@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.checkpoint import CheckpointError
 from engine.config import ConfigError
 from engine.train import TrainConfig, config_from_args, train
 from shards.format import load_manifest
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         result = cross_validate(cfg, out, args.folds)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(cv_markdown(result))

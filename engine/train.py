@@ -38,7 +38,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
-from engine.checkpoint import init_from, save_checkpoint
+from engine.checkpoint import CheckpointError, init_from, save_checkpoint
 from engine.config import ConfigError, from_dict, load_config, to_dict
 from engine.distributed import make_accelerator
 from engine.feature_shards import model_input, prepare_model_config
@@ -584,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         summary = train(cfg)
-    except (ConfigError, FileNotFoundError, KeyError) as err:
+    except (ConfigError, CheckpointError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except torch.OutOfMemoryError as err:

@@ -76,6 +76,10 @@ def test_bad_feature_settings_are_config_errors_and_the_cli_says_so(tmp_path, sy
     ]
     assert main(argv) == 2
     assert "above Nyquist" in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert main([f"--shards={synthetic_shards}", f"--out={tmp_path / 'r2'}", f"--init-from={junk}"]) == 2
+    assert "is not a readable genre-engine checkpoint" in capsys.readouterr().err
 
 
 def test_cli_overrides_apply_on_top_of_yaml_and_numbers_parse(tmp_path):
