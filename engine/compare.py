@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.description = "Train and evaluate several architectures on the same data, seed and budget. " + (parser.description or "")
     parser.add_argument("--models", default="cnn,rnn,crnn,resnet", help="comma-separated architectures")
     parser.add_argument("--features", help="force one feature stack for all, e.g. logmel or mfcc,chroma")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides before and after options
     if not args.out:
         parser.error("--out DIR is required")
     out = args.out

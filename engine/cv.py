@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.prog = "python -m engine cv"
     parser.description = "K-fold cross-validation: one model per fold, mean ± std of every metric. " + (parser.description or "")
     parser.add_argument("--folds", type=int, help="number of folds (must match the shard set's; default: the shard set's)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides before and after options
     if not args.out:
         parser.error("--out DIR is required (fold runs and cv.json/cv.md go there)")
     out = args.out

@@ -573,7 +573,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # key=value overrides before and after options
     try:
         cfg = config_from_args(args)
     except ConfigError as err:

@@ -89,6 +89,12 @@ def test_cli_overrides_apply_on_top_of_yaml_and_numbers_parse(tmp_path):
     assert cfg.optim.lr == pytest.approx(3e-4) and cfg.optim.epochs == 3 and cfg.model.arch == "crnn"
 
 
+def test_cli_overrides_may_stand_before_and_after_options(tmp_path, capsys):
+    assert main(["data.shards=s", "optim.lr=3e-4", f"--out={tmp_path / 'r'}", "model.arch=rnn", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "arch: rnn" in printed and "lr: 0.0003" in printed and f"out_dir: {tmp_path / 'r'}" in printed
+
+
 def test_example_configs_load(tmp_path):
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         cfg = load_config(TrainConfig, path, ["data.shards=x"])
