@@ -21,11 +21,9 @@ model classes absent from the shards are listed.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -108,34 +106,6 @@ def resolve_label_map(
         if target is not None:
             mapping[name] = target
     return index, mapping
-
-
-def _track_paths(shards: list[tuple[str, int]]) -> dict[str, str]:
-    """``{key: source path}`` from the ``.json`` members of local shards (PCM members are seeked over)."""
-    out: dict[str, str] = {}
-    for url, _ in shards:
-        path = Path(url[len("file://") :] if url.startswith("file://") else url)
-        if not path.is_file():
-            logger.info("%s is not a local file: predictions.csv will have no source paths for it", url)
-            continue
-        try:
-            with tarfile.open(path, "r:") as tar:
-                for member in tar:
-                    if not member.isfile() or not member.name.endswith(".json"):
-                        continue
-                    f = tar.extractfile(member)
-                    if f is None:
-                        continue
-                    try:
-                        meta = json.loads(f.read().decode("utf-8"))
-                    except (ValueError, UnicodeDecodeError) as err:
-                        logger.warning("%s: %s: unreadable metadata (%s)", url, member.name, err)
-                        continue
-                    key = str(meta.get("key", member.name.split(".", 1)[0]))
-                    out[key] = str(meta.get("path", ""))
-        except (OSError, tarfile.TarError) as err:
-            logger.warning("%s: cannot list track paths (%s)", url, err)
-    return out
 
 
 _AUTOCAST_DTYPES = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # keys: PRECISIONS
@@ -327,7 +297,7 @@ def evaluate_checkpoint(
     )
 
     if out is not None and accelerator.is_main_process:
-        paths = _track_paths(stream.shards)
+        paths = dict(zip(keys, stream.track_paths()))
         labels_of = torch.tensor([index[lab] for lab in track_shard_labels], dtype=torch.long)
         counts = torch.bincount(torch.searchsorted(track_ids, windows["tracks"]), minlength=track_ids.numel())
         predictions = []

@@ -386,6 +386,7 @@ class _Index:
     in manifest order. Lengths are samples (``.pcm``) or frames (``.feats.npy``)."""
 
     keys: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # source file of each track ("" when not recorded)
     labels: list[int] = field(default_factory=list)
     folds: list[int] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
@@ -412,6 +413,7 @@ def _scan_split(shards: Sequence[tuple[str, int]]) -> _Index:
                     log.error("%s: skipping sample %d: %s", url, sample.ordinal, sample.error)
                     continue
                 idx.keys.append(str(meta.get("key", sample.key)))
+                idx.paths.append(str(meta.get("path") or ""))
                 idx.labels.append(int(meta["label_index"]))
                 idx.folds.append(int(meta.get("fold", -1) if meta.get("fold") is not None else -1))
                 idx.lengths.append(sample.length)
@@ -704,6 +706,12 @@ class ShardStream(IterableDataset):
         """Keys of the split's tracks (after fold filtering), in track order (manifest shard order)."""
         idx = self._build_index()
         return [idx.keys[i] for i in self._selected or []]
+
+    def track_paths(self) -> list[str]:
+        """Source file of each of the split's tracks (the ``path`` of its metadata, ``""`` when absent), in
+        track order."""
+        idx = self._build_index()
+        return [idx.paths[i] for i in self._selected or []]
 
     def track_labels(self) -> list[int]:
         """Label indices (into the manifest's ``labels``) of the split's tracks, in track order."""

@@ -201,6 +201,7 @@ def test_eval_yields_every_window_once_with_track_index_and_padding(tmp_path):
     s = ShardStream(root, "valid", train=False, segment_samples=seg, hop_samples=hop, batch_size=bs)
     assert s.track_keys() == [t["key"] for t in tracks]
     assert s.track_labels() == [t["label_index"] for t in tracks]
+    assert s.track_paths() == [f"{t['key']}.wav" for t in tracks]
     expected_windows = [1 + max(0, -(-(n - seg) // hop)) for n in lengths]  # [1, 1, 2, 4, 7, 21]
     assert s.num_windows() == expected_windows
     batches = drain(s)
