@@ -221,6 +221,8 @@ def check_resume_config(saved_path: Path, cfg: TrainConfig) -> None:
         for part in key.split("."):
             a = a.get(part) if isinstance(a, dict) else None
             b = b.get(part) if isinstance(b, dict) else None
+        if key == "data.shards" and isinstance(a, str) and isinstance(b, str):
+            a, b = os.path.realpath(a), os.path.realpath(b)  # the same directory spelled differently
         if a != b:
             changed.append(key)
     if changed:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from engine.config import ConfigError, load_config
-from engine.train import TrainConfig, main, train
+from engine.train import TrainConfig, check_resume_config, main, train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,6 +126,9 @@ def test_resume_without_saved_state_and_rerun_into_a_finished_run_are_errors(tmp
     train(quick_config(synthetic_shards, tmp_path / "run", "optim.epochs=1", "optim.max_steps_per_epoch=1"))
     with pytest.raises(ConfigError, match="already holds a run"):
         train(quick_config(synthetic_shards, tmp_path / "run", "optim.epochs=1"))
+    # the same shard directory spelled differently is the same data
+    respelled = synthetic_shards.parent / ".." / synthetic_shards.parent.name / synthetic_shards.name
+    check_resume_config(tmp_path / "run" / "config.yaml", quick_config(respelled, tmp_path / "run"))
     # a resume that changes the model or the data would mix two runs in one history and checkpoint
     with pytest.raises(ConfigError, match=r"model, data.segment_seconds differ from the run"):
         train(quick_config(synthetic_shards, tmp_path / "run", "run.resume=true", "model.features.n_mels=32",
