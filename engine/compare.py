@@ -26,6 +26,7 @@ from engine.config import ConfigError, from_dict, load_yaml, to_dict
 from engine.cv import evaluate_best, flatten_metrics
 from engine.models import ModelConfig
 from engine.train import TrainConfig, config_from_args, train
+from shards.format import ManifestError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 COLUMNS = (
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         features = [f for f in args.features.split(",") if f] if args.features else None
         rows = compare(cfg, [m.strip() for m in args.models.split(",") if m.strip()], out, features)
-    except (ConfigError, CheckpointError, FileNotFoundError, KeyError) as err:
+    except (ConfigError, CheckpointError, ManifestError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(comparison_markdown(rows))

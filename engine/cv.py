@@ -21,7 +21,7 @@ from typing import Any
 from engine.checkpoint import CheckpointError
 from engine.config import ConfigError
 from engine.train import TrainConfig, config_from_args, train
-from shards.format import load_manifest
+from shards.format import ManifestError, load_manifest
 
 
 def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         result = cross_validate(cfg, out, args.folds)
-    except (ConfigError, CheckpointError, FileNotFoundError, KeyError) as err:
+    except (ConfigError, CheckpointError, ManifestError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(cv_markdown(result))

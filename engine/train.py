@@ -44,7 +44,7 @@ from engine.distributed import make_accelerator
 from engine.feature_shards import model_input, prepare_model_config
 from engine.logs import setup_logging
 from engine.models import ModelConfig, build_model, count_parameters
-from shards.format import load_manifest
+from shards.format import ManifestError, load_manifest
 from shards.reader import ShardStream, make_loader
 
 logger = get_logger(__name__)
@@ -586,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         summary = train(cfg)
-    except (ConfigError, CheckpointError, FileNotFoundError, KeyError) as err:
+    except (ConfigError, CheckpointError, ManifestError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except torch.OutOfMemoryError as err:

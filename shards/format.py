@@ -91,6 +91,14 @@ def decode_meta(data: bytes) -> dict[str, Any]:
     return json.loads(data.decode("utf-8"))
 
 
+class ManifestError(ValueError):
+    """``DIR/manifest.json`` exists but is not a readable manifest of this format."""
+
+
+#: Keys every consumer of a manifest reads (the reader, train, evaluate).
+MANIFEST_REQUIRED = ("sample_rate", "labels", "splits")
+
+
 def load_manifest(shard_dir: str | Path) -> dict[str, Any]:
     """Read ``DIR/manifest.json``; a clear error if it is missing or not a shard set.
 
@@ -106,10 +114,18 @@ def load_manifest(shard_dir: str | Path) -> dict[str, Any]:
             f"no shard set at {shard_dir}: {path} does not exist "
             "(make one with `python tools/make_shards.py SOURCE --out DIR`)"
         )
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ManifestError(f"{path} is not valid JSON ({err}); remake the shard set with make_shards.py") from None
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {version!r}, this reader understands {FORMAT_VERSION}")
+        raise ManifestError(f"{path}: format_version {version!r}, this reader understands {FORMAT_VERSION}")
+    missing = [k for k in MANIFEST_REQUIRED if k not in manifest]
+    if missing:
+        raise ManifestError(f"{path} lacks {', '.join(missing)}: an interrupted or hand-edited manifest?")
     return manifest
 
 

@@ -104,6 +104,14 @@ def test_example_configs_load(tmp_path):
 def test_missing_shards_and_bad_splits_are_clear_errors(tmp_path, synthetic_shards, capsys):
     assert main([f"--shards={tmp_path / 'nope'}", f"--out={tmp_path / 'r'}"]) == 2
     assert "no shard set" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text("{truncated")
+    assert main([f"--shards={bad}", f"--out={tmp_path / 'r'}"]) == 2
+    assert "manifest.json is not valid JSON" in capsys.readouterr().err
+    (bad / "manifest.json").write_text('{"format_version": 1, "labels": ["a", "b"]}')
+    assert main([f"--shards={bad}", f"--out={tmp_path / 'r'}"]) == 2
+    assert "lacks sample_rate, splits" in capsys.readouterr().err
     assert main([f"--shards={synthetic_shards}", f"--out={tmp_path / 'r2'}", "data.valid_split=dev"]) == 2
     assert "no 'dev' split" in capsys.readouterr().err
 
