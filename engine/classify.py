@@ -542,27 +542,14 @@ class CheckpointInputError(ValueError):
     """A checkpoint that cannot classify audio (e.g. trained on precomputed MSD features)."""
 
 
-def _features_marker(cfg: Any, ckpt: dict[str, Any]) -> str | None:
-    """Why a checkpoint is a feature-input (MSD) model, or None for a waveform model; defensive on layout."""
-    for key in ("input", "kind", "input_kind"):
-        if str(ckpt.get(key, "")).lower() in ("features", "feats", "precomputed", "msd"):
-            return f"checkpoint {key}={ckpt[key]!r}"
-    if not isinstance(cfg, dict):
-        return None
-    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    feats = model.get("features") if isinstance(model.get("features"), dict) else {}
-    names = feats.get("features") or feats.get("names") or []
+def _features_marker(cfg: Any) -> str | None:
+    """Why a checkpoint's config (``config["model"]["features"]``, the ModelConfig contract) describes a
+    feature-input (MSD) model, or None for a waveform model."""
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    feats = model.get("features") if isinstance(model, dict) else None
+    names = feats.get("features") if isinstance(feats, dict) else None
     if isinstance(names, (list, tuple)) and "precomputed" in names:
         return 'model.features.features == ["precomputed"]'
-    for section in ("data", "dataset"):
-        d = cfg.get(section)
-        if isinstance(d, dict):
-            for key in ("kind", "input", "manifest_kind"):
-                if str(d.get(key, "")).lower() in ("features", "feats", "msd"):
-                    return f"{section}.{key}={d[key]!r}"
-    for key in ("input", "kind"):
-        if str(cfg.get(key, "")).lower() in ("features", "feats", "msd"):
-            return f"config {key}={cfg[key]!r}"
     return None
 
 
@@ -577,7 +564,7 @@ def check_input_kind(path: str | os.PathLike) -> None:
     except Exception:  # not a checkpoint at all: load_model says why
         return
     if isinstance(ckpt, dict):
-        reason = _features_marker(ckpt.get("config"), ckpt)
+        reason = _features_marker(ckpt.get("config"))
         if reason:
             raise CheckpointInputError(_msd_message(os.fspath(path), reason))
 
@@ -621,7 +608,7 @@ class Predictor:
                 )
             meta = json.loads(extra[TS_META_FILE])
             cfg = meta.get("config")
-            reason = _features_marker(cfg, meta)
+            reason = _features_marker(cfg)
             if reason:
                 raise CheckpointInputError(_msd_message(self.path, reason))
         else:
