@@ -305,7 +305,7 @@ class Accumulator:
         k = max((p["probs"].shape[1] for p in parts if p["probs"].numel()), default=num_classes or 0)
         for rank, p in enumerate(parts):
             keep = p["valid"]
-            if not p["probs"].numel():
+            if not bool(keep.any()):  # no windows, or only padding / unmapped-class windows
                 continue
             rows["probs"].append(p["probs"][keep])
             rows["labels"].append(p["labels"][keep])

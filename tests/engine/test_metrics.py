@@ -174,3 +174,13 @@ def test_accumulator_drops_padding_and_duplicate_windows():
 def test_accumulator_empty_returns_empty_tensors():
     out = Accumulator().compute(num_classes=4)
     assert out["probs"].shape == (0, 4) and out["tracks"].numel() == 0
+
+
+def test_accumulator_with_only_invalid_windows_returns_empty_tensors():
+    # e.g. every class unmapped by a cross-dataset label map: batches arrive, no window is valid
+    acc = Accumulator()
+    acc.update(torch.full((3, 4), 0.25), torch.zeros(3, dtype=torch.long), torch.arange(3), torch.zeros(3, dtype=torch.bool))
+    out = acc.compute(num_classes=4)
+    assert out["probs"].shape == (0, 4) and out["tracks"].numel() == 0 and out["labels"].numel() == 0
+    m = track_and_segment_metrics(out["probs"], out["labels"], out["tracks"], None, ["a", "b", "c", "d"])
+    assert m["segment"]["n"] == 0 and m["track"]["n"] == 0 and m["track"]["accuracy"] == 0.0
