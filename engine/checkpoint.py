@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # the unpickler raises anything from UnpicklingError to KeyError on junk
-        raise CheckpointError(f"{path} is not a readable genre-engine checkpoint: {err}") from err
+        if not zipfile.is_zipfile(path):
+            hint = "; ONNX exports run in onnxruntime" if path.suffix.lower() == ".onnx" else ""
+            why = f"not a torch.save archive{hint}"
+        else:  # torch's weights-only refusal is a paragraph that ends with the reason
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            why = f"{type(err).__name__}: {lines[-1] if lines else err!r}"
+        raise CheckpointError(f"{path} is not a readable genre-engine checkpoint ({why})") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a genre-engine checkpoint (no format={FORMAT!r} marker; a raw state_dict or "

@@ -122,8 +122,12 @@ def test_missing_or_foreign_files_are_clear_errors(tmp_path: Path) -> None:
         load_model(raw)
     text = tmp_path / "notes.pt"
     text.write_text("hello")
-    with pytest.raises(CheckpointError, match="not a readable genre-engine checkpoint"):
+    with pytest.raises(CheckpointError, match=r"not a readable genre-engine checkpoint \(not a torch.save archive\)"):
         load_checkpoint(text)
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"\x08\x07\x12\x07pytorch")  # what an ONNX protobuf starts with
+    with pytest.raises(CheckpointError, match="ONNX exports run in onnxruntime"):
+        load_checkpoint(onnx_file)
     future = tmp_path / "future.pt"
     torch.save({"format": "genre-engine", "format_version": FORMAT_VERSION + 1}, future)
     with pytest.raises(CheckpointError, match="reads up to"):
