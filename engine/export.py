@@ -202,7 +202,7 @@ def export_model(
         raise ValueError(f"format {fmt!r} is not torchscript or onnx")
     check_input_kind(checkpoint)
     model, ckpt = load_model(checkpoint, "cpu")
-    window = int(window_samples or ckpt["segment_samples"])
+    window = int(ckpt["segment_samples"] if window_samples is None else window_samples)
     if window < 1:
         raise ValueError(f"window_samples must be >= 1, got {window}")
     wrapper = ProbabilityModel(model).eval()

@@ -147,3 +147,9 @@ def test_export_refuses_msd_feature_checkpoints(tmp_path: Path, ckpt: Path) -> N
     torch.save(data, tmp_path / "msd.pt")
     with pytest.raises(CheckpointInputError, match="MSD"):
         export_model(tmp_path / "msd.pt", "torchscript", tmp_path / "m.ts")
+
+
+def test_window_of_zero_samples_is_refused_not_replaced_by_the_default(tmp_path: Path, ckpt: Path) -> None:
+    with pytest.raises(ValueError, match="window_samples must be >= 1, got 0"):
+        export_model(ckpt, "torchscript", tmp_path / "m.ts", window_samples=0)
+    assert not (tmp_path / "m.ts").exists()
