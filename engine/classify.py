@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from engine.cli import HelpFormatter
 from engine.distributed import autocast
 from engine.logs import setup_logging
 from shards.audio import AudioError, AudioInfo, is_audio_name, load_audio, probe
@@ -964,7 +965,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Writes exactly one line per input file -- status ok with the top-k genres, or error with the reason -- "
             "and resumes when rerun with the same --out. Multi-GPU: accelerate launch -m engine.classify ..."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "checkpoint", help="checkpoint .pt from training, or a TorchScript file from `engine export`"

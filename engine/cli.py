@@ -6,6 +6,7 @@ imports only the one that runs (so ``--help`` of one command does not pay for th
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -18,6 +19,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("engine.classify", "classify music files and folders (resumable, JSONL/CSV)"),
     "export": ("engine.export", "export a checkpoint to TorchScript or ONNX (waveform in, probabilities out)"),
 }
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to an option's help unless the help already states its default, the
+    option is required, or the default is None (argparse's own formatter prints ``(default: None)``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.required or action.default is None:
+            return text
+        return super()._get_help_string(action) or text
 
 
 def usage() -> str:

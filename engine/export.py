@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.classify import TS_META_FILE, CheckpointInputError, check_input_kind
+from engine.cli import HelpFormatter
 from engine.logs import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Export a checkpoint as a self-contained waveform-in, probabilities-out model (feature front end "
             "inside, augmentation removed) and verify it against the eager model."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", help="checkpoint .pt written by training")
     p.add_argument("--format", choices=["torchscript", "onnx"], required=True)

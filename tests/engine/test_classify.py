@@ -445,3 +445,12 @@ def test_two_process_run_equals_one_process_and_resumes(tmp_path: Path, ckpt: Pa
     assert b[str(tmp_path / "in" / "broken.wav")]["status"] == "error"
     assert summary["files"] == len(b_recs) and summary["error"] == 1
     assert math.isfinite(summary["files_per_s"])
+
+
+def test_help_states_each_default_once() -> None:
+    from engine.classify import build_parser
+
+    text = " ".join(build_parser().format_help().split())  # argparse wraps lines
+    assert "(default: None)" not in text
+    assert "spread evenly (default: all) --pad" in text  # stated by the help itself, not appended twice
+    assert "genres per file (default: 3)" in text  # appended from the parser
