@@ -361,9 +361,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise ConfigError(f"run.resume: no saved state in {state_dir} (nothing to resume; drop --resume to start)")
     if cfg.run.resume:
         check_resume_config(run_dir / "config.yaml", cfg)
+    elif (run_dir / "last.pt").exists():  # checked on every rank: one rank raising alone would hang the rest
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if accelerator.is_main_process:
-        if not cfg.run.resume and (run_dir / "last.pt").exists():
-            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(_yaml_dump(to_dict(cfg)))
     accelerator.wait_for_everyone()
