@@ -25,7 +25,7 @@ from engine.checkpoint import CheckpointError
 from engine.config import ConfigError, from_dict, load_yaml, to_dict
 from engine.cv import evaluate_best, flatten_metrics
 from engine.models import ModelConfig
-from engine.train import TrainConfig, config_from_args, train
+from engine.train import TrainConfig, config_from_args, saved_state_dir, train
 from shards.format import ManifestError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -83,7 +83,7 @@ def compare(cfg: TrainConfig, models: list[str], out_dir: str | Path, features: 
             rows.append(json.loads(done.read_text()))
             continue
         run_dir = out_dir / arch / "run"
-        resume = (run_dir / "state" / "train_state.json").is_file()
+        resume = saved_state_dir(run_dir) is not None
         arch_cfg = dataclasses.replace(cfg, model=mcfg, run=dataclasses.replace(cfg.run, out_dir=str(run_dir), resume=resume))
         t0 = time.perf_counter()
         summary = train(arch_cfg)

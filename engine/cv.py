@@ -20,7 +20,7 @@ from typing import Any
 
 from engine.checkpoint import CheckpointError
 from engine.config import ConfigError
-from engine.train import TrainConfig, config_from_args, train
+from engine.train import TrainConfig, config_from_args, saved_state_dir, train
 from shards.format import ManifestError, load_manifest
 
 
@@ -82,7 +82,7 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = No
             rows.append(json.loads(done.read_text()))
             continue
         run_dir = fold_dir / "run"
-        resume = (run_dir / "state" / "train_state.json").is_file()
+        resume = saved_state_dir(run_dir) is not None
         fold_cfg = dataclasses.replace(
             cfg,
             data=dataclasses.replace(cfg.data, holdout_fold=fold),

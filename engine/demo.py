@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import apply_overrides, from_dict, to_dict
-from engine.train import TrainConfig, train
+from engine.train import TrainConfig, saved_state_dir, train
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     run_dir = out / "run"
     print(f"[3/5] training a {args.arch} for {size.epochs if args.epochs is None else args.epochs} epochs")
     cfg = demo_config(shards, run_dir, size.epochs if args.epochs is None else args.epochs, args.arch, args.set or [])
-    cfg.run.resume = (run_dir / "state" / "train_state.json").is_file()
+    cfg.run.resume = saved_state_dir(run_dir) is not None
     cfg.run.progress = not args.quiet
     summary = train(cfg)
     ckpt = summary["best_checkpoint"]

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -316,6 +317,39 @@ def validate(
     }
 
 
+def saved_state_dir(run_dir: str | Path) -> Path | None:
+    """The newest complete training state of a run, or None.
+
+    ``state/`` normally; ``state.old/`` when a run was killed between the two renames of
+    :func:`save_train_state`. A ``state.new/`` is never complete until renamed (``train_state.json`` is
+    written into it last), so a kill while saving leaves the previous state intact.
+    """
+    for name in ("state", "state.old"):
+        d = Path(run_dir) / name
+        if (d / "train_state.json").is_file():
+            return d
+    return None
+
+
+def save_train_state(accelerator: Accelerator, run_dir: Path, state: TrainState) -> None:
+    """``Accelerator.save_state`` into ``state.new/``, then swap it in: a kill at any moment leaves one
+    complete state (model, optimiser, scheduler, RNG and loop state from the *same* epoch) to resume from."""
+    new, cur, old = run_dir / "state.new", run_dir / "state", run_dir / "state.old"
+    if accelerator.is_main_process:
+        shutil.rmtree(new, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(new))  # every rank writes its own RNG state into it
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (new / "train_state.json").write_text(json.dumps(state.state_dict()))  # last: marks it complete
+        shutil.rmtree(old, ignore_errors=True)
+        if cur.exists():
+            os.replace(cur, old)
+        os.replace(new, cur)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     with open(run_dir / "history.jsonl", "w") as f:
         for row in history:
@@ -356,9 +390,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if world > 1:
         broadcast_object_list(run_dir)
     run_dir = Path(run_dir[0])
-    state_dir = run_dir / "state"
-    if cfg.run.resume and not (state_dir / "train_state.json").is_file():
-        raise ConfigError(f"run.resume: no saved state in {state_dir} (nothing to resume; drop --resume to start)")
+    state_dir = saved_state_dir(run_dir)
+    if cfg.run.resume and state_dir is None:
+        raise ConfigError(f"run.resume: no saved state in {run_dir / 'state'} (nothing to resume; drop --resume to start)")
     if cfg.run.resume:
         check_resume_config(run_dir / "config.yaml", cfg)
     elif (run_dir / "last.pt").exists():  # checked on every rank: one rank raising alone would hang the rest
@@ -502,10 +536,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         tb.add_scalar(k, v, epoch)
                 tb.flush()
             _plot_curves(run_dir, state.history)
-        accelerator.save_state(str(state_dir))
-        if accelerator.is_main_process:
-            (state_dir / "train_state.json").write_text(json.dumps(state.state_dict()))
-        accelerator.wait_for_everyone()
+        save_train_state(accelerator, run_dir, state)
         if cfg.optim.early_stop_patience and state.bad_epochs >= cfg.optim.early_stop_patience:
             logger.info(f"early stop: no validation-loss improvement for {state.bad_epochs} epochs", main_process_only=True)
             break

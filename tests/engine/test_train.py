@@ -208,3 +208,44 @@ def test_two_gloo_processes_train_and_validate_like_one_process_evaluation(tmp_p
     assert single["track"]["n"] == 8
     assert single["track"]["accuracy"] == pytest.approx(best["valid_track_acc"])
     assert single["segment"]["accuracy"] == pytest.approx(best["valid_acc"])
+
+
+@pytest.mark.slow
+def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path, synthetic_shards):
+    """SIGKILL a real training process after its first saved epoch; resume in-process; equal to no kill.
+
+    The kill is followed by the two other crash windows of the state swap: a half-written ``state.new/``
+    and a ``state/`` caught mid-rename (only ``state.old/`` left) -- neither may lose or mix epochs.
+    """
+    import shutil
+    import time
+
+    from engine.train import saved_state_dir
+
+    extra = ["optim.epochs=4", "optim.max_steps_per_epoch=3", "model.augment.mixup_p=0.5"]
+    full = train(quick_config(synthetic_shards, tmp_path / "full", *extra))
+    cut = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "engine.train", f"--shards={synthetic_shards}", f"--out={cut}", *QUICK, *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while saved_state_dir(cut) is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    state = saved_state_dir(cut)
+    assert state is not None, "the process never saved a state"
+    done = json.loads((state / "train_state.json").read_text())["epoch"]
+    assert done < 4, "the run finished before it could be killed"
+    (cut / "state.new").mkdir(exist_ok=True)
+    (cut / "state.new" / "model.safetensors").write_bytes(b"half-written")
+    if state.name == "state":
+        shutil.move(str(state), str(cut / "state.old"))
+
+    resumed = train(quick_config(synthetic_shards, cut, "run.resume=true", *extra))
+    keys = ("epoch", "train_loss", "valid_loss", "valid_acc", "valid_track_acc", "lr")
+    assert [{k: r[k] for k in keys} for r in resumed["history"]] == [{k: r[k] for k in keys} for r in full["history"]]
+    sa = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model_state"]
+    sb = torch.load(cut / "last.pt", weights_only=False)["model_state"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert saved_state_dir(cut) == cut / "state" and not (cut / "state.old").exists()
