@@ -282,7 +282,9 @@ def validate(
 
     net = accelerator.unwrap_model(model)
     net.eval()
-    probs, labels, tracks, valid, loss_sum = [], [], [], [], torch.zeros((), device=accelerator.device)
+    probs, labels, tracks, valid = [], [], [], []
+    loss_sum = torch.zeros((), device=accelerator.device)
+    weight_sum = torch.zeros((), device=accelerator.device)  # the weighted mean divides by sum of w[y], as F.cross_entropy does
     for batch in loader:
         wave = model_input(batch).to(accelerator.device, non_blocking=True)  # wave [B, T] or feats [B, N, D]
         y = batch["label"].to(accelerator.device, non_blocking=True)
@@ -291,6 +293,7 @@ def validate(
             logits = net(wave)
         loss = F.cross_entropy(logits.float(), y, weight=weight, reduction="none")
         loss_sum += (loss * ok).sum()
+        weight_sum += ((weight[y] if weight is not None else 1.0) * ok).sum()
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
         labels.append(batch["label"])
         tracks.append(batch["track"])
@@ -301,13 +304,14 @@ def validate(
         "tracks": torch.cat(tracks) if tracks else torch.zeros(0, dtype=torch.long),
         "valid": torch.cat(valid) if valid else torch.zeros(0, dtype=torch.bool),
         "loss_sum": float(loss_sum),
+        "weight_sum": float(weight_sum),
     }
     parts = gather_object([local]) if accelerator.num_processes > 1 else [local]
     cat = {k: torch.cat([p[k] for p in parts]) for k in ("probs", "labels", "tracks", "valid")}
     n_valid = int(cat["valid"].sum())
     m = track_and_segment_metrics(cat["probs"], cat["labels"], cat["tracks"], cat["valid"], label_names)
     return {
-        "valid_loss": sum(p["loss_sum"] for p in parts) / max(1, n_valid),
+        "valid_loss": sum(p["loss_sum"] for p in parts) / max(1e-12, sum(p["weight_sum"] for p in parts)),
         "valid_acc": m["segment"]["accuracy"],
         "valid_f1": m["segment"]["macro_f1"],
         "valid_track_acc": m["track"]["accuracy"],
@@ -417,8 +421,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     steps_per_epoch = len(train_stream)
     if cfg.optim.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.optim.max_steps_per_epoch)
+    # whole accumulation cycles only: no half-accumulated gradient leaks into the next epoch (or a resumed run)
+    steps_per_epoch -= steps_per_epoch % cfg.optim.grad_accum
     if steps_per_epoch == 0:
-        raise ConfigError(f"data.batch_size={cfg.data.batch_size} gives no full batch per process; lower it")
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} gives {len(train_stream)} batches per process per epoch, fewer "
+            f"than one accumulation cycle (optim.grad_accum={cfg.optim.grad_accum}); lower either"
+        )
 
     # -- model, optimiser, schedule
     seed_everything(cfg.run.seed)

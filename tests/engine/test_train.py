@@ -249,3 +249,42 @@ def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path, s
     sb = torch.load(cut / "last.pt", weights_only=False)["model_state"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert saved_state_dir(cut) == cut / "state" and not (cut / "state.old").exists()
+
+
+def test_gradient_accumulation_runs_whole_cycles_and_steps_once_per_cycle(tmp_path, synthetic_shards):
+    summary = train(
+        quick_config(synthetic_shards, tmp_path / "acc", "optim.grad_accum=2", "optim.max_steps_per_epoch=5",
+                     "optim.epochs=2")  # fmt: skip
+    )
+    # 5 batches per epoch -> 4 (two whole cycles of 2) -> 2 optimiser steps per epoch
+    assert [r["step"] for r in summary["history"]] == [2, 4]
+
+
+def test_class_weighted_validation_loss_is_the_weighted_mean(tmp_path, synthetic_shards):
+    import shutil
+
+    import torch.nn.functional as F
+
+    from engine.checkpoint import load_model
+    from engine.train import class_weight_tensor
+    from shards.reader import ShardStream
+
+    shards = tmp_path / "shards"
+    shutil.copytree(synthetic_shards, shards)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["splits"]["train"]["per_label"].update(classical=16, metal=2)  # as if imbalanced: weights differ
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    summary = train(quick_config(shards, tmp_path / "w", "optim.class_weights=true", "optim.epochs=1",
+                                 "optim.max_steps_per_epoch=2"))  # fmt: skip
+    model, ckpt = load_model(summary["last_checkpoint"])
+    stream = ShardStream(str(shards), "valid", train=False, segment_samples=ckpt["segment_samples"], batch_size=64)
+    weight = class_weight_tensor(manifest, "train", ckpt["labels"])
+    assert weight.max() / weight.min() > 4
+    logits, labels = [], []
+    with torch.no_grad():
+        for batch in stream:
+            ok = batch["valid"]
+            logits.append(model(batch["wave"][ok]))
+            labels.append(batch["label"][ok])
+    expected = F.cross_entropy(torch.cat(logits), torch.cat(labels), weight=weight).item()
+    assert summary["history"][0]["valid_loss"] == pytest.approx(expected, rel=1e-4)
