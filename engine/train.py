@@ -45,6 +45,7 @@ from engine.distributed import make_accelerator
 from engine.feature_shards import model_input, prepare_model_config
 from engine.logs import setup_logging
 from engine.models import ModelConfig, build_model, count_parameters
+from kernels.augment import augment_rng_state, reseed_all, set_augment_rng_state
 from shards.format import ManifestError, load_manifest
 from shards.reader import ShardStream, make_loader
 
@@ -107,6 +108,7 @@ class RunConfig:
     compile: bool = False  # torch.compile the model
     log_every: int = 20  # steps between loss/throughput updates (the only .item() calls)
     resume: bool = False  # continue the run in out_dir from its last saved state
+    save_every_steps: int = 0  # also save the training state every N batches mid-epoch (0 = at epoch ends only)
     init_from: str = ""  # checkpoint to start from (transfer learning)
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes to freeze with init_from
     tensorboard: bool = True
@@ -144,6 +146,11 @@ class TrainState:
     best_epoch: int = -1
     bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    # mid-epoch position (save_every_steps): batches of `epoch` done, and the epoch's running sums so far
+    epoch_step: int = 0
+    epoch_loss: float = 0.0  # sum of batch losses, averaged over ranks
+    epoch_correct: float = 0.0  # correct training predictions, summed over ranks
+    epoch_seen: int = 0  # training clips per rank
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -335,7 +342,7 @@ def saved_state_dir(run_dir: str | Path) -> Path | None:
     return None
 
 
-def save_train_state(accelerator: Accelerator, run_dir: Path, state: TrainState) -> None:
+def save_train_state(accelerator: Accelerator, run_dir: Path, state: TrainState, net: torch.nn.Module) -> None:
     """``Accelerator.save_state`` into ``state.new/``, then swap it in: a kill at any moment leaves one
     complete state (model, optimiser, scheduler, RNG and loop state from the *same* epoch) to resume from."""
     new, cur, old = run_dir / "state.new", run_dir / "state", run_dir / "state.old"
@@ -343,6 +350,8 @@ def save_train_state(accelerator: Accelerator, run_dir: Path, state: TrainState)
         shutil.rmtree(new, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(new))  # every rank writes its own RNG state into it
+    # each rank's augmentation streams (seeded per rank): what a mid-epoch resume needs to draw the same
+    torch.save(augment_rng_state(net), new / f"augment_rng_{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (new / "train_state.json").write_text(json.dumps(state.state_dict()))  # last: marks it complete
@@ -452,6 +461,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         except (RuntimeError, KeyError) as err:
             raise ConfigError(f"cannot resume from {state_dir}: it was saved by a different model/config ({err})") from err
         state.load_state_dict(json.loads((state_dir / "train_state.json").read_text()))
+        if state.epoch_step:  # stopped mid-epoch: the augmentation streams continue where they were
+            aug_file = state_dir / f"augment_rng_{rank}.pt"
+            if not aug_file.is_file():
+                raise ConfigError(f"cannot resume mid-epoch: {aug_file} is missing (saved by {world} process(es)?)")
+            set_augment_rng_state(accelerator.unwrap_model(model), torch.load(aug_file, weights_only=False))
         logger.info(f"resumed {run_dir} at epoch {state.epoch}", main_process_only=True)
     weight = class_weight_tensor(manifest, cfg.data.train_split, labels).to(accelerator.device) if cfg.optim.class_weights else None
 
@@ -471,18 +485,23 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     # -- the loop
     while state.epoch < cfg.optim.epochs:
-        epoch = state.epoch
-        seed_everything(epoch_seed(cfg.run.seed, epoch, rank))  # dropout, mixup, ...
-        reseed = getattr(net, "reseed_augmentation", None)
-        if callable(reseed):
-            reseed(epoch_seed(cfg.run.seed, epoch, rank))
+        epoch, done = state.epoch, state.epoch_step  # done > 0: resuming in the middle of this epoch
+        if not done:
+            seed_everything(epoch_seed(cfg.run.seed, epoch, rank))  # dropout, mixup, ...
+            reseed_all(net, epoch_seed(cfg.run.seed, epoch, rank))
         train_stream.set_epoch(epoch)
         model.train()
-        t0, seen, n_steps = time.perf_counter(), 0, 0
-        loss_sum = torch.zeros((), device=accelerator.device)
-        correct = torch.zeros((), device=accelerator.device)
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not (cfg.run.progress and accelerator.is_main_process), leave=False)
-        for i, batch in enumerate(train_loader):
+        t0, seen, n_steps = time.perf_counter(), state.epoch_seen, done
+        seen0 = seen  # clips trained before a mid-epoch stop: not this session's throughput
+        loss_sum = torch.full((), state.epoch_loss, device=accelerator.device)
+        correct = torch.full((), state.epoch_correct if accelerator.is_main_process else 0.0, device=accelerator.device)
+        bar = tqdm(total=steps_per_epoch, initial=done, desc=f"epoch {epoch}", disable=not (cfg.run.progress and accelerator.is_main_process), leave=False)
+        rng = torch.get_rng_state()
+        batches = iter(train_loader)
+        torch.set_rng_state(rng)  # making the iterator draws a seed: keep the restored stream exactly where it was
+        for i, batch in enumerate(batches):
+            if i < done:
+                continue  # trained before the stop; the data order is a pure function of (seed, epoch)
             if i >= steps_per_epoch:
                 break
             wave = model_input(batch).to(accelerator.device, non_blocking=True)  # wave [B, T] or feats [B, N, D]
@@ -507,8 +526,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             n_steps += 1
             bar.update(1)
             if n_steps % cfg.run.log_every == 0:  # the only host syncs of the step loop
-                bar.set_postfix(loss=f"{loss_sum.item() / n_steps:.3f}", clips_s=f"{seen * world / (time.perf_counter() - t0):.0f}")
+                bar.set_postfix(loss=f"{loss_sum.item() / n_steps:.3f}", clips_s=f"{(seen - seen0) * world / (time.perf_counter() - t0):.0f}")
+            every = cfg.run.save_every_steps
+            if every and n_steps % every == 0 and n_steps % cfg.optim.grad_accum == 0 and n_steps < steps_per_epoch:
+                state.epoch_step, state.epoch_seen = n_steps, seen
+                state.epoch_loss = float(accelerator.reduce(loss_sum.clone(), "mean"))
+                state.epoch_correct = float(accelerator.reduce(correct.clone(), "sum"))
+                save_train_state(accelerator, run_dir, state, net)
         bar.close()
+        state.epoch_step, state.epoch_loss, state.epoch_correct, state.epoch_seen = 0, 0.0, 0.0, 0
         train_time = time.perf_counter() - t0
         train_loss = float(accelerator.reduce(loss_sum, "mean")) / max(1, n_steps)
         train_acc = float(accelerator.reduce(correct, "sum")) / max(1, seen * world)
@@ -517,7 +543,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         lr = optimizer.param_groups[0]["lr"]
         row = {
             "epoch": epoch, "step": state.step, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-            **metrics, "train_clips_per_s": seen * world / max(train_time, 1e-9), "epoch_seconds": time.perf_counter() - t0,
+            **metrics, "train_clips_per_s": (seen - seen0) * world / max(train_time, 1e-9), "epoch_seconds": time.perf_counter() - t0,
         }  # fmt: skip
         state.history.append(row)
         if sched_kind == "plateau":
@@ -545,7 +571,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         tb.add_scalar(k, v, epoch)
                 tb.flush()
             _plot_curves(run_dir, state.history)
-        save_train_state(accelerator, run_dir, state)
+        save_train_state(accelerator, run_dir, state, net)
         if cfg.optim.early_stop_patience and state.bad_epochs >= cfg.optim.early_stop_patience:
             logger.info(f"early stop: no validation-loss improvement for {state.bad_epochs} epochs", main_process_only=True)
             break

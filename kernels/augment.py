@@ -288,6 +288,30 @@ def reseed_all(module: nn.Module, seed: int) -> int:
     return n
 
 
+def augment_rng_state(module: nn.Module) -> dict[str, dict[str, Any]]:
+    """``{module path: {"seed", "generators": {device: state}}}`` of every :class:`RandomAugment` in ``module``.
+
+    What a mid-epoch checkpoint stores so a resumed run draws exactly the augmentation the stopped run would have.
+    """
+    return {
+        name: {"seed": m.seed, "generators": {dev: g.get_state() for dev, g in m._generators.items()}}
+        for name, m in module.named_modules()
+        if isinstance(m, RandomAugment)
+    }
+
+
+def set_augment_rng_state(module: nn.Module, state: dict[str, dict[str, Any]]) -> None:
+    """Inverse of :func:`augment_rng_state` (modules absent from ``state`` are left as they are)."""
+    for name, m in module.named_modules():
+        if isinstance(m, RandomAugment) and name in state:
+            m.seed = int(state[name]["seed"])
+            m._generators = {}
+            for dev, gen_state in state[name]["generators"].items():
+                gen = torch.Generator(device=dev)
+                gen.set_state(gen_state)
+                m._generators[dev] = gen
+
+
 # ------------------------------------------------------------------------------------------- waveform
 
 

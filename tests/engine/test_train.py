@@ -222,7 +222,7 @@ def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path, s
 
     from engine.train import saved_state_dir
 
-    extra = ["optim.epochs=4", "optim.max_steps_per_epoch=3", "model.augment.mixup_p=0.5"]
+    extra = ["optim.epochs=4", "optim.max_steps_per_epoch=3", "model.augment.mixup_p=0.5", "run.save_every_steps=1"]
     full = train(quick_config(synthetic_shards, tmp_path / "full", *extra))
     cut = tmp_path / "cut"
     cmd = [sys.executable, "-m", "engine.train", f"--shards={synthetic_shards}", f"--out={cut}", *QUICK, *extra]
@@ -288,3 +288,34 @@ def test_class_weighted_validation_loss_is_the_weighted_mean(tmp_path, synthetic
             labels.append(batch["label"][ok])
     expected = F.cross_entropy(torch.cat(logits), torch.cat(labels), weight=weight).item()
     assert summary["history"][0]["valid_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_crash_mid_epoch_resumes_from_the_mid_epoch_state_to_the_uninterrupted_result(tmp_path, synthetic_shards, monkeypatch):
+    """``run.save_every_steps``: a run that dies right after saving at batch 2 of epoch 1 resumes there (data
+    position, optimiser, dropout and augmentation streams) and ends exactly as the run that never stopped."""
+    import engine.train as train_module
+
+    extra = ["optim.epochs=3", "optim.max_steps_per_epoch=4", "model.augment.mixup_p=0.5", "model.augment.noise_p=0.5",
+             "run.save_every_steps=2", "optim.schedule=cosine"]  # fmt: skip
+    full = train(quick_config(synthetic_shards, tmp_path / "full", *extra))
+
+    real_save = train_module.save_train_state
+
+    def save_then_crash(accelerator, run_dir, state, net):
+        real_save(accelerator, run_dir, state, net)
+        if state.epoch == 1 and state.epoch_step == 2:
+            raise RuntimeError("simulated crash right after a mid-epoch save")
+
+    monkeypatch.setattr(train_module, "save_train_state", save_then_crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(quick_config(synthetic_shards, tmp_path / "cut", *extra))
+    monkeypatch.setattr(train_module, "save_train_state", real_save)
+    saved = json.loads((tmp_path / "cut" / "state" / "train_state.json").read_text())
+    assert (saved["epoch"], saved["epoch_step"]) == (1, 2)
+
+    resumed = train(quick_config(synthetic_shards, tmp_path / "cut", "run.resume=true", *extra))
+    keys = ("epoch", "step", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "valid_track_acc")
+    assert [{k: r[k] for k in keys} for r in resumed["history"]] == [{k: r[k] for k in keys} for r in full["history"]]
+    sa = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model_state"]
+    sb = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["model_state"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
