@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import hashlib
 import io
 import json
 import logging
@@ -479,6 +480,45 @@ def read_records(path: str | os.PathLike, fmt: str) -> Iterator[dict[str, Any]]:
             yield rec
 
 
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_output_identity(out: str, checkpoint: str, fmt: str, top_k: int, timeline: bool, *, write: bool) -> None:
+    """Refuse to resume ``out`` with another model or another CSV layout; record this run's identity.
+
+    ``OUT.run.json`` beside the output holds the model file's sha256 and the settings that shape a line
+    (format; for CSV also top-k and timeline, which fix its header). A rerun into an ``out`` that already
+    holds lines must match them, or the file would silently mix two models' genres (or CSV rows under
+    another header).
+    """
+    meta_path = out + ".run.json"
+    ident = {"model_sha256": _file_sha256(checkpoint), "model": os.path.abspath(checkpoint), "format": fmt,
+             "top_k": top_k, "timeline": timeline}  # fmt: skip
+    has_lines = any(os.path.isfile(f) and os.path.getsize(f) > 0 for f in [out, *_part_files(out)])
+    if has_lines and os.path.isfile(meta_path):
+        old = json.loads(Path(meta_path).read_text())
+        # a CSV's header fixes top-k and the timeline column; JSONL lines carry their own fields
+        keys = ("model_sha256", "format", "top_k", "timeline") if fmt == "csv" else ("model_sha256", "format")
+        diff = [k for k in keys if old.get(k) != ident[k]]
+        if diff:
+            what = "another model (" + old.get("model", "?") + ")" if "model_sha256" in diff else ", ".join(
+                f"{k}={old.get(k)!r}" for k in diff
+            )
+            raise ValueError(
+                f"{out} already holds results made with {what}; resuming would mix them. "
+                "Choose another --out, or delete the file (and its .run.json) to start over."
+            )
+    if write:
+        tmp = meta_path + ".tmp"
+        Path(tmp).write_text(json.dumps(ident, indent=2))
+        os.replace(tmp, meta_path)
+
+
 def _part_files(out: str) -> list[str]:
     return sorted(glob.glob(glob.escape(out) + ".rank*.part"))
 
@@ -794,8 +834,12 @@ def classify(
     sr, seg, labels = predictor.sample_rate, predictor.segment_samples, predictor.labels
     top_k = min(top_k, len(labels))
 
-    # resume: the main process repairs torn last lines, then every rank reads what is done
+    # resume: same model and line layout as the lines already there; the main process repairs torn last
+    # lines, then every rank reads what is done
+    check_output_identity(out, os.fspath(checkpoint), fmt, top_k, timeline, write=False)  # every rank: no hang
+    state.wait_for_everyone()
     if state.is_main_process:
+        check_output_identity(out, os.fspath(checkpoint), fmt, top_k, timeline, write=True)
         for f in [out, *_part_files(out)]:
             repair_tail(f)
     state.wait_for_everyone()

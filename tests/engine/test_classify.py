@@ -454,3 +454,20 @@ def test_help_states_each_default_once() -> None:
     assert "(default: None)" not in text
     assert "spread evenly (default: all) --pad" in text  # stated by the help itself, not appended twice
     assert "genres per file (default: 3)" in text  # appended from the parser
+
+
+def test_resume_with_another_model_or_line_layout_is_refused(tmp_path: Path, ckpt: Path) -> None:
+    tracks = _many_tracks(tmp_path / "in", 3)
+    out = tmp_path / "r.jsonl"
+    classify(ckpt, tracks[:2], out, num_workers=0, progress=False)
+    other = make_checkpoint(tmp_path / "other.pt", seed=1)
+    with pytest.raises(ValueError, match="another model"):
+        classify(other, tracks, out, num_workers=0, progress=False)
+    csv_out = tmp_path / "r.csv"
+    classify(ckpt, tracks[:1], csv_out, num_workers=0, progress=False)
+    with pytest.raises(ValueError, match="top_k=3"):  # a CSV header is fixed by top-k
+        classify(ckpt, tracks, csv_out, top_k=2, num_workers=0, progress=False)
+    assert len(list(read_records(out, "jsonl"))) == 2  # nothing was appended by the refused runs
+    assert len(list(read_records(csv_out, "csv"))) == 1
+    s = classify(ckpt, tracks, out, num_workers=0, progress=False)  # the same model resumes
+    assert s["new"] == 1 and len(list(read_records(out, "jsonl"))) == 3
