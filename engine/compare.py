@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from engine.checkpoint import CheckpointError
-from engine.config import ConfigError, from_dict, load_yaml, to_dict
+from engine.config import ConfigError, config_json, from_dict, load_yaml
 from engine.cv import evaluate_best, flatten_metrics
 from engine.models import ModelConfig
 from engine.train import TrainConfig, config_from_args, saved_state_dir, train
@@ -103,7 +103,7 @@ def compare(cfg: TrainConfig, models: list[str], out_dir: str | Path, features: 
         }
         done.write_text(json.dumps(row, indent=2))
         rows.append(row)
-    (out_dir / "comparison.json").write_text(json.dumps({"config": to_dict(cfg), "rows": rows}, indent=2))
+    (out_dir / "comparison.json").write_text(json.dumps({"config": config_json(cfg), "rows": rows}, indent=2, allow_nan=False))
     (out_dir / "comparison.md").write_text(comparison_markdown(rows))
     try:
         from engine.plots import comparison_chart_png

@@ -8,6 +8,7 @@ checkpoints store, so inference rebuilds everything from the checkpoint alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -73,6 +74,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str) and value.strip().lower().lstrip("+-.") in ("inf", "nan"):
+            return float(value.strip().lower().replace(".inf", "inf"))  # "inf" as written by config_json
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -131,6 +134,22 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def config_json(obj: Any) -> Any:
+    """:func:`to_dict` for strict JSON files: non-finite floats (e.g. ``chroma_norm: inf``) become the
+    strings ``"inf"`` / ``"-inf"`` / ``"nan"``, which :func:`from_dict` reads back as floats."""
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
+    return fix(to_dict(obj))
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

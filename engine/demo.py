@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.config import apply_overrides, from_dict, to_dict
+from engine.config import apply_overrides, config_json, from_dict
 from engine.train import TrainConfig, saved_state_dir, train
 
 
@@ -114,7 +114,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         "track_macro_f1": float(metrics["track"].get("macro_f1", float("nan"))),
         "classify": {k: v for k, v in csummary.items() if isinstance(v, (int, float, str, dict))},
         "seconds": time.perf_counter() - t0,
-        "config": to_dict(cfg),
+        "config": config_json(cfg),
         "checkpoint": ckpt,
     }
     (out / "demo.json").write_text(json.dumps(report, indent=2, default=str))

@@ -95,6 +95,16 @@ def test_cli_overrides_may_stand_before_and_after_options(tmp_path, capsys):
     assert "arch: rnn" in printed and "lr: 0.0003" in printed and f"out_dir: {tmp_path / 'r'}" in printed
 
 
+def test_config_round_trips_through_strict_json_with_non_finite_floats():
+    from engine.config import config_json, from_dict
+
+    cfg = load_config(TrainConfig, None, ["data.shards=x", "model.features.chroma_norm=.inf"])
+    text = json.dumps(config_json(cfg), allow_nan=False)  # strict JSON: no Infinity literal
+    assert '"chroma_norm": "inf"' in text
+    again = from_dict(TrainConfig, json.loads(text))
+    assert again == cfg and again.model.features.chroma_norm == float("inf")
+
+
 def test_example_configs_load(tmp_path):
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         cfg = load_config(TrainConfig, path, ["data.shards=x"])
