@@ -49,6 +49,7 @@ from engine.cli import HelpFormatter
 from engine.distributed import autocast
 from engine.logs import setup_logging
 from shards.audio import AudioError, AudioInfo, is_audio_name, load_audio, probe
+from shards.windows import window_starts
 
 logger = logging.getLogger(__name__)
 
@@ -125,27 +126,6 @@ def iter_inputs(
 
 
 # --------------------------------------------------------------------------------------------- windows
-
-
-def window_starts(num_samples: int, segment_samples: int, max_windows: int | None = None) -> np.ndarray:
-    """Start sample of every window of a track of ``num_samples`` (at the model rate), int64 ``(n,)``.
-
-    Windows tile the track with hop = window; a remainder of at least half a window adds one more window
-    aligned to the track end. ``max_windows`` keeps that many, spread evenly from start to end. A track
-    shorter than a window has one window at 0 (padded by the caller).
-    """
-    if num_samples <= segment_samples:
-        return np.zeros(1, dtype=np.int64)
-    n_full = num_samples // segment_samples
-    starts = np.arange(n_full, dtype=np.int64) * segment_samples
-    if num_samples - n_full * segment_samples >= segment_samples // 2:
-        starts = np.append(starts, num_samples - segment_samples)
-    if max_windows is not None and max_windows < len(starts):
-        if max_windows == 1:
-            starts = np.array([(num_samples - segment_samples) // 2], dtype=np.int64)
-        else:
-            starts = np.rint(np.linspace(0, num_samples - segment_samples, max_windows)).astype(np.int64)
-    return starts
 
 
 def _to_int16(x: np.ndarray) -> np.ndarray:
@@ -236,7 +216,7 @@ def _whole_file(
     if wave.size < segment_samples:
         notes.append(f"short: {wave.size / sample_rate:.2f} s {pad}-padded to one window")
         wave = _fit(wave, segment_samples, pad)
-    starts = window_starts(wave.size, segment_samples, max_windows)  # decoded length, not the header's
+    starts = window_starts(wave.size, segment_samples, max_windows=max_windows)  # decoded length, not the header's
     pcm = _to_int16(wave)
     del wave
     peak = 0
@@ -257,7 +237,7 @@ def _chunked(
     """Contiguous runs of windows read in chunks of ``per_piece`` windows, with a margin for the resampler."""
     orig = info.orig_sample_rate
     n_target = int(math.ceil(info.frames * float(sample_rate) / orig))
-    starts = window_starts(n_target, segment_samples, max_windows)
+    starts = window_starts(n_target, segment_samples, max_windows=max_windows)
     groups: list[list[int]] = [[int(starts[0])]]
     for s in starts[1:]:
         g = groups[-1]

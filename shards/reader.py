@@ -46,6 +46,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import format as fmt
+from .windows import window_starts
 
 log = logging.getLogger(__name__)
 
@@ -443,9 +444,6 @@ def _fit(x: np.ndarray, length: int, pad_mode: str, phase: int) -> np.ndarray:
     return np.concatenate([x] * reps, axis=0)[phase : phase + length]
 
 
-def _num_windows(length: int, segment: int, hop: int) -> int:
-    """Windows of ``segment`` every ``hop`` covering a track of ``length`` (>= 1; the last may be partial)."""
-    return 1 + max(0, -(-(length - segment) // hop))
 
 
 # ----------------------------------------------------------------------------------------------- stream
@@ -722,7 +720,7 @@ class ShardStream(IterableDataset):
         """Evaluation windows per track, in track order."""
         idx = self._build_index()
         seg, hop = self.segment_samples, self.hop_samples
-        return [_num_windows(idx.lengths[i], seg, hop) for i in self._selected or []]
+        return [len(window_starts(idx.lengths[i], seg, hop=hop)) for i in self._selected or []]
 
     # -- partition
     def _train_layout(self) -> tuple[int, int, int]:
@@ -878,6 +876,7 @@ class ShardStream(IterableDataset):
 
         state = {"row": 0}
         cur: dict[str, Any] = {}
+        starts: dict[str, Any] = {}
 
         def new_batch() -> None:
             cur["x"], cur["xt"] = _batch_array(shape, dtype, zero=True)
@@ -890,7 +889,10 @@ class ShardStream(IterableDataset):
             """Window ``w`` of ``track`` (x: the whole track, None when unreadable) into the next row."""
             row = state["row"]
             if x is not None:
-                piece = x[w * hop : w * hop + seg]
+                if starts.get("track") != track:  # tracks arrive one after the other: cache one
+                    starts["track"], starts["at"] = track, window_starts(idx.lengths[sel[track]], seg, hop=hop)
+                start = int(starts["at"][w])  # the window policy classify uses
+                piece = x[start : start + seg]
                 cur["x"][row, : piece.shape[0]] = piece
                 cur["track"][row], cur["label"][row], cur["valid"][row] = track, label, True
             state["row"] = row + 1

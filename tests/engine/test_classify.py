@@ -81,7 +81,7 @@ def eager_probs(ckpt: Path, path: Path, max_windows: int | None = None) -> np.nd
     """Reference: librosa-equivalent whole-file decode, windows cut by hand, model run eagerly, mean."""
     model, info = load_model(ckpt, "cpu")
     wave, _ = load_audio(path, info["sample_rate"])
-    starts = window_starts(len(wave), SEG, max_windows)
+    starts = window_starts(len(wave), SEG, max_windows=max_windows)
     wave = np.pad(wave, (0, max(0, SEG - len(wave))))
     pcm = np.clip(np.rint(wave * 32768.0), -32768, 32767).astype(np.int16)
     x = torch.from_numpy(np.stack([pcm[s : s + SEG] for s in starts]))
@@ -387,13 +387,14 @@ def test_run_killed_midway_then_resumed_gives_every_file_exactly_once(tmp_path: 
     out = tmp_path / "r.jsonl"
     cmd = [sys.executable, "-m", "engine.classify", str(ckpt), str(tmp_path / "in"), "--out", str(out),
            "--batch-size", "1", "--num-workers", "1", "--no-progress", "--timeline"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # its own process group: the kill takes the decode workers too, as killing the job would
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if out.exists() and out.read_bytes().count(b"\n") >= 5:
             break
         time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     first = out.read_bytes()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import socket
 import subprocess
@@ -140,8 +139,9 @@ def checkpoint(tmp_path_factory) -> Path:
 def reference_track_predictions(
     ckpt: Path, shard_dir: Path, model_labels: list[str]
 ) -> dict[str, tuple[int, list]]:
-    """Independent computation: read every track from the tars, cut 0.5-s windows (last zero-padded),
-    run the model, average window probabilities -> {key: (true label index, mean probs)}."""
+    """Independent computation: read every track from the tars, cut 0.5-s windows (a tail of at least half a
+    window gets one end-aligned window, a shorter track one zero-padded window), run the model, average
+    window probabilities -> {key: (true label index, mean probs)}."""
     model, _ = load_model(ckpt, "cpu")
     out = {}
     for tar_path in sorted(shard_dir.glob("test-*.tar")):
@@ -152,10 +152,12 @@ def reference_track_predictions(
                 continue
             meta = fmt.decode_meta(data)
             pcm = fmt.decode_pcm(members[f"{meta['key']}.pcm"])
-            n = max(1, math.ceil(pcm.size / SEGMENT))
-            windows = np.zeros((n, SEGMENT), dtype=np.int16)
-            for w in range(n):
-                piece = pcm[w * SEGMENT : (w + 1) * SEGMENT]
+            starts = list(range(0, pcm.size - SEGMENT + 1, SEGMENT)) or [0]
+            if pcm.size > SEGMENT and (pcm.size - SEGMENT) - starts[-1] >= SEGMENT // 2:
+                starts.append(pcm.size - SEGMENT)
+            windows = np.zeros((len(starts), SEGMENT), dtype=np.int16)
+            for w, start in enumerate(starts):
+                piece = pcm[start : start + SEGMENT]
                 windows[w, : piece.size] = piece
             with torch.inference_mode():
                 probs = torch.softmax(model(torch.from_numpy(windows)).float(), dim=1).mean(0)
@@ -229,8 +231,8 @@ def test_evaluate_counts_every_track_and_matches_manual_computation(shard_set, c
     ref = reference_track_predictions(checkpoint, shard_set, LABELS)
     assert m["track"]["n"] == len(ref) == 9 == m["tracks_expected"]
     assert m["world_size"] == 1 and m["tracks_missing"] == []
-    # 0.3 s -> 1 window, 0.9 s -> 2, 1.6 s -> 4 : 7 windows per label
-    assert m["segment"]["n"] == m["windows"] == 21
+    # 0.3 s -> 1 window, 0.9 s -> 2 (0.4-s tail: end-aligned), 1.6 s -> 3 (0.1-s tail left out): 6 per label
+    assert m["segment"]["n"] == m["windows"] == 18
     manual_acc = sum(int(np.argmax(p)) == t for t, p in ref.values()) / len(ref)
     assert m["track"]["accuracy"] == pytest.approx(manual_acc)
     with open(out / "predictions.csv", newline="") as f:
@@ -270,9 +272,9 @@ def test_evaluate_with_label_map_reports_unmapped_class(tmp_path, checkpoint):
 def test_hop_fold_and_bf16_options(tmp_path, checkpoint):
     shards = make_shard_set(tmp_path / "folded", LABELS, tracks_per_label=3, folds=2)
     full = evaluate_checkpoint(checkpoint, shards, num_workers=0, progress=False)
-    # hop 0.25 s over 0.5-s windows: 0.3 s -> 1 window, 0.9 s -> 3, 1.6 s -> 6 (last ones zero-padded)
+    # hop 0.25 s over 0.5-s windows: 0.3 s -> 1 window, 0.9 s -> 3 (0, 0.25, end-aligned 0.4), 1.6 s -> 5
     hop = evaluate_checkpoint(checkpoint, shards, hop_seconds=0.25, num_workers=0, progress=False)
-    assert hop["windows"] == 3 * (1 + 3 + 6) and hop["hop_seconds"] == 0.25
+    assert hop["windows"] == 3 * (1 + 3 + 5) and hop["hop_seconds"] == 0.25
     assert hop["track"]["n"] == full["track"]["n"] == 9
     # fold 1 holds track j=1 (0.9 s, 2 windows) of each label
     fold = evaluate_checkpoint(checkpoint, shards, fold=1, num_workers=0, progress=False)

@@ -35,7 +35,7 @@ def main() -> None:
     batches = list(make_loader(ev, num_workers=num_workers))
     result["eval_batches"] = len(batches)
     result["eval_windows"] = [
-        [int(t), int(w[0]) % 1024 // segment]
+        [int(t), int(w[0]) % 1024]  # (track, window start)
         for b in batches
         for t, w, ok in zip(b["track"], b["wave"], b["valid"])
         if ok

@@ -22,6 +22,7 @@ import torch
 
 from shards import format as fmt
 from shards.reader import ShardStream, make_loader
+from shards.windows import window_starts
 
 LABELS = ["blues", "jazz", "rock"]
 SR = 8000
@@ -202,7 +203,11 @@ def test_eval_yields_every_window_once_with_track_index_and_padding(tmp_path):
     assert s.track_keys() == [t["key"] for t in tracks]
     assert s.track_labels() == [t["label_index"] for t in tracks]
     assert s.track_paths() == [f"{t['key']}.wav" for t in tracks]
-    expected_windows = [1 + max(0, -(-(n - seg) // hop)) for n in lengths]  # [1, 1, 2, 4, 7, 21]
+    # every hop while a window fits; a tail of >= hop/2 gets one end-aligned window (65: a 1-sample tail is
+    # left out; 999: a 23-sample tail is, 200 and 333 get one at n - seg); short tracks one padded window
+    expected_starts = {0: [0], 1: [0], 2: [0], 3: [0, 48, 96, 136], 4: [0, 48, 96, 144, 192, 240, 269],
+                       5: [48 * k for k in range(20)]}  # fmt: skip
+    expected_windows = [len(expected_starts[t]) for t in range(len(lengths))]  # [1, 1, 1, 4, 7, 20]
     assert s.num_windows() == expected_windows
     batches = drain(s)
     assert len(batches) == len(s) == -(-sum(expected_windows) // bs)
@@ -216,11 +221,11 @@ def test_eval_yields_every_window_once_with_track_index_and_padding(tmp_path):
                 assert t == -1 and not row.any()
                 continue
             pcm = tracks[t]["pcm"]
-            start = len(seen.setdefault(t, [])) * hop
+            start = expected_starts[t][len(seen.setdefault(t, []))]
             seen[t].append(start)
             want = np.zeros(seg, np.int16)
             piece = pcm[start : start + seg]
-            want[: len(piece)] = piece  # last partial window / short track: zero-padded
+            want[: len(piece)] = piece  # a short track: zero-padded
             np.testing.assert_array_equal(row, want)
             assert int(label) == tracks[t]["label_index"]
     assert {t: len(v) for t, v in seen.items()} == dict(enumerate(expected_windows))
@@ -336,7 +341,7 @@ def test_feature_shards_yield_float16_frame_crops(tmp_path):
     ev = ShardStream(root, "train", train=False, segment_samples=64, batch_size=4)
     batches = drain(ev)
     assert tuple(batches[0]["feats"].shape) == (4, 64, 2)
-    assert sum(int(b["valid"].sum()) for b in batches) == 1 + 2 + 2
+    assert sum(int(b["valid"].sum()) for b in batches) == 1 + 1 + 2  # 80: a 16-frame tail is left out
 
 
 def test_long_unicode_keys_in_pax_headers(tmp_path):
@@ -386,9 +391,7 @@ def test_two_ranks_two_workers_see_each_track_once_and_equal_batches(tmp_path, l
         assert union == set(range(n))  # nothing lost across ranks x workers
     # evaluation: every window of every track exactly once over both ranks, equal batch counts
     windows = sorted(tuple(w) for r in results for w in r["eval_windows"])
-    expected = sorted(
-        (t, w) for t, tr in enumerate(tracks) for w in range(1 + max(0, -(-(len(tr["pcm"]) - seg) // seg)))
-    )
+    expected = sorted((t, int(w)) for t, tr in enumerate(tracks) for w in window_starts(len(tr["pcm"]), seg))
     assert windows == expected
     assert results[0]["eval_batches"] == results[1]["eval_batches"] == results[0]["eval_len"]
     assert all(r["eval_len"] == r["eval_batches"] for r in results)
@@ -424,15 +427,11 @@ def test_in_process_rank_partition_is_exact_for_any_world_size(tmp_path, world):
             for row, t, ok in zip(b["wave"].numpy(), b["track"].tolist(), b["valid"].tolist()):
                 if ok:
                     assert tracks_of(row)[0] == t
-                    windows.append((t, tracks_of(row)[1] // seg))
+                    windows.append((t, tracks_of(row)[1]))  # (track, window start)
     per_rank = math.ceil(math.ceil(16 / world) / bs)
     eval_lens = {x for x in lens if x[0] == "eval"}
     assert lens - eval_lens == {(per_rank, per_rank)}  # every rank: len == yielded, equal counts
     assert len(eval_lens) == 1 and all(a == b for _, a, b in eval_lens)
     assert set(train_rows) == set(range(16)) and len(train_rows) == world * per_rank * bs
-    expected = [
-        (t, w)
-        for t, tr in enumerate(tracks)
-        for w in range(math.ceil(max(len(tr["pcm"]) - seg, 0) / seg) + 1)
-    ]
+    expected = [(t, int(w)) for t, tr in enumerate(tracks) for w in window_starts(len(tr["pcm"]), seg)]
     assert sorted(windows) == expected  # every window of every track exactly once over all ranks

@@ -1,0 +1,35 @@
+"""Where a track is cut into model windows: one policy for evaluation (shards.reader) and classification.
+
+Windows of ``segment`` samples start every ``hop`` samples while they fit inside the track; a tail of at
+least half a hop gets one more window aligned to the track's end (real audio instead of zero padding; a
+shorter tail is left out). A track no longer than one window has one window at 0 (the caller pads it).
+So ``python -m engine evaluate`` scores exactly the windows ``python -m engine classify`` averages.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def window_starts(
+    num_samples: int, segment: int, *, hop: int | None = None, max_windows: int | None = None
+) -> np.ndarray:
+    """Start sample of every window of a track of ``num_samples``, int64 ``(n,)``, ``n >= 1``.
+
+    ``hop`` defaults to ``segment`` (non-overlapping). ``max_windows`` keeps that many, spread evenly from
+    the first to the last possible start (one window: the middle of the track).
+    """
+    hop = segment if hop is None else hop
+    if segment <= 0 or hop <= 0:
+        raise ValueError(f"segment and hop must be > 0, got {segment}, {hop}")
+    if num_samples <= segment:
+        return np.zeros(1, dtype=np.int64)
+    last = num_samples - segment  # the last start that fits
+    starts = np.arange(0, last + 1, hop, dtype=np.int64)
+    if last - starts[-1] >= max(1, hop // 2):  # tail not covered by a window
+        starts = np.append(starts, np.int64(last))
+    if max_windows is not None and max_windows < len(starts):
+        if max_windows == 1:
+            return np.array([last // 2], dtype=np.int64)
+        return np.rint(np.linspace(0, last, max_windows)).astype(np.int64)
+    return starts
