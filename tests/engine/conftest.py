@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,39 @@ def make_synthetic_shards(root: Path, *, clips_per_genre: int, duration: float, 
 def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 genres x 12 clips x 3 s, stratified 70/15/15 (32/8/8 tracks... by ingest's rounding), 3 folds."""
     return make_synthetic_shards(tmp_path_factory.mktemp("synth"), clips_per_genre=12, duration=3.0, folds=3)
+
+
+def tiny_checkpoint(path: Path, labels: list[str], sample_rate: int, segment_samples: int, seed: int = 0) -> Path:
+    """A tiny untrained CNN on 16-band log-mels with non-trivial BatchNorm statistics (so eval mode matters);
+    plumbing tests compare against this model's own eager outputs, not against genres."""
+    import torch
+
+    from engine.checkpoint import save_checkpoint
+    from engine.config import from_dict, to_dict
+    from engine.models import ModelConfig, build_model
+
+    torch.manual_seed(seed)
+    cfg = from_dict(
+        ModelConfig,
+        {
+            "arch": "cnn",
+            "params": {"channels": [4, 8], "hidden": 16, "dropout": 0.0},
+            "features": {"n_fft": 256, "hop_length": 128, "n_mels": 16, "n_mfcc": 13},
+        },
+    )
+    model = build_model(cfg, len(labels), sample_rate, segment_samples)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return save_checkpoint(
+        path, model=model, config={"model": to_dict(cfg)}, labels=labels, sample_rate=sample_rate,
+        segment_samples=segment_samples, epoch=0, metrics={},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def make_tiny_checkpoint() -> Callable[..., Path]:
+    """:func:`tiny_checkpoint` for tests and module-scoped fixtures."""
+    return tiny_checkpoint

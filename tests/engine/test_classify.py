@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from engine.checkpoint import load_model, save_checkpoint
+from engine.checkpoint import load_model
 from engine.classify import (
     CheckpointInputError,
     _merge_parts,
@@ -28,8 +28,6 @@ from engine.classify import (
     repair_tail,
     window_starts,
 )
-from engine.config import from_dict, to_dict
-from engine.models import ModelConfig, build_model
 from shards.audio import load_audio
 
 SR = 8000  # model rate, Hz
@@ -38,28 +36,6 @@ LABELS = ["blues", "jazz", "metal", "pop"]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def make_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A tiny untrained CNN on 16-band log-mels (plumbing tests compare with eager outputs, not genres)."""
-    torch.manual_seed(seed)
-    cfg = from_dict(
-        ModelConfig,
-        {
-            "arch": "cnn",
-            "params": {"channels": [4, 8], "hidden": 16, "dropout": 0.0},
-            "features": {"n_fft": 256, "hop_length": 128, "n_mels": 16, "n_mfcc": 13},
-        },
-    )
-    model = build_model(cfg, len(LABELS), SR, SEG)
-    # non-trivial BatchNorm statistics so eval mode matters
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return save_checkpoint(
-        path, model=model, config={"model": to_dict(cfg)}, labels=LABELS, sample_rate=SR,
-        segment_samples=SEG, epoch=0, metrics={},
-    )  # fmt: skip
 
 
 def tone(seconds: float, sr: int, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -73,8 +49,8 @@ def tone(seconds: float, sr: int, channels: int = 1, seed: int = 0) -> np.ndarra
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+def ckpt(tmp_path_factory: pytest.TempPathFactory, make_tiny_checkpoint) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", LABELS, SR, SEG)
 
 
 def eager_probs(ckpt: Path, path: Path, max_windows: int | None = None) -> np.ndarray:
@@ -457,11 +433,11 @@ def test_help_states_each_default_once() -> None:
     assert "genres per file (default: 3)" in text  # appended from the parser
 
 
-def test_resume_with_another_model_or_line_layout_is_refused(tmp_path: Path, ckpt: Path) -> None:
+def test_resume_with_another_model_or_line_layout_is_refused(tmp_path: Path, ckpt: Path, make_tiny_checkpoint) -> None:
     tracks = _many_tracks(tmp_path / "in", 3)
     out = tmp_path / "r.jsonl"
     classify(ckpt, tracks[:2], out, num_workers=0, progress=False)
-    other = make_checkpoint(tmp_path / "other.pt", seed=1)
+    other = make_tiny_checkpoint(tmp_path / "other.pt", LABELS, SR, SEG, seed=1)
     with pytest.raises(ValueError, match="another model"):
         classify(other, tracks, out, num_workers=0, progress=False)
     csv_out = tmp_path / "r.csv"

@@ -12,38 +12,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from engine.checkpoint import load_model, save_checkpoint
+from engine.checkpoint import load_model
 from engine.classify import CheckpointInputError, classify, is_torchscript_file, read_records
-from engine.config import from_dict, to_dict
 from engine.export import export_model, main
-from engine.models import ModelConfig, build_model
 
 SR = 8000  # model rate, Hz
 SEG = 8000  # 1-s windows
 LABELS = ["blues", "jazz", "metal", "pop"]
 
 
-def make_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A tiny untrained CNN on 16-band log-mels with non-trivial BatchNorm statistics."""
-    torch.manual_seed(seed)
-    cfg = from_dict(
-        ModelConfig,
-        {
-            "arch": "cnn",
-            "params": {"channels": [4, 8], "hidden": 16, "dropout": 0.0},
-            "features": {"n_fft": 256, "hop_length": 128, "n_mels": 16, "n_mfcc": 13},
-        },
-    )
-    model = build_model(cfg, len(LABELS), SR, SEG)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return save_checkpoint(
-        path, model=model, config={"model": to_dict(cfg)}, labels=LABELS, sample_rate=SR,
-        segment_samples=SEG, epoch=0, metrics={},
-    )  # fmt: skip
 
 
 def tone(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
@@ -55,8 +32,8 @@ def tone(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=1)
+def ckpt(tmp_path_factory: pytest.TempPathFactory, make_tiny_checkpoint) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", LABELS, SR, SEG, seed=1)
 
 
 def eager(ckpt: Path, x: torch.Tensor) -> torch.Tensor:
