@@ -105,12 +105,9 @@ def compare(cfg: TrainConfig, models: list[str], out_dir: str | Path, features: 
         rows.append(row)
     (out_dir / "comparison.json").write_text(json.dumps({"config": config_json(cfg), "rows": rows}, indent=2, allow_nan=False))
     (out_dir / "comparison.md").write_text(comparison_markdown(rows))
-    try:
-        from engine.plots import comparison_chart_png
+    from engine.plots import comparison_chart_png  # matplotlib: only when a table is done
 
-        comparison_chart_png(rows, out_dir / "comparison.png")
-    except ImportError:
-        pass
+    comparison_chart_png(rows, out_dir / "comparison.png")
     return rows
 
 

@@ -452,7 +452,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.run.compile:
         model = torch.compile(model)
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
+    # the loop state itself lives in train_state.json (written last into each saved state, read on resume)
     if scheduler is not None:
         accelerator.register_for_checkpointing(scheduler)
     if cfg.run.resume:
@@ -598,10 +598,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    try:
-        from engine.plots import training_curves_png
-    except ImportError:  # plots are a report nicety; training never fails for them
-        return
+    # matplotlib is imported when the first epoch ends, not at start
+    from engine.plots import training_curves_png
+
     training_curves_png(history, run_dir / "curves.png")
 
 
