@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["comparison_chart_png", "confusion_matrix_png", "training_curves_png"]
+__all__ = ["comparison_chart", "comparison_chart_png", "confusion_matrix_png", "training_curves_png"]
 
 _DPI = 110
 
@@ -192,16 +192,9 @@ def _lookup(row: dict[str, Any], metric: str, level: str) -> float | None:
     return None
 
 
-def comparison_chart_png(
-    rows: list[dict[str, Any]], path: str | Path, title: str = "Model comparison"
-) -> Path:
-    """Grouped bars, one group per metric, one bar per model: accuracy and macro precision, recall, F1 at
-    segment and track level (%).
-
-    ``rows``: one dict per model with ``"model"`` (or ``"name"``) and the metrics either nested like an
-    evaluation's metrics.json (``{"segment": {"accuracy": ...}, "track": {...}}``) or flat
-    (``"segment_accuracy"``, ``"track_macro_f1"``, ...). Metrics a row lacks are left out (no bar).
-    """
+def comparison_chart(rows: list[dict[str, Any]], title: str = "Model comparison") -> Figure:
+    """The figure of :func:`comparison_chart_png`, unsaved (one ``Axes``; one bar container per model,
+    labelled with the model's name, bar heights in %)."""
     if not rows:
         raise ValueError("comparison_chart_png needs at least one model row")
     names = [str(r.get("model", r.get("name", f"model {i}"))) for i, r in enumerate(rows)]
@@ -229,4 +222,18 @@ def comparison_chart_png(
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=min(n_models, 4), loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def comparison_chart_png(
+    rows: list[dict[str, Any]], path: str | Path, title: str = "Model comparison"
+) -> Path:
+    """Grouped bars, one group per metric, one bar per model: accuracy and macro precision, recall, F1 at
+    segment and track level (%).
+
+    ``rows``: one dict per model with ``"model"`` (or ``"name"``) and the metrics either nested like an
+    evaluation's metrics.json (``{"segment": {"accuracy": ...}, "track": {...}}``) or flat
+    (``"segment_accuracy"``, ``"track_macro_f1"``, ...); a row may mix both, and where it has both for one
+    metric the nested value is used. Metrics a row lacks are left out (no bar).
+    """
+    return _save(comparison_chart(rows, title), path)

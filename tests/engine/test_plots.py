@@ -1,4 +1,4 @@
-"""engine.plots: each figure is a real, non-blank PNG; bad input fails clearly."""
+"""engine.plots: each figure is a real, non-blank PNG showing the values it is given; bad input fails clearly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from engine.plots import comparison_chart_png, confusion_matrix_png, training_curves_png
+from engine.plots import comparison_chart, comparison_chart_png, confusion_matrix_png, training_curves_png
 
 
 def _png(path) -> np.ndarray:
@@ -47,16 +47,77 @@ def test_training_curves_png_skips_missing_and_nan_values(tmp_path):
     assert mpimg.imread(training_curves_png(no_lr, tmp_path / "c2.png")).shape[1] < wide
 
 
-def test_comparison_chart_png_accepts_nested_and_flat_rows(tmp_path):
-    rows = [
-        {
-            "model": "cnn",
-            "segment": {"accuracy": 0.7, "macro_f1": 0.6},
-            "track": {"accuracy": 0.8, "macro_f1": 0.7},
-        },
-        {"model": "crnn", "segment_accuracy": 0.65, "track_accuracy": 0.75, "track_macro_recall": 0.7},
+def _bars(fig) -> dict[str, dict[str, float]]:
+    """What the comparison chart shows: ``{model: {group tick label: bar height (%)}}``, read back from the
+    figure's bar containers (one per model) and x tick labels (one per metric group)."""
+    (ax,) = fig.axes
+    groups = [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()]
+    out = {}
+    for bars in ax.containers:
+        shown = {}
+        for patch in bars.patches:
+            g = round(patch.get_x() + patch.get_width() / 2)  # bar centre -> its group (offsets < 0.5)
+            shown[groups[g]] = patch.get_height()
+        out[bars.get_label()] = shown
+    return out
+
+
+# the same two models' metrics as an evaluation's metrics.json (nested) and as a flat table row
+NESTED = [
+    {
+        "model": "cnn",
+        "segment": {"accuracy": 0.7, "macro_f1": 0.6},
+        "track": {"accuracy": 0.8, "macro_f1": 0.7},
+    },
+    {"model": "crnn", "segment": {"accuracy": 0.65}, "track": {"accuracy": 0.75, "macro_recall": 0.7}},
+]
+FLAT = [
+    {
+        "model": "cnn",
+        "segment_accuracy": 0.7,
+        "segment_macro_f1": 0.6,
+        "track_accuracy": 0.8,
+        "track_macro_f1": 0.7,
+    },
+    {"model": "crnn", "segment_accuracy": 0.65, "track_accuracy": 0.75, "track_macro_recall": 0.7},
+]
+EXPECTED = {  # % per (model, metric group); a metric a model lacks has no bar
+    "cnn": {"accuracy (segment)": 70.0, "accuracy (track)": 80.0, "macro F1 (segment)": 60.0, "macro F1 (track)": 70.0},
+    "crnn": {"accuracy (segment)": 65.0, "accuracy (track)": 75.0, "macro recall (track)": 70.0},
+}  # fmt: skip
+
+
+def test_comparison_chart_draws_each_row_value_as_a_bar_of_its_metric_nested_or_flat():
+    for rows in (NESTED, FLAT):
+        fig = comparison_chart(rows)
+        # groups in the fixed metric order, only those some model has
+        assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
+            "accuracy\n(segment)", "accuracy\n(track)", "macro recall\n(track)", "macro F1\n(segment)",
+            "macro F1\n(track)",
+        ]  # fmt: skip
+        bars = _bars(fig)
+        assert bars.keys() == EXPECTED.keys()
+        for model, shown in EXPECTED.items():
+            assert bars[model] == pytest.approx(shown)
+        # the value printed above each bar is its height
+        labels = [t.get_text() for t in fig.axes[0].texts]
+        assert sorted(labels) == sorted(f"{v:.1f}" for shown in EXPECTED.values() for v in shown.values())
+    # a row may mix both spellings; where it has both, the nested value (metrics.json) is the one drawn
+    mixed = [
+        {"name": "m", "segment": {"accuracy": 0.5}, "segment_accuracy": 0.9, "track_macro_precision": 0.25}
     ]
-    _png(comparison_chart_png(rows, tmp_path / "cmp.png"))
+    assert _bars(comparison_chart(mixed)) == {
+        "m": {"accuracy (segment)": 50.0, "macro precision (track)": 25.0}
+    }
+
+
+def test_comparison_chart_png_is_the_same_image_for_nested_and_flat_rows(tmp_path):
+    nested = _png(comparison_chart_png(NESTED, tmp_path / "nested.png"))
+    flat = _png(comparison_chart_png(FLAT, tmp_path / "flat.png"))
+    assert nested.shape == flat.shape and np.array_equal(nested, flat)
+    # and a different value is a different image (the comparison above is not vacuous)
+    changed = [dict(FLAT[0], track_accuracy=0.4), FLAT[1]]
+    assert not np.array_equal(mpimg.imread(comparison_chart_png(changed, tmp_path / "other.png")), flat)
 
 
 def test_comparison_chart_png_without_metrics_raises(tmp_path):
