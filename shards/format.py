@@ -35,6 +35,7 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "valid", "test")
 PCM_EXT = "pcm"
+PCM_SCALE = 32768.0  # float [-1, 1) <-> int16
 FEATS_EXT = "feats.npy"
 META_EXT = "json"
 
@@ -60,10 +61,15 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
+def to_pcm16(wave: np.ndarray) -> np.ndarray:
+    """float waveform in [-1, 1] -> int16 array of the same shape (rounded, clipped; the float dtype is kept
+    for the arithmetic: scaling by 2^15 and rounding are exact in float32, so float32 input needs no copy)."""
+    return np.clip(np.rint(wave * PCM_SCALE), -32768, 32767).astype(np.int16)
+
+
 def encode_pcm(wave: np.ndarray) -> bytes:
     """float waveform in [-1, 1] ``(T,)`` -> int16 little-endian bytes (rounded, clipped)."""
-    pcm = np.clip(np.rint(np.asarray(wave, dtype=np.float64) * 32768.0), -32768, 32767).astype("<i2")
-    return pcm.tobytes()
+    return to_pcm16(np.asarray(wave, dtype=np.float64)).astype("<i2", copy=False).tobytes()
 
 
 def decode_pcm(data: bytes) -> np.ndarray:

@@ -3,7 +3,9 @@
 Windows of ``segment`` samples start every ``hop`` samples while they fit inside the track; a tail of at
 least half a hop gets one more window aligned to the track's end (real audio instead of zero padding; a
 shorter tail is left out). A track no longer than one window has one window at 0 (the caller pads it).
-So ``python -m engine evaluate`` scores exactly the windows ``python -m engine classify`` averages.
+So ``python -m engine evaluate`` scores exactly the windows ``python -m engine classify`` averages, and a
+track shorter than its window is filled the same way (:func:`fit_length`) in training, evaluation and
+classification.
 """
 
 from __future__ import annotations
@@ -33,3 +35,17 @@ def window_starts(
             return np.array([last // 2], dtype=np.int64)
         return np.rint(np.linspace(0, last, max_windows)).astype(np.int64)
     return starts
+
+
+def fit_length(x: np.ndarray, length: int, pad: str = "zero", phase: int = 0) -> np.ndarray:
+    """``x`` ``(n, ...)`` -> ``(length, ...)`` along the first axis: cut to ``length``, or fill to it with zeros
+    (``pad="zero"``, or an empty ``x``) or with ``x`` looped, starting at sample ``phase`` (``pad="loop"``)."""
+    n = x.shape[0]
+    if n >= length:
+        return x[:length]
+    if n == 0 or pad == "zero":
+        out = np.zeros((length, *x.shape[1:]), dtype=x.dtype)
+        out[:n] = x
+        return out
+    reps = -(-(length + phase) // n)
+    return np.concatenate([x] * reps, axis=0)[phase : phase + length]
