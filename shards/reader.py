@@ -46,7 +46,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import format as fmt
-from .windows import window_starts
+from .windows import fit_length, window_starts
 
 log = logging.getLogger(__name__)
 
@@ -431,17 +431,6 @@ def _scan_split(shards: Sequence[tuple[str, int]]) -> _Index:
 
 
 # ------------------------------------------------------------------------------------------ crop utils
-
-
-def _fit(x: np.ndarray, length: int, pad_mode: str, phase: int) -> np.ndarray:
-    """``x`` (n, ...) shorter than ``length`` -> (length, ...): looped from ``phase`` or zero-padded."""
-    n = x.shape[0]
-    if n == 0 or pad_mode == "zero":
-        out = np.zeros((length, *x.shape[1:]), dtype=x.dtype)
-        out[:n] = x
-        return out
-    reps = -(-(length + phase) // n)
-    return np.concatenate([x] * reps, axis=0)[phase : phase + length]
 
 
 
@@ -848,7 +837,7 @@ class ShardStream(IterableDataset):
         if n < seg:
             if n == 0:
                 log.warning("%s: empty track, yielding silence", sample.key)
-            out[:] = _fit(x, seg, self.pad_mode, h % n if n else 0)
+            out[:] = fit_length(x, seg, self.pad_mode, h % n if n else 0)
             return
         off = h % (n - seg + 1) - sample.start  # data may already be the crop (partial read)
         out[:] = x[off : off + seg]
@@ -964,20 +953,27 @@ class ShardStream(IterableDataset):
 # ----------------------------------------------------------------------------------------------- loader
 
 
-def default_num_workers() -> int:
-    """DataLoader workers for this machine, from ``benchmarks/bench_loader.py``.
+def default_num_workers(processes: int = 1, *, decode: bool = False) -> int:
+    """DataLoader workers per process for this machine: the one worker policy of every job.
 
-    Measured on 2 cores (3-s crops of 30-s tracks, batch 32): in-process reading is 2-4x faster than 1 or
+    Reading shards (``decode=False``; training, evaluation), from ``benchmarks/bench_loader.py``. Measured on
+    2 cores (3-s crops of 30-s tracks, batch 32): in-process reading is 2-4x faster than 1 or
     2 workers: fork start-up of ~0.3 s per epoch, the hand-over of each 4.2 MB batch from a worker (~12 ms
     even for a bare DataLoader, i.e. a ceiling of ~2,600 crops/s per worker) and the worker competing with
     the main process for the same cores. So <= 2 cores -> 0. With more cores a worker
     overlaps reading with the training step; one worker already streams thousands of crops/s, so use one
     per 4 cores, at most 4 (each holds a shuffle slab of ``shuffle_buffer`` crops, e.g. 68 MB).
+
+    Decoding audio files (``decode=True``; ``engine classify``): decoding and resampling a file costs far
+    more than handing its windows over, so one worker per core of this process's share of the cores
+    (``processes`` on the machine), at least 1 and at most 8.
     """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
+    if decode:
+        return max(1, min(8, cores // max(1, processes)))
     if cores <= 2:
         return 0
     return min(4, max(1, cores // 4))
