@@ -17,7 +17,7 @@ import csv
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -117,11 +117,28 @@ def walk_files(root: Path) -> Iterator[Path]:
 
     Dangling symlinks are yielded too (the caller reports them); hidden files and directories are not.
     """
-    seen: set[tuple[int, int]] = set()
+    for p in walk_paths(root):
+        yield Path(p)
 
-    def rec(d: Path) -> Iterator[Path]:
+
+def walk_paths(
+    root: str | os.PathLike[str],
+    *,
+    seen: set[tuple[int, int]] | None = None,
+    file_dirs: Callable[[str], bool] | None = None,
+) -> Iterator[str]:
+    """:func:`walk_files` as strings: ``root`` as given joined with the entry names (``./a`` stays ``./a/x``).
+
+    Lazy per folder (a folder is listed and sorted when the walk reaches it). ``seen`` holds the (device,
+    inode) of the folders walked; pass one set to several calls to walk a folder named twice once.
+    ``file_dirs(name)`` True yields a directory as a file instead of entering it (``engine classify``: a
+    folder named ``x.wav`` gets its own error line).
+    """
+    seen = set() if seen is None else seen
+
+    def rec(d: str) -> Iterator[str]:
         try:
-            st = d.stat()
+            st = os.stat(d)
         except OSError:
             return
         ident = (st.st_dev, st.st_ino)
@@ -136,13 +153,16 @@ def walk_files(root: Path) -> Iterator[Path]:
         for e in entries:
             if _is_hidden(e.name):
                 continue
-            p = Path(e.path)
-            if e.is_dir(follow_symlinks=True):
-                yield from rec(p)
+            try:
+                is_dir = e.is_dir(follow_symlinks=True)
+            except OSError:  # e.g. permission denied on the link's target: report it as a file
+                is_dir = False
+            if is_dir and not (file_dirs is not None and file_dirs(e.name)):
+                yield from rec(e.path)
             else:
-                yield p
+                yield e.path
 
-    yield from rec(root)
+    yield from rec(os.fspath(root))
 
 
 def _dangling(p: Path) -> Skipped | None:
