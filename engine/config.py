@@ -46,6 +46,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(f"{where}: {value!r} is not {' or '.join(_type_name(a) for a in args)}")
     if origin is typing.Literal:
+        if isinstance(value, bool) and value not in get_args(tp):
+            # YAML 1.1 reads no/off/yes/on as booleans: `run.precision=no` means the choice "no"
+            words = [a for a in get_args(tp) if isinstance(a, str) and _parse_value(a) is value]
+            value = words[0] if len(words) == 1 else value
         if value not in get_args(tp):
             raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
         return value
@@ -57,8 +61,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return from_dict(tp, value, where)
     if origin in (list, tuple):
         if isinstance(value, str):
-            # "a,b,c" on the command line is a list
+            # "a,b,c" on the command line is a list; its items are read like override values ("-6,6" is
+            # two numbers) unless they are declared strings
             value = [v.strip() for v in value.split(",") if v.strip()]
+            if not all(a in (str, Ellipsis) for a in get_args(tp)):
+                value = [_parse_value(v, keep_invalid=True) for v in value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         args = get_args(tp)
@@ -152,6 +159,24 @@ def config_json(obj: Any) -> Any:
     return fix(to_dict(obj))
 
 
+def _parse_value(raw: str, keep_invalid: bool = False) -> Any:
+    """A command-line value read as YAML (``3``, ``1e-3``, ``[a,b]``, ``null``); text that is not valid YAML
+    raises ``yaml.YAMLError``, or is returned as it is with ``keep_invalid``."""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        if keep_invalid:
+            return raw
+        raise
+    if isinstance(value, str) and value == raw.strip():
+        # YAML 1.1 reads "3e-4" as a string; a number is meant (a quoted '3e-4' stays a string)
+        try:
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            pass
+    return value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` strings to a nested dict (values parsed as YAML: ``3``, ``1e-3``, ``[a,b]``)."""
     data = dict(data)
@@ -159,12 +184,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string; a number is meant
-            try:
-                value = float(value) if any(c in value for c in ".eE") else int(value)
-            except ValueError:
-                pass
+        try:
+            value = _parse_value(raw)
+        except yaml.YAMLError as err:
+            reason = str(err).splitlines()[0]
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({reason}); quote it"
+            ) from None
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -180,7 +206,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
