@@ -1,30 +1,16 @@
-"""On-device layers: feature front end (:mod:`kernels.features`, :mod:`kernels.functional`), augmentation
-(:mod:`kernels.augment`) and the name registries (:mod:`kernels.registry`).
+"""On-device layers: feature front end (:mod:`kernels.features`, :mod:`kernels.functional`), the front end of
+precomputed feature sequences (:mod:`kernels.precomputed`) and augmentation (:mod:`kernels.augment`).
 
-Names are imported lazily: ``shards`` uses :class:`Registry` and must not pay torch's import time (seconds)
-in every ingest CLI start and worker process.
+Registration happens here: every module that registers entries (``FEATURES``, ``AUGMENTATIONS``) is imported
+below, one line per module, so the registries are full whichever part of ``kernels`` is imported first.
+Adding a feature is one file plus one line here. (``shards`` does not import ``kernels``: the registry class
+lives in the top-level :mod:`registry`.)
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kernels import augment as augment  # AUGMENTATIONS: gain, polarity, shift, noise, time/freq masks, ...
+from kernels import features as features  # FEATURES: logmel, mfcc, chroma, cqt
+from kernels.features import FEATURES, Frontend, FrontendConfig, build_frontend, estimate_norm_stats
 
-from kernels.registry import Registry
-
-_LAZY = {
-    "FEATURES": "kernels.features",
-    "Frontend": "kernels.features",
-    "FrontendConfig": "kernels.features",
-    "build_frontend": "kernels.features",
-    "estimate_norm_stats": "kernels.features",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'kernels' has no attribute {name!r}")
-
-
-__all__ = ["FEATURES", "Frontend", "FrontendConfig", "Registry", "build_frontend", "estimate_norm_stats"]
+__all__ = ["FEATURES", "Frontend", "FrontendConfig", "build_frontend", "estimate_norm_stats"]

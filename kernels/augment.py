@@ -48,8 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.config import ConfigError
-from kernels.registry import Registry
+from registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +124,8 @@ class AugmentConfig:
     """lambda ~ Beta(alpha, alpha) per sample."""
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` for values that cannot be right."""
+        """Raise ``ValueError`` for values that cannot be right (``engine.config.from_dict`` reports it as a
+        ``ConfigError`` with the same message)."""
         for name in (
             "gain_p",
             "noise_p",
@@ -137,41 +137,41 @@ class AugmentConfig:
         ):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0 or math.isnan(p):
-                raise ConfigError(f"augment.{name} must be a probability in [0, 1], got {p}")
+                raise ValueError(f"augment.{name} must be a probability in [0, 1], got {p}")
         for name in ("gain_db", "noise_snr_db", "time_stretch_rate", "pitch_shift_semitones"):
             lo, hi = getattr(self, name)
             if not (math.isfinite(lo) and math.isfinite(hi)):
-                raise ConfigError(f"augment.{name} must be finite, got {(lo, hi)}")
+                raise ValueError(f"augment.{name} must be finite, got {(lo, hi)}")
             if lo > hi:
-                raise ConfigError(f"augment.{name} must be (low, high) with low <= high, got {(lo, hi)}")
+                raise ValueError(f"augment.{name} must be (low, high) with low <= high, got {(lo, hi)}")
         if self.time_stretch_rate[0] <= 0:
-            raise ConfigError(
+            raise ValueError(
                 f"augment.time_stretch_rate must be > 0 (a speed factor), got {self.time_stretch_rate}"
             )
         if max(abs(v) for v in self.gain_db) > 60:
-            raise ConfigError(f"augment.gain_db beyond +-60 dB is not an augmentation: {self.gain_db}")
+            raise ValueError(f"augment.gain_db beyond +-60 dB is not an augmentation: {self.gain_db}")
         if max(abs(v) for v in self.pitch_shift_semitones) > 24:
-            raise ConfigError(
+            raise ValueError(
                 "augment.pitch_shift_semitones must stay within +-24 semitones, "
                 f"got {self.pitch_shift_semitones}"
             )
         if self.noise_color not in ("white", "pink", "both"):
-            raise ConfigError(f"augment.noise_color must be white, pink or both, got {self.noise_color!r}")
+            raise ValueError(f"augment.noise_color must be white, pink or both, got {self.noise_color!r}")
         if self.mask_value not in ("zero", "mean"):
-            raise ConfigError(f"augment.mask_value must be zero or mean, got {self.mask_value!r}")
+            raise ValueError(f"augment.mask_value must be zero or mean, got {self.mask_value!r}")
         if self.time_stretch_pad not in ("wrap", "edge"):
-            raise ConfigError(f"augment.time_stretch_pad must be wrap or edge, got {self.time_stretch_pad!r}")
+            raise ValueError(f"augment.time_stretch_pad must be wrap or edge, got {self.time_stretch_pad!r}")
         if self.shift_max_seconds < 0:
-            raise ConfigError(f"augment.shift_max_seconds must be >= 0, got {self.shift_max_seconds}")
+            raise ValueError(f"augment.shift_max_seconds must be >= 0, got {self.shift_max_seconds}")
         for name in ("shift_max_fraction", "time_mask_max_fraction"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                raise ConfigError(f"augment.{name} must be in [0, 1], got {v}")
+                raise ValueError(f"augment.{name} must be in [0, 1], got {v}")
         for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
         if not self.mixup_alpha > 0:
-            raise ConfigError(f"augment.mixup_alpha must be > 0 (Beta(alpha, alpha)), got {self.mixup_alpha}")
+            raise ValueError(f"augment.mixup_alpha must be > 0 (Beta(alpha, alpha)), got {self.mixup_alpha}")
 
 
 # ---------------------------------------------------------------------------------------- base + helpers

@@ -33,10 +33,11 @@ import torchaudio.functional as AF
 from torch import Tensor, nn
 
 from kernels import functional as KF
-from kernels.registry import Registry
+from registry import Registry
 
 __all__ = [
     "FEATURES",
+    "PRECOMPUTED",
     "FrontendConfig",
     "Frontend",
     "PowerSpectrogram",
@@ -52,6 +53,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FEATURES: Registry[type[nn.Module]] = Registry("feature")
+
+#: ``features: [precomputed]``: the model reads feature-sequence shards (MSD) through
+#: :class:`kernels.precomputed.PrecomputedFrontend`, not a waveform feature of :data:`FEATURES`.
+PRECOMPUTED = "precomputed"
 
 BACKENDS = ("auto", "torch", "nnaudio")
 STACKS = ("freq", "channels")
@@ -96,11 +101,17 @@ class FrontendConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a specific message for any value that cannot be right."""
+        valid = sorted([*FEATURES.names(), PRECOMPUTED])
         if not self.features:
-            raise ValueError(f"frontend.features is empty; choose from {FEATURES.names()}")
-        unknown = [f for f in self.features if f not in FEATURES]
+            raise ValueError(f"frontend.features is empty; choose from {valid}")
+        unknown = [f for f in self.features if f not in FEATURES and f != PRECOMPUTED]
         if unknown:
-            raise ValueError(f"frontend.features: unknown feature(s) {unknown}; valid: {FEATURES.names()}")
+            raise ValueError(f"frontend.features: unknown feature(s) {unknown}; valid: {valid}")
+        if PRECOMPUTED in self.features and len(self.features) > 1:
+            raise ValueError(
+                "frontend.features: 'precomputed' reads feature-sequence shards (e.g. MSD) and cannot be mixed "
+                f"with waveform features (got {self.features}); use features: [precomputed] alone"
+            )
         if len(set(self.features)) != len(self.features):
             raise ValueError(f"frontend.features lists a feature twice: {self.features}")
         if self.n_fft < 16:
@@ -454,6 +465,11 @@ class Frontend(nn.Module):
     def __init__(self, cfg: FrontendConfig, sample_rate: int) -> None:
         super().__init__()
         cfg.validate()
+        if PRECOMPUTED in cfg.features:
+            raise ValueError(
+                "frontend.features: [precomputed] models read feature-sequence shards (e.g. MSD) through "
+                "kernels.precomputed.PrecomputedFrontend; the waveform Frontend cannot build them"
+            )
         cfg.check_sample_rate(sample_rate)
         self.cfg = cfg
         self.sample_rate = sample_rate
@@ -469,7 +485,6 @@ class Frontend(nn.Module):
         )
         for m in self.feats.values():
             m.spectrogram = None  # one shared STFT (self.spectrogram) instead
-        self.backend = resolve_backend(cfg.backend)
         self.chunk_frames = cfg.cpu_chunk_frames
 
         shapes = [self.feats[n].out_shape(sample_rate) for n in self.names]
@@ -519,7 +534,7 @@ class Frontend(nn.Module):
                 if isinstance(feat, LogMel):
                     logmel_db = feat.db(power)
                     out[name] = logmel_db.unsqueeze(1)
-                elif isinstance(feat, MFCC) and "logmel" in self.feats and self._same_logmel(feat):
+                elif isinstance(feat, MFCC) and "logmel" in self.feats and self._mfcc_reuses_logmel():
                     if logmel_db is None:
                         logmel_db = self.feats["logmel"].db(power)
                     out[name] = feat.from_logmel(logmel_db)
@@ -529,7 +544,7 @@ class Frontend(nn.Module):
                     out[name] = feat.from_wave(x)
             return out
 
-    def _same_logmel(self, mfcc: MFCC) -> bool:
+    def _mfcc_reuses_logmel(self) -> bool:
         # with trainable matrices the MFCC owns its own mel filterbank, so it cannot reuse the log-mel
         return not self.cfg.trainable
 
@@ -608,5 +623,3 @@ def estimate_norm_stats(
         cfg, norm="stats", norm_mean=mean.flatten().tolist(), norm_std=std.flatten().tolist()
     )
 
-
-from kernels import precomputed as _precomputed  # noqa: E402,F401  (registers "precomputed"; builds on this module)

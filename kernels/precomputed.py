@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from kernels.augment import AugmentConfig
-from kernels.features import FEATURES, FrontendConfig
+from kernels.features import PRECOMPUTED, FrontendConfig
 
 __all__ = [
     "PRECOMPUTED",
@@ -41,7 +41,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PRECOMPUTED = "precomputed"
 _NORMS = ("stats", "batchnorm", "none")
 
 
@@ -51,23 +50,7 @@ def is_precomputed(cfg: FrontendConfig) -> bool:
 
 
 def _feature_dim(cfg: FrontendConfig) -> int:
-    return int(getattr(cfg, "feature_dim", 0) or len(cfg.norm_mean))
-
-
-@FEATURES.register(PRECOMPUTED)
-class Precomputed(nn.Module):
-    """Registry entry of ``"precomputed"`` (so configs validate); the waveform ``Frontend`` cannot build it.
-
-    Feature-sequence models get a :class:`PrecomputedFrontend` instead (see :func:`build_frontend` callers).
-    """
-
-    uses_power = False
-
-    def __init__(self, cfg: FrontendConfig, sample_rate: int) -> None:
-        raise ValueError(
-            "frontend.features: 'precomputed' reads feature-sequence shards (e.g. MSD) and cannot be mixed "
-            f"with waveform features (got {cfg.features}); use features: [precomputed] alone"
-        )
+    return int(cfg.feature_dim or len(cfg.norm_mean))
 
 
 class PrecomputedFrontend(nn.Module):

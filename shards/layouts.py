@@ -8,7 +8,8 @@ A layout is a class registered in :data:`LAYOUTS` with
   record of why a listed/found file cannot become one.
 
 ``scan`` only enumerates (stat, no decoding); decodability is checked later by the ingest. Adding a layout
-(e.g. ``msd`` over HDF5 feature files) is one class with ``@LAYOUTS.register("msd")``.
+(e.g. ``msd`` over HDF5 feature files) is one class with ``@LAYOUTS.register("msd")`` in its own module plus
+one import line in ``shards/__init__.py``, which registers every layout.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from kernels.registry import Registry
+from registry import Registry
 from shards.audio import is_audio_name
 
 log = logging.getLogger(__name__)
@@ -477,5 +478,3 @@ def scan_source(source: Path, layout: str = "auto", options: LayoutOptions | Non
     res.warnings.extend(inst.warnings)
     return res
 
-
-from shards import msd as _msd  # noqa: E402,F401  (registers the "msd" layout; it builds on this module)

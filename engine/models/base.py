@@ -37,7 +37,7 @@ from engine.config import ConfigError, from_dict, to_dict
 from kernels.augment import AugmentConfig, build_augment, reseed_all
 from kernels.features import FrontendConfig, build_frontend
 from kernels.precomputed import PrecomputedFrontend, is_precomputed, sequence_augment_config
-from kernels.registry import Registry
+from registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,14 @@ def frontend(sr: int, **kw) -> Frontend:
 
 
 def test_registered_feature_names():
-    # "precomputed" (kernels.precomputed) stands for feature-sequence input (MSD), not a waveform feature
-    assert FEATURES.names() == ["chroma", "cqt", "logmel", "mfcc", "precomputed"]
+    assert FEATURES.names() == ["chroma", "cqt", "logmel", "mfcc"]
+    # "precomputed" (kernels.precomputed) stands for feature-sequence input (MSD), not a waveform feature:
+    # a config accepts it alone, the waveform Frontend refuses it
+    FrontendConfig(features=["precomputed"]).validate()
+    with pytest.raises(ValueError, match="unknown feature.*valid: \\['chroma', 'cqt', 'logmel', 'mfcc', 'precomputed'\\]"):
+        FrontendConfig(features=["precomputed", "spectral_contrast"]).validate()
+    with pytest.raises(ValueError, match="waveform Frontend cannot build them"):
+        build_frontend(FrontendConfig(features=["precomputed"]), 22050)
 
 
 @pytest.mark.parametrize(

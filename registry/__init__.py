@@ -1,11 +1,15 @@
-"""Name -> class registries: features, augmentations and architectures are looked up by name.
+"""Name -> class registries: features, augmentations, layouts and architectures are looked up by name.
 
 Adding a thing is one file plus one decorator line::
 
     @FEATURES.register("logmel")
     class LogMel(nn.Module): ...
 
+plus one import line in its package's ``__init__`` (so the entry is registered whatever is imported first).
 An unknown name is an error that lists the valid ones.
+
+A top-level package of its own, importing nothing of ours, so that ``kernels`` (torch), ``shards`` (no torch)
+and ``engine`` can all hold registries without importing each other.
 """
 
 from __future__ import annotations
