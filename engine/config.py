@@ -36,14 +36,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass  # try the next member; the error below names them all
         raise ConfigError(f"{where}: {value!r} is not {' or '.join(_type_name(a) for a in args)}")
     if origin is typing.Literal:
         if isinstance(value, bool) and value not in get_args(tp):
@@ -125,7 +124,7 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
             check()
         except ConfigError:
             raise
-        except ValueError as err:  # validators outside engine (kernels.features) raise plain ValueError
+        except ValueError as err:  # validators outside engine (kernels.features, kernels.augment) raise plain ValueError
             raise ConfigError(str(err)) from err
     return obj
 
@@ -220,14 +219,3 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     data = load_yaml(path) if path else {}
     data = apply_overrides(data, overrides or [])
     return from_dict(cls, data)
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``extra`` into a copy of ``base``."""
-    out = dict(base)
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = v
-    return out
