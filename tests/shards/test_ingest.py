@@ -14,7 +14,7 @@ import soundfile as sf
 
 from shards.format import SAMPLE_META_FIELDS
 from shards.ingest import IngestConfig, IngestError, parse_shard_size, run_ingest
-from shards.splits import assign_bins, gtzan_filtered_lists, kfold, parse_ratios, stratified_splits
+from shards.splits import gtzan_filtered_lists
 
 
 def _ingest(src: Path, out: Path, **kw):
@@ -160,41 +160,7 @@ def test_shard_size_in_bytes_bounds_each_shard(tmp_path, clip_writer, shard_set_
         parse_shard_size("lots")
 
 
-# --------------------------------------------------------------------------------------------- splits
-def test_stratified_assignment_is_exact_per_label_and_independent_of_input_order():
-    keys = [f"k{i:03d}" for i in range(100)]
-    labels = ["x"] * 60 + ["y"] * 40
-    splits = stratified_splits(keys, labels, (0.7, 0.15, 0.15), seed=3)
-    c = Counter(zip(splits, labels))
-    assert (c["train", "x"], c["valid", "x"], c["test", "x"]) == (42, 9, 9)
-    assert (c["train", "y"], c["valid", "y"], c["test", "y"]) == (28, 6, 6)
-    rev = stratified_splits(keys[::-1], labels[::-1], (0.7, 0.15, 0.15), seed=3)
-    assert rev[::-1] == splits
-    assert stratified_splits(keys, labels, (0.7, 0.15, 0.15), seed=4) != splits
-    assert parse_ratios("7,1.5,1.5") == pytest.approx((0.7, 0.15, 0.15))
-    with pytest.raises(ValueError):
-        parse_ratios("0.5,0.5")
-
-
-def test_group_assignment_keeps_each_group_in_one_bin_and_balances_labels():
-    rng = np.random.default_rng(0)
-    keys = [f"t{i}" for i in range(300)]
-    groups = [f"artist{rng.integers(0, 60)}" for _ in keys]
-    labels = [["rock", "jazz", "pop"][int(g[6:]) % 3] for g in groups]
-    bins = assign_bins(keys, labels, (0.7, 0.15, 0.15), seed=1, groups=groups)
-    per_group = defaultdict(set)
-    for g, b in zip(groups, bins):
-        per_group[g].add(b)
-    assert all(len(v) == 1 for v in per_group.values())
-    frac = Counter(bins)[0] / len(bins)
-    assert 0.6 < frac < 0.8
-    folds = kfold(keys, labels, 5, seed=1, groups=groups)
-    per_group = defaultdict(set)
-    for g, f in zip(groups, folds):
-        per_group[g].add(f)
-    assert all(len(v) == 1 for v in per_group.values()) and set(folds) == set(range(5))
-
-
+# ------------------------------------------------- splits and folds through the ingest (algorithm: test_splits)
 def _csv_with_artists(base: Path, clip_writer, n_artists=12, per_artist=3) -> Path:
     rows = []
     for a in range(n_artists):
