@@ -8,6 +8,7 @@ name is complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -92,6 +93,10 @@ class ShardWriter:
             return
         self._closed = True
         try:
+            # end the tar stream now (its buffer goes to the .tmp deleted below); left open, it would flush
+            # into the closed file when garbage-collected ("write to closed file" on stderr)
+            with contextlib.suppress(OSError, ValueError):
+                self._tar.close()
             self._fh.close()
         finally:
             self.tmp.unlink(missing_ok=True)
