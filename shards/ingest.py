@@ -36,8 +36,9 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
@@ -56,6 +57,8 @@ from shards.format import (
 from shards.layouts import (
     FMA_SUBSETS,
     LAYOUTS,
+    DecodeSettings,
+    Layout,
     LayoutError,
     LayoutOptions,
     Skipped,
@@ -144,27 +147,31 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------- workers
-_WORKER_SETTINGS: dict[str, Any] = {}
+# Tasks run in the pool's worker processes. What they need besides the path comes as an argument (bound with
+# functools.partial, pickled with each chunk of tasks): the layout name, or the frozen DecodeSettings.
 
 
-def _init_worker(settings: dict[str, Any]) -> None:
-    _WORKER_SETTINGS.clear()
-    _WORKER_SETTINGS.update(settings)
+class _Info(NamedTuple):
+    """What the probe learnt of a file: ``(rate, channels, frames)`` (audio: Hz, source channels, frames at
+    that rate; feature layouts: nominal frame rate, feature dimension, frames)."""
+
+    rate: int
+    channels: int
+    frames: int
 
 
-def _layout_cls() -> type | None:
-    """The worker's layout class when it is not an audio layout (it then probes and decodes itself)."""
-    name = _WORKER_SETTINGS.get("layout")
-    cls = LAYOUTS.get(name) if name else None
-    return cls if cls is not None and cls.kind != "audio" else None
+def _feature_layout(name: str) -> type[Layout] | None:
+    """The layout class when it is not an audio layout (it then probes and decodes its files itself)."""
+    cls = LAYOUTS.get(name)
+    return cls if cls.kind != "audio" else None
 
 
-def _probe_task(path: str) -> tuple[int, int, int] | str:
-    """``(orig_sr, channels, frames)`` or the reason the file cannot be decoded."""
+def _probe_task(layout: str, path: str) -> tuple | str:
+    """``(orig_sr, channels, frames[, {track field: value}])`` or the reason the file cannot be decoded."""
     try:
-        cls = _layout_cls()
+        cls = _feature_layout(layout)
         if cls is not None:
-            return tuple(cls.probe_file(path))  # type: ignore[return-value]
+            return tuple(cls.probe_file(path))
         info = audio.probe(path)
     except audio.AudioError as err:
         return err.reason
@@ -199,26 +206,25 @@ def _hash_task(path: str) -> str | None:
     return h.hexdigest()
 
 
-def _decode_task(path: str) -> tuple[dict[str, bytes], int, float] | str:
-    """Decode one track with the pool's settings -> ``({ext: bytes}, samples, seconds)`` or a skip reason.
+def _decode_task(settings: DecodeSettings, path: str) -> tuple[dict[str, bytes], int, float] | str:
+    """Decode one track -> ``({ext: bytes}, samples, seconds)`` or a skip reason.
 
-    Audio: ``{"pcm": int16 LE bytes}`` at ``sample_rate`` Hz; other kinds: the layout's ``decode_file``.
+    Audio: ``{"pcm": int16 LE bytes}`` at ``settings.sample_rate`` Hz; other kinds: the layout's ``decode_file``.
     """
-    s = _WORKER_SETTINGS
     try:
-        cls = _layout_cls()
+        cls = _feature_layout(settings.layout)
         if cls is not None:
-            return cls.decode_file(path, dict(s))
-        wave, _info = audio.load_audio(path, s["sample_rate"], max_seconds=s["max_seconds"])
-        if s["trim_silence"] is not None:
-            wave = audio.trim_silence(wave, s["trim_silence"])
+            return cls.decode_file(path, settings)
+        wave, _info = audio.load_audio(path, settings.sample_rate, max_seconds=settings.max_seconds)
+        if settings.trim_silence is not None:
+            wave = audio.trim_silence(wave, settings.trim_silence)
             if wave.size == 0:
-                return f"silent: nothing left after trimming at -{s['trim_silence']} dB"
-        if s["peak_normalize"]:
+                return f"silent: nothing left after trimming at -{settings.trim_silence} dB"
+        if settings.peak_normalize:
             wave = audio.peak_normalize(wave)
         if wave.size == 0:
             return "no audio samples after decoding"
-        return {PCM_EXT: encode_pcm(wave)}, int(wave.size), wave.size / s["sample_rate"]
+        return {PCM_EXT: encode_pcm(wave)}, int(wave.size), wave.size / settings.sample_rate
     except audio.AudioError as err:
         return err.reason
     except MemoryError:
@@ -230,15 +236,12 @@ def _decode_task(path: str) -> tuple[dict[str, bytes], int, float] | str:
 class _Mapper:
     """``imap`` over a process pool (order kept), or in-process when ``workers <= 1``."""
 
-    def __init__(self, workers: int, settings: dict[str, Any]) -> None:
+    def __init__(self, workers: int) -> None:
         self.workers = workers
-        self.settings = settings
         self.pool = None
         self._stop = threading.Event()
         if workers > 1:
-            self.pool = mp.get_context().Pool(workers, initializer=_init_worker, initargs=(settings,))
-        else:
-            _init_worker(settings)
+            self.pool = mp.get_context().Pool(workers)
 
     def imap(self, fn: Callable, items: Sequence, chunksize: int = 1, window: int | None = None) -> Iterator:
         """Ordered ``fn`` over ``items``. ``window`` bounds the tasks in flight: ``Pool.imap`` reads its input
@@ -309,6 +312,16 @@ def _settings(cfg: IngestConfig, layout: str) -> dict[str, Any]:
         "group_by": cfg.group_by,
         "shard_size": list(parse_shard_size(cfg.shard_size)),
     }
+
+
+def _decode_settings(cfg: IngestConfig, layout: str) -> DecodeSettings:
+    return DecodeSettings(
+        layout=layout,
+        sample_rate=cfg.sample_rate,
+        max_seconds=cfg.max_seconds,
+        trim_silence=cfg.trim_silence,
+        peak_normalize=cfg.peak_normalize,
+    )
 
 
 def _scan_digest(tracks: Iterable[Track], skipped: Iterable[Skipped]) -> str:
@@ -401,68 +414,17 @@ def _make_keys(tracks: list[Track]) -> list[str]:
 def build_plan(
     cfg: IngestConfig, layout: str, tracks: list[Track], skipped: list[Skipped], mapper: _Mapper
 ) -> tuple[dict[str, Any], list[str]]:
-    """Probe, assign splits/folds, order and partition into shards. Returns ``(plan, warnings)``."""
+    """Dedupe, probe, assign splits/folds, order and partition into shards. Returns ``(plan, warnings)``.
+
+    Every file that does not make it into the plan is added to the plan's ``skipped`` with the reason.
+    """
     warnings: list[str] = []
     tracks, dup_skips = _dedupe(tracks, mapper, cfg.progress)
     skipped = skipped + dup_skips
     scanned_labels = sorted({t.label for t in tracks})
-
-    # ---- probe (header only)
-    tracks.sort(key=lambda t: t.rel)
-    paths = [str(t.path) for t in tracks]
-    bar = _bar(len(paths), "probe", cfg.progress)
-    infos: list[tuple[int, int, int]] = []
-    ok: list[Track] = []
-    for t, res in zip(tracks, mapper.imap(_probe_task, paths, _chunksize(len(paths), mapper.workers, 64))):
-        bar.update()
-        if isinstance(res, str):
-            skipped.append(Skipped(t.rel, res))
-        else:
-            if len(res) > 3:  # a non-audio layout learnt track fields from the file (MSD: artist id)
-                for k, v in res[3].items():
-                    if getattr(t, k) is None:
-                        setattr(t, k, v)
-            ok.append(t)
-            infos.append(tuple(res[:3]))
-    bar.close()
-    tracks = ok
-
-    # ---- split method
-    method = cfg.split
-    if method is None:
-        method = "official" if tracks and (layout == "fma" or all(t.split for t in tracks)) else "stratified"
-    if method not in SPLIT_METHODS:
-        raise IngestError(f"--split {method!r}: valid are {', '.join(SPLIT_METHODS)}")
-
-    keep_idx = list(range(len(tracks)))
-    if method == "official":
-        keep_idx = []
-        for i, t in enumerate(tracks):
-            if t.split in SPLITS:
-                keep_idx.append(i)
-            else:
-                skipped.append(Skipped(t.rel, "no official split for this track"))
-    elif method == "gtzan-filtered":
-        lists = gtzan_filtered_lists()
-        present: set[str] = set()
-        keep_idx = []
-        for i, t in enumerate(tracks):
-            name = gtzan_list_name(t)
-            if name in lists:
-                keep_idx.append(i)
-                present.add(name)
-                t.split = lists[name]
-            else:
-                skipped.append(Skipped(t.rel, "not in gtzan-filtered split"))
-        bad = {s.path.rsplit("/", 2)[-2] + "/" + s.path.rsplit("/", 1)[-1] for s in skipped if "/" in s.path}
-        for name in sorted(set(lists) - present):
-            if name not in bad:
-                skipped.append(
-                    Skipped(name, f"listed in gtzan-filtered {lists[name]} split but missing from SOURCE")
-                )
-    tracks = [tracks[i] for i in keep_idx]
-    infos = [infos[i] for i in keep_idx]
-
+    tracks, infos = _probe(tracks, layout, mapper, skipped, cfg.progress)
+    method = _split_method(cfg.split, layout, tracks)
+    tracks, infos = _apply_split_method(method, tracks, infos, skipped)
     if not tracks:
         reasons = Counter(s.reason for s in skipped)
         detail = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(5)) or "no audio files found"
@@ -475,84 +437,10 @@ def build_plan(
                 f"label {lab!r} has no decodable audio: it is not a class (its files are in skipped)"
             )
     keys = _make_keys(tracks)
-
-    # ---- grouping, splits, folds
-    group_by = cfg.group_by
-    has_artists = any(t.artist for t in tracks)
-    if group_by == "auto":
-        group_by = "artist" if has_artists else "none"
-    if group_by == "artist" and not has_artists:
-        warnings.append("--group-by artist: no artist is known for any track; splits are not grouped")
-    if group_by not in ("artist", "none"):
-        raise IngestError(f"--group-by {group_by!r}: valid are auto, artist, none")
-    groups = [t.artist if group_by == "artist" else None for t in tracks]
-    label_list = [t.label for t in tracks]
-    if method == "stratified":
-        splits = stratified_splits(keys, label_list, cfg.split_ratios, cfg.seed, groups)
-    else:
-        splits = [t.split for t in tracks]
-        if group_by == "artist":
-            crossing = _artists_across(tracks, splits)
-            if crossing:
-                warnings.append(
-                    f"{method} split puts {crossing} artist(s) in more than one split (kept: it is the official split)"
-                )
-    if cfg.folds:
-        if all(t.fold is not None for t in tracks):
-            folds = [int(t.fold) for t in tracks]
-        else:
-            folds = kfold(keys, label_list, cfg.folds, cfg.seed, groups)
-    else:
-        folds = [-1] * len(tracks)
-
-    # ---- order within a split and partition into shards
-    kind, size = parse_shard_size(cfg.shard_size)
-    # non-audio layouts probe (rate, feature dim, frames): float16 [frames, dim] members
-    feature_layout = LAYOUTS.get(layout).kind != "audio"
-    plan_tracks: list[dict[str, Any]] = []
-    plan_shards: list[dict[str, Any]] = []
-    for split in SPLITS:
-        idx = sorted((i for i in range(len(tracks)) if splits[i] == split), key=lambda i: keys[i])
-        random.Random(f"{cfg.seed}:{split}").shuffle(idx)
-        shard_i, cur_n, cur_bytes, start = 0, 0, 0, len(plan_tracks)
-        for i in idx:
-            t, (osr, ch, frames) = tracks[i], infos[i]
-            used = frames if cfg.max_seconds is None else min(frames, int(round(cfg.max_seconds * osr)))
-            est = int(math.ceil(used * cfg.sample_rate / osr))
-            est_bytes = _member_bytes(2 * est) + _member_bytes(400)
-            if feature_layout:
-                est_bytes = _member_bytes(2 * used * ch + 128) + _member_bytes(800)
-            full = cur_n >= size if kind == "count" else (cur_n > 0 and cur_bytes + est_bytes > size)
-            if full:
-                plan_shards.append(
-                    {
-                        "name": shard_name(split, shard_i),
-                        "split": split,
-                        "start": start,
-                        "stop": len(plan_tracks),
-                    }
-                )
-                shard_i, cur_n, cur_bytes, start = shard_i + 1, 0, 0, len(plan_tracks)
-            plan_tracks.append(
-                {
-                    "key": keys[i],
-                    "rel": t.rel,
-                    "path": str(t.path),
-                    "label": t.label,
-                    "track_id": t.track_id,
-                    "artist": t.artist,
-                    "split": split,
-                    "fold": folds[i],
-                    "orig_sample_rate": osr,
-                    "channels": ch,
-                }
-            )
-            cur_n += 1
-            cur_bytes += est_bytes
-        if cur_n:
-            plan_shards.append(
-                {"name": shard_name(split, shard_i), "split": split, "start": start, "stop": len(plan_tracks)}
-            )
+    group_by, groups = _grouping(cfg.group_by, tracks, warnings)
+    splits = _assign_splits(cfg, method, group_by, tracks, keys, groups, warnings)
+    folds = _assign_folds(cfg, tracks, keys, groups)
+    plan_tracks, plan_shards = _partition(cfg, layout, tracks, infos, keys, splits, folds)
     plan = {
         "plan_version": PLAN_VERSION,
         "settings": _settings(cfg, layout),
@@ -567,6 +455,180 @@ def build_plan(
         "warnings": warnings,
     }
     return plan, warnings
+
+
+def _probe(
+    tracks: list[Track], layout: str, mapper: _Mapper, skipped: list[Skipped], progress: bool | None
+) -> tuple[list[Track], list[_Info]]:
+    """Probe every track (header only, in rel-path order): the decodable ones with their :class:`_Info`;
+    the others go to ``skipped`` with the reason."""
+    tracks = sorted(tracks, key=lambda t: t.rel)
+    paths = [str(t.path) for t in tracks]
+    bar = _bar(len(paths), "probe", progress)
+    infos: list[_Info] = []
+    ok: list[Track] = []
+    results = mapper.imap(partial(_probe_task, layout), paths, _chunksize(len(paths), mapper.workers, 64))
+    for t, res in zip(tracks, results):
+        bar.update()
+        if isinstance(res, str):
+            skipped.append(Skipped(t.rel, res))
+            continue
+        if len(res) > 3:  # a non-audio layout learnt track fields from the file (MSD: artist id)
+            for k, v in res[3].items():
+                if getattr(t, k) is None:
+                    setattr(t, k, v)
+        ok.append(t)
+        infos.append(_Info(*res[:3]))
+    bar.close()
+    return ok, infos
+
+
+def _split_method(requested: str | None, layout: str, tracks: list[Track]) -> str:
+    """``--split``, or by default ``official`` for FMA or when every track has an official split."""
+    method = requested
+    if method is None:
+        method = "official" if tracks and (layout == "fma" or all(t.split for t in tracks)) else "stratified"
+    if method not in SPLIT_METHODS:
+        raise IngestError(f"--split {method!r}: valid are {', '.join(SPLIT_METHODS)}")
+    return method
+
+
+def _apply_split_method(
+    method: str, tracks: list[Track], infos: list[_Info], skipped: list[Skipped]
+) -> tuple[list[Track], list[_Info]]:
+    """Keep the tracks the split method can place: ``official`` needs a track's own split,
+    ``gtzan-filtered`` its entry in the fault-filtered lists (which also sets ``Track.split``)."""
+    if method == "stratified":
+        return tracks, infos
+    keep_idx: list[int] = []
+    if method == "official":
+        for i, t in enumerate(tracks):
+            if t.split in SPLITS:
+                keep_idx.append(i)
+            else:
+                skipped.append(Skipped(t.rel, "no official split for this track"))
+    elif method == "gtzan-filtered":
+        lists = gtzan_filtered_lists()
+        present: set[str] = set()
+        for i, t in enumerate(tracks):
+            name = gtzan_list_name(t)
+            if name in lists:
+                keep_idx.append(i)
+                present.add(name)
+                t.split = lists[name]
+            else:
+                skipped.append(Skipped(t.rel, "not in gtzan-filtered split"))
+        bad = {s.path.rsplit("/", 2)[-2] + "/" + s.path.rsplit("/", 1)[-1] for s in skipped if "/" in s.path}
+        for name in sorted(set(lists) - present):
+            if name not in bad:
+                skipped.append(
+                    Skipped(name, f"listed in gtzan-filtered {lists[name]} split but missing from SOURCE")
+                )
+    return [tracks[i] for i in keep_idx], [infos[i] for i in keep_idx]
+
+
+def _grouping(requested: str, tracks: list[Track], warnings: list[str]) -> tuple[str, list[str | None]]:
+    """``(group_by, group of each track)``: ``auto`` groups by artist when any artist is known."""
+    group_by = requested
+    has_artists = any(t.artist for t in tracks)
+    if group_by == "auto":
+        group_by = "artist" if has_artists else "none"
+    if group_by == "artist" and not has_artists:
+        warnings.append("--group-by artist: no artist is known for any track; splits are not grouped")
+    if group_by not in ("artist", "none"):
+        raise IngestError(f"--group-by {group_by!r}: valid are auto, artist, none")
+    return group_by, [t.artist if group_by == "artist" else None for t in tracks]
+
+
+def _assign_splits(
+    cfg: IngestConfig,
+    method: str,
+    group_by: str,
+    tracks: list[Track],
+    keys: list[str],
+    groups: list[str | None],
+    warnings: list[str],
+) -> list[str]:
+    """The split of each track: stratified by label (and grouped), or the official / listed one."""
+    if method == "stratified":
+        return stratified_splits(keys, [t.label for t in tracks], cfg.split_ratios, cfg.seed, groups)
+    splits = [t.split for t in tracks]
+    if group_by == "artist":
+        crossing = _artists_across(tracks, splits)
+        if crossing:
+            warnings.append(
+                f"{method} split puts {crossing} artist(s) in more than one split (kept: it is the official split)"
+            )
+    return splits
+
+
+def _assign_folds(cfg: IngestConfig, tracks: list[Track], keys: list[str], groups: list[str | None]) -> list[int]:
+    """The fold of each track (the collection's own when every track has one), or -1 without ``--folds``."""
+    if not cfg.folds:
+        return [-1] * len(tracks)
+    if all(t.fold is not None for t in tracks):
+        return [int(t.fold) for t in tracks]
+    return kfold(keys, [t.label for t in tracks], cfg.folds, cfg.seed, groups)
+
+
+def _estimated_bytes(cfg: IngestConfig, info: _Info, feature_layout: bool) -> int:
+    """Bytes a track will take in its shard (tar headers and padding included), from its probe."""
+    used = info.frames if cfg.max_seconds is None else min(info.frames, int(round(cfg.max_seconds * info.rate)))
+    if feature_layout:  # float16 [frames, dim] .npy + a larger JSON
+        return _member_bytes(2 * used * info.channels + 128) + _member_bytes(800)
+    samples = int(math.ceil(used * cfg.sample_rate / info.rate))  # int16 PCM at the stored rate
+    return _member_bytes(2 * samples) + _member_bytes(400)
+
+
+def _partition(
+    cfg: IngestConfig,
+    layout: str,
+    tracks: list[Track],
+    infos: list[_Info],
+    keys: list[str],
+    splits: list[str],
+    folds: list[int],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Order each split (sorted by key, shuffled by ``(seed, split)``) and cut it into shards of
+    ``--shard-size``: ``(plan tracks, plan shards)``, a shard being the range ``[start, stop)`` of tracks."""
+    kind, size = parse_shard_size(cfg.shard_size)
+    feature_layout = LAYOUTS.get(layout).kind != "audio"
+    plan_tracks: list[dict[str, Any]] = []
+    plan_shards: list[dict[str, Any]] = []
+    for split in SPLITS:
+        idx = sorted((i for i in range(len(tracks)) if splits[i] == split), key=lambda i: keys[i])
+        random.Random(f"{cfg.seed}:{split}").shuffle(idx)
+        shard_i, cur_n, cur_bytes, start = 0, 0, 0, len(plan_tracks)
+        for i in idx:
+            t, info = tracks[i], infos[i]
+            est_bytes = _estimated_bytes(cfg, info, feature_layout)
+            full = cur_n >= size if kind == "count" else (cur_n > 0 and cur_bytes + est_bytes > size)
+            if full:
+                plan_shards.append(
+                    {"name": shard_name(split, shard_i), "split": split, "start": start, "stop": len(plan_tracks)}
+                )
+                shard_i, cur_n, cur_bytes, start = shard_i + 1, 0, 0, len(plan_tracks)
+            plan_tracks.append(
+                {
+                    "key": keys[i],
+                    "rel": t.rel,
+                    "path": str(t.path),
+                    "label": t.label,
+                    "track_id": t.track_id,
+                    "artist": t.artist,
+                    "split": split,
+                    "fold": folds[i],
+                    "orig_sample_rate": info.rate,
+                    "channels": info.channels,
+                }
+            )
+            cur_n += 1
+            cur_bytes += est_bytes
+        if cur_n:
+            plan_shards.append(
+                {"name": shard_name(split, shard_i), "split": split, "start": start, "stop": len(plan_tracks)}
+            )
+    return plan_tracks, plan_shards
 
 
 def _artists_across(tracks: list[Track], splits: list[str]) -> int:
@@ -661,14 +723,7 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
     digest = _scan_digest(scan.tracks, scan.skipped)
 
     workers = max(1, cfg.workers if cfg.workers is not None else (os.cpu_count() or 1))
-    worker_settings = {
-        "layout": layout,
-        "sample_rate": cfg.sample_rate,
-        "max_seconds": cfg.max_seconds,
-        "trim_silence": cfg.trim_silence,
-        "peak_normalize": cfg.peak_normalize,
-    }
-    mapper = _Mapper(workers, worker_settings)
+    mapper = _Mapper(workers)
     try:
         if saved_plan is not None:
             if saved_plan.get("scan_digest") != digest:
@@ -689,7 +744,7 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
             _atomic_write_json(plan_path, plan)
         for w in warnings:
             log.warning("%s", w)
-        resumed, written = _write_shards(cfg, out, plan, mapper)
+        resumed, written = _write_shards(cfg, _decode_settings(cfg, layout), out, plan, mapper)
     finally:
         mapper.close()
 
@@ -721,7 +776,9 @@ def _done_record(out: Path, name: str) -> dict[str, Any] | None:
     return None
 
 
-def _write_shards(cfg: IngestConfig, out: Path, plan: dict[str, Any], mapper: _Mapper) -> tuple[int, int]:
+def _write_shards(
+    cfg: IngestConfig, settings: DecodeSettings, out: Path, plan: dict[str, Any], mapper: _Mapper
+) -> tuple[int, int]:
     tracks = plan["tracks"]
     labels = plan["labels"]
     label_index = {lab: i for i, lab in enumerate(labels)}
@@ -733,7 +790,10 @@ def _write_shards(cfg: IngestConfig, out: Path, plan: dict[str, Any], mapper: _M
     chunk = _chunksize(len(todo), mapper.workers, 4)
     # at most ~64 decoded tracks (~85 MB of 30-s clips) wait for the writer
     results = mapper.imap(
-        _decode_task, [t["path"] for t in todo], chunk, window=max(64, 4 * chunk * mapper.workers)
+        partial(_decode_task, settings),
+        [t["path"] for t in todo],
+        chunk,
+        window=max(64, 4 * chunk * mapper.workers),
     )
     bar = _bar(len(todo), "decode", cfg.progress)
     try:
@@ -807,14 +867,14 @@ def _build_manifest(cfg: IngestConfig, out: Path, plan: dict[str, Any], layout: 
         entry["seconds"] = round(entry["seconds"], 6)
     layout_cls = LAYOUTS.get(layout)
     extra: dict[str, Any] = {}
-    if layout_cls.kind != "audio" and getattr(layout_cls, "feature_dim", None):
+    if layout_cls.kind != "audio" and layout_cls.feature_dim:
         extra["feature_dim"] = int(layout_cls.feature_dim)
     return {
         **extra,
         "format_version": FORMAT_VERSION,
         "kind": layout_cls.kind,
         # feature layouts store frames at a (nominal) frame rate: seconds-based settings map to frames
-        "sample_rate": int(getattr(layout_cls, "frame_rate", 0) or cfg.sample_rate),
+        "sample_rate": int(layout_cls.frame_rate or cfg.sample_rate),
         "labels": labels,
         "splits": splits,
         "skipped": sorted(skipped, key=lambda s: (s["path"], s["reason"])),

@@ -57,6 +57,18 @@ class LayoutOptions:
     labels: Path | None = None  # msd: genre annotation file (TRACK_ID<TAB>genre lines)
 
 
+@dataclass(frozen=True)
+class DecodeSettings:
+    """The ingest's decode options, as every worker process gets them with its tasks (and as a non-audio
+    layout's :meth:`Layout.decode_file` gets them)."""
+
+    layout: str  # registry name of the collection layout
+    sample_rate: int = 22050  # Hz of the stored audio
+    max_seconds: float | None = None  # keep at most this many seconds from the start of each track
+    trim_silence: float | None = None  # dB below peak; None = no trimming
+    peak_normalize: bool = False
+
+
 class LayoutError(ValueError):
     """SOURCE does not fit the layout (a configuration error: fail fast)."""
 
@@ -72,6 +84,8 @@ class Layout:
     name: ClassVar[str] = ""
     priority: ClassVar[int] = 100
     kind: ClassVar[str] = "audio"  # the manifest's "kind" ("audio" | "features")
+    frame_rate: ClassVar[int] = 0  # feature kinds: nominal frames / s, the manifest's sample_rate (0: --sample-rate)
+    feature_dim: ClassVar[int] = 0  # feature kinds: D of the [frames, D] members, the manifest's feature_dim (0: none)
 
     @classmethod
     def probe_file(cls, path: str) -> tuple[int, int, int]:
@@ -80,9 +94,9 @@ class Layout:
         raise NotImplementedError(f"layout {cls.name!r} of kind {cls.kind!r} must implement probe_file")
 
     @classmethod
-    def decode_file(cls, path: str, settings: dict) -> tuple[dict[str, bytes], int, float]:
+    def decode_file(cls, path: str, settings: DecodeSettings) -> tuple[dict[str, bytes], int, float]:
         """Non-audio kinds: ``({ext: bytes} tar members, num_samples or frames, seconds)``; raise
-        ``AudioError`` to skip the file with a reason. ``settings`` holds the ingest's sample_rate etc."""
+        ``AudioError`` to skip the file with a reason. ``settings``: the ingest's decode options."""
         raise NotImplementedError(f"layout {cls.name!r} of kind {cls.kind!r} must implement decode_file")
 
     def __init__(self, source: Path, options: LayoutOptions | None = None) -> None:

@@ -46,7 +46,15 @@ import numpy as np
 
 from shards.audio import AudioError
 from shards.format import FEATS_EXT, META_EXT, encode_feats, encode_meta
-from shards.layouts import LAYOUTS, Layout, LayoutError, LayoutOptions, Skipped, Track, walk_files
+from shards.layouts import (
+    LAYOUTS,
+    DecodeSettings,
+    Layout,
+    LayoutError,
+    Skipped,
+    Track,
+    walk_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -282,15 +290,12 @@ class MSDLayout(Layout):
     frame_rate: ClassVar[int] = MSD_FRAME_RATE  # the manifest's sample_rate (nominal segments / s)
     feature_dim: ClassVar[int] = FEATURE_DIM  # the manifest's feature_dim
 
-    def __init__(self, source: Path, options: LayoutOptions | None = None) -> None:
-        super().__init__(source, options)
-
     @classmethod
     def detect(cls, source: Path) -> bool:
         return source.is_dir() and _has_msd_file(source)
 
     def scan(self) -> Iterator[Track | Skipped]:
-        labels_path = getattr(self.options, "labels", None)
+        labels_path = self.options.labels
         if not labels_path:
             raise LayoutError(
                 "the msd layout needs --labels FILE: a genre annotation file with TRACK_ID<TAB>genre lines "
@@ -352,9 +357,9 @@ class MSDLayout(Layout):
         return MSD_FRAME_RATE, FEATURE_DIM, int(feats.shape[0]), {"artist": meta["artist_id"] or None}
 
     @classmethod
-    def decode_file(cls, path: str, settings: dict) -> tuple[dict[str, bytes], int, float]:
+    def decode_file(cls, path: str, settings: DecodeSettings) -> tuple[dict[str, bytes], int, float]:
         """``({"feats.npy": float16 [N, 25], "json": MSD facts}, N, duration s)``; raises ``AudioError``."""
-        feats, facts = read_msd_features(path, settings.get("max_seconds"))
+        feats, facts = read_msd_features(path, settings.max_seconds)
         extra = {
             "artist_id": facts["artist_id"],
             "artist_name": facts["artist_name"],
