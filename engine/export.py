@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from engine.classify import TS_META_FILE, CheckpointInputError, check_input_kind
+from engine.classify.predictor import TS_META_FILE, CheckpointInputError, check_input_kind
 from engine.cli import HelpFormatter
 from engine.logs import setup_logging
 

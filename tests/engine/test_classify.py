@@ -20,15 +20,15 @@ import torch
 from engine.checkpoint import load_model
 from engine.classify import (
     CheckpointInputError,
-    _merge_parts,
     classify,
     decode_track,
     iter_inputs,
+    merge_parts,
     read_records,
     repair_tail,
-    window_starts,
 )
 from shards.audio import load_audio
+from shards.windows import window_starts
 
 SR = 8000  # model rate, Hz
 SEG = 8000  # 1-s windows
@@ -128,7 +128,7 @@ def test_part_files_merge_into_the_output_once_each_csv(tmp_path: Path) -> None:
         header + "a.wav,ok,,1.0,jazz,0.5,1,\n" + '"b, c.wav",error,empty,,,,0,\n'
     )
     Path(f"{out}.rank1.part").write_text(header + '"line\nbreak.wav",ok,,2.0,pop,0.75,2,\nd.wav,ok,,1.0,po')
-    assert _merge_parts(str(out), "csv", 1, False) == 2  # a.wav already there, d.wav torn
+    assert merge_parts(str(out), "csv", 1, False) == 2  # a.wav already there, d.wav torn
     recs = list(read_records(out, "csv"))
     assert [r["path"] for r in recs] == ["a.wav", "b, c.wav", "line\nbreak.wav"]
     assert recs[2]["top"] == [{"label": "pop", "prob": 0.75}]

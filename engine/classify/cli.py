@@ -1,0 +1,120 @@
+"""The ``classify`` command line: ``python -m engine classify MODEL PATH... --out results.jsonl``
+(also ``python -m engine.classify`` and, on several devices, ``accelerate launch -m engine.classify``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from engine.classify.decode import DEFAULT_CHUNK_SECONDS
+from engine.classify.predictor import CheckpointInputError
+from engine.classify.run import classify
+from engine.cli import HelpFormatter
+from engine.logs import setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m engine classify",
+        description=(
+            "Classify music files and folders with a trained checkpoint or a model exported by `engine export` "
+            "(TorchScript, torch.export .pt2, ONNX). "
+            "Writes exactly one line per input file -- status ok with the top-k genres, or error with the reason -- "
+            "and resumes when rerun with the same --out. Multi-GPU: accelerate launch -m engine.classify ..."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument(
+        "checkpoint",
+        help="checkpoint .pt from training, or a file from `engine export` (TorchScript, .pt2, .onnx)",
+    )
+    p.add_argument("paths", nargs="*", help="audio files and/or folders (walked recursively)")
+    p.add_argument("--from-list", metavar="FILE", help="text file with one path (file or folder) per line")
+    p.add_argument("--out", required=True, help="output file (appended to; files already in it are skipped)")
+    p.add_argument(
+        "--format",
+        choices=["jsonl", "csv"],
+        default=None,
+        help="default: csv if --out ends in .csv, else jsonl",
+    )
+    p.add_argument("--top-k", type=int, default=3, help="genres per file")
+    p.add_argument("--batch-size", type=int, default=64, help="windows per device batch")
+    p.add_argument(
+        "--max-windows",
+        type=int,
+        default=None,
+        help="at most N windows per track, spread evenly (default: all)",
+    )
+    p.add_argument(
+        "--pad",
+        choices=["zero", "loop"],
+        default="zero",
+        help="how a track shorter than one window is filled",
+    )
+    p.add_argument(
+        "--timeline", action="store_true", help="add per-window predictions (start s, top label, prob)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        default="auto",
+        help="autocast dtype (auto: bf16 on GPU, fp32 on CPU)",
+    )
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="decode worker processes per device (default: cores / local processes, <= 8)",
+    )
+    p.add_argument("--device", default=None, help="torch device (default: this process's accelerate device)")
+    p.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=DEFAULT_CHUNK_SECONDS,
+        help="audio per decode piece (bounds memory for long files)",
+    )
+    p.add_argument(
+        "--no-channels-last",
+        action="store_true",
+        help="keep the backbone's conv weights NCHW (default: NHWC)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [
+        f"{s['files']} files in {s['out']}: {s['ok']} ok, {s['error']} error "
+        f"({s['new']} classified now, {s['skipped']} already done; world size {s['world_size']})",
+        f"throughput: {s['files_per_s']:.2f} files/s, {s['audio_hours_per_s'] * 3600:.1f} audio-s/s "
+        f"({s['audio_hours_per_s']:.3g} audio-h/s) on {s['device']} ({s['precision']}, {s['num_workers']} decode workers)",
+    ]
+    if s["errors_by_reason"]:
+        lines.append("errors: " + ", ".join(f"{r}: {n}" for r, n in s["errors_by_reason"].items()))
+    if s["genres"]:
+        lines.append("genres: " + ", ".join(f"{g}: {n}" for g, n in s["genres"].items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        summary = classify(
+            args.checkpoint, args.paths, args.out, from_list=args.from_list, fmt=args.format, top_k=args.top_k,
+            batch_size=args.batch_size, max_windows=args.max_windows, pad=args.pad, timeline=args.timeline,
+            precision=args.precision, num_workers=args.num_workers, device=args.device,
+            chunk_seconds=args.chunk_seconds, channels_last=not args.no_channels_last,
+            progress=not args.no_progress,
+        )  # fmt: skip
+    except (CheckpointInputError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if summary.get("main"):
+        print(format_summary(summary))
+        print(json.dumps({k: v for k, v in summary.items() if k != "main"}, ensure_ascii=False))
+    return 0
+
+

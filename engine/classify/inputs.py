@@ -1,0 +1,44 @@
+"""The input stream of ``classify``: named files, the audio files under named folders, then ``--from-list``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+from shards.audio import is_audio_name
+from shards.layouts import walk_paths
+
+
+def iter_inputs(
+    paths: Iterable[str | os.PathLike], from_list: str | os.PathLike | None = None
+) -> Iterator[str]:
+    """The input stream: explicit files (always), audio files under folders, then paths listed in ``from_list``.
+
+    Folders are walked with :func:`shards.layouts.walk_paths`: depth first, each folder's entries in sorted
+    order (the same on every rank and worker), lazily (the walk yields a folder's first file as soon as that
+    folder is listed), hidden entries skipped, symlink loops cut and a folder named twice walked once. A
+    folder with an audio name (``x.wav/``) and a dangling symlink are yielded like files (they get an error
+    line). A named path that does not exist is yielded as is (it gets a ``missing`` error line).
+    ``from_list`` is a text file with one path per line (blank lines and ``#`` comments skipped); folders
+    in it are walked too.
+    """
+    seen: set[tuple[int, int]] = set()  # (device, inode) of the folders walked, across all named paths
+    for path in _named_paths(paths, from_list):
+        if os.path.isdir(path) and not is_audio_name(path):
+            for found in walk_paths(path, seen=seen, file_dirs=is_audio_name):
+                if is_audio_name(os.path.basename(found)):
+                    yield found
+        else:
+            yield path
+
+
+def _named_paths(paths: Iterable[str | os.PathLike], from_list: str | os.PathLike | None) -> Iterator[str]:
+    for p in paths:
+        yield os.fspath(p)
+    if from_list is None:
+        return
+    with open(from_list, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.rstrip("\r\n")
+            if line.strip() and not line.lstrip().startswith("#"):
+                yield line

@@ -1,0 +1,261 @@
+"""The model side of ``classify``: load a model file of any kind, then ``int16 windows -> probabilities``.
+
+Kinds (:func:`model_file_kind`):
+
+- ``checkpoint``: a ``.pt`` from training (``engine.checkpoint``), run eagerly under autocast;
+- ``torchscript``: ``python -m engine export --format torchscript`` (metadata in ``genre_meta.json``);
+- ``export``: ``--format export``, a ``torch.export`` program ``.pt2`` (metadata in its extra files);
+- ``onnx``: ``--format onnx``, run by onnxruntime (metadata in ``metadata_props["genre_meta"]``).
+
+Exported files take float waveforms in [-1, 1] and return probabilities, in float32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+import zipfile
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.distributed import autocast
+from shards.format import PCM_SCALE
+
+logger = logging.getLogger(__name__)
+
+TS_META_FILE = "genre_meta.json"  # extra file inside exported TorchScript archives (engine/export.py)
+PT2_META_FILE = "genre_meta.json"  # extra file inside exported torch.export archives (engine/export.py)
+ONNX_META_KEY = "genre_meta"  # metadata_props key of exported ONNX files (engine/export.py)
+MODEL_KINDS = ("checkpoint", "torchscript", "export", "onnx")
+
+
+class CheckpointInputError(ValueError):
+    """A model file that cannot classify audio (e.g. trained on precomputed MSD features)."""
+
+
+def _features_marker(cfg: Any) -> str | None:
+    """Why a checkpoint's config (``config["model"]["features"]``, the ModelConfig contract) describes a
+    feature-input (MSD) model, or None for a waveform model."""
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    feats = model.get("features") if isinstance(model, dict) else None
+    names = feats.get("features") if isinstance(feats, dict) else None
+    if isinstance(names, (list, tuple)) and "precomputed" in names:
+        return 'model.features.features == ["precomputed"]'
+    return None
+
+
+def _msd_message(path: str, reason: str) -> str:
+    return (
+        f"{path} was trained on precomputed Million Song Dataset features ({reason}); it cannot classify "
+        "audio files: MSD-trained models need MSD features, not audio. Use `python -m engine evaluate` "
+        "on MSD feature shards, or classify audio with a model trained on waveform shards."
+    )
+
+
+def check_input_kind(path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointInputError` for a checkpoint trained on precomputed (MSD) features.
+
+    Reads the checkpoint lazily (``mmap``); unreadable files pass here and fail in ``load_model`` with its
+    own specific error.
+    """
+    try:
+        ckpt = torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a checkpoint at all: load_model says why
+        return
+    if isinstance(ckpt, dict):
+        reason = _features_marker(ckpt.get("config"))
+        if reason:
+            raise CheckpointInputError(_msd_message(os.fspath(path), reason))
+
+
+def _zip_names(path: str | os.PathLike) -> list[str] | None:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+
+
+def is_torchscript_file(path: str | os.PathLike) -> bool:
+    """TorchScript archives hold ``<root>/code/`` and ``<root>/constants.pkl``; ``torch.save`` files do not."""
+    names = _zip_names(path) or []
+    return any(n.split("/", 1)[-1].startswith("code/") or n.endswith("/constants.pkl") for n in names)
+
+
+def model_file_kind(path: str | os.PathLike) -> str:
+    """One of :data:`MODEL_KINDS`, from the file's contents (zip members) or, for ONNX, its ``.onnx`` name.
+
+    ``torch.export`` archives hold ``<root>/archive_format`` (``pt2``); TorchScript ones ``<root>/code/``;
+    anything else (including what is not a zip) is treated as a checkpoint, whose loader says what is wrong.
+    """
+    names = _zip_names(path)
+    if names is None:
+        return "onnx" if os.fspath(path).lower().endswith(".onnx") else "checkpoint"
+    if is_torchscript_file(path):
+        return "torchscript"
+    if any(n.split("/", 1)[-1] == "archive_format" for n in names):
+        return "export"
+    return "checkpoint"
+
+
+# ------------------------------------------------------------------------------------------- loaders
+# each: (path, device, channels_last) -> (callable on a device tensor, metadata dict with labels, ...)
+Loaded = tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]
+
+
+def _load_checkpoint(path: str, device: torch.device, channels_last: bool) -> Loaded:
+    check_input_kind(path)
+    from engine.checkpoint import load_model  # noqa: PLC0415 -- keeps `--help` and discovery light
+
+    model, meta = load_model(path, device)
+    model.eval()
+    backbone = getattr(model, "backbone", None)
+    if channels_last and isinstance(backbone, torch.nn.Module):
+        # NHWC conv weights make the convs run NHWC (2x faster on CPU measured for the seed CNN, same
+        # numbers to 1e-7); tensors that are not 4-D are left alone, so RNN backbones are unaffected
+        backbone.to(memory_format=torch.channels_last)
+    return model, meta
+
+
+def _load_torchscript(path: str, device: torch.device, channels_last: bool) -> Loaded:
+    extra = {TS_META_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated": still loads
+        model = torch.jit.load(path, map_location=device, _extra_files=extra)
+    return model, _exported_meta(path, extra[TS_META_FILE], "TorchScript")
+
+
+def _load_export(path: str, device: torch.device, channels_last: bool) -> Loaded:
+    extra = {PT2_META_FILE: ""}
+    program = torch.export.load(path, extra_files=extra)
+    meta = _exported_meta(path, extra[PT2_META_FILE], "torch.export")
+    if device.type != "cpu":  # the program was exported on the CPU; constants created in it move too
+        from torch.export.passes import move_to_device_pass  # noqa: PLC0415
+
+        program = move_to_device_pass(program, device)
+    return program.module(), meta
+
+
+class _OnnxModel:
+    """An onnxruntime session as ``float32 wave [B, T] -> probabilities [B, K]`` on torch tensors."""
+
+    def __init__(self, path: str, device: torch.device) -> None:
+        try:
+            import onnxruntime as ort  # noqa: PLC0415 -- optional dependency
+        except ImportError:
+            raise CheckpointInputError(
+                f"{path} is an ONNX model; classifying with it needs onnxruntime (pip install 'genre-engine[onnx]')"
+            ) from None
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(path, providers=providers)
+        except Exception as err:  # onnxruntime raises its own exception types for bad files
+            raise CheckpointInputError(f"{path}: onnxruntime cannot load it ({err})") from None
+        self.input = self.session.get_inputs()[0].name
+        self.meta = self.session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY, "")
+
+    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
+        (probs,) = self.session.run(None, {self.input: wave.cpu().numpy()})
+        return torch.from_numpy(probs)
+
+
+def _load_onnx(path: str, device: torch.device, channels_last: bool) -> Loaded:
+    model = _OnnxModel(path, device)
+    return model, _exported_meta(path, model.meta, "ONNX")
+
+
+def _exported_meta(path: str, text: str, what: str) -> dict[str, Any]:
+    """The ``genre_meta`` JSON of an exported file; the window length is the one it was exported at."""
+    if not text:
+        raise CheckpointInputError(
+            f"{path} is a {what} file without genre-engine metadata; export it with `python -m engine export`"
+        )
+    meta = json.loads(text)
+    reason = _features_marker(meta.get("config"))
+    if reason:
+        raise CheckpointInputError(_msd_message(path, reason))
+    return meta
+
+
+_LOADERS: dict[str, Callable[[str, torch.device, bool], Loaded]] = {
+    "checkpoint": _load_checkpoint,
+    "torchscript": _load_torchscript,
+    "export": _load_export,
+    "onnx": _load_onnx,
+}
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in table:
+        raise ValueError(f"precision {precision!r} is not one of auto, bf16, fp16, fp32")
+    return table[precision]
+
+
+class Predictor:
+    """``int16 windows [B, T]`` -> ``float32 probabilities [B, K]`` on the host, from a model file of any
+    kind (:func:`model_file_kind`). ``labels``, ``sample_rate`` (Hz) and ``segment_samples`` (the window
+    length T: the training segment for a checkpoint, the exported input length for an exported file) come
+    from the file."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        device: torch.device | str,
+        precision: str = "auto",
+        channels_last: bool = True,
+    ) -> None:
+        self.path = str(path)
+        self.device = torch.device(device)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"checkpoint {self.path} does not exist")
+        self.kind = model_file_kind(self.path)
+        self.model, meta = _LOADERS[self.kind](self.path, self.device, channels_last)
+        try:
+            self.labels = [str(x) for x in meta["labels"]]
+            self.sample_rate = int(meta["sample_rate"])
+            self.segment_samples = int(meta.get("window_samples") or meta["segment_samples"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointInputError(
+                f"{self.path}: missing labels/sample_rate/segment_samples ({err})"
+            ) from None
+        self.dtype = _autocast_dtype(precision, self.device)
+        if self.exported and self.dtype is not None:
+            logger.info("%s model: running in float32 (autocast does not apply to exported graphs)", self.kind)
+            self.dtype = None
+
+    @property
+    def exported(self) -> bool:
+        """An exported graph (float wave in, probabilities out) rather than a training checkpoint."""
+        return self.kind != "checkpoint"
+
+    @property
+    def torchscript(self) -> bool:
+        return self.kind == "torchscript"
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    @torch.inference_mode()
+    def __call__(self, windows: torch.Tensor) -> np.ndarray:
+        """``windows`` int16 ``(B, segment_samples)`` (pinned when on CUDA) -> probabilities ``(B, K)``."""
+        x = windows.to(self.device, non_blocking=True)
+        if self.exported:
+            probs = self.model(x.float() / PCM_SCALE)  # exported graphs take float [-1, 1], give probabilities
+        else:
+            with autocast(self.device, self.dtype):
+                logits = self.model(x)
+            probs = torch.softmax(logits.float(), dim=-1)
+        return probs.float().cpu().numpy()

@@ -1,0 +1,189 @@
+"""``classify()``: the job, top to bottom -- check the options, load the model, resume, decode, score, write."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from engine.classify.decode import DEFAULT_CHUNK_SECONDS, DecodeStream, pieces_as_they_come
+from engine.classify.output import (
+    LineWriter,
+    ResultSink,
+    check_output_identity,
+    done_paths,
+    merge_parts,
+    output_format,
+    part_file,
+    part_files,
+    repair_tail,
+    summarize,
+)
+from engine.classify.predictor import Predictor
+from engine.classify.tracks import TrackAverager
+from shards.reader import default_num_workers
+
+logger = logging.getLogger(__name__)
+
+
+def classify(
+    checkpoint: str | os.PathLike,
+    paths: Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    from_list: str | os.PathLike | None = None,
+    fmt: str | None = None,
+    top_k: int = 3,
+    batch_size: int = 64,
+    max_windows: int | None = None,
+    pad: str = "zero",
+    timeline: bool = False,
+    precision: str = "auto",
+    num_workers: int | None = None,
+    device: str | None = None,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    channels_last: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Classify every audio file in ``paths`` (files, folders, plus ``from_list``) into ``out``.
+
+    ``checkpoint`` is a training checkpoint or an exported model (TorchScript, ``torch.export`` ``.pt2``,
+    ONNX; :mod:`engine.classify.predictor`). One line per input file (JSONL, or CSV when ``fmt="csv"`` or
+    ``out`` ends in ``.csv``); files already in ``out`` are skipped (resume). Under ``accelerate launch``
+    each rank classifies ``index % world`` of the stream into ``out.rank{r}.part`` and the main process
+    merges the parts into ``out``.
+
+    ``batch_size`` counts windows (of ``segment_samples`` from the checkpoint), ``precision`` is the autocast
+    dtype (the feature front end always runs in float32), ``channels_last`` runs the backbone's convs NHWC,
+    ``chunk_seconds`` bounds the audio a decode worker hands over at once (memory for long files).
+
+    Returns the summary (computed over the whole output file on the main process): ``files``, ``ok``,
+    ``error``, ``errors_by_reason``, ``genres`` (top-1 histogram), ``audio_hours``, plus this run's
+    ``new``, ``skipped``, ``elapsed_s``, ``files_per_s``, ``audio_hours_per_s``, ``world_size``,
+    ``precision``, ``device``.
+    """
+    from accelerate import PartialState  # noqa: PLC0415 -- heavy import, only for real runs
+
+    out, checkpoint = os.fspath(out), os.fspath(checkpoint)
+    fmt = output_format(out, fmt)
+    paths = [os.fspath(p) for p in paths]
+    from_list = None if from_list is None else os.fspath(from_list)
+    _check_options(paths, from_list, top_k, batch_size, max_windows, pad, num_workers, device)
+
+    # without CUDA (or with --device cpu) the processes of `accelerate launch` talk over gloo on the CPU
+    state = PartialState(cpu=_on_cpu(device))
+    rank, world = state.process_index, state.num_processes
+    dev = torch.device(device) if device else state.device
+    predictor = Predictor(checkpoint, dev, precision, channels_last=channels_last)
+    top_k = min(top_k, len(predictor.labels))
+
+    # resume: same model and line layout as the lines already there (checked on every rank, so none hangs
+    # in the barrier); the main process records the identity and repairs torn last lines, then every rank
+    # reads what is done
+    check_output_identity(out, checkpoint, fmt, top_k, timeline, write=False)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        check_output_identity(out, checkpoint, fmt, top_k, timeline, write=True)
+        for f in [out, *part_files(out)]:
+            repair_tail(f)
+    state.wait_for_everyone()
+    done = done_paths(out, fmt)
+    if done and state.is_main_process:
+        logger.info("resuming: %d files already in %s are skipped", len(done), out)
+
+    writer = LineWriter(out if world == 1 else part_file(out, rank), fmt, top_k, timeline)
+    workers = default_num_workers(world, decode=True) if num_workers is None else num_workers
+    stream = DecodeStream(
+        paths, from_list, predictor.sample_rate, predictor.segment_samples, rank=rank, world_size=world,
+        done=done, max_windows=max_windows, pad=pad, chunk_seconds=chunk_seconds,
+    )  # fmt: skip
+    loader = DataLoader(
+        stream, batch_size=None, collate_fn=pieces_as_they_come, num_workers=workers,
+        prefetch_factor=2 if workers > 0 else None, persistent_workers=False,
+    )  # fmt: skip
+    averager = TrackAverager(predictor, batch_size, top_k, timeline)
+    sink = ResultSink(writer, _progress_bar(world) if progress and state.is_main_process else None)
+    t0 = time.perf_counter()
+    try:
+        for piece in loader:
+            sink.write(averager.add(piece))
+        sink.write(averager.flush())
+    finally:
+        sink.close()
+    elapsed = time.perf_counter() - t0
+
+    state.wait_for_everyone()
+    run_stats = _run_stats(sink, elapsed, state, predictor, dev, workers, skipped=len(done), out=out)
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return {**run_stats, "main": False}
+    merge_parts(out, fmt, top_k, timeline)
+    summary = {**summarize(out, fmt), **run_stats, "main": True}
+    state.wait_for_everyone()
+    return summary
+
+
+def _check_options(
+    paths: list[str], from_list: str | None, top_k: int, batch_size: int, max_windows: int | None, pad: str,
+    num_workers: int | None, device: str | None,
+) -> None:  # fmt: skip
+    """Configuration errors fail before anything is loaded or written."""
+    if top_k < 1 or batch_size < 1 or (max_windows is not None and max_windows < 1):
+        raise ValueError("top_k, batch_size and max_windows must be >= 1")
+    if pad not in ("zero", "loop"):
+        raise ValueError(f"pad {pad!r} is not zero or loop")
+    if from_list is not None and not os.path.isfile(from_list):
+        raise FileNotFoundError(f"--from-list {from_list} does not exist")
+    if not paths and from_list is None:
+        raise ValueError("no input: give files, folders or --from-list")
+    if num_workers is not None and num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0 (0: decode in this process), got {num_workers}")
+    if device is not None:
+        try:
+            kind = torch.device(device).type
+        except RuntimeError as err:
+            raise ValueError(f"--device {device!r} is not a torch device ({err})") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available here (use --device cpu or leave it out)")
+
+
+def _on_cpu(device: str | None) -> bool:
+    return (device is not None and torch.device(device).type == "cpu") or not torch.cuda.is_available()
+
+
+def _progress_bar(world: int) -> Any:
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    desc = f"classify{f' (rank 0 of {world})' if world > 1 else ''}"
+    return tqdm(unit="file", desc=desc, dynamic_ncols=True)
+
+
+def _run_stats(
+    sink: ResultSink, elapsed: float, state: Any, predictor: Predictor, dev: torch.device, workers: int, *,
+    skipped: int, out: str,
+) -> dict[str, Any]:  # fmt: skip
+    """This run's numbers; with several processes the new lines and their audio are summed over all ranks."""
+    new, seconds = float(sink.new), sink.seconds
+    if state.num_processes > 1:
+        from accelerate.utils import reduce  # noqa: PLC0415
+
+        totals = reduce(torch.tensor([new, seconds], dtype=torch.float64, device=state.device), reduction="sum")
+        new, seconds = totals.tolist()
+    return {
+        "new": int(new),
+        "skipped": skipped,
+        "elapsed_s": elapsed,
+        "files_per_s": new / max(elapsed, 1e-9),
+        "audio_hours_per_s": seconds / 3600.0 / max(elapsed, 1e-9),
+        "world_size": state.num_processes,
+        "rank": state.process_index,
+        "precision": predictor.precision,
+        "device": str(dev),
+        "num_workers": workers,
+        "out": out,
+    }
