@@ -45,10 +45,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.checkpoint import load_model, save_checkpoint  # noqa: E402
-from engine.classify import classify, default_num_workers, window_starts  # noqa: E402
+from engine.classify import classify  # noqa: E402
 from engine.config import from_dict, to_dict  # noqa: E402
 from engine.models import ModelConfig, build_model  # noqa: E402
 from shards.audio import load_audio  # noqa: E402
+from shards.reader import default_num_workers  # noqa: E402
+from shards.windows import window_starts  # noqa: E402
 
 SR = 22050
 SEG = 3 * SR  # 3-s windows
@@ -193,7 +195,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.tracks, args.long_minutes = 10, 12.0
-    workers = args.workers or default_num_workers()
+    workers = args.workers or default_num_workers(decode=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory(prefix="bench_classify_") as tmp:
         tmp = Path(tmp)
