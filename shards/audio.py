@@ -1,15 +1,26 @@
 """Decode any audio file to mono float32 at a target rate, the way ``librosa.load(path, sr, mono=True)`` does.
 
-soundfile decodes (WAV, FLAC, OGG, MP3, AIFF, AU), channels are averaged directly, soxr resamples at HQ
-quality and the length is fixed to ``ceil(frames * sr / orig_sr)`` -- librosa's own steps, without its
-import cost. Every failure is an :class:`AudioError` whose ``reason`` names what is wrong with the file,
-so callers can skip and report instead of crashing.
+Two decoders, chosen by the file's content (:mod:`shards.sniff`), not its name:
+
+- soundfile (libsndfile) for WAV, FLAC, Ogg Vorbis, MP3, AIFF, AU -- what ``librosa.load`` itself uses, and
+  the faster decoder for those (``benchmarks/bench_ingest.py --formats``);
+- PyAV (:mod:`shards.ffmpeg_decode`) for what libsndfile cannot decode (AAC/ALAC in MP4/M4A, WMA, WebM and
+  Matroska, AC-3, AMR, APE, WavPack, ...), for Opus (libopus through PyAV decodes 1.7x faster than
+  libsndfile, same samples), and for any file libsndfile refuses whose content is a known audio format.
+
+Either way channels are averaged directly, soxr resamples at HQ quality and the length is fixed to
+``ceil(frames * sr / orig_sr)`` -- librosa's own steps, without its import cost. Every failure is an
+:class:`AudioError` whose ``reason`` names what is wrong with the file, so callers can skip and report
+instead of crashing. :func:`is_audio_file` and :func:`ignored_summary` are the one place where folder
+walkers decide what is audio and say what they left out.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import stat
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +28,23 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".snd")
+from shards import ffmpeg_decode
+from shards.sniff import Sniff, sniff
+
+# names that say "audio": libsndfile's formats, then what FFmpeg decodes that music libraries hold
+# (iTunes AAC/ALAC and audiobooks, protected .m4p so that it is reported, podcasts, web downloads, rips)
+AUDIO_EXTENSIONS = (
+    ".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".snd",
+    ".m4a", ".m4b", ".m4p", ".m4r", ".mp4", ".aac", ".adts", ".opus", ".webm", ".mka", ".mkv",
+    ".wma", ".asf", ".ac3", ".eac3", ".dts", ".amr", ".awb", ".3gp", ".3ga", ".ape", ".wv", ".caf",
+    ".aifc", ".wave", ".w64", ".rf64", ".mp2", ".mpga", ".spx", ".tta", ".mpc", ".dsf", ".dff", ".ra",
+)  # fmt: skip
+# content libsndfile decodes and decodes faster than PyAV (measured: benchmarks/bench_ingest.py --formats);
+# "unknown" content goes to libsndfile too, which recognises a few formats no signature here names
+_SOUNDFILE_KINDS = {"wav", "w64", "aiff", "au", "flac", "ogg-vorbis", "ogg-flac", "mp3", "id3", "caf",
+                    "8svx", "voc", "unknown"}  # fmt: skip
+# reasons from PyAV that say more than libsndfile's "not audio or unsupported format"
+_SPECIFIC_AV_REASONS = ("unsupported codec", "DRM-protected", "no audio stream")
 
 
 class AudioError(Exception):
@@ -42,6 +69,49 @@ def is_audio_name(path: str | os.PathLike) -> bool:
     return not name.startswith(".") and name.lower().endswith(AUDIO_EXTENSIONS)
 
 
+def is_audio_file(path: str | os.PathLike) -> bool:
+    """True when the name says audio (:func:`is_audio_name`) or, for other names, the content does.
+
+    The content check reads the file's first 4 KiB (:func:`shards.sniff.sniff`) and accepts only formats
+    that are audio by themselves (WAV, FLAC, Ogg audio, MP3/ADTS frames, iTunes-branded MP4, ...); an MP4,
+    Matroska or ASF file of unknown purpose counts as audio only by name. Hidden files, AppleDouble ``._*``
+    files, directories and unreadable files are not audio (the walker's "ignored" count says so).
+    """
+    if is_audio_name(path):
+        return True
+    if os.path.basename(os.fspath(path)).startswith("."):
+        return False
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        return sniff(path).audio
+    except OSError:
+        return False
+
+
+def ignored_key(path: str | os.PathLike) -> str:
+    """The key a non-audio file is counted under: its lower-case extension (``.jpg``), the whole name of a
+    dot-file (``.DS_Store``), ``._* (AppleDouble)`` for macOS resource forks, ``(no extension)`` otherwise."""
+    name = os.path.basename(os.fspath(path))
+    if name.startswith("._"):
+        return "._* (AppleDouble)"
+    if name.startswith(".") and name.count(".") == 1:
+        return name
+    ext = os.path.splitext(name)[1].lower()
+    return ext or "(no extension)"
+
+
+def ignored_summary(counts: Counter | dict[str, int]) -> str:
+    """``"ignored 14 non-audio files: .jpg 9, .txt 3, .cue 2"`` (most frequent first, ties by name);
+    ``"ignored 0 non-audio files"`` for none. ``counts`` maps :func:`ignored_key` keys to file counts."""
+    items = sorted(((k, int(v)) for k, v in counts.items() if v), key=lambda kv: (-kv[1], kv[0]))
+    total = sum(v for _, v in items)
+    if not items:
+        return "ignored 0 non-audio files"
+    noun = "file" if total == 1 else "files"
+    return f"ignored {total} non-audio {noun}: " + ", ".join(f"{k} {v}" for k, v in items)
+
+
 def _check_file(path: Path) -> None:
     if path.is_symlink() and not path.exists():
         raise AudioError(path, f"dangling symlink (points to {os.readlink(path)})")
@@ -49,10 +119,22 @@ def _check_file(path: Path) -> None:
         raise AudioError(path, "missing file")
     if path.is_dir():
         raise AudioError(path, "is a directory, not an audio file")
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        # opening a FIFO blocks until a writer comes: refuse before any decoder touches it
+        kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise AudioError(path, f"not a regular file ({kind})")
     if not os.access(path, os.R_OK):
         raise AudioError(path, "unreadable: permission denied")
     if path.stat().st_size == 0:
         raise AudioError(path, "empty file (0 bytes)")
+
+
+def _sniff(path: Path) -> Sniff:
+    try:
+        return sniff(path)
+    except OSError as err:
+        raise AudioError(path, f"unreadable ({err.strerror or err})") from None
 
 
 def _reason_from_soundfile(err: Exception) -> str:
@@ -74,17 +156,61 @@ def _reason_from_soundfile(err: Exception) -> str:
     return f"undecodable ({msg.strip()})"
 
 
-def probe(path: str | os.PathLike) -> AudioInfo:
-    """Header-only look at a file; raises :class:`AudioError` for anything that is not decodable audio."""
-    path = Path(path)
+def _av_error(path: Path, kind: Sniff, err: ffmpeg_decode.DecodeError) -> AudioError:
+    reason = err.reason
+    if kind.kind == "mp4" and reason.startswith(("not audio", "corrupt or truncated")):
+        reason = ffmpeg_decode.mp4_structure_problem(path) or reason
+    elif reason.startswith("not audio or unsupported format"):
+        reason = f"not audio or unsupported format ({kind.what} that FFmpeg cannot open)"
+    if path.suffix.lower() == ".m4p" and not reason.startswith("DRM"):
+        reason = f"DRM-protected: cannot be decoded (iTunes .m4p; {reason})"
+    return AudioError(path, reason)
+
+
+def _route(path: Path) -> tuple[str, Sniff, AudioInfo | None]:
+    """``("soundfile", kind, info)`` or ``("av", kind, None)``: which decoder takes ``path``."""
     _check_file(path)
+    kind = _sniff(path)
+    if kind.kind not in _SOUNDFILE_KINDS:
+        if kind.media:
+            return "av", kind, None
+        raise AudioError(path, f"not audio or unsupported format ({kind.what})")
     try:
         info = sf.info(str(path))
     except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError by codec
-        raise AudioError(path, _reason_from_soundfile(err)) from None
+        sf_reason = _reason_from_soundfile(err)
+        if not kind.media:  # content no signature recognises: libsndfile's word is the last
+            raise AudioError(path, sf_reason) from None
+        try:  # e.g. MP3 or ADPCM variants inside a WAV, FLAC behind an ID3 tag
+            ffmpeg_decode.probe(path)
+        except ffmpeg_decode.DecodeError as av_err:
+            if av_err.reason.startswith(_SPECIFIC_AV_REASONS):
+                raise _av_error(path, kind, av_err) from None
+            raise AudioError(path, sf_reason) from None
+        return "av", kind, None
     if info.frames <= 0:
         raise AudioError(path, "no audio frames (header declares 0 frames)")
-    return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames))
+    return "soundfile", kind, AudioInfo(int(info.samplerate), int(info.channels), int(info.frames))
+
+
+def probe(path: str | os.PathLike) -> AudioInfo:
+    """Header-only look at a file; raises :class:`AudioError` for anything that is not decodable audio.
+
+    ``frames`` is exact for WAV/FLAC/AIFF, MP4 (edit list) and Ogg; for other containers it is the header's
+    duration estimate (MP3 without a Xing header, Matroska, ASF), so a decode may give a little more or less.
+    """
+    path = Path(path)
+    decoder, kind, info = _route(path)
+    if decoder == "soundfile":
+        assert info is not None
+        return info
+    try:
+        s = ffmpeg_decode.probe(path)
+    except ffmpeg_decode.DecodeError as err:
+        raise _av_error(path, kind, err) from None
+    if s.frames <= 0:
+        raise AudioError(path, "no audio frames (the stream declares no duration and holds no packets)")
+    return AudioInfo(s.sample_rate, s.channels, s.frames)
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:
@@ -154,13 +280,27 @@ def load_audio(
     ``max_seconds`` / ``offset_seconds`` read only that part of the file (in source seconds), so hour-long
     files cost what the caller needs. Raises :class:`AudioError` with a specific reason on any failure.
     """
-    info = probe(path)
-    start = int(round(offset_seconds * info.orig_sample_rate))
-    stop = None if max_seconds is None else start + int(round(max_seconds * info.orig_sample_rate))
-    try:
-        data, sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
-    except Exception as err:
-        raise AudioError(path, _reason_from_soundfile(err)) from None
+    path = Path(path)
+    decoder, kind, info = _route(path)
+
+    def frame_range(orig_sr: int) -> tuple[int, int | None]:  # source frames asked for, both decoders
+        start = int(round(offset_seconds * orig_sr))
+        return start, None if max_seconds is None else start + int(round(max_seconds * orig_sr))
+
+    if decoder == "av":
+        try:
+            data, s = ffmpeg_decode.read(path, frame_range)
+        except ffmpeg_decode.DecodeError as err:
+            raise _av_error(path, kind, err) from None
+        sr = s.sample_rate
+        info = AudioInfo(s.sample_rate, s.channels, s.frames)
+    else:
+        assert info is not None
+        start, stop = frame_range(info.orig_sample_rate)
+        try:
+            data, sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+        except Exception as err:
+            raise AudioError(path, _reason_from_soundfile(err)) from None
     if data.shape[0] == 0:
         raise AudioError(path, "no audio frames decoded (truncated or empty stream)")
     if not np.all(np.isfinite(data)):
