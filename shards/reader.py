@@ -1,5 +1,9 @@
 """Streaming shard reader: tar shards -> int16 (or float16 feature) batches, exact under DDP x workers.
 
+Stages, as WebDataset has them: :mod:`shards.tarstream` (tar shard -> samples of the wanted ordinals),
+:mod:`shards.batching` (samples -> shuffled training batches / evaluation window batches) and this module,
+which plans what each rank and DataLoader worker reads (:class:`ShardStream`) and builds the loader.
+
 Design (see ARCHITECTURE.md, "Reader"):
 
 * **One global sample sequence per epoch.** Training permutes the split's shards from ``(seed, epoch)`` and
@@ -15,12 +19,16 @@ Design (see ARCHITECTURE.md, "Reader"):
   epoch, start of its range)``. Same ``(seed, epoch, world size, workers)`` -> same batches, whatever ran
   before (resume at an epoch boundary with ``set_epoch``); the crops a rank sees (track and offset) do not
   even depend on the number of workers, only their grouping into batches does.
+* **Mid-epoch start.** Which sample lands in which batch depends only on the sample order and the shuffle
+  RNG, not on the data, so ``set_epoch(epoch, start_batch=k)`` passes over the samples that only batches
+  ``< k`` hold without reading their PCM (headers and ``.json`` only) and yields batches ``k, ...`` exactly
+  as a full pass does (after ``k`` empty placeholders, so loader position ``i`` stays batch ``i``).
 * **Evaluation** scans the split once (``.json`` members only; ``.pcm`` data is skipped with a seek) to learn
   each track's length, cuts every track into windows of ``segment_samples`` with hop ``hop_samples`` (last
   partial window zero-padded, short tracks zero-padded to one window), splits the window sequence over ranks
   by contiguous track ranges (floor split: every track on exactly one rank) and over workers by batches.
   Rows that only fill a batch (or equalise the batch count across ranks) have ``valid=False``, ``track=-1``.
-* **Speed.** A minimal tar parser reads member bytes straight into a reused buffer and ``np.frombuffer``
+* **Speed.** A minimal tar parser (:mod:`shards.tarstream`) reads member bytes straight into a reused buffer and ``np.frombuffer``
   views it: no decoding, no float conversion, no torch ops per sample. In training, a seekable local shard
   reads only the crop's bytes of each ``.pcm`` member (``partial_reads=True``).
 
@@ -36,8 +44,7 @@ import bisect
 import logging
 import os
 import random
-import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,24 +53,21 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import format as fmt
+from .batching import EvalBatcher, TrainBatcher
+from .tarstream import Sample, ShardReadError, iter_samples, sample_meta
 from .windows import fit_length, window_starts
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ShardStream", "ShardReadError", "default_num_workers", "make_loader"]
 
-_BLOCK = 512
-_ZERO_BLOCK = bytes(_BLOCK)
 _M64 = (1 << 64) - 1
 
+Batch = dict[str, torch.Tensor]
 
-class ShardReadError(Exception):
-    """A shard could not be read (``url``: which one, ``reason``: why)."""
 
-    def __init__(self, url: str, reason: str):
-        super().__init__(f"{url}: {reason}")
-        self.url = url
-        self.reason = reason
+class _Diverged(Exception):
+    """A read error while passing over the batches before a start batch: they would not be the same."""
 
 
 # --------------------------------------------------------------------------------------------- hashing
@@ -82,300 +86,6 @@ def _hash(*values: int) -> int:
     for v in values:
         h = _splitmix64(h ^ (v & _M64))
     return h
-
-
-# ------------------------------------------------------------------------------------------ tar stream
-
-
-def _parse_number(field_: bytes) -> int:
-    """Octal tar number field, or GNU base-256 (high bit set) for sizes >= 8 GiB."""
-    if field_ and field_[0] & 0x80:
-        n = int.from_bytes(field_[1:], "big")
-        return n
-    s = field_.split(b"\0", 1)[0].strip()
-    return int(s, 8) if s else 0
-
-
-def _parse_pax(data: bytes) -> dict[str, str]:
-    """``"<len> key=value\\n"`` records of a pax extended header."""
-    out: dict[str, str] = {}
-    pos = 0
-    while pos < len(data):
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        record = data[space + 1 : pos + length - 1]
-        key, _, value = record.partition(b"=")
-        out[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
-        pos += length
-    return out
-
-
-class _TarStream:
-    """Sequential reader of one tar shard: a local file (seekable), a ``pipe:CMD`` URL or any URL that
-    ``webdataset.gopen`` opens (``http://``, ``s3://`` via ``pipe:``, ...).
-
-    Data of the member returned by :meth:`next_member` must be consumed with exactly one of
-    :meth:`skip`, :meth:`read_bytes` or :meth:`read_range` before the next call. :meth:`read_range` returns a
-    view on a buffer that is reused by the next read: copy what you keep.
-    """
-
-    def __init__(self, url: str):
-        self.url = url
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.seekable = False
-        self.pos = 0  # byte offset of the stream, for error messages
-        self._buf = bytearray(1 << 20)
-        self._scratch: bytearray | None = None
-        try:
-            if url.startswith("pipe:"):
-                # Own Popen (not webdataset's Pipe) so an early stop can kill the command instead of
-                # reading the rest of a remote shard, and a failing command is reported with its status.
-                self.proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE, bufsize=1 << 20)
-                self.f: Any = self.proc.stdout
-            elif "://" in url and not url.startswith("file://"):
-                import webdataset.gopen as wds_gopen
-
-                self.f = wds_gopen.gopen(url, "rb")
-            else:
-                path = url[len("file://") :] if url.startswith("file://") else url
-                self.f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
-                self.seekable = True
-        except OSError as e:
-            raise ShardReadError(url, f"cannot open: {e.strerror or e}") from e
-
-    # -- low level
-    def _readinto(self, view: memoryview) -> int:
-        got = 0
-        n = len(view)
-        while got < n:
-            k = self.f.readinto(view[got:])
-            if not k:
-                break
-            got += k
-        self.pos += got
-        return got
-
-    def _read_exact(self, n: int, what: str) -> memoryview:
-        if n > len(self._buf):
-            self._buf = bytearray(max(n, 2 * len(self._buf)))
-        view = memoryview(self._buf)[:n]
-        if self._readinto(view) != n:
-            raise ShardReadError(self.url, f"truncated {what} at byte {self.pos}")
-        return view
-
-    def _discard(self, n: int) -> None:
-        if n <= 0:
-            return
-        if self.seekable:
-            self.f.seek(n, os.SEEK_CUR)
-            self.pos += n
-            return
-        if self._scratch is None:
-            self._scratch = bytearray(1 << 16)  # not the reused buffer: it may hold this sample's data
-        scratch = memoryview(self._scratch)
-        while n > 0:
-            k = min(n, len(scratch))
-            if self._readinto(scratch[:k]) != k:
-                raise ShardReadError(self.url, f"truncated member data at byte {self.pos}")
-            n -= k
-
-    @staticmethod
-    def _padded(size: int) -> int:
-        return (size + _BLOCK - 1) // _BLOCK * _BLOCK
-
-    def _check_end(self) -> None:
-        if self.proc is not None:
-            self.f.close()
-            status = self.proc.wait()
-            self.proc = None
-            if status != 0:
-                raise ShardReadError(self.url, f"command exited with status {status}")
-
-    # -- members
-    def next_member(self) -> tuple[str, int] | None:
-        """Next regular file member ``(name, size in bytes)``, or None at the end of the archive."""
-        longname: str | None = None
-        pax: dict[str, str] = {}
-        while True:
-            hdr_view = memoryview(bytearray(_BLOCK))
-            got = self._readinto(hdr_view)
-            if got == 0:
-                self._check_end()
-                return None  # EOF at a member boundary (archive without end-of-archive blocks)
-            if got != _BLOCK:
-                raise ShardReadError(self.url, f"truncated tar header at byte {self.pos - got}")
-            hdr = hdr_view.tobytes()
-            if hdr == _ZERO_BLOCK:
-                self._check_end()
-                return None
-            try:
-                checksum = _parse_number(hdr[148:156])
-                size = _parse_number(hdr[124:136])
-            except ValueError:
-                raise ShardReadError(self.url, f"corrupt tar header at byte {self.pos - _BLOCK}") from None
-            if checksum != sum(hdr[:148]) + sum(hdr[156:]) + 8 * 32:
-                raise ShardReadError(self.url, f"bad tar header checksum at byte {self.pos - _BLOCK}")
-            typeflag = hdr[156:157]
-            if typeflag == b"L":  # GNU long name of the next member
-                longname = self.read_bytes(size).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                continue
-            if typeflag == b"x":  # pax extended header of the next member
-                pax = _parse_pax(self.read_bytes(size))
-                continue
-            if typeflag not in (b"0", b"\0", b"7"):  # directories, links, global pax headers, ...
-                self._discard(self._padded(size))
-                longname = None
-                pax = {}
-                continue
-            if "path" in pax:
-                name = pax["path"]
-            elif longname is not None:
-                name = longname
-            else:
-                name = hdr[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                if hdr[257:263] == b"ustar\x00" and hdr[345] != 0:  # POSIX ustar prefix field
-                    prefix = hdr[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                    name = f"{prefix}/{name}"
-            if "size" in pax:
-                size = int(pax["size"])
-            return name, size
-
-    def skip(self, size: int) -> None:
-        self._discard(self._padded(size))
-
-    def read_bytes(self, size: int) -> bytes:
-        """Whole member as a new bytes object (small members: ``.json``)."""
-        data = bytearray(size)  # not the reused buffer: it may hold this sample's PCM
-        if self._readinto(memoryview(data)) != size:
-            raise ShardReadError(self.url, f"truncated member data at byte {self.pos}")
-        self._discard(self._padded(size) - size)
-        return bytes(data)
-
-    def read_range(self, size: int, start: int, count: int) -> memoryview:
-        """Bytes ``[start, start + count)`` of the current member (view on the reused buffer); a seekable
-        stream seeks over the rest, a pipe reads and discards it."""
-        if self.seekable:
-            self._discard(start)
-            view = self._read_exact(count, "member data")
-            self._discard(self._padded(size) - start - count)
-            return view
-        view = self._read_exact(size, "member data")
-        self._discard(self._padded(size) - size)
-        return view[start : start + count]
-
-    def close(self) -> None:
-        try:
-            self.f.close()
-        except OSError:
-            pass
-        if self.proc is not None:
-            # Early stop: the command may still be writing; kill it rather than drain a remote shard.
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-
-@dataclass
-class _Sample:
-    ordinal: int  # index of the sample (key group) within its shard
-    key: str
-    meta: bytes | None = None
-    data: np.ndarray | None = None  # int16 (n,) -- possibly a sub-range -- or float16 (N, D)
-    length: int = 0  # full length of the track, samples (pcm) or frames (feats)
-    start: int = 0  # offset of ``data`` within the track
-    ext: str = ""
-    error: str | None = None
-
-
-#: ``range_fn(ordinal, length) -> (start, count)``: which samples of a ``.pcm`` member to read.
-RangeFn = Callable[[int, int], tuple[int, int]]
-
-
-def _iter_samples(url: str, wanted: Sequence[int], range_fn: RangeFn | None) -> Iterator[_Sample]:
-    """Samples (key groups) of shard ``url`` whose ordinals are in ``wanted`` (increasing), in order.
-
-    Members of unwanted samples are skipped without reading (seek) on local files. Stops -- and kills a
-    pipe command -- as soon as the last wanted sample is complete. Raises :class:`ShardReadError`. The
-    ``data`` of a yielded sample views a reused buffer: copy it before advancing the generator.
-    """
-    if not wanted:
-        return
-    tar = _TarStream(url)
-    try:
-        wi = 0
-        last = wanted[-1]
-        ordinal = -1
-        cur_key: str | None = None
-        group: _Sample | None = None
-        while True:
-            member = tar.next_member()
-            if member is None:
-                break
-            name, size = member
-            slash = name.rfind("/") + 1
-            dot = name.find(".", slash)
-            key, ext = (name[:dot], name[dot + 1 :]) if dot >= 0 else (name, "")
-            if key != cur_key:
-                if group is not None:
-                    yield group
-                    group = None
-                    wi += 1
-                    if wi == len(wanted):
-                        return
-                if ordinal >= last:
-                    return
-                cur_key = key
-                ordinal += 1
-                if ordinal == wanted[wi]:
-                    group = _Sample(ordinal, key)
-            if group is None:
-                tar.skip(size)
-            elif ext == fmt.META_EXT:
-                group.meta = tar.read_bytes(size)
-            elif ext == fmt.PCM_EXT:
-                if size % 2:
-                    group.error = f"{name}: odd byte count {size} for int16 PCM"
-                    tar.skip(size)
-                    continue
-                n = size // 2
-                start, count = range_fn(ordinal, n) if range_fn is not None else (0, n)
-                group.data = np.frombuffer(tar.read_range(size, 2 * start, 2 * count), dtype="<i2")
-                group.length, group.start, group.ext = n, start, ext
-            elif ext == fmt.FEATS_EXT:
-                try:
-                    feats = fmt.decode_feats(tar.read_bytes(size))
-                except ValueError as e:
-                    group.error = f"{name}: bad .npy member ({e})"
-                    continue
-                if feats.ndim != 2:
-                    group.error = f"{name}: features must be [N, D], got shape {feats.shape}"
-                    continue
-                group.data, group.length, group.start, group.ext = feats, feats.shape[0], 0, ext
-            else:
-                tar.skip(size)
-        if group is not None:
-            yield group
-    finally:
-        tar.close()
-
-
-def _meta_fields(sample: _Sample) -> dict[str, Any] | None:
-    """Parsed ``.json`` of a sample, or None after recording why in ``sample.error``."""
-    if sample.error is not None:
-        return None
-    if sample.meta is None:
-        sample.error = f"{sample.key}: no .json member"
-        return None
-    if sample.data is None:
-        sample.error = f"{sample.key}: no .{fmt.PCM_EXT} or .{fmt.FEATS_EXT} member"
-        return None
-    try:
-        meta = fmt.decode_meta(sample.meta)
-        int(meta["label_index"])
-    except (ValueError, KeyError, TypeError) as e:
-        sample.error = f"{sample.key}: bad .json member ({e!r})"
-        return None
-    return meta
 
 
 # ----------------------------------------------------------------------------------------- split index
@@ -407,9 +117,9 @@ def _scan_split(shards: Sequence[tuple[str, int]]) -> _Index:
         n_before = len(idx.keys)
         seen = 0
         try:
-            for sample in _iter_samples(url, range(1 << 62), header_only):
+            for sample in iter_samples(url, range(1 << 62), header_only):
                 seen += 1
-                meta = _meta_fields(sample)
+                meta = sample_meta(sample)
                 if meta is None:
                     log.error("%s: skipping sample %d: %s", url, sample.ordinal, sample.error)
                     continue
@@ -430,96 +140,7 @@ def _scan_split(shards: Sequence[tuple[str, int]]) -> _Index:
     return idx
 
 
-# ------------------------------------------------------------------------------------------ crop utils
-
-
-
-
 # ----------------------------------------------------------------------------------------------- stream
-
-
-def _batch_array(shape: tuple[int, ...], dtype: Any, zero: bool = False) -> tuple[np.ndarray, torch.Tensor]:
-    """A batch buffer as (numpy array, tensor sharing its memory). numpy allocation, not torch.zeros: a
-    large torch fill runs on the intra-op thread pool, which costs ~17 ms per 4 MB on a loaded 2-core box."""
-    x = np.zeros(shape, dtype=dtype) if zero else np.empty(shape, dtype=dtype)
-    return x, torch.from_numpy(x)
-
-
-class _TrainBatcher:
-    """Shuffle buffer + batch assembly for training crops.
-
-    Crops live in one preallocated slab ``(capacity, T[, D])`` -- no allocation per sample -- and are
-    copied once into the batch array when drawn: one copy in, one copy out.
-    """
-
-    def __init__(self, capacity: int, batch_size: int, rng: random.Random):
-        self.capacity, self.bs, self.rng = capacity, batch_size, rng
-        self.slab: np.ndarray | None = None
-        self.free = list(range(capacity - 1, -1, -1))
-        self.used: list[tuple[int, int]] = []  # (slot, label)
-        self.x: np.ndarray | None = None  # batch being filled (a view of self.xt)
-        self.xt: torch.Tensor | None = None
-        self.labels = np.zeros(batch_size, dtype=np.int64)
-        self.row = 0
-        self.last: tuple[np.ndarray, np.ndarray] | None = None  # last emitted batch (x, labels)
-
-    def _batch(self, x: np.ndarray, label: int) -> dict[str, torch.Tensor] | None:
-        if self.x is None:
-            self.x, self.xt = _batch_array((self.bs, *x.shape), x.dtype)
-            self.labels = np.empty(self.bs, dtype=np.int64)
-        self.x[self.row] = x
-        self.labels[self.row] = label
-        self.row += 1
-        if self.row < self.bs:
-            return None
-        xb, xt, lb = self.x, self.xt, self.labels
-        self.last, self.x, self.row = (xb, lb), None, 0
-        # (B, T) int16 waves, or (B, T_frames, D) float16 features
-        return {("feats" if xb.ndim == 3 else "wave"): xt, "label": torch.from_numpy(lb)}
-
-    def add(
-        self, write: Callable[[np.ndarray], None], label: int, row_shape: tuple[int, ...], dtype: Any
-    ) -> dict[str, torch.Tensor] | None:
-        """Store a crop (``write(row)`` fills a slab row of ``row_shape``); returns a batch when one is
-        complete. A full buffer first moves a random stored crop to the batch, then reuses its slot."""
-        if self.slab is None:
-            self.slab = np.empty((self.capacity, *row_shape), dtype=dtype)
-        if self.free:
-            slot = self.free.pop()
-            write(self.slab[slot])
-            self.used.append((slot, int(label)))
-            return None
-        j = self.rng.randrange(len(self.used))
-        slot, old = self.used[j]
-        out = self._batch(self.slab[slot], old)
-        write(self.slab[slot])
-        self.used[j] = (slot, int(label))
-        return out
-
-    def drain(self) -> Iterator[dict[str, torch.Tensor]]:
-        assert self.slab is not None or not self.used
-        self.rng.shuffle(self.used)
-        for slot, label in self.used:
-            out = self._batch(self.slab[slot], label)  # type: ignore[index]
-            if out is not None:
-                yield out
-        self.used = []
-
-    def can_refill(self) -> bool:
-        return self.last is not None or self.row > 0
-
-    def refill(self, n: int) -> Iterator[dict[str, torch.Tensor]]:
-        """``n`` more rows re-using rows already read (keeps the planned batch count after read errors)."""
-        if self.last is not None:
-            pool_x, pool_l = self.last
-        else:
-            assert self.x is not None
-            pool_x, pool_l = self.x[: self.row].copy(), self.labels[: self.row].copy()
-        for _ in range(n):
-            i = self.rng.randrange(len(pool_l))
-            out = self._batch(pool_x[i], int(pool_l[i]))
-            if out is not None:
-                yield out
 
 
 def _resolve_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -634,6 +255,7 @@ class ShardStream(IterableDataset):
         self.pad_mode = pad_mode
         self.partial_reads = partial_reads
         self.epoch = 0
+        self.start_batch = 0
         self._index: _Index | None = None
         self._selected: list[int] | None = None  # index rows of the split's tracks after fold filtering
         if self.holdout_fold >= 0 or not self.train:
@@ -654,9 +276,21 @@ class ShardStream(IterableDataset):
     def labels(self) -> list[str] | None:
         return list(self.manifest["labels"]) if self.manifest else None
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose shard order, shuffle and crops the next iteration produces."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch whose shard order, shuffle and crops the next iteration produces.
+
+        ``start_batch`` (training; a mid-epoch resume): the first ``start_batch`` items the stream yields (as
+        seen through a DataLoader, whatever its number of workers) are empty dicts ``{}``, and the items
+        after them are exactly batches ``start_batch, ...`` of a full pass: item ``i`` is always batch ``i``
+        of the epoch. The data of the samples that only the skipped batches hold is not read (their
+        ``.json`` and tar headers are). Placeholders rather than nothing because a DataLoader takes its
+        workers' batches in turn starting from the first worker, so each worker yields its own share of the
+        skipped positions.
+        """
+        if start_batch < 0 or (start_batch and not self.train):
+            raise ValueError(f"start_batch must be >= 0 and is for training streams only, got {start_batch}")
         self.epoch = int(epoch)
+        self.start_batch = int(start_batch)
 
     def _build_index(self) -> _Index:
         if self._index is None:
@@ -737,11 +371,29 @@ class ShardStream(IterableDataset):
 
     @staticmethod
     def _worker_batches(num_batches: int) -> tuple[int, int]:
+        """This DataLoader worker's contiguous share ``[b0, b1)`` of the rank's batches."""
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         return wid * num_batches // nw, (wid + 1) * num_batches // nw
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def _worker_skip(self, num_batches: int) -> int:
+        """How many of this worker's batches come before ``start_batch`` of the loader: a DataLoader takes
+        one batch from each worker in turn, passing over the workers that are done."""
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        counts = [(w + 1) * num_batches // nw - w * num_batches // nw for w in range(nw)]
+        taken = [0] * nw
+        left = min(self.start_batch, num_batches)
+        turn = 0
+        while left:
+            for w in range(nw):
+                if left and counts[w] > turn:
+                    taken[w] += 1
+                    left -= 1
+            turn += 1
+        return taken[wid]
+
+    def __iter__(self) -> Iterator[Batch]:
         if self.train:
             return self._iter_train()
         return self._iter_eval()
@@ -772,16 +424,41 @@ class ShardStream(IterableDataset):
             k += take
         return out
 
-    def _iter_train(self) -> Iterator[dict[str, torch.Tensor]]:
-        epoch, seed, seg, bs = self.epoch, self.seed, self.segment_samples, self.batch_size
-        _, per_rank, num_batches = self._train_layout()
+    def _iter_train(self) -> Iterator[Batch]:
+        _, _, num_batches = self._train_layout()
         b0, b1 = self._worker_batches(num_batches)
         if b1 <= b0:
             return
-        a = self.rank * per_rank + b0 * bs
+        skip = self._worker_skip(num_batches)
+        for _ in range(skip):  # this worker's share of the positions before start_batch: read nothing
+            yield {}
+        if skip:
+            try:
+                yield from self._train_pass(b0, b1, skip)
+                return
+            except _Diverged as e:
+                log.warning("%s: reading the %d batches before the start batch in full", e, skip)
+        for i, batch in enumerate(self._train_pass(b0, b1)):
+            if i >= skip:
+                yield batch
+
+    def _train_pass(self, b0: int, b1: int, skip: int = 0) -> Iterator[Batch]:
+        """The rank's batches ``[b0, b1)`` (this worker's share), without the first ``skip`` of them.
+
+        Which sample lands in which batch is known before reading (:meth:`TrainBatcher.plan`), so the samples
+        drawn only into the skipped batches are passed over with their ``.json`` and member headers: no PCM
+        is read or cropped. Their readability is still checked: a read error before the first batch is
+        yielded would have changed those batches, so it raises :class:`_Diverged` (the caller then reads
+        the skipped part in full, as an uninterrupted epoch would have).
+        """
+        epoch, seed, seg, bs = self.epoch, self.seed, self.segment_samples, self.batch_size
+        _, per_rank, _ = self._train_layout()
+        a = self.rank * per_rank + b0 * bs  # first virtual index of this worker's samples
         planned = (b1 - b0) * bs
         rng = random.Random(_hash(seed, epoch, a, 0xB0F))
-        batcher = _TrainBatcher(min(max(1, self.shuffle_buffer), planned), bs, rng)
+        batcher = TrainBatcher(min(max(1, self.shuffle_buffer), planned), bs, rng, skip=skip)
+        batch_of = batcher.plan(planned) if skip else None  # by position k - a
+        strict = skip > 0  # until the first batch is out: any read error diverges from the full pass
         produced = 0
         kept = self._kept_by_shard
         partial = self.partial_reads
@@ -790,6 +467,7 @@ class ShardStream(IterableDataset):
             url = self.shards[shard][0]
             wanted: Sequence[int] = range(lo, hi) if kept is None else kept[shard][lo:hi]
             k_of = {o: k_lo + j for j, o in enumerate(wanted)}
+            unread = set() if batch_of is None else {o for o, k in k_of.items() if batch_of[k - a] < skip}
 
             def crop_range(ordinal: int, n: int, k_of=k_of) -> tuple[int, int]:
                 if n <= seg or not partial:
@@ -798,26 +476,36 @@ class ShardStream(IterableDataset):
 
             got = 0
             try:
-                for sample in _iter_samples(url, wanted, crop_range):
-                    meta = _meta_fields(sample)
+                for sample in iter_samples(url, wanted, crop_range, unread):
+                    meta = sample_meta(sample)
                     if meta is None:
                         log.error("%s: skipping sample %d: %s", url, sample.ordinal, sample.error)
+                        if strict:
+                            raise _Diverged(f"{url}: sample {sample.ordinal} unreadable")
                         continue
                     got += 1
-                    h = _hash(seed, epoch, k_of[sample.ordinal])
-                    x = sample.data
-                    out = batcher.add(
-                        lambda row, s=sample, h=h: self._train_crop(s, h, row),
-                        meta["label_index"],
-                        (seg, *x.shape[1:]),  # type: ignore[union-attr]
-                        x.dtype,  # type: ignore[union-attr]
-                    )
+                    if sample.ordinal in unread:
+                        out = batcher.add(None, meta["label_index"])
+                    else:
+                        h = _hash(seed, epoch, k_of[sample.ordinal])
+                        x = sample.data
+                        out = batcher.add(
+                            lambda row, s=sample, h=h: self._train_crop(s, h, row),
+                            meta["label_index"],
+                            (seg, *x.shape[1:]),  # type: ignore[union-attr]
+                            x.dtype,  # type: ignore[union-attr]
+                        )
                     if out is not None:
+                        strict = False
                         yield out
             except ShardReadError as e:
                 log.error("%s; skipping the rest of this shard", e)
+                if strict:
+                    raise _Diverged(str(e)) from e
             if got < len(wanted):
                 log.error("%s: read %d of the %d samples expected", url, got, len(wanted))
+                if strict:
+                    raise _Diverged(f"{url}: {len(wanted) - got} samples unreadable")
             produced += got
         yield from batcher.drain()
         if produced < planned:
@@ -829,7 +517,7 @@ class ShardStream(IterableDataset):
                 )
             yield from batcher.refill(planned - produced)
 
-    def _train_crop(self, sample: _Sample, h: int, out: np.ndarray) -> None:
+    def _train_crop(self, sample: Sample, h: int, out: np.ndarray) -> None:
         """Write the ``segment_samples`` crop at the sample's hashed offset into ``out`` (looped/padded
         if the track is short)."""
         seg, n, x = self.segment_samples, sample.length, sample.data
@@ -843,7 +531,7 @@ class ShardStream(IterableDataset):
         out[:] = x[off : off + seg]
 
     # -- evaluation
-    def _iter_eval(self) -> Iterator[dict[str, torch.Tensor]]:
+    def _iter_eval(self) -> Iterator[Batch]:
         idx = self._build_index()
         sel = self._selected or []
         seg, hop, bs = self.segment_samples, self.hop_samples, self.batch_size
@@ -854,100 +542,60 @@ class ShardStream(IterableDataset):
         r_lo = win_start[rank_tracks[self.rank]]
         r_hi = win_start[rank_tracks[self.rank + 1]]
         w_lo, w_hi = min(r_lo + b0 * bs, r_hi), min(r_lo + b1 * bs, r_hi)  # real windows of this worker
-        rows = (b1 - b0) * bs
         dim = idx.feature_dim
         if dim is None and self.manifest is not None:
             dim = self.manifest.get("feature_dim")
         is_feats = self.kind == "features" or (self.kind is None and dim is not None)
-        shape = (bs, seg, dim) if is_feats else (bs, seg)
-        dtype = np.float16 if is_feats else np.int16
-        name = "feats" if is_feats else "wave"
+        batcher = EvalBatcher(bs, (seg, dim) if is_feats else (seg,), np.float16 if is_feats else np.int16)
+        for t, x in self._eval_tracks(w_lo, w_hi, win_start):
+            starts = window_starts(idx.lengths[sel[t]], seg, hop=hop)  # the window policy classify uses
+            w_a = max(w_lo, win_start[t]) - win_start[t]  # this worker's windows of the track
+            w_b = min(w_hi, win_start[t + 1]) - win_start[t]
+            yield from batcher.add_track(t, idx.labels[sel[t]], x, starts[w_a:w_b])
+        yield from batcher.pad_to((b1 - b0) * bs)  # fill the last batch / equalise batches across ranks
 
-        state = {"row": 0}
-        cur: dict[str, Any] = {}
-        starts: dict[str, Any] = {}
-
-        def new_batch() -> None:
-            cur["x"], cur["xt"] = _batch_array(shape, dtype, zero=True)
-            cur["track"] = np.full(bs, -1, dtype=np.int64)
-            cur["label"] = np.zeros(bs, dtype=np.int64)
-            cur["valid"] = np.zeros(bs, dtype=bool)
-            state["row"] = 0
-
-        def put(track: int, label: int, x: np.ndarray | None, w: int) -> dict[str, torch.Tensor] | None:
-            """Window ``w`` of ``track`` (x: the whole track, None when unreadable) into the next row."""
-            row = state["row"]
-            if x is not None:
-                if starts.get("track") != track:  # tracks arrive one after the other: cache one
-                    starts["track"], starts["at"] = track, window_starts(idx.lengths[sel[track]], seg, hop=hop)
-                start = int(starts["at"][w])  # the window policy classify uses
-                piece = x[start : start + seg]
-                cur["x"][row, : piece.shape[0]] = piece
-                cur["track"][row], cur["label"][row], cur["valid"][row] = track, label, True
-            state["row"] = row + 1
-            if row + 1 < bs:
-                return None
-            out = {
-                name: cur["xt"],
-                "label": torch.from_numpy(cur["label"]),
-                "track": torch.from_numpy(cur["track"]),
-                "valid": torch.from_numpy(cur["valid"]),
-            }
-            new_batch()
-            return out
-
-        new_batch()
-        emitted = 0
-        if w_hi > w_lo:
-            t_first = bisect.bisect_right(win_start, w_lo) - 1
-            t_last = bisect.bisect_right(win_start, w_hi - 1) - 1
-            # tracks grouped by shard (contiguous: tracks are in manifest order)
-            groups: list[tuple[int, list[int]]] = []
-            for t in range(t_first, t_last + 1):
-                s = idx.shard[sel[t]]
-                if not groups or groups[-1][0] != s:
-                    groups.append((s, []))
-                groups[-1][1].append(t)
-            for s, tracks in groups:
-                url = self.shards[s][0]
-                by_ordinal = {idx.ordinal[sel[t]]: t for t in tracks}
-                pending = iter(tracks)
-                samples = _iter_samples(url, [idx.ordinal[sel[t]] for t in tracks], None)
-                while True:
-                    try:
-                        sample = next(samples, None)
-                    except ShardReadError as e:
-                        log.error("%s; its remaining tracks are marked valid=False", e)
-                        sample = None
-                    got_t = by_ordinal[sample.ordinal] if sample is not None else None
-                    # tracks before got_t (or all remaining at the end) were not read: invalid rows
-                    for t in pending:
-                        x = None
-                        if t == got_t:
-                            meta = _meta_fields(sample)  # type: ignore[arg-type]
-                            if meta is None:
-                                log.error("%s: track %d unreadable: %s", url, t, sample.error)  # type: ignore[union-attr]
-                            else:
-                                x = sample.data  # type: ignore[union-attr]
-                        elif got_t is None or t < got_t:
-                            log.error("%s: track %d (%s) missing", url, t, idx.keys[sel[t]])
-                        w_a = max(w_lo, win_start[t]) - win_start[t]
-                        w_b = min(w_hi, win_start[t + 1]) - win_start[t]
-                        label = idx.labels[sel[t]]
-                        for w in range(w_a, w_b):
-                            out = put(t, label, x, w)
-                            emitted += 1
-                            if out is not None:
-                                yield out
-                        if t == got_t:
-                            break
-                    if sample is None:
+    def _eval_tracks(
+        self, w_lo: int, w_hi: int, win_start: list[int]
+    ) -> Iterator[tuple[int, np.ndarray | None]]:
+        """``(track, its samples or frames)`` of the tracks holding windows ``[w_lo, w_hi)``, in order; None
+        for a track that could not be read (logged). The data views a reused buffer: valid until the next."""
+        if w_hi <= w_lo:
+            return
+        idx, sel = self._build_index(), self._selected or []
+        t_first = bisect.bisect_right(win_start, w_lo) - 1
+        t_last = bisect.bisect_right(win_start, w_hi - 1) - 1
+        groups: list[tuple[int, list[int]]] = []  # tracks by shard (contiguous: tracks are in manifest order)
+        for t in range(t_first, t_last + 1):
+            s = idx.shard[sel[t]]
+            if not groups or groups[-1][0] != s:
+                groups.append((s, []))
+            groups[-1][1].append(t)
+        for s, tracks in groups:
+            url = self.shards[s][0]
+            by_ordinal = {idx.ordinal[sel[t]]: t for t in tracks}
+            pending = iter(tracks)
+            samples = iter_samples(url, [idx.ordinal[sel[t]] for t in tracks])
+            while True:
+                try:
+                    sample = next(samples, None)
+                except ShardReadError as e:
+                    log.error("%s; its remaining tracks are marked valid=False", e)
+                    sample = None
+                got_t = by_ordinal[sample.ordinal] if sample is not None else None
+                for t in pending:  # tracks before got_t (or all remaining at the end) were not read
+                    x = None
+                    if t == got_t:
+                        if sample_meta(sample) is None:  # type: ignore[arg-type]
+                            log.error("%s: track %d unreadable: %s", url, t, sample.error)  # type: ignore[union-attr]
+                        else:
+                            x = sample.data  # type: ignore[union-attr]
+                    elif got_t is None or t < got_t:
+                        log.error("%s: track %d (%s) missing", url, t, idx.keys[sel[t]])
+                    yield t, x
+                    if t == got_t:
                         break
-        while emitted < rows:  # fill the last batch / equalise batches across ranks
-            out = put(-1, 0, None, 0)
-            emitted += 1
-            if out is not None:
-                yield out
+                if sample is None:
+                    break
 
 
 # ----------------------------------------------------------------------------------------------- loader

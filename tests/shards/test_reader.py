@@ -435,3 +435,82 @@ def test_in_process_rank_partition_is_exact_for_any_world_size(tmp_path, world):
     assert set(train_rows) == set(range(16)) and len(train_rows) == world * per_rank * bs
     expected = [(t, int(w)) for t, tr in enumerate(tracks) for w in window_starts(len(tr["pcm"]), seg)]
     assert sorted(windows) == expected  # every window of every track exactly once over all ranks
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through read() calls so far (Linux ``/proc/self/io`` ``rchar``)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_start_batch_yields_exactly_the_rest_of_a_full_pass(tmp_path, num_workers):
+    root, _ = uneven_set(tmp_path / "set")
+    # a shuffle buffer smaller than a worker's share: batches hold samples drawn at random from it
+    kw = dict(train=True, segment_samples=24, batch_size=3, seed=9, shuffle_buffer=4)
+    full_stream = ShardStream(root, "train", **kw)
+    full_stream.set_epoch(1)
+    full = drain(full_stream, num_workers)
+    assert len(full) == 6
+    for k in range(len(full) + 1):
+        s = ShardStream(root, "train", **kw)
+        s.set_epoch(1, start_batch=k)
+        got = drain(s, num_workers)
+        assert len(got) == len(s) == len(full)
+        assert got[:k] == [{}] * k  # placeholders: item i is batch i of the epoch, whatever the workers
+        for a, b in zip(got[k:], full[k:], strict=True):
+            assert torch.equal(a["wave"], b["wave"]) and torch.equal(a["label"], b["label"]), k
+        s.set_epoch(2)  # the next epoch starts at its first batch again
+        assert len(drain(s, num_workers)) == len(full)
+    with pytest.raises(ValueError, match="start_batch"):
+        ShardStream(root, "train", train=False, segment_samples=24, batch_size=3).set_epoch(0, start_batch=1)
+
+
+def test_start_batch_does_not_read_the_pcm_of_the_batches_before_it(tmp_path):
+    rng = np.random.default_rng(0)
+    n, seg, bs = 12, 50_000, 2  # 100-KB crops of 400-KB tracks
+    tracks = [
+        {"t": t, "key": f"long{t:02d}", "label_index": t % 3, "fold": -1,
+         "pcm": rng.integers(-(2**15), 2**15, 200_000).astype(np.int16)}
+        for t in range(n)
+    ]  # fmt: skip
+    root = write_set(tmp_path / "set", {"train": [tracks[:5], tracks[5:]]})
+    kw = dict(train=True, segment_samples=seg, batch_size=bs, seed=3, shuffle_buffer=5)
+    crop_bytes = 2 * seg
+
+    def read(start: int) -> tuple[list[dict], int]:
+        s = ShardStream(root, "train", **kw)
+        s.set_epoch(0, start_batch=start)
+        before = _bytes_read()
+        batches = drain(s)
+        return batches, _bytes_read() - before
+
+    full, full_bytes = read(0)
+    assert len(full) == 6 and full_bytes >= n * crop_bytes  # every crop read once (and only the crop)
+    overhead = full_bytes - n * crop_bytes  # tar headers and .json members
+    assert overhead < crop_bytes // 4
+    rest, rest_bytes = read(4)
+    assert rest[:4] == [{}] * 4
+    assert all(torch.equal(a["wave"], b["wave"]) for a, b in zip(rest[4:], full[4:], strict=True))
+    # only the 4 crops of batches 4 and 5 are read; the other 8 samples give their headers and .json
+    assert 4 * crop_bytes <= rest_bytes <= 4 * crop_bytes + overhead
+
+
+def test_start_batch_after_an_unreadable_sample_still_matches_the_full_pass(tmp_path, caplog):
+    root, _ = uneven_set(tmp_path / "set")
+    bad = root / fmt.shard_name("train", 2)
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 2048] = b"\xff" * 2048  # a bad header checksum mid-shard
+    bad.write_bytes(bytes(data))
+    kw = dict(train=True, segment_samples=16, batch_size=3, seed=1, shuffle_buffer=4)
+    full = drain(ShardStream(root, "train", **kw))
+    caplog.set_level(logging.WARNING, logger="shards.reader")
+    for k in range(len(full) + 1):
+        s = ShardStream(root, "train", **kw)
+        s.set_epoch(0, start_batch=k)
+        got = drain(s)
+        assert len(got) == len(full) and got[:k] == [{}] * k
+        assert all(torch.equal(a["wave"], b["wave"]) for a, b in zip(got[k:], full[k:], strict=True))
+    assert any("reading the" in r.getMessage() and "in full" in r.getMessage() for r in caplog.records)
