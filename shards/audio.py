@@ -158,7 +158,7 @@ def _reason_from_soundfile(err: Exception) -> str:
 
 def _av_error(path: Path, kind: Sniff, err: ffmpeg_decode.DecodeError) -> AudioError:
     reason = err.reason
-    if kind.kind == "mp4" and reason.startswith(("not audio", "corrupt or truncated")):
+    if kind.kind == "mp4" and reason.startswith(("not audio", "corrupt or truncated", "no audio frames")):
         reason = ffmpeg_decode.mp4_structure_problem(path) or reason
     elif reason.startswith("not audio or unsupported format"):
         reason = f"not audio or unsupported format ({kind.what} that FFmpeg cannot open)"

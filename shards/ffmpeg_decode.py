@@ -122,7 +122,8 @@ def _open(path: str) -> av.container.InputContainer:
     except av.error.InvalidDataError:
         raise DecodeError("not audio or unsupported format (FFmpeg finds no valid stream)") from None
     except av.error.EOFError:
-        raise DecodeError("corrupt or truncated (the file ends inside its headers)") from None
+        # demuxers that read up to the first audio packet while opening (Ogg) meet the end of the file
+        raise DecodeError("no audio frames (the file ends before any audio data: empty or truncated)") from None
     except av.error.PermissionError:
         raise DecodeError("unreadable: permission denied") from None
     except av.error.FFmpegError as err:
@@ -136,12 +137,15 @@ def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.Aud
         return_reason = "no audio stream" + (f" (only {', '.join(others)})" if others else "")
         raise DecodeError(return_reason)
     st = streams[0]
-    tag = (st.codec_tag or "").strip("\x00")
+    cc = st.codec_context
+    if cc is None:  # PyAV builds a context only for codecs FFmpeg can decode
+        raise DecodeError("unsupported codec (FFmpeg has no decoder for this audio stream)")
+    try:
+        tag = cc.codec_tag.strip("\x00 ")
+    except (UnicodeDecodeError, ValueError):
+        tag = ""
     if tag in DRM_CODEC_TAGS:
         raise DecodeError(f"DRM-protected: cannot be decoded ({DRM_CODEC_TAGS[tag]}, '{tag}')")
-    if st.codec_context is None:
-        raise DecodeError(f"unsupported codec ('{tag or '?'}': FFmpeg has no decoder for it)")
-    cc = st.codec_context
     if not cc.sample_rate or cc.sample_rate <= 0:
         raise DecodeError(f"unsupported or corrupt stream ({cc.name}: no sample rate)")
     return st
