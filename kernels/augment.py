@@ -31,8 +31,9 @@ name               class                                input -> output
 
 They are registered in :data:`AUGMENTATIONS`; each class has ``from_config(cfg, sample_rate)``.
 :class:`WaveAugment` and :class:`SpecAugment` chain the enabled ones in a fixed order;
-:func:`build_augment` returns the three stages used by the model. :func:`offline_time_stretch_pitch_shift`
-is the slow, waveform-domain alternative (phase vocoder + resampling) for offline corpus expansion.
+:func:`build_augment` returns the three stages used by the model. The slow, exact, waveform-domain time
+stretch / pitch shift (phase vocoder + resampling) expands a corpus offline, at ingest: ``make_shards.py
+--offline-augment`` (:mod:`shards.offline_augment`).
 """
 
 from __future__ import annotations
@@ -41,11 +42,9 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from registry import Registry
@@ -687,7 +686,7 @@ class SpecPitchShift(RandomAugment):
     bin 0 is 0 Hz. On mel bins it is an approximation: mel spacing is roughly linear below ~1 kHz (where it is
     right) and roughly logarithmic above (where a pitch shift is really a constant translation of bins), so
     high-frequency content is moved too far for upward shifts and too little for downward ones. Use small
-    ranges (a few semitones), or the waveform-domain :func:`offline_time_stretch_pitch_shift` for exact shifts.
+    ranges (a few semitones), or exact waveform-domain copies at ingest (``make_shards.py --offline-augment``).
     ``x [B, C, F, frames]`` -> same shape and dtype.
     """
 
@@ -917,79 +916,6 @@ def build_augment(cfg: AugmentConfig, sample_rate: int) -> tuple[WaveAugment, Sp
     return WaveAugment(cfg, sample_rate), SpecAugment(cfg, sample_rate), Mixup.from_config(cfg, sample_rate)
 
 
-# -------------------------------------------------------------------------------------- offline (slow)
-
-
-def offline_time_stretch_pitch_shift(
-    wave: Tensor,
-    sample_rate: int,
-    rate: float = 1.0,
-    semitones: float = 0.0,
-    n_fft: int = 2048,
-    hop_length: int | None = None,
-) -> Tensor:
-    """Waveform-domain time stretch and pitch shift (phase vocoder + band-limited resampling).
-
-    ``wave`` float ``[T]`` (or ``[..., T]``) at ``sample_rate`` Hz -> float ``[round(T / rate)]`` (same
-    leading dims and dtype): tempo multiplied by ``rate`` (>1 = faster/shorter), pitch moved by ``semitones``.
-    One STFT -> :func:`torchaudio.functional.phase_vocoder` at rate ``rate / k`` -> iSTFT -> resampling by
-    ``k = 2 ** (semitones / 12)`` (:func:`torchaudio.functional.resample`, ratio approximated to a fraction
-    with denominator <= 256: a pitch error below 0.05 cent).
-
-    Cost: an STFT/iSTFT pair plus a polyphase resampling per clip, ~10-50x the on-device spectrogram
-    approximations and not batched over different rates; meant for offline corpus expansion, not for the
-    training loop. Phase-vocoder artefacts ("phasiness") grow with ``|log rate|`` and ``|semitones|``.
-    """
-    import torchaudio.functional as AF
-
-    if not torch.is_tensor(wave) or not wave.is_floating_point():
-        raise TypeError(
-            f"offline_time_stretch_pitch_shift: wave must be a float tensor, got {type(wave).__name__}"
-        )
-    if wave.dim() < 1 or wave.shape[-1] < 2:
-        raise ValueError(
-            f"offline_time_stretch_pitch_shift: wave must be [..., T] with T >= 2, got {tuple(wave.shape)}"
-        )
-    if sample_rate <= 0:
-        raise ValueError(f"offline_time_stretch_pitch_shift: sample_rate must be > 0 Hz, got {sample_rate}")
-    if not (rate > 0 and math.isfinite(rate)):
-        raise ValueError(f"offline_time_stretch_pitch_shift: rate must be > 0, got {rate}")
-    if abs(semitones) > 48:
-        raise ValueError(f"offline_time_stretch_pitch_shift: semitones must be within +-48, got {semitones}")
-    out_len = max(1, round(wave.shape[-1] / rate))
-    if rate == 1.0 and semitones == 0.0:
-        return wave.clone()
-
-    dtype = wave.dtype
-    lead = wave.shape[:-1]
-    x = wave.reshape(-1, wave.shape[-1]).to(torch.float32 if dtype in _HALF else dtype)
-    k = 2.0 ** (semitones / 12.0)
-    hop = hop_length or n_fft // 4
-    window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
-    # (N, n_fft // 2 + 1, frames) complex. Zero (not reflect) padding: the phase vocoder propagates the
-    # inter-bin phases of frame 0, and a reflected first frame breaks them (a steady tone then loses ~half
-    # its level when slowed down; torchaudio.functional.pitch_shift has this problem, librosa does not).
-    spec = torch.stft(x, n_fft, hop, window=window, center=True, pad_mode="constant", return_complex=True)
-    # pitch by k = stretch by 1/k, then resample by k; net tempo factor = (rate / k) * k = rate
-    pv_rate = rate / k
-    if pv_rate != 1.0:
-        # expected phase advance per hop of each bin, (n_freq, 1)
-        phase_advance = torch.linspace(0, math.pi * hop, spec.shape[-2], device=x.device, dtype=x.dtype)
-        phase_advance = phase_advance[:, None]
-        spec = AF.phase_vocoder(spec, pv_rate, phase_advance)
-    stretched_len = round(x.shape[-1] / pv_rate)
-    y = torch.istft(spec, n_fft, hop, window=window, center=True, length=stretched_len)
-    if semitones != 0.0:
-        # playing `k` times faster: orig_freq / new_freq = k
-        frac = Fraction(k).limit_denominator(256)
-        y = AF.resample(y, frac.numerator, frac.denominator)
-    if y.shape[-1] >= out_len:
-        y = y[..., :out_len]
-    else:
-        y = F.pad(y, (0, out_len - y.shape[-1]))
-    return y.reshape(*lead, out_len).to(dtype)
-
-
 __all__ = [
     "AUGMENTATIONS",
     "AddNoise",
@@ -1006,6 +932,5 @@ __all__ = [
     "TimeShift",
     "WaveAugment",
     "build_augment",
-    "offline_time_stretch_pitch_shift",
     "reseed_all",
 ]

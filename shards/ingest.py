@@ -7,7 +7,9 @@ The job runs in three phases, each deterministic given the arguments and the sou
 2. **plan** -- every track is probed (header only, in parallel); labels, keys, split/fold assignment
    (:mod:`shards.splits`) and the partition into shards are fixed and saved to ``DIR/.ingest/plan.json``.
    Sample order within a split: sorted by key, then shuffled with a generator seeded by ``(seed, split)``,
-   so a shard is a label mix (good for streaming shuffles) and reruns give the same order.
+   so a shard is a label mix (good for streaming shuffles) and reruns give the same order. With
+   ``--offline-augment`` the training split also gets time-stretched / pitch-shifted copies of its tracks
+   (:mod:`shards.offline_augment`), marked in their JSON; valid and test never do.
 3. **write** -- tracks are decoded by a process pool (``imap``, order kept) and written shard by shard;
    each shard goes to ``<name>.tmp``, is fsync'ed and renamed, then ``DIR/.ingest/done/<name>.json``
    records its size, sha256, samples and decode skips.
@@ -67,6 +69,7 @@ from shards.layouts import (
     gtzan_list_name,
     scan_source,
 )
+from shards.offline_augment import OfflineAugment
 from shards.splits import gtzan_filtered_lists, kfold, parse_ratios, stratified_splits
 from shards.writer import ShardWriter, shard_matches
 
@@ -100,6 +103,7 @@ class IngestConfig:
     folds: int = 0
     group_by: str = "auto"  # "auto" (artist when artists are known) | "artist" | "none"
     shard_size: str = "256MB"  # "<n>MB" / "<n>GB" / "<n>KB" by size, a bare integer by sample count
+    offline_augment: tuple[OfflineAugment, ...] = ()  # one extra copy of every training track per variant
     workers: int | None = None  # None: os.cpu_count()
     overwrite: bool = False
     progress: bool | None = None  # None: tqdm decides (bars on a terminal only)
@@ -206,11 +210,16 @@ def _hash_task(path: str) -> str | None:
     return h.hexdigest()
 
 
-def _decode_task(settings: DecodeSettings, path: str) -> tuple[dict[str, bytes], int, float] | str:
-    """Decode one track -> ``({ext: bytes}, samples, seconds)`` or a skip reason.
+def _decode_task(
+    settings: DecodeSettings, task: tuple[str, OfflineAugment | None]
+) -> tuple[dict[str, bytes], int, float] | str:
+    """Decode one track ``(path, offline augmentation or None)`` -> ``({ext: bytes}, samples, seconds)`` or a
+    skip reason.
 
-    Audio: ``{"pcm": int16 LE bytes}`` at ``settings.sample_rate`` Hz; other kinds: the layout's ``decode_file``.
+    Audio: ``{"pcm": int16 LE bytes}`` at ``settings.sample_rate`` Hz (an augmented copy is stretched /
+    shifted after trimming, before peak normalisation); other kinds: the layout's ``decode_file``.
     """
+    path, augment = task
     try:
         cls = _feature_layout(settings.layout)
         if cls is not None:
@@ -220,6 +229,8 @@ def _decode_task(settings: DecodeSettings, path: str) -> tuple[dict[str, bytes],
             wave = audio.trim_silence(wave, settings.trim_silence)
             if wave.size == 0:
                 return f"silent: nothing left after trimming at -{settings.trim_silence} dB"
+        if augment is not None:
+            wave = augment.apply(wave, settings.sample_rate)
         if settings.peak_normalize:
             wave = audio.peak_normalize(wave)
         if wave.size == 0:
@@ -311,6 +322,8 @@ def _settings(cfg: IngestConfig, layout: str) -> dict[str, Any]:
         "folds": cfg.folds,
         "group_by": cfg.group_by,
         "shard_size": list(parse_shard_size(cfg.shard_size)),
+        # only when used: shard sets made without it keep the fingerprint they were made with (resume)
+        **({"offline_augment": [a.to_dict() for a in cfg.offline_augment]} if cfg.offline_augment else {}),
     }
 
 
@@ -571,13 +584,43 @@ def _assign_folds(cfg: IngestConfig, tracks: list[Track], keys: list[str], group
     return kfold(keys, [t.label for t in tracks], cfg.folds, cfg.seed, groups)
 
 
-def _estimated_bytes(cfg: IngestConfig, info: _Info, feature_layout: bool) -> int:
-    """Bytes a track will take in its shard (tar headers and padding included), from its probe."""
+def _estimated_bytes(
+    cfg: IngestConfig, info: _Info, feature_layout: bool, augment: OfflineAugment | None = None
+) -> int:
+    """Bytes a track (or an augmented copy) will take in its shard (tar headers and padding included)."""
     used = info.frames if cfg.max_seconds is None else min(info.frames, int(round(cfg.max_seconds * info.rate)))
     if feature_layout:  # float16 [frames, dim] .npy + a larger JSON
         return _member_bytes(2 * used * info.channels + 128) + _member_bytes(800)
     samples = int(math.ceil(used * cfg.sample_rate / info.rate))  # int16 PCM at the stored rate
+    if augment is not None:
+        samples = int(math.ceil(samples / augment.rate))
     return _member_bytes(2 * samples) + _member_bytes(400)
+
+
+class _Item(NamedTuple):
+    """One sample of the plan: a track, or an offline-augmented copy of a training track."""
+
+    index: int  # into the plan's tracks
+    key: str
+    augment: OfflineAugment | None = None
+
+
+def _items(cfg: IngestConfig, keys: list[str], splits: list[str]) -> list[_Item]:
+    """Every track once, plus one copy of every training track per ``--offline-augment`` variant (key
+    ``<key>_aug<j>``, kept unique and within the ustar name limit)."""
+    items = [_Item(i, k) for i, k in enumerate(keys)]
+    used = set(keys)
+    for i, key in enumerate(keys):
+        if splits[i] != "train":
+            continue
+        for j, aug in enumerate(cfg.offline_augment, start=1):
+            base = f"{key[: _MAX_KEY - 8]}_aug{j}"
+            cand, n = base, 1
+            while cand in used:  # an original key that happens to end in _aug<j>
+                cand, n = f"{base[: _MAX_KEY - 6]}_{n}", n + 1
+            used.add(cand)
+            items.append(_Item(i, cand, aug))
+    return items
 
 
 def _partition(
@@ -590,38 +633,42 @@ def _partition(
     folds: list[int],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Order each split (sorted by key, shuffled by ``(seed, split)``) and cut it into shards of
-    ``--shard-size``: ``(plan tracks, plan shards)``, a shard being the range ``[start, stop)`` of tracks."""
+    ``--shard-size``: ``(plan tracks, plan shards)``, a shard being the range ``[start, stop)`` of tracks.
+    Offline-augmented copies of training tracks are samples of their own, shuffled in with the rest."""
     kind, size = parse_shard_size(cfg.shard_size)
     feature_layout = LAYOUTS.get(layout).kind != "audio"
+    items = _items(cfg, keys, splits)
     plan_tracks: list[dict[str, Any]] = []
     plan_shards: list[dict[str, Any]] = []
     for split in SPLITS:
-        idx = sorted((i for i in range(len(tracks)) if splits[i] == split), key=lambda i: keys[i])
-        random.Random(f"{cfg.seed}:{split}").shuffle(idx)
+        order = sorted((it for it in items if splits[it.index] == split), key=lambda it: it.key)
+        random.Random(f"{cfg.seed}:{split}").shuffle(order)
         shard_i, cur_n, cur_bytes, start = 0, 0, 0, len(plan_tracks)
-        for i in idx:
+        for it in order:
+            i = it.index
             t, info = tracks[i], infos[i]
-            est_bytes = _estimated_bytes(cfg, info, feature_layout)
+            est_bytes = _estimated_bytes(cfg, info, feature_layout, it.augment)
             full = cur_n >= size if kind == "count" else (cur_n > 0 and cur_bytes + est_bytes > size)
             if full:
                 plan_shards.append(
                     {"name": shard_name(split, shard_i), "split": split, "start": start, "stop": len(plan_tracks)}
                 )
                 shard_i, cur_n, cur_bytes, start = shard_i + 1, 0, 0, len(plan_tracks)
-            plan_tracks.append(
-                {
-                    "key": keys[i],
-                    "rel": t.rel,
-                    "path": str(t.path),
-                    "label": t.label,
-                    "track_id": t.track_id,
-                    "artist": t.artist,
-                    "split": split,
-                    "fold": folds[i],
-                    "orig_sample_rate": info.rate,
-                    "channels": info.channels,
-                }
-            )
+            entry = {
+                "key": it.key,
+                "rel": t.rel,
+                "path": str(t.path),
+                "label": t.label,
+                "track_id": t.track_id,
+                "artist": t.artist,
+                "split": split,
+                "fold": folds[i],
+                "orig_sample_rate": info.rate,
+                "channels": info.channels,
+            }
+            if it.augment is not None:
+                entry.update(augment=it.augment.to_dict(), augment_of=keys[i])
+            plan_tracks.append(entry)
             cur_n += 1
             cur_bytes += est_bytes
         if cur_n:
@@ -677,6 +724,13 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
     if cfg.split is not None and cfg.split not in SPLIT_METHODS:
         raise IngestError(f"--split {cfg.split!r}: valid are {', '.join(SPLIT_METHODS)}")
     parse_shard_size(cfg.shard_size)
+    if cfg.offline_augment and cfg.folds:
+        raise IngestError(
+            "--offline-augment with --folds: cross-validation tests on folds of the training split, where the "
+            "augmented copies are; make a shard set for cross-validation without --offline-augment"
+        )
+    if len(set(cfg.offline_augment)) != len(cfg.offline_augment):
+        raise IngestError("--offline-augment lists the same RATE:SEMITONES twice")
     if cfg.layout != "auto" and cfg.layout not in LAYOUTS:
         raise IngestError(f"unknown layout {cfg.layout!r}; valid: auto, {', '.join(LAYOUTS.names())}")
 
@@ -688,6 +742,8 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
         log.debug("layout auto -> %s", layout)
     if cfg.labels is not None and layout != "msd":
         raise IngestError(f"--labels is for the msd layout (a genre annotation file); layout is {layout!r}")
+    if cfg.offline_augment and LAYOUTS.get(layout).kind != "audio":
+        raise IngestError(f"--offline-augment stretches audio; layout {layout!r} stores {LAYOUTS.get(layout).kind}")
     settings = _settings(cfg, layout)
 
     # ---- output directory: fresh, resumable, or a conflict
@@ -791,7 +847,7 @@ def _write_shards(
     # at most ~64 decoded tracks (~85 MB of 30-s clips) wait for the writer
     results = mapper.imap(
         partial(_decode_task, settings),
-        [t["path"] for t in todo],
+        [(t["path"], OfflineAugment(**t["augment"]) if "augment" in t else None) for t in todo],
         chunk,
         window=max(64, 4 * chunk * mapper.workers),
     )
@@ -828,6 +884,8 @@ def _write_shards(
                         "split": t["split"],
                         "fold": t["fold"],
                     }
+                    if "augment" in t:  # an offline-augmented copy of the training track augment_of
+                        meta.update(augment=t["augment"], augment_of=t["augment_of"])
                     writer.add(t["key"], {**members, META_EXT: encode_meta(meta)})
                     per_label[t["label"]] += 1
                     seconds += duration
@@ -945,6 +1003,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shard-size", default="256MB", help="per shard: a size (256MB, 1GB) or a sample count (1000)"
     )
+    p.add_argument(
+        "--offline-augment",
+        action="append",
+        default=[],
+        metavar="RATE:SEMITONES",
+        help="also write an augmented copy of every TRAINING track: tempo x RATE, pitch + SEMITONES (phase "
+        "vocoder + resampling, slow); repeat for more copies, e.g. --offline-augment 0.9:0 --offline-augment "
+        "1:2. Copies carry augment / augment_of in their JSON; valid and test are never augmented",
+    )
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: os.cpu_count())")
     p.add_argument("--overwrite", action="store_true", help="start over in a non-empty --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -991,6 +1058,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         ratios = parse_ratios(args.split_ratios)
+        augments = tuple(OfflineAugment.parse(a) for a in args.offline_augment)
     except ValueError as err:
         print(f"make_shards: error: {err}", file=sys.stderr)
         return 2
@@ -1010,6 +1078,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         folds=args.folds,
         group_by=args.group_by,
         shard_size=args.shard_size,
+        offline_augment=augments,
         workers=args.workers,
         overwrite=args.overwrite,
         progress=False if args.no_progress else None,
