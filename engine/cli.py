@@ -16,8 +16,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("engine.evaluate", "metrics, report and confusion matrix of a checkpoint on a split"),
     "cv": ("engine.cv", "k-fold cross-validation over the shards' folds"),
     "compare": ("engine.compare", "train and evaluate several architectures under the same budget"),
-    "classify": ("engine.classify", "classify music files and folders (resumable, JSONL/CSV)"),
-    "export": ("engine.export", "export a checkpoint to TorchScript or ONNX (waveform in, probabilities out)"),
+    "classify": ("engine.classify", "classify music files and folders with a checkpoint or an exported model (resumable, JSONL/CSV)"),
+    "export": (
+        "engine.export",
+        "export a checkpoint to torch.export (.pt2), ONNX or TorchScript (waveform in, probabilities out)",
+    ),
 }
 
 

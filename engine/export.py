@@ -1,13 +1,23 @@
-"""Export a checkpoint as a self-contained model: ``python -m engine export CHECKPOINT --format torchscript|onnx --out FILE``.
+"""Export a checkpoint as a self-contained model: ``python -m engine export CHECKPOINT --format export|onnx|torchscript --out FILE``.
 
 The exported graph is the whole inference path -- float32 waveform ``[B, T]`` in [-1, 1] at the model's
 sample rate -> feature front end -> backbone -> softmax probabilities ``[B, K]`` -- with the augmentations
 removed and the model in eval mode, so a deployment needs neither this package nor librosa/nnAudio.
+The batch size B is dynamic; T is the length the graph was exported at (``window_samples``).
 
-Metadata travels with the file: TorchScript archives carry ``genre_meta.json`` (labels, sample_rate,
-segment_samples, config) as an extra file, which :mod:`engine.classify` reads, so ``classify`` accepts an
-exported TorchScript file like a checkpoint; ONNX files carry the same JSON in ``metadata_props``
-(key ``genre_meta``).
+Formats:
+
+- ``export``: a ``torch.export`` program (``.pt2``), PyTorch's current format: ``torch.export.load(f)
+  .module()(wave)`` with plain PyTorch;
+- ``onnx``: the ``torch.export``-based ONNX exporter (``dynamo=True``, opset 18, ``torch.stft`` as ONNX
+  ``STFT``; needs ``onnxscript``); if it fails, the legacy TorchScript-based exporter (opset 17) on the
+  same model with its STFT computed as a real-valued convolution (the legacy exporter rejects complex
+  tensors);
+- ``torchscript``: ``torch.jit.trace`` + freeze. PyTorch deprecates ``torch.jit``; kept while it loads.
+
+Metadata travels with the file (labels, sample_rate, segment_samples, window_samples, config): an extra
+file ``genre_meta.json`` in TorchScript and ``.pt2`` archives, ``metadata_props["genre_meta"]`` in ONNX.
+``python -m engine classify`` reads it, so it accepts every exported file like a checkpoint.
 
 Every export is verified in the command itself: the exported model and the eager model are run on the same
 random waveforms and the largest absolute probability difference must stay under ``tolerance`` (1e-4).
@@ -29,14 +39,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from engine.classify.predictor import TS_META_FILE, CheckpointInputError, check_input_kind
+from engine.classify.predictor import (
+    ONNX_META_KEY,
+    PT2_META_FILE,
+    TS_META_FILE,
+    CheckpointInputError,
+    check_input_kind,
+)
 from engine.cli import HelpFormatter
 from engine.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = 1e-4  # max |p_exported - p_eager| over every probability of the check batch
-ONNX_OPSET = 17  # STFT is an ONNX op from opset 17
+FORMATS = ("export", "onnx", "torchscript")
+ONNX_OPSET = 18  # the torch.export-based exporter's lowest opset (asking for 17 fails converting Pad)
+ONNX_LEGACY_OPSET = 17  # STFT is an ONNX op from opset 17
 
 
 class ProbabilityModel(nn.Module):
@@ -91,39 +109,62 @@ def _export_torchscript(wrapper: ProbabilityModel, example: Tensor, out: Path, m
         torch.jit.save(traced, str(out), _extra_files={TS_META_FILE: json.dumps(meta)})
 
 
-def _export_onnx(wrapper: ProbabilityModel, example: Tensor, out: Path, meta: dict[str, Any]) -> str:
-    """Legacy (TorchScript-based) exporter first -- it handles ``torch.stft`` at opset 17 -- then dynamo."""
+def _dynamic_batch() -> dict[str, dict[int, Any]]:
+    """``dynamic_shapes`` of the wrapper's input: any batch size, the window length as traced."""
+    return {"wave": {0: torch.export.Dim("batch", min=1)}}
+
+
+def _export_program(wrapper: ProbabilityModel, example: Tensor, out: Path, meta: dict[str, Any]) -> None:
+    """``torch.export`` program of the whole inference path, saved as a ``.pt2`` archive with the metadata."""
+    with torch.no_grad():
+        try:
+            program = torch.export.export(wrapper, (example,), dynamic_shapes=_dynamic_batch())
+        except Exception as err:  # torch.export raises many types (guards on data, unsupported ops, ...)
+            raise ExportError(f"torch.export cannot trace this model: {type(err).__name__}: {_first_lines(err)}") from None
+    torch.export.save(program, str(out), extra_files={PT2_META_FILE: json.dumps(meta)})
+
+
+def _first_lines(err: BaseException, n: int = 3) -> str:
+    return " | ".join(line for line in str(err).splitlines()[:n] if line.strip())
+
+
+def _export_onnx(
+    wrapper: ProbabilityModel, model: nn.Module, ckpt: dict[str, Any], example: Tensor, out: Path,
+    meta: dict[str, Any],
+) -> str:  # fmt: skip
+    """The ``torch.export``-based exporter on ``wrapper`` first (``torch.stft`` as is); only if it fails the
+    legacy one on ``model`` with a conv STFT (:func:`_onnx_friendly`). Returns which exporter wrote ``out``."""
     errors = []
-    for dynamo in (False, True):
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper, (example,), str(out), dynamo=True, opset_version=ONNX_OPSET, input_names=["wave"],
+                output_names=["probs"], dynamic_shapes=_dynamic_batch(), external_data=False, verbose=False,
+            )  # fmt: skip
+        exporter = f"torch.onnx dynamo (torch.export), opset {ONNX_OPSET}"
+    except Exception as err:  # onnxscript missing, an op without a translation, a torch.export failure, ...
+        errors.append(f"dynamo: {type(err).__name__}: {_first_lines(err)}")
+        logger.warning("the torch.export-based ONNX exporter failed (%s); trying the legacy one", errors[-1])
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if dynamo:
-                    batch = torch.export.Dim("batch", min=1)
-                    torch.onnx.export(
-                        wrapper, (example,), str(out), dynamo=True, opset_version=ONNX_OPSET,
-                        input_names=["wave"], output_names=["probs"],
-                        dynamic_shapes={"wave": {0: batch}}, external_data=False,
-                    )  # fmt: skip
-                else:
-                    torch.onnx.export(
-                        wrapper, (example,), str(out), dynamo=False, opset_version=ONNX_OPSET,
-                        input_names=["wave"], output_names=["probs"],
-                        dynamic_axes={"wave": {0: "batch"}, "probs": {0: "batch"}},
-                    )  # fmt: skip
-            exporter = "torch.onnx dynamo" if dynamo else f"torch.onnx legacy, opset {ONNX_OPSET}"
-            break
-        except Exception as err:  # each exporter fails in its own way; report both if neither works
-            errors.append(f"{'dynamo' if dynamo else 'legacy'}: {type(err).__name__}: {str(err)[:500]}")
-            logger.info("ONNX %s exporter failed: %s", "dynamo" if dynamo else "legacy", errors[-1])
-    else:
-        raise ExportError("ONNX export failed with both exporters:\n" + "\n".join(errors))
+                legacy = ProbabilityModel(_onnx_friendly(model, ckpt)).eval()
+                torch.onnx.export(
+                    legacy, (example,), str(out), dynamo=False, opset_version=ONNX_LEGACY_OPSET,
+                    input_names=["wave"], output_names=["probs"],
+                    dynamic_axes={"wave": {0: "batch"}, "probs": {0: "batch"}},
+                )  # fmt: skip
+            exporter = f"torch.onnx legacy (TorchScript), opset {ONNX_LEGACY_OPSET}, conv STFT"
+        except Exception as err2:
+            errors.append(f"legacy: {type(err2).__name__}: {_first_lines(err2)}")
+            raise ExportError("ONNX export failed with both exporters:\n" + "\n".join(errors)) from None
     try:
         import onnx  # noqa: PLC0415 -- optional dependency
 
         proto = onnx.load(str(out))
         entry = proto.metadata_props.add()
-        entry.key, entry.value = "genre_meta", json.dumps(meta)
+        entry.key, entry.value = ONNX_META_KEY, json.dumps(meta)
         onnx.save(proto, str(out))
     except ImportError:
         logger.warning("onnx is not installed: %s carries no label metadata", out)
@@ -133,9 +174,9 @@ def _export_onnx(wrapper: ProbabilityModel, example: Tensor, out: Path, meta: di
 def _onnx_friendly(model: nn.Module, ckpt: dict[str, Any]) -> nn.Module:
     """The same model with its STFT computed by nnAudio's real-valued conv STFT instead of ``torch.stft``.
 
-    The legacy ONNX exporter rejects complex tensors (``torch.stft(return_complex=True)``) and the dynamo
-    exporter needs onnxscript; the conv STFT computes the same power spectrum (kernels/features.py) with
-    plain Conv1d ops every ONNX runtime supports. Weights are copied from ``model``; the conv kernels are
+    For the legacy ONNX exporter, which rejects complex tensors (``torch.stft(return_complex=True)``:
+    "STFT does not currently support complex types"); the conv STFT computes the same power spectrum
+    (kernels/features.py) with plain Conv1d ops every ONNX runtime supports. Weights are copied from ``model``; the conv kernels are
     derived buffers. The verification still compares against the original (torch.stft) eager model.
     """
     import dataclasses  # noqa: PLC0415
@@ -158,12 +199,19 @@ def _onnx_friendly(model: nn.Module, ckpt: dict[str, Any]) -> nn.Module:
 
 
 def _run_exported(fmt: str, path: Path, x: Tensor) -> Tensor | None:
+    """The saved file, loaded back as a deployment would, run on ``x``; None if onnxruntime is missing."""
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             model = torch.jit.load(str(path), map_location="cpu")
         with torch.no_grad():
             return model(x)
+    if fmt == "export":
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="No complete tensor found")  # see classify.predictor
+            program = torch.export.load(str(path))
+        with torch.no_grad():
+            return program.module()(x)
     try:
         import onnxruntime as ort  # noqa: PLC0415 -- optional dependency
     except ImportError:
@@ -181,7 +229,7 @@ def export_model(
     tolerance: float = DEFAULT_TOLERANCE,
     check_batch: int = 4,
 ) -> dict[str, Any]:
-    """Export ``checkpoint`` to ``out`` as ``fmt`` (``"torchscript"`` or ``"onnx"``) and verify it.
+    """Export ``checkpoint`` to ``out`` as ``fmt`` (``"export"``, ``"onnx"`` or ``"torchscript"``) and verify it.
 
     Args:
         window_samples: input length T the graph is traced at (default: the checkpoint's
@@ -199,8 +247,10 @@ def export_model(
 
     t0 = time.perf_counter()
     fmt = fmt.lower()
-    if fmt not in ("torchscript", "onnx"):
-        raise ValueError(f"format {fmt!r} is not torchscript or onnx")
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt == "export" and Path(out).suffix != ".pt2":
+        raise ValueError(f"--out {out}: torch.export archives are .pt2 files (torch.export.load expects the name)")
     check_input_kind(checkpoint)
     model, ckpt = load_model(checkpoint, "cpu")
     window = int(ckpt["segment_samples"] if window_samples is None else window_samples)
@@ -211,17 +261,20 @@ def export_model(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     example = _check_inputs(2, window, seed=1)
-    # write to a temporary name; only a verified export replaces ``out``
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    # write to a temporary name; only a verified export replaces ``out`` (torch.export wants a .pt2 name)
+    suffix = ".tmp.pt2" if fmt == "export" else ".tmp"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        exporter = "torch.jit.trace"
         if fmt == "torchscript":
             _export_torchscript(wrapper, example, tmp, meta)
+            exporter = "torch.jit.trace"
+        elif fmt == "export":
+            _export_program(wrapper, example, tmp, meta)
+            exporter = "torch.export"
         else:
-            onnx_wrapper = ProbabilityModel(_onnx_friendly(model, ckpt)).eval()
-            exporter = _export_onnx(onnx_wrapper, example, tmp, meta)
+            exporter = _export_onnx(wrapper, model, ckpt, example, tmp, meta)
         x = _check_inputs(check_batch, window, seed=2)
         with torch.no_grad():
             eager = wrapper(x)
@@ -262,8 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", help="checkpoint .pt written by training")
-    p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
-    p.add_argument("--out", required=True, help="output file (.pt/.ts for TorchScript, .onnx for ONNX)")
+    p.add_argument(
+        "--format",
+        choices=list(FORMATS),
+        required=True,
+        help="export: torch.export program (.pt2, torch.export.load); onnx: ONNX (onnxruntime); "
+        "torchscript: torch.jit (deprecated by PyTorch, kept while it loads)",
+    )
+    p.add_argument("--out", required=True, help="output file (.pt2 for export, .onnx for ONNX, .ts for TorchScript)")
     p.add_argument(
         "--window-samples", type=int, default=None, help="input length T (default: segment_samples)"
     )

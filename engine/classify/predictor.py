@@ -88,14 +88,21 @@ def is_torchscript_file(path: str | os.PathLike) -> bool:
 
 
 def model_file_kind(path: str | os.PathLike) -> str:
-    """One of :data:`MODEL_KINDS`, from the file's contents (zip members) or, for ONNX, its ``.onnx`` name.
+    """One of :data:`MODEL_KINDS`, from the file's contents.
 
     ``torch.export`` archives hold ``<root>/archive_format`` (``pt2``); TorchScript ones ``<root>/code/``;
-    anything else (including what is not a zip) is treated as a checkpoint, whose loader says what is wrong.
+    an ONNX file is not a zip and is named ``.onnx`` or starts like an ONNX protobuf (field 1,
+    ``ir_version``: byte 0x08; a legacy ``torch.save`` pickle starts with 0x80). Anything else is treated
+    as a checkpoint, whose loader says what is wrong with it.
     """
     names = _zip_names(path)
     if names is None:
-        return "onnx" if os.fspath(path).lower().endswith(".onnx") else "checkpoint"
+        try:
+            with open(path, "rb") as fh:
+                first = fh.read(1)
+        except OSError:
+            first = b""
+        return "onnx" if os.fspath(path).lower().endswith(".onnx") or first == b"\x08" else "checkpoint"
     if is_torchscript_file(path):
         return "torchscript"
     if any(n.split("/", 1)[-1] == "archive_format" for n in names):
@@ -132,7 +139,11 @@ def _load_torchscript(path: str, device: torch.device, channels_last: bool) -> L
 
 def _load_export(path: str, device: torch.device, channels_last: bool) -> Loaded:
     extra = {PT2_META_FILE: ""}
-    program = torch.export.load(path, extra_files=extra)
+    with warnings.catch_warnings():
+        # a buffer that views a larger storage (the STFT window: the periodic Hann is n_fft samples of an
+        # n_fft + 1 one) is saved as that view; torch warns it "may cause issues" off the CPU only
+        warnings.filterwarnings("ignore", message="No complete tensor found")
+        program = torch.export.load(path, extra_files=extra)
     meta = _exported_meta(path, extra[PT2_META_FILE], "torch.export")
     if device.type != "cpu":  # the program was exported on the CPU; constants created in it move too
         from torch.export.passes import move_to_device_pass  # noqa: PLC0415

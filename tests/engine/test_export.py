@@ -1,9 +1,12 @@
-"""Export: TorchScript and ONNX files equal the eager model; classify accepts the TorchScript file."""
+"""Export: torch.export (.pt2), ONNX and TorchScript files equal the eager model; classify accepts each of them."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -13,8 +16,8 @@ import soundfile as sf
 import torch
 
 from engine.checkpoint import load_model
-from engine.classify import CheckpointInputError, classify, is_torchscript_file, read_records
-from engine.export import export_model, main
+from engine.classify import CheckpointInputError, classify, is_torchscript_file, model_file_kind, read_records
+from engine.export import ExportError, export_model, main
 
 SR = 8000  # model rate, Hz
 SEG = 8000  # 1-s windows
@@ -130,3 +133,145 @@ def test_window_of_zero_samples_is_refused_not_replaced_by_the_default(tmp_path:
     with pytest.raises(ValueError, match="window_samples must be >= 1, got 0"):
         export_model(ckpt, "torchscript", tmp_path / "m.ts", window_samples=0)
     assert not (tmp_path / "m.ts").exists()
+
+
+# ------------------------------------------------------------------------------------- torch.export (.pt2)
+
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
+HAS_ONNXSCRIPT = importlib.util.find_spec("onnxscript") is not None
+REPO = Path(__file__).resolve().parents[2]
+
+# Runs in a fresh `python -I` from another folder: the repo is off sys.path and every module of genre-engine
+# (and nnAudio, the STFT library a checkpoint may use) refuses to import, as on a machine with only PyTorch.
+_BLOCKED_RUNNER = """
+import importlib.abc, os, sys
+BLOCK = {"engine", "kernels", "shards", "registry", "tools", "nnAudio"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCK:
+            raise ImportError(f"{name} is not installed here")
+sys.meta_path.insert(0, Block())
+sys.path = [p for p in sys.path if os.path.realpath(p or ".") != sys.argv[4]]
+import torch
+extra = {"genre_meta.json": ""}
+program = torch.export.load(sys.argv[1], extra_files=extra)
+model = program.module()
+with torch.no_grad():
+    probs = [model(x) for x in torch.load(sys.argv[2])]
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCK)
+torch.save({"probs": probs, "meta": extra["genre_meta.json"], "loaded": loaded}, sys.argv[3])
+"""
+
+
+def test_torch_export_program_equals_eager_and_loads_with_plain_pytorch(tmp_path: Path, ckpt: Path) -> None:
+    out = tmp_path / "model.pt2"
+    res = export_model(ckpt, "export", out)
+    assert res["verified"] and res["max_abs_diff"] <= 1e-4 and res["exporter"] == "torch.export"
+    assert model_file_kind(out) == "export" and not is_torchscript_file(out)
+    batches = [waves(1, seed=3), waves(5, seed=4)]  # the batch dimension is dynamic
+    batches[1][2] = 0.0  # silence
+    torch.save(batches, tmp_path / "x.pt")
+    run = subprocess.run(
+        [sys.executable, "-I", "-c", _BLOCKED_RUNNER, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt"), str(REPO)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={"PATH": os.environ.get("PATH", ""), "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = torch.load(tmp_path / "y.pt")
+    assert got["loaded"] == []  # nothing of genre-engine was imported (or importable) to run it
+    meta = json.loads(got["meta"])
+    assert meta["labels"] == LABELS and meta["sample_rate"] == SR and meta["window_samples"] == SEG
+    for x, y in zip(batches, got["probs"]):
+        ref = eager(ckpt, x)
+        assert y.shape == (x.shape[0], len(LABELS))
+        assert (y - ref).abs().max().item() < 1e-5
+
+
+def test_torch_export_refuses_a_front_end_it_cannot_trace_and_leaves_no_file(tmp_path: Path) -> None:
+    # chroma with per-clip tuning estimation takes a median over a data-dependent number of peaks:
+    # torch.export cannot trace it (nor can torch.jit.trace or either ONNX exporter)
+    from engine.checkpoint import save_checkpoint
+    from engine.config import from_dict, to_dict
+    from engine.models import ModelConfig, build_model
+
+    cfg = from_dict(ModelConfig, {"arch": "cnn", "params": {"channels": [4], "hidden": 8},
+                                  "features": {"features": ["chroma"], "n_fft": 256, "hop_length": 128,
+                                               "estimate_tuning": True}})  # fmt: skip
+    model = build_model(cfg, len(LABELS), SR, SEG)
+    path = save_checkpoint(tmp_path / "tuning.pt", model=model, config={"model": to_dict(cfg)}, labels=LABELS,
+                           sample_rate=SR, segment_samples=SEG, epoch=0, metrics={})  # fmt: skip
+    with pytest.raises(ExportError, match="torch.export cannot trace this model"):
+        export_model(path, "export", tmp_path / "m.pt2")
+    assert list(tmp_path.glob("m.pt2*")) == [] and list(tmp_path.glob(".m.pt2*")) == []
+
+
+@pytest.mark.skipif(not (HAS_ORT and HAS_ONNXSCRIPT), reason="onnxruntime and onnxscript not installed")
+def test_onnx_export_uses_the_torch_export_based_exporter_with_torch_stft(tmp_path: Path, ckpt: Path) -> None:
+    import onnx
+
+    res = export_model(ckpt, "onnx", tmp_path / "m.onnx")
+    assert res["exporter"].startswith("torch.onnx dynamo") and res["max_abs_diff"] <= 1e-4
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    assert "STFT" in ops  # torch.stft itself, not the conv STFT the legacy exporter needs
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed")
+def test_onnx_export_falls_back_to_the_legacy_exporter_without_onnxscript(tmp_path: Path, ckpt: Path) -> None:
+    # a fresh process in which onnxscript (the dynamo exporter's translator) is not importable
+    script = (
+        "import importlib.abc, json, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('onnxscript', 'onnx_ir'):\n"
+        "            raise ImportError(name + ' is not installed here')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from engine.export import export_model\n"
+        "res = export_model(sys.argv[1], 'onnx', sys.argv[2])\n"
+        "print(json.dumps({k: res[k] for k in ('exporter', 'max_abs_diff', 'verified')}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", script, str(ckpt), str(tmp_path / "m.onnx")], env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = json.loads(run.stdout.strip().splitlines()[-1])
+    assert res["exporter"].startswith("torch.onnx legacy") and res["verified"] and res["max_abs_diff"] <= 1e-4
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = waves(3, seed=11)
+    (got,) = sess.run(None, {"wave": x.numpy()})
+    assert np.abs(got - eager(ckpt, x).numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("fmt", ["export", pytest.param("onnx", marks=pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed"))])
+def test_classify_accepts_the_export_and_onnx_files(tmp_path: Path, ckpt: Path, fmt: str) -> None:
+    model_file = tmp_path / ("model.pt2" if fmt == "export" else "model.onnx")
+    export_model(ckpt, fmt, model_file)
+    assert model_file_kind(model_file) == fmt
+    renamed = tmp_path / "model.bin"  # an ONNX protobuf is recognised without its .onnx name too
+    renamed.write_bytes(model_file.read_bytes())
+    assert model_file_kind(renamed) == fmt
+    d = tmp_path / "in"
+    d.mkdir()
+    sf.write(d / "a.flac", tone(3.0, 22050, seed=1), 22050)
+    sf.write(d / "b.wav", tone(0.4, SR, seed=2), SR)
+    (d / "c.wav").write_bytes(b"junk")
+    classify(ckpt, [d], tmp_path / "ckpt.jsonl", num_workers=0, timeline=True, progress=False)
+    s = classify(model_file, [d], tmp_path / "exp.jsonl", num_workers=0, timeline=True, progress=False)
+    assert s["files"] == 3 and s["ok"] == 2 and s["precision"] == "fp32"
+    a = {r["path"]: r for r in read_records(tmp_path / "ckpt.jsonl", "jsonl")}
+    b = {r["path"]: r for r in read_records(tmp_path / "exp.jsonl", "jsonl")}
+    assert a.keys() == b.keys()
+    for path, rec in a.items():
+        assert b[path]["status"] == rec["status"] and b[path].get("windows") == rec.get("windows")
+        for ta, tb in zip(rec.get("top", []), b[path].get("top", [])):
+            assert ta["label"] == tb["label"] and abs(ta["prob"] - tb["prob"]) < 1e-5
+        assert [w["label"] for w in rec.get("timeline", [])] == [w["label"] for w in b[path].get("timeline", [])]
+
+
+def test_model_file_kinds_are_told_apart_by_content(tmp_path: Path, ckpt: Path) -> None:
+    ts = tmp_path / "model.bin"  # names do not decide for zip archives
+    export_model(ckpt, "torchscript", ts)
+    assert model_file_kind(ckpt) == "checkpoint" and model_file_kind(ts) == "torchscript"
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    assert model_file_kind(junk) == "checkpoint"  # load_model then says what is wrong with it
