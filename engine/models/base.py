@@ -202,17 +202,17 @@ class GenreModel(nn.Module):
         self.input_kind = "features" if is_precomputed(cfg.features) else "wave"
         augment = cfg.augment
         self.frontend: nn.Module
-        try:  # the front ends check what needs the sample rate (f_max, CQT range) with plain ValueError
+        try:  # the front ends (f_max, CQT range) and the augmentation config check with plain ValueError
             if self.input_kind == "features":
                 self.frontend = PrecomputedFrontend(cfg.features)
                 augment = sequence_augment_config(augment)  # time masks + mixup: nothing else fits sequences
             else:
                 self.frontend = build_frontend(cfg.features, sample_rate)
+            self.wave_aug, self.spec_aug, self.mixup = build_augment(augment, sample_rate)
         except ConfigError:
             raise
         except ValueError as err:
             raise ConfigError(str(err)) from err
-        self.wave_aug, self.spec_aug, self.mixup = build_augment(augment, sample_rate)
         self.in_shape: tuple[int, int, int] = tuple(int(v) for v in self.frontend.out_shape(segment_samples))
         arch_cls = cfg.arch_class()
         arch_cfg = cfg.arch_config()
