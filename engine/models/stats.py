@@ -104,6 +104,10 @@ class Stats(nn.Module):
         else:
             self.dense = nn.Identity()
             self.classifier = nn.Linear(dim, num_classes)
+        # start at chance (uniform probabilities), as a logistic regression's solver does: a random head on
+        # standardised inputs would begin with arbitrary confident logits
+        nn.init.zeros_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
 
     def pooled(self, x: Tensor) -> Tensor:  # (B, C, F, frames) -> (B, S*C*F), before standardisation
         return pooled_statistics(x.float(), self.stats)

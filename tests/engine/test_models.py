@@ -36,6 +36,7 @@ SMALL: dict[str, dict] = {
         "params": {"channels": [32, 32], "hidden": 32},
         "features": {"features": ["mfcc"], "deltas": 1},
     },
+    "stats": {"arch": "stats", "params": {}, "features": {"features": ["mfcc", "chroma"], "deltas": 2}},
 }
 
 
@@ -125,7 +126,7 @@ def test_unknown_arch_error_lists_the_valid_names() -> None:
     assert "transformer" in msg
     for name in ("cnn", "cnn1d", "crnn", "resnet", "rnn"):
         assert name in msg
-    assert ARCHS.names() == ["cnn", "cnn1d", "crnn", "resnet", "rnn"]
+    assert ARCHS.names() == ["cnn", "cnn1d", "crnn", "resnet", "rnn", "stats"]
 
 
 def test_unknown_or_mistyped_params_are_rejected_before_building() -> None:

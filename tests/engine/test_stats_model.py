@@ -16,17 +16,27 @@ from engine.models.stats import Stats, pooled_statistics
 SR = 22050
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: intra-op threads cost more than they give."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def backbone(in_shape: tuple[int, int, int], num_classes: int = 3, **params) -> Stats:
     cls = ARCHS.get("stats")
     return cls(from_dict(cls.Config, params, "stats"), in_shape, num_classes)
 
 
-def known_input(b: int = 3, c: int = 2, f: int = 5, frames: int = 17) -> np.ndarray:
+def known_input(b: int = 3, c: int = 2, f: int = 5, frames: int = 17, constant: bool = True) -> np.ndarray:
     """Distinct scales per band (like MFCC c0 in dB vs chroma in [0, 1]) and a constant band (std 0)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((b, c, f, frames)) * np.logspace(-2, 2, c * f).reshape(1, c, f, 1)
     x += np.arange(c * f).reshape(1, c, f, 1) * 10.0
-    x[:, 1, 2, :] = 7.5
+    if constant:
+        x[:, 1, 2, :] = 7.5
     return x.astype(np.float32)
 
 
@@ -62,7 +72,11 @@ def test_eval_logits_are_a_linear_model_on_training_set_standardised_statistics(
     and eval-mode logits are W (z - mean) / sqrt(var + eps) + b, computed here in NumPy."""
     torch.manual_seed(0)
     net = backbone((2, 5, 17))
-    batches = [known_input() + i for i in range(3)]
+    with torch.no_grad():  # a trained head, not the zero one it starts with
+        net.classifier.weight.normal_()
+        net.classifier.bias.normal_()
+    # (no constant band: its running variance would be 0 and eps alone would scale it)
+    batches = [known_input(constant=False) + i for i in range(3)]
     net.train()
     with torch.no_grad():
         for xb in batches:
@@ -75,7 +89,7 @@ def test_eval_logits_are_a_linear_model_on_training_set_standardised_statistics(
     np.testing.assert_allclose(net.norm.running_var.numpy(), var, rtol=1e-4, atol=1e-4)
 
     net.eval()
-    x = known_input() * 1.5
+    x = known_input(constant=False) * 1.5
     flat = x.reshape(3, 10, 17).astype(np.float64)
     zx = np.concatenate([flat.mean(-1), flat.std(-1)], axis=1)
     w = net.classifier.weight.detach().numpy().astype(np.float64)
@@ -104,6 +118,16 @@ def test_hidden_layer_mlp_and_the_classifier_name():
     net = backbone((1, 72, 130), hidden=32, dropout=0.2, num_classes=6)
     assert net.classifier.in_features == 32 and net.classifier.out_features == 6
     assert net.dense[0].in_features == 144  # mean and std of 72 bands
+
+
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_an_untrained_model_predicts_uniform_probabilities(hidden):
+    """The head starts at zero, as a logistic regression's solver does: loss ln K at step 0, whatever the
+    inputs' scale."""
+    net = backbone((2, 5, 17), num_classes=4, hidden=hidden).eval()
+    with torch.no_grad():
+        logits = net(torch.from_numpy(known_input()) * 1e3)
+    assert torch.equal(logits, torch.zeros(3, 4))
 
 
 @pytest.mark.parametrize(
