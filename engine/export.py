@@ -26,6 +26,7 @@ random waveforms and the largest absolute probability difference must stay under
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,11 @@ DEFAULT_TOLERANCE = 1e-4  # max |p_exported - p_eager| over every probability of
 FORMATS = ("export", "onnx", "torchscript")
 ONNX_OPSET = 18  # the torch.export-based exporter's lowest opset (asking for 17 fails converting Pad)
 ONNX_LEGACY_OPSET = 17  # STFT is an ONNX op from opset 17
+_ONNX_LOG_LEVELS = {
+    "onnx_ir": logging.WARNING,
+    "onnxscript": logging.WARNING,
+    "torch.onnx._internal.exporter._registration": logging.ERROR,
+}
 
 
 class ProbabilityModel(nn.Module):
@@ -121,7 +128,23 @@ def _export_program(wrapper: ProbabilityModel, example: Tensor, out: Path, meta:
             program = torch.export.export(wrapper, (example,), dynamic_shapes=_dynamic_batch())
         except Exception as err:  # torch.export raises many types (guards on data, unsupported ops, ...)
             raise ExportError(f"torch.export cannot trace this model: {type(err).__name__}: {_first_lines(err)}") from None
-    torch.export.save(program, str(out), extra_files={PT2_META_FILE: json.dumps(meta)})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No complete tensor found")  # see classify.predictor
+        torch.export.save(program, str(out), extra_files={PT2_META_FILE: json.dumps(meta)})
+
+
+@contextlib.contextmanager
+def _quiet(levels: dict[str, int]) -> Iterator[None]:
+    """Raise these loggers' levels for a while (the ONNX graph passes log each step at INFO, the op
+    registry warns about every torchvision op it cannot register when torchvision is not installed)."""
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in levels]
+    for log, _ in saved:
+        log.setLevel(levels[log.name])
+    try:
+        yield
+    finally:
+        for log, level in saved:
+            log.setLevel(level)
 
 
 def _first_lines(err: BaseException, n: int = 3) -> str:
@@ -136,7 +159,7 @@ def _export_onnx(
     legacy one on ``model`` with a conv STFT (:func:`_onnx_friendly`). Returns which exporter wrote ``out``."""
     errors = []
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _quiet(_ONNX_LOG_LEVELS):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 wrapper, (example,), str(out), dynamo=True, opset_version=ONNX_OPSET, input_names=["wave"],
