@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from kernels import augment as augment  # AUGMENTATIONS: gain, polarity, shift, noise, time/freq masks, ...
 from kernels import features as features  # FEATURES: logmel, mfcc, chroma, cqt
+from kernels import musicnn_input as musicnn_input  # FEATURES: musicnn (pretrained musicnn input, 16 kHz)
 from kernels.features import FEATURES, Frontend, FrontendConfig, build_frontend, estimate_norm_stats
 
 __all__ = ["FEATURES", "Frontend", "FrontendConfig", "build_frontend", "estimate_norm_stats"]

@@ -488,6 +488,9 @@ class Frontend(nn.Module):
         self.chunk_frames = cfg.cpu_chunk_frames
 
         shapes = [self.feats[n].out_shape(sample_rate) for n in self.names]
+        if len({s[2] for s in shapes}) > 1:
+            detail = ", ".join(f"{n}: {s[2]} frames" for n, s in zip(self.names, shapes))
+            raise ValueError(f"frontend.features have different frame rates and cannot be stacked ({detail})")
         if self.stack == "channels":
             if len({s[1] for s in shapes}) > 1:
                 detail = ", ".join(f"{n}: F={s[1]}" for n, s in zip(self.names, shapes))
@@ -517,7 +520,7 @@ class Frontend(nn.Module):
     def out_shape(self, num_samples: int) -> tuple[int, int, int]:
         """``(C, F, frames)`` of the output for a clip of ``num_samples`` samples (no computation)."""
         shapes = [self.feats[n].out_shape(num_samples) for n in self.names]
-        frames = KF.out_frames(num_samples, self.hop_length)
+        frames = shapes[0][2]  # a resampling feature (musicnn) has its own frame count; all agree (checked)
         if self.stack == "channels":
             return sum(s[0] for s in shapes), shapes[0][1], frames
         return 1, sum(s[0] * s[1] for s in shapes), frames

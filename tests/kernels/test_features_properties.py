@@ -23,11 +23,11 @@ def frontend(sr: int, **kw) -> Frontend:
 
 
 def test_registered_feature_names():
-    assert FEATURES.names() == ["chroma", "cqt", "logmel", "mfcc"]
+    assert FEATURES.names() == ["chroma", "cqt", "logmel", "mfcc", "musicnn"]
     # "precomputed" (kernels.precomputed) stands for feature-sequence input (MSD), not a waveform feature:
     # a config accepts it alone, the waveform Frontend refuses it
     FrontendConfig(features=["precomputed"]).validate()
-    with pytest.raises(ValueError, match="unknown feature.*valid: \\['chroma', 'cqt', 'logmel', 'mfcc', 'precomputed'\\]"):
+    with pytest.raises(ValueError, match="unknown feature.*valid: \\['chroma', 'cqt', 'logmel', 'mfcc', 'musicnn', 'precomputed'\\]"):
         FrontendConfig(features=["precomputed", "spectral_contrast"]).validate()
     with pytest.raises(ValueError, match="waveform Frontend cannot build them"):
         build_frontend(FrontendConfig(features=["precomputed"]), 22050)
