@@ -26,6 +26,7 @@ from torch import nn
 
 from engine.config import ConfigError, from_dict
 from engine.models import HEAD_NAME, GenreModel, ModelConfig, build_model
+from engine.pretrained import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,11 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and check a checkpoint; raises ``FileNotFoundError`` or :class:`CheckpointError`."""
-    path = Path(path)
+    """Read and check a checkpoint; raises ``FileNotFoundError`` or :class:`CheckpointError`.
+
+    ``path`` may also name a pretrained model (``musicnn:MSD_musicnn``): :func:`engine.pretrained.resolve_checkpoint`
+    turns it into its cached, converted checkpoint file."""
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:

@@ -5,7 +5,7 @@ Adding an architecture: one file with ``@ARCHS.register("name")`` on an ``nn.Mod
 plus one import line below.
 """
 
-from engine.models import cnn, cnn1d, crnn, resnet, rnn, stats  # noqa: F401  (registers the architectures)
+from engine.models import cnn, cnn1d, crnn, musicnn, musicnn_vgg, resnet, rnn, stats  # noqa: F401  (registers the architectures)
 from engine.models.base import (
     ARCHS,
     HEAD_NAME,
