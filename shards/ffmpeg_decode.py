@@ -123,7 +123,9 @@ def _open(path: str) -> av.container.InputContainer:
         raise DecodeError("not audio or unsupported format (FFmpeg finds no valid stream)") from None
     except av.error.EOFError:
         # demuxers that read up to the first audio packet while opening (Ogg) meet the end of the file
-        raise DecodeError("no audio frames (the file ends before any audio data: empty or truncated)") from None
+        raise DecodeError(
+            "no audio frames (the file ends before any audio data: empty or truncated)"
+        ) from None
     except av.error.PermissionError:
         raise DecodeError("unreadable: permission denied") from None
     except av.error.FFmpegError as err:
@@ -209,8 +211,9 @@ class _Reader:
         self.start, self.stop = start, stop
         self.deadline = time.monotonic() + budget_s
         self.budget_s = budget_s
-        self.parts: list[np.ndarray] = []  # (channels, n) in the decoder's sample type
+        self.parts: list[list[np.ndarray]] = []  # per frame, one (n,) view per channel, decoder's type
         self.packets = self.errors = 0
+        self.mixed = False  # channel count or sample type changed mid-stream
         self.sample_rate = st.codec_context.sample_rate
 
     def run(self, pos: int | None, origin_pts: int | None = None) -> int | None:
@@ -218,6 +221,7 @@ class _Reader:
         pts relative to ``origin_pts``). Returns the first frame's position (None if nothing decoded)."""
         first_pos = None
         silent = 0
+        start, stop, sr, parts = self.start, self.stop, self.sample_rate, self.parts
         demux = self.container.demux(self.st)
         while True:
             try:
@@ -230,7 +234,7 @@ class _Reader:
                 if self.parts:  # cut short (a truncated file): keep what was read, as ffmpeg does
                     break
                 raise DecodeError(f"corrupt or truncated (FFmpeg: {err.strerror})") from None
-            if time.monotonic() > self.deadline:
+            if self.packets % 32 == 0 and time.monotonic() > self.deadline:
                 raise DecodeError(
                     f"decoding stopped after {self.budget_s:.0f} s (corrupt or pathological stream)"
                 )
@@ -250,24 +254,29 @@ class _Reader:
                 continue
             silent = 0
             for fr in frames:
-                if fr.sample_rate != self.sample_rate:
-                    raise DecodeError(
-                        f"sample rate changes mid-stream ({self.sample_rate} -> {fr.sample_rate} Hz)"
-                    )
+                if fr.sample_rate != sr:
+                    raise DecodeError(f"sample rate changes mid-stream ({sr} -> {fr.sample_rate} Hz)")
                 if pos is None:
                     pos = self._place(fr, pkt, frames, origin_pts)
                     if pos is None:
                         return None  # cannot place a frame after a seek: the caller decodes from the start
                 if first_pos is None:
                     first_pos = pos
-                    if pos > self.start:
+                    if pos > start:
                         return first_pos  # the seek landed after the start: the caller seeks earlier
                 n = fr.samples
-                a, b = max(self.start, pos), pos + n if self.stop is None else min(pos + n, self.stop)
-                if b > a:
-                    self.parts.append(_planar(fr)[:, a - pos : b - pos])
-                pos += n
-                if self.stop is not None and pos >= self.stop:
+                end = pos + n
+                if pos >= start and (stop is None or end <= stop):
+                    part = _planar(fr)  # the whole frame (the common case)
+                else:
+                    a, b = max(start, pos), end if stop is None else min(end, stop)
+                    part = [c[a - pos : b - pos] for c in _planar(fr)] if b > a else None
+                if part is not None:
+                    if parts and (len(part) != len(parts[0]) or part[0].dtype != parts[0][0].dtype):
+                        self.mixed = True
+                    parts.append(part)
+                pos = end
+                if stop is not None and pos >= stop:
                     return first_pos
         return first_pos
 
@@ -292,25 +301,38 @@ class _Reader:
         if not self.parts:
             extra = f"; {self.errors} of {self.packets} packets undecodable" if self.errors else ""
             raise DecodeError(f"no audio frames decoded (empty or truncated stream{extra})")
-        return _to_float(self.parts)
+        return _to_float(self.parts, self.mixed)
 
 
-def _planar(fr: av.AudioFrame) -> np.ndarray:
-    """A frame's samples as ``(channels, n)`` (a view for planar formats, a transposed view for packed)."""
-    a = fr.to_ndarray()
+_DTYPES = {"flt": np.float32, "dbl": np.float64, "s16": np.int16, "s32": np.int32, "u8": np.uint8,
+           "s64": np.int64}  # fmt: skip
+
+
+def _planar(fr: av.AudioFrame) -> list[np.ndarray]:
+    """A frame's samples as one 1-D view per channel (zero-copy views of FFmpeg's planes; a packed frame's
+    interleaved samples are strided views). ``frame.to_ndarray`` stacks planes: a copy per frame."""
+    name = fr.format.name
+    dtype = _DTYPES[name.rstrip("p")]
+    n = fr.samples
     if fr.format.is_planar:
-        return a
-    return a.reshape(-1, len(fr.layout.channels)).T
+        return [np.frombuffer(plane, dtype, count=n) for plane in fr.planes]
+    ch = len(fr.layout.channels)
+    flat = np.frombuffer(fr.planes[0], dtype, count=n * ch)
+    return [flat[c::ch] for c in range(ch)]
 
 
-def _to_float(parts: list[np.ndarray]) -> np.ndarray:
-    """Concatenate ``(channels, n)`` parts into float32 ``(frames, channels)``; a mid-stream change of the
-    channel count (some broadcast AAC) is met by averaging every part to mono first."""
-    if len({p.shape[0] for p in parts}) > 1:
-        parts = [_scaled(p).mean(axis=0, dtype=np.float32, keepdims=True) for p in parts]
-    if len({p.dtype for p in parts}) > 1:
-        parts = [_scaled(p) for p in parts]
-    return _scaled(np.concatenate(parts, axis=1)).T
+def _to_float(parts: list[list[np.ndarray]], mixed: bool = False) -> np.ndarray:
+    """Concatenate per-channel parts into float32 ``(frames, channels)``; when ``mixed``, a mid-stream
+    change of the channel count (some broadcast AAC) is met by averaging every part to mono first."""
+    if mixed and len({len(p) for p in parts}) > 1:
+        parts = [[np.mean([_scaled(c) for c in p], axis=0, dtype=np.float32)] for p in parts]
+    if mixed:
+        parts = [[_scaled(c) for c in p] for p in parts]
+    channels = len(parts[0])
+    out = np.empty((channels, sum(p[0].size for p in parts)), dtype=parts[0][0].dtype)
+    for c in range(channels):
+        np.concatenate([p[c] for p in parts], out=out[c])
+    return _scaled(out).T
 
 
 def _scaled(x: np.ndarray) -> np.ndarray:
