@@ -30,15 +30,14 @@ from typing import Any
 
 import torch
 
-from engine.distributed import autocast, make_accelerator
+from engine.distributed import make_accelerator
 from engine.logs import setup_logging
-from engine.metrics import Accumulator, aggregate_tracks, track_and_segment_metrics
+from engine.metrics import aggregate_tracks
+from engine.validate import PRECISIONS, evaluate_stream
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["evaluate_checkpoint", "main", "resolve_label_map", "load_label_map"]
-
-PRECISIONS = ("no", "fp16", "bf16")
 
 
 def _norm(name: str) -> str:
@@ -106,9 +105,6 @@ def resolve_label_map(
         if target is not None:
             mapping[name] = target
     return index, mapping
-
-
-_AUTOCAST_DTYPES = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # keys: PRECISIONS
 
 
 def evaluate_checkpoint(
@@ -209,31 +205,11 @@ def evaluate_checkpoint(
         folds="only" if fold is not None else "exclude",
     )
     loader = make_loader(stream, num_workers=num_workers)
-    to_model = torch.tensor(index, dtype=torch.long)  # shard class -> model class (-1 unmapped)
-    to_model_dev = to_model.to(device)
-    acc = Accumulator()
-    iterator: Any = loader
-    if progress and accelerator.is_local_main_process:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(loader, total=len(loader), desc=f"evaluate {split}", unit="batch")
-    with torch.inference_mode():
-        for batch in iterator:
-            x = batch["wave"] if "wave" in batch else batch["feats"]
-            x = x.to(device, non_blocking=True)
-            with autocast(device, _AUTOCAST_DTYPES[precision]):
-                logits = model(x)  # (B, K)
-            probs = torch.softmax(logits.float(), dim=1)
-            label = batch["label"].to(device, non_blocking=True)
-            valid = batch["valid"].to(device, non_blocking=True)
-            mapped = to_model_dev[label.clamp_min(0)]  # (B,) model class or -1
-            valid = valid & (mapped >= 0)
-            acc.update(probs, mapped.clamp_min(0), batch["track"].to(device, non_blocking=True), valid)
-    windows = acc.compute(num_classes=len(model_labels))  # gathered across processes, every rank
-
-    metrics = track_and_segment_metrics(
-        windows["probs"], windows["labels"], windows["tracks"], None, model_labels
-    )
+    result = evaluate_stream(
+        model, loader, accelerator, len(model_labels), precision=precision,
+        label_index=torch.tensor(index, dtype=torch.long), progress=f"evaluate {split}" if progress else None,
+    )  # fmt: skip
+    metrics = result.metrics(model_labels)  # the figures training's validation computes
 
     # which tracks should have been evaluated, which could not be
     keys = stream.track_keys()
@@ -246,7 +222,7 @@ def evaluate_checkpoint(
         if index[i] < 0:
             unmapped.setdefault(name, 0)
     expected = {t for t, lab in enumerate(track_shard_labels) if index[lab] >= 0}
-    track_ids, track_probs, vote = aggregate_tracks(windows["probs"], windows["tracks"])
+    track_ids, track_probs, vote = aggregate_tracks(result.probs, result.tracks)
     got = set(track_ids.tolist())
     missing = sorted(expected - got)
     if missing:
@@ -285,7 +261,7 @@ def evaluate_checkpoint(
             "segment_samples": segment,
             "segment_seconds": segment / sample_rate,
             "hop_seconds": (hop or segment) / sample_rate,
-            "windows": int(windows["tracks"].numel()),
+            "windows": int(result.tracks.numel()),
             "tracks_expected": len(expected),
             "tracks_missing": [keys[t] for t in missing],
             "tracks_unreadable": unreadable,
@@ -299,7 +275,7 @@ def evaluate_checkpoint(
     if out is not None and accelerator.is_main_process:
         paths = dict(zip(keys, stream.track_paths()))
         labels_of = torch.tensor([index[lab] for lab in track_shard_labels], dtype=torch.long)
-        counts = torch.bincount(torch.searchsorted(track_ids, windows["tracks"]), minlength=track_ids.numel())
+        counts = torch.bincount(torch.searchsorted(track_ids, result.tracks), minlength=track_ids.numel())
         predictions = []
         for row, (t, p, v) in enumerate(zip(track_ids.tolist(), track_probs, vote.tolist())):
             true = int(labels_of[t])

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from engine.checkpoint import CheckpointError, init_from, save_checkpoint
@@ -45,6 +45,7 @@ from engine.distributed import make_accelerator
 from engine.feature_shards import model_input, prepare_model_config
 from engine.logs import setup_logging
 from engine.models import ModelConfig, build_model, count_parameters
+from engine.validate import evaluate_stream
 from kernels.augment import augment_rng_state, reseed_all, set_augment_rng_state
 from shards.format import ManifestError, load_manifest
 from shards.reader import ShardStream, make_loader
@@ -271,59 +272,26 @@ def class_weight_tensor(manifest: dict[str, Any], split: str, labels: list[str])
     return w / w.mean()
 
 
-@torch.no_grad()
 def validate(
     model: torch.nn.Module,
     loader: Any,
     accelerator: Accelerator,
-    num_classes: int,
     label_names: list[str],
     weight: torch.Tensor | None,
+    precision: str = "no",
 ) -> dict[str, float]:
-    """Validation loss, segment- and track-level accuracy and macro F1, every track counted once.
-
-    Each rank evaluates its own tracks; the per-window results are gathered once at the end (ranks may
-    hold different window counts, so no per-batch collective is used).
-    """
-    from engine.metrics import track_and_segment_metrics
-
-    net = accelerator.unwrap_model(model)
-    net.eval()
-    probs, labels, tracks, valid = [], [], [], []
-    loss_sum = torch.zeros((), device=accelerator.device)
-    weight_sum = torch.zeros((), device=accelerator.device)  # the weighted mean divides by sum of w[y], as F.cross_entropy does
-    for batch in loader:
-        wave = model_input(batch).to(accelerator.device, non_blocking=True)  # wave [B, T] or feats [B, N, D]
-        y = batch["label"].to(accelerator.device, non_blocking=True)
-        ok = batch["valid"].to(accelerator.device, non_blocking=True)
-        with accelerator.autocast():
-            logits = net(wave)
-        loss = F.cross_entropy(logits.float(), y, weight=weight, reduction="none")
-        loss_sum += (loss * ok).sum()
-        weight_sum += ((weight[y] if weight is not None else 1.0) * ok).sum()
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
-        labels.append(batch["label"])
-        tracks.append(batch["track"])
-        valid.append(batch["valid"])
-    local = {
-        "probs": torch.cat(probs) if probs else torch.zeros(0, num_classes),
-        "labels": torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
-        "tracks": torch.cat(tracks) if tracks else torch.zeros(0, dtype=torch.long),
-        "valid": torch.cat(valid) if valid else torch.zeros(0, dtype=torch.bool),
-        "loss_sum": float(loss_sum),
-        "weight_sum": float(weight_sum),
-    }
-    parts = gather_object([local]) if accelerator.num_processes > 1 else [local]
-    cat = {k: torch.cat([p[k] for p in parts]) for k in ("probs", "labels", "tracks", "valid")}
-    n_valid = int(cat["valid"].sum())
-    m = track_and_segment_metrics(cat["probs"], cat["labels"], cat["tracks"], cat["valid"], label_names)
+    """Validation loss, segment- and track-level accuracy and macro F1, every track counted once: the loop
+    and the figures of ``python -m engine evaluate`` (:func:`engine.validate.evaluate_stream`), so the two
+    never disagree on a checkpoint."""
+    result = evaluate_stream(model, loader, accelerator, len(label_names), precision=precision, weight=weight)
+    m = result.metrics(label_names)
     return {
-        "valid_loss": sum(p["loss_sum"] for p in parts) / max(1e-12, sum(p["weight_sum"] for p in parts)),
+        "valid_loss": result.loss,
         "valid_acc": m["segment"]["accuracy"],
         "valid_f1": m["segment"]["macro_f1"],
         "valid_track_acc": m["track"]["accuracy"],
         "valid_track_f1": m["track"]["macro_f1"],
-        "valid_windows": n_valid,
+        "valid_windows": int(m["segment"]["n"]),
         "valid_tracks": int(m["track"]["n"]),
     }
 
@@ -489,7 +457,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if not done:
             seed_everything(epoch_seed(cfg.run.seed, epoch, rank))  # dropout, mixup, ...
             reseed_all(net, epoch_seed(cfg.run.seed, epoch, rank))
-        train_stream.set_epoch(epoch)
+        train_stream.set_epoch(epoch, start_batch=done)  # the first `done` items: {} placeholders, nothing read
         model.train()
         t0, seen, n_steps = time.perf_counter(), state.epoch_seen, done
         seen0 = seen  # clips trained before a mid-epoch stop: not this session's throughput
@@ -501,7 +469,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         torch.set_rng_state(rng)  # making the iterator draws a seed: keep the restored stream exactly where it was
         for i, batch in enumerate(batches):
             if i < done:
-                continue  # trained before the stop; the data order is a pure function of (seed, epoch)
+                continue  # trained before the stop; batches i >= done are those of the uninterrupted epoch
             if i >= steps_per_epoch:
                 break
             wave = model_input(batch).to(accelerator.device, non_blocking=True)  # wave [B, T] or feats [B, N, D]
@@ -539,7 +507,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         train_loss = float(accelerator.reduce(loss_sum, "mean")) / max(1, n_steps)
         train_acc = float(accelerator.reduce(correct, "sum")) / max(1, seen * world)
 
-        metrics = validate(model, valid_loader, accelerator, len(labels), labels, weight)
+        metrics = validate(net, valid_loader, accelerator, labels, weight, cfg.run.precision)
         lr = optimizer.param_groups[0]["lr"]
         row = {
             "epoch": epoch, "step": state.step, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,

@@ -189,6 +189,22 @@ def test_init_from_fine_tunes_another_runs_weights(tmp_path, synthetic_shards):
     assert torch.allclose(a[conv], b[conv], atol=1e-6)  # lr ~ 0: the weights are the base run's
 
 
+def test_validation_during_training_equals_evaluate_on_the_checkpoint(tmp_path, synthetic_shards):
+    """One evaluation path: the figures training logs for an epoch are those ``evaluate`` gives for the
+    checkpoint of that epoch on the same split (overlapping windows: hop 1 s over 2-s windows)."""
+    from engine.evaluate import evaluate_checkpoint
+
+    summary = train(quick_config(synthetic_shards, tmp_path / "run", "optim.epochs=1", "optim.max_steps_per_epoch=3",
+                                 "data.eval_hop_seconds=1.0", "data.eval_batch_size=5"))  # fmt: skip
+    row = summary["history"][0]
+    ev = evaluate_checkpoint(summary["last_checkpoint"], synthetic_shards, split="valid", batch_size=5,
+                             hop_seconds=1.0, num_workers=0, progress=False)  # fmt: skip
+    assert row["valid_tracks"] == ev["track"]["n"] == 8
+    assert row["valid_windows"] == ev["windows"] == ev["segment"]["n"] == 8 * 2  # 3-s clips: windows at 0, 1 s
+    assert (row["valid_acc"], row["valid_f1"]) == (ev["segment"]["accuracy"], ev["segment"]["macro_f1"])
+    assert (row["valid_track_acc"], row["valid_track_f1"]) == (ev["track"]["accuracy"], ev["track"]["macro_f1"])
+
+
 # ------------------------------------------------------------------------------------ two processes
 @pytest.mark.slow
 def test_two_gloo_processes_train_and_validate_like_one_process_evaluation(tmp_path, synthetic_shards):
@@ -209,9 +225,10 @@ def test_two_gloo_processes_train_and_validate_like_one_process_evaluation(tmp_p
     from engine.evaluate import evaluate_checkpoint
 
     single = evaluate_checkpoint(out / "best.pt", synthetic_shards, split="valid", progress=False)
-    assert single["track"]["n"] == 8
-    assert single["track"]["accuracy"] == pytest.approx(best["valid_track_acc"])
-    assert single["segment"]["accuracy"] == pytest.approx(best["valid_acc"])
+    assert single["track"]["n"] == 8 and single["windows"] == best["valid_windows"]
+    for ours, theirs in (("valid_acc", ("segment", "accuracy")), ("valid_f1", ("segment", "macro_f1")),
+                         ("valid_track_acc", ("track", "accuracy")), ("valid_track_f1", ("track", "macro_f1"))):
+        assert best[ours] == pytest.approx(single[theirs[0]][theirs[1]]), ours  # fmt: skip
 
 
 @pytest.mark.slow

@@ -1,0 +1,103 @@
+"""The one evaluation loop: a model over an evaluation stream -> every window's probabilities, gathered once.
+
+Validation during training (:mod:`engine.train`) and ``python -m engine evaluate`` both call
+:func:`evaluate_stream`, so the figures training logs for a checkpoint are the figures ``evaluate`` reports
+for it on the same split: the same windows (the reader's evaluation batches), the same forward pass, the
+same gathering across processes (:class:`engine.metrics.Accumulator`; the loss sums with
+``Accelerator.reduce``) and the same metrics (:meth:`WindowResults.metrics`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engine.distributed import autocast
+from engine.feature_shards import model_input
+from engine.metrics import Accumulator, track_and_segment_metrics
+
+__all__ = ["AUTOCAST_DTYPES", "PRECISIONS", "WindowResults", "evaluate_stream"]
+
+PRECISIONS = ("no", "fp16", "bf16")
+#: Autocast dtype of the forward pass per precision name (train's ``run.precision``, evaluate's ``--precision``).
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class WindowResults:
+    """The valid windows of every process, de-duplicated, sorted by (track, arrival); identical on every rank."""
+
+    probs: Tensor  # (W, K) softmax of the model's logits
+    labels: Tensor  # (W,) true class (model class index)
+    tracks: Tensor  # (W,) track index into the stream's track_keys()
+    loss: float  # mean cross-entropy of the windows (with class weights: weighted mean, sum / sum of w[y])
+
+    def metrics(self, label_names: list[str]) -> dict[str, Any]:
+        """Segment and track metrics (:func:`engine.metrics.track_and_segment_metrics`)."""
+        return track_and_segment_metrics(self.probs, self.labels, self.tracks, None, label_names)
+
+
+@torch.no_grad()
+def evaluate_stream(
+    model: torch.nn.Module,
+    loader: Iterable[dict[str, Tensor]],
+    accelerator: Any,
+    num_classes: int,
+    *,
+    precision: str = "no",
+    label_index: Tensor | None = None,
+    weight: Tensor | None = None,
+    progress: str | None = None,
+) -> WindowResults:
+    """Run ``model`` (put in eval mode) over the evaluation batches of ``loader`` on every process; gather.
+
+    Args:
+        model: a waveform/feature batch -> logits ``(B, K)`` module (unwrapped from DDP).
+        loader: batches of an evaluation :class:`shards.reader.ShardStream` (``"wave"`` or ``"feats"``,
+            ``"label"``, ``"track"``, ``"valid"``), this process's share.
+        accelerator: the job's ``accelerate.Accelerator`` (device, process group).
+        num_classes: K.
+        precision: ``"no"``, ``"fp16"`` or ``"bf16"`` autocast of the forward pass.
+        label_index: ``(C,)`` long, shard class -> model class (-1: not evaluated) for a shard set whose
+            classes differ from the model's (cross-dataset); None: the same classes.
+        weight: ``(K,)`` class weights of the loss (training with ``optim.class_weights``); None: plain mean.
+        progress: description of a progress bar on the local main process; None: no bar.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    device = accelerator.device
+    dtype = AUTOCAST_DTYPES[precision]
+    to_model = label_index.to(device) if label_index is not None else None
+    model.eval()
+    acc = Accumulator()
+    loss_sum = torch.zeros((), device=device)
+    weight_sum = torch.zeros((), device=device)  # a weighted mean divides by sum of w[y], as F.cross_entropy does
+    batches: Iterable[dict[str, Tensor]] = loader
+    if progress is not None and accelerator.is_local_main_process:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(loader, total=len(loader), desc=progress, unit="batch")  # type: ignore[arg-type]
+    for batch in batches:
+        x = model_input(batch).to(device, non_blocking=True)  # wave (B, T) or feats (B, N, D)
+        y = batch["label"].to(device, non_blocking=True)  # (B,)
+        ok = batch["valid"].to(device, non_blocking=True)  # (B,) False: padding rows
+        if to_model is not None:
+            y = to_model[y.clamp_min(0)]  # (B,) model class or -1
+            ok = ok & (y >= 0)
+            y = y.clamp_min(0)
+        with autocast(device, dtype):
+            logits = model(x)  # (B, K)
+        loss = F.cross_entropy(logits.float(), y, weight=weight, reduction="none")  # (B,)
+        loss_sum += (loss * ok).sum()
+        weight_sum += ((weight[y] if weight is not None else 1.0) * ok).sum()
+        acc.update(torch.softmax(logits.float(), dim=1), y, batch["track"].to(device, non_blocking=True), ok)
+    windows = acc.compute(num_classes=num_classes)  # every process's windows, on every process
+    sums = accelerator.reduce(torch.stack([loss_sum, weight_sum]).double(), "sum")
+    return WindowResults(
+        windows["probs"], windows["labels"], windows["tracks"], float(sums[0]) / max(1e-12, float(sums[1]))
+    )
