@@ -231,37 +231,49 @@ def test_two_gloo_processes_train_and_validate_like_one_process_evaluation(tmp_p
         assert best[ours] == pytest.approx(single[theirs[0]][theirs[1]]), ours  # fmt: skip
 
 
+#: ``python -c`` body: engine.train's CLI in a real process that SIGKILLs itself right after it saved the training
+#: state at (epoch, epoch_step) = argv[1:3] -- a kill at a precise point, not a race against progress.
+KILL_AFTER_SAVE = """
+import os, signal, sys
+import engine.train as t
+at = tuple(map(int, sys.argv[1:3]))
+real_save = t.save_train_state
+def save_then_die(accelerator, run_dir, state, net):
+    real_save(accelerator, run_dir, state, net)
+    if (state.epoch, state.epoch_step) == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+t.save_train_state = save_then_die
+sys.exit(t.main(sys.argv[3:]))
+"""
+
+
 @pytest.mark.slow
 def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path, synthetic_shards):
-    """SIGKILL a real training process after its first saved epoch; resume in-process; equal to no kill.
+    """SIGKILL a real training process right after its mid-epoch save at batch 2 of epoch 1; resume in-process;
+    equal to no kill.
 
     The kill is followed by the two other crash windows of the state swap: a half-written ``state.new/``
     and a ``state/`` caught mid-rename (only ``state.old/`` left) -- neither may lose or mix epochs.
     """
     import shutil
-    import time
+    import signal
 
     from engine.train import saved_state_dir
 
     extra = ["optim.epochs=4", "optim.max_steps_per_epoch=3", "model.augment.mixup_p=0.5", "run.save_every_steps=1"]
     full = train(quick_config(synthetic_shards, tmp_path / "full", *extra))
     cut = tmp_path / "cut"
-    cmd = [sys.executable, "-m", "engine.train", f"--shards={synthetic_shards}", f"--out={cut}", *QUICK, *extra]
+    cmd = [sys.executable, "-c", KILL_AFTER_SAVE, "1", "2", f"--shards={synthetic_shards}", f"--out={cut}", *QUICK, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while saved_state_dir(cut) is None and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     state = saved_state_dir(cut)
-    assert state is not None, "the process never saved a state"
-    done = json.loads((state / "train_state.json").read_text())["epoch"]
-    assert done < 4, "the run finished before it could be killed"
-    (cut / "state.new").mkdir(exist_ok=True)
+    assert state == cut / "state"
+    saved = json.loads((state / "train_state.json").read_text())
+    assert (saved["epoch"], saved["epoch_step"]) == (1, 2) and len(saved["history"]) == 1
+    (cut / "state.new").mkdir()
     (cut / "state.new" / "model.safetensors").write_bytes(b"half-written")
-    if state.name == "state":
-        shutil.move(str(state), str(cut / "state.old"))
+    shutil.move(str(state), str(cut / "state.old"))
 
     resumed = train(quick_config(synthetic_shards, cut, "run.resume=true", *extra))
     keys = ("epoch", "train_loss", "valid_loss", "valid_acc", "valid_track_acc", "lr")
