@@ -17,8 +17,12 @@ Measured, on the same files and the same cores:
 - ``long file``: peak RSS of a ``python -m engine.classify`` subprocess on one long 44.1-kHz stereo WAV
   (chunked decoding keeps it bounded; a whole-file float32 decode alone would need the stated size).
 
+- ``formats``: AAC ``.m4a`` and Opus tracks, ``shards.audio.load_audio`` (the engine's decoder) against
+  ``librosa.load`` of the same files (target >= 3x on AAC), and each format's raw decode by libsndfile and by
+  PyAV (``benchmarks/formats.py``, shared with bench_ingest.py; ``--format-tracks 0`` skips it).
+
 Reported: tracks/s, audio-hours/s, the ratio engine / librosa (target >= 2x on CPU), the efficiency engine /
-decode, and the peak RSS. One JSON line at the end.
+decode, the peak RSS, the format ratios. One JSON line at the end.
 
     python benchmarks/bench_classify.py [--quick] [--tracks 48] [--batch-size 64] [--workers N]
 """
@@ -192,6 +196,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None, help="decode workers (default: all cores)")
     ap.add_argument("--long-minutes", type=float, default=30.0)
+    ap.add_argument("--format-tracks", type=int, default=None,
+                    help="AAC and Opus tracks each for the librosa.load comparison (default 6, --quick 3; 0: skip)")  # fmt: skip
     args = ap.parse_args()
     if args.quick:
         args.tracks, args.long_minutes = 10, 12.0
@@ -221,6 +227,14 @@ def main() -> None:
         )
         t_decode = run_decode(paths, workers)
 
+    n_fmt = args.format_tracks if args.format_tracks is not None else (3 if args.quick else 6)
+    formats = {}
+    if n_fmt > 0:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import formats as decode_formats  # noqa: PLC0415 -- benchmarks/formats.py, shared with bench_ingest.py
+
+        formats = decode_formats.run(n_fmt, args.seconds)
+
     res = {
         "bench": "classify",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -237,6 +251,7 @@ def main() -> None:
         "efficiency_vs_decode": t_decode / t_engine,
         "top1_agreement_engine_vs_librosa": float(agree),
         "long_file": long,
+        "formats": formats,
     }
     print(f"engine  : {res['engine_tracks_per_s']:.2f} tracks/s, {res['engine_audio_h_per_s']:.4f} audio-h/s")
     print(
@@ -252,6 +267,10 @@ def main() -> None:
         f"{long['peak_rss_mb']:.0f} MB vs {long['peak_rss_mb_30s_file']:.0f} MB for a 30-s file "
         f"(a whole-file float32 decode alone: {long['whole_file_float32_mb']:.0f} MB)"
     )
+    if formats:
+        aac = formats["load"]["aac .m4a"]
+        print(f"AAC .m4a decode vs librosa.load: {aac['speedup_vs_librosa']:.2f}x wall, "
+              f"{aac['cpu_ratio_vs_librosa']:.2f}x CPU (target >= 3x)")  # fmt: skip
     print(json.dumps(res))
 
 

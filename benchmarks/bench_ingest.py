@@ -6,6 +6,10 @@ ratio ``ingest files/s / baseline files/s`` is the ingest's efficiency (target >
 
     python benchmarks/bench_ingest.py            # 48 x 30 s 44.1 kHz stereo clips (WAV/FLAC/MP3)
     python benchmarks/bench_ingest.py --quick    # 12 clips
+
+Then the formats libsndfile cannot read or reads slowly (``benchmarks/formats.py``): AAC ``.m4a`` and Opus
+tracks decoded by ``shards.audio.load_audio`` against ``librosa.load`` of the same files (target >= 3x on
+AAC), and each format's raw decode by libsndfile and by PyAV (``--format-tracks 0`` skips it).
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--repeats", type=int, default=1, help="alternate baseline/ingest this many times, keep best"
     )
+    ap.add_argument("--format-tracks", type=int, default=None,
+                    help="AAC and Opus tracks each for the librosa.load comparison (default 6, --quick 3; 0: skip)")  # fmt: skip
     args = ap.parse_args(argv)
     n = args.files or (12 if args.quick else 48)
     with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp:
@@ -100,6 +106,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make_shards (end to end)   : {ing:8.2f} files/s  ({ing * args.seconds:.0f} s of audio/s, "
               f"{audio_h:.2f} h stored)")  # fmt: skip
         print(f"efficiency                 : {ing / base:8.1%}  (target >= 80%)")
+    n_fmt = args.format_tracks if args.format_tracks is not None else (3 if args.quick else 6)
+    if n_fmt > 0:
+        import formats as decode_formats  # noqa: PLC0415 -- benchmarks/formats.py, shared with bench_classify.py
+
+        print()
+        res = decode_formats.run(n_fmt, args.seconds, repeats=args.repeats + 2)
+        print(
+            f"AAC decode vs librosa.load: {res['load']['aac .m4a']['speedup_vs_librosa']:.2f}x (target >= 3x)"
+        )
     return 0
 
 
