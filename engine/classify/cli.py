@@ -19,16 +19,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m engine classify",
         description=(
-            "Classify music files and folders with a trained checkpoint or a model exported by `engine export` "
-            "(TorchScript, torch.export .pt2, ONNX). "
+            "Classify music files and folders with a trained checkpoint, a pretrained model (musicnn:MSD_musicnn, "
+            "musicnn:MTT_musicnn, musicnn:MSD_vgg, musicnn:MTT_vgg: zero-shot tagging with 50 tags) or a model "
+            "exported by `engine export` (TorchScript, torch.export .pt2, ONNX). "
             "Writes exactly one line per input file -- status ok with the top-k genres, or error with the reason -- "
-            "and resumes when rerun with the same --out. Multi-GPU: accelerate launch -m engine.classify ..."
+            "and resumes when rerun with the same --out. A genre model's score is the mean over the file's windows "
+            "of its softmax probabilities; a tag model's (multi-label: lines marked \"kind\": \"tags\") is the "
+            "mean over the windows of each tag's own sigmoid score, so tag scores do not sum to 1. "
+            "Multi-GPU: accelerate launch -m engine.classify ..."
         ),
         formatter_class=HelpFormatter,
     )
     p.add_argument(
         "checkpoint",
-        help="checkpoint .pt from training, or a file from `engine export` (TorchScript, .pt2, .onnx)",
+        help="checkpoint .pt from training, a pretrained name (musicnn:MSD_musicnn, converted and cached on first "
+        "use), or a file from `engine export` (TorchScript, .pt2, .onnx)",
     )
     p.add_argument("paths", nargs="*", help="audio files and/or folders (walked recursively)")
     p.add_argument("--from-list", metavar="FILE", help="text file with one path (file or folder) per line")
@@ -40,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: csv if --out ends in .csv, else jsonl",
     )
     p.add_argument("--top-k", type=int, default=3, help="genres per file")
+    p.add_argument(
+        "--tags",
+        metavar="GROUP",
+        default=None,
+        help="tag models only: keep the tags of GROUP, e.g. 'genre' (MSD: 30 of its 50 tags, MTT: 13; "
+        "engine/pretrained/musicnn.py GENRE_TAGS). Default: all tags; --top-k is then tags per file "
+        "(--top-k 50 lists all 50)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="windows per device batch")
     p.add_argument(
         "--max-windows",
@@ -94,7 +107,8 @@ def format_summary(s: dict[str, Any]) -> str:
     if s["errors_by_reason"]:
         lines.append("errors: " + ", ".join(f"{r}: {n}" for r, n in s["errors_by_reason"].items()))
     if s["genres"]:
-        lines.append("genres: " + ", ".join(f"{g}: {n}" for g, n in s["genres"].items()))
+        what = "top tags" if s.get("kind") == "tags" else "genres"
+        lines.append(f"{what}: " + ", ".join(f"{g}: {n}" for g, n in s["genres"].items()))
     return "\n".join(lines)
 
 
@@ -107,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, max_windows=args.max_windows, pad=args.pad, timeline=args.timeline,
             precision=args.precision, num_workers=args.num_workers, device=args.device,
             chunk_seconds=args.chunk_seconds, channels_last=not args.no_channels_last,
-            progress=not args.no_progress,
+            progress=not args.no_progress, tags=args.tags,
         )  # fmt: skip
     except (CheckpointInputError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

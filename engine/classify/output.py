@@ -201,23 +201,32 @@ def read_records(path: str | os.PathLike, fmt: str) -> Iterator[dict[str, Any]]:
             yield rec
 
 
-def check_output_identity(out: str, checkpoint: str, fmt: str, top_k: int, timeline: bool, *, write: bool) -> None:
+#: ``OUT.run.json`` fields written later than the first ones, with the value an older file stands for.
+_IDENTITY_DEFAULTS = {"kind": "genres", "tags": None}
+
+
+def check_output_identity(
+    out: str, checkpoint: str, fmt: str, top_k: int, timeline: bool, *, write: bool, kind: str = "genres",
+    tags: str | None = None,
+) -> None:  # fmt: skip
     """Refuse to resume ``out`` with another model or another CSV layout; record this run's identity.
 
-    ``OUT.run.json`` beside the output holds the model file's sha256 and the settings that shape a line
-    (format; for CSV also top-k and timeline, which fix its header). A rerun into an ``out`` that already
-    holds lines must match them, or the file would silently mix two models' genres (or CSV rows under
-    another header).
+    ``OUT.run.json`` beside the output holds the model file's sha256 (``checkpoint`` is the file itself, a
+    pretrained name already resolved), what its scores are (``kind``: ``genres``, a softmax, or ``tags``,
+    independent sigmoids), the tag group kept (``tags``) and the settings that shape a line (format; for CSV
+    also top-k and timeline, which fix its header). A rerun into an ``out`` that already holds lines must
+    match them, or the file would silently mix two models' genres (or CSV rows under another header).
     """
     meta_path = out + ".run.json"
     ident = {"model_sha256": sha256_file(checkpoint), "model": os.path.abspath(checkpoint), "format": fmt,
-             "top_k": top_k, "timeline": timeline}  # fmt: skip
+             "top_k": top_k, "timeline": timeline, "kind": kind, "tags": tags}  # fmt: skip
     has_lines = any(os.path.isfile(f) and os.path.getsize(f) > 0 for f in [out, *part_files(out)])
     if has_lines and os.path.isfile(meta_path):
         old = json.loads(Path(meta_path).read_text())
         # a CSV's header fixes top-k and the timeline column; JSONL lines carry their own fields
         keys = ("model_sha256", "format", "top_k", "timeline") if fmt == "csv" else ("model_sha256", "format")
-        diff = [k for k in keys if old.get(k) != ident[k]]
+        keys += ("kind", "tags")
+        diff = [k for k in keys if old.get(k, _IDENTITY_DEFAULTS.get(k)) != ident[k]]
         if diff:
             what = "another model (" + old.get("model", "?") + ")" if "model_sha256" in diff else ", ".join(
                 f"{k}={old.get(k)!r}" for k in diff

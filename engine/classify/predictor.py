@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from engine.distributed import autocast
+from engine.pretrained import resolve_checkpoint
 from shards.format import PCM_SCALE
 
 logger = logging.getLogger(__name__)
@@ -216,9 +217,16 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 class Predictor:
     """``int16 windows [B, T]`` -> ``float32 probabilities [B, K]`` on the host, from a model file of any
-    kind (:func:`model_file_kind`). ``labels``, ``sample_rate`` (Hz) and ``segment_samples`` (the window
-    length T: the training segment for a checkpoint, the exported input length for an exported file) come
-    from the file."""
+    kind (:func:`model_file_kind`) or a pretrained name (``musicnn:MSD_musicnn``, resolved to its converted
+    checkpoint by :func:`engine.pretrained.resolve_checkpoint`; ``path`` is then that file, ``spec`` the name).
+    ``labels``, ``sample_rate`` (Hz) and ``segment_samples`` (the window length T: the training segment for a
+    checkpoint, the exported input length for an exported file) come from the file.
+
+    A genre model gives a softmax over its genres. A multi-label tag model (checkpoint ``extra["multi_label"]``,
+    the pretrained musicnn models: :attr:`label_kind` ``"tags"``) gives each tag's own sigmoid score;
+    ``tags="genre"`` then keeps only the tags of that group (``extra["tag_groups"]``), which for independent
+    sigmoid scores is exact (nothing is renormalised).
+    """
 
     def __init__(
         self,
@@ -226,8 +234,10 @@ class Predictor:
         device: torch.device | str,
         precision: str = "auto",
         channels_last: bool = True,
+        tags: str | None = None,
     ) -> None:
-        self.path = str(path)
+        self.spec = str(path)
+        self.path = str(resolve_checkpoint(path))  # musicnn:MSD_musicnn -> its converted checkpoint file
         self.device = torch.device(device)
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"checkpoint {self.path} does not exist")
@@ -241,6 +251,15 @@ class Predictor:
             raise CheckpointInputError(
                 f"{self.path}: missing labels/sample_rate/segment_samples ({err})"
             ) from None
+        extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
+        # a multi-label tag model (musicnn:*): independent sigmoid scores per tag, not a softmax over genres
+        self.multi_label = bool(extra.get("multi_label"))
+        self.label_kind = "tags" if self.multi_label else "genres"
+        self.tags = tags
+        self.columns: list[int] | None = None  # output columns kept by --tags, in label order
+        if tags is not None:
+            self.columns = self._tag_columns(tags, extra.get("tag_groups"))
+            self.labels = [self.labels[i] for i in self.columns]
         self.dtype = _autocast_dtype(precision, self.device)
         if self.exported and self.dtype is not None:
             logger.info("%s model: running in float32 (autocast does not apply to exported graphs)", self.kind)
@@ -268,5 +287,23 @@ class Predictor:
         else:
             with autocast(self.device, self.dtype):
                 logits = self.model(x)
-            probs = torch.softmax(logits.float(), dim=-1)
+            probs = torch.sigmoid(logits.float()) if self.multi_label else torch.softmax(logits.float(), dim=-1)
+        if self.columns is not None:
+            probs = probs[:, self.columns]
         return probs.float().cpu().numpy()
+
+    def _tag_columns(self, group: str, groups: Any) -> list[int]:
+        """Indices of the labels in tag group ``group`` (``--tags``); clear errors for other models."""
+        if not self.multi_label:
+            raise CheckpointInputError(
+                f"--tags {group}: {self.spec} is a genre classifier (a softmax over {len(self.labels)} genres), "
+                "not a multi-label tag model; --tags applies to tag models such as musicnn:MSD_musicnn"
+            )
+        groups = groups if isinstance(groups, dict) else {}
+        if group not in groups:
+            raise CheckpointInputError(
+                f"--tags {group}: {self.spec} has no tag group {group!r} "
+                f"(it has: {', '.join(sorted(groups)) or 'none'})"
+            )
+        wanted = set(groups[group])
+        return [i for i, label in enumerate(self.labels) if label in wanted]

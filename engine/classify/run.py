@@ -49,11 +49,14 @@ def classify(
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     channels_last: bool = True,
     progress: bool = True,
+    tags: str | None = None,
 ) -> dict[str, Any]:
     """Classify every audio file in ``paths`` (files, folders, plus ``from_list``) into ``out``.
 
-    ``checkpoint`` is a training checkpoint or an exported model (TorchScript, ``torch.export`` ``.pt2``,
-    ONNX; :mod:`engine.classify.predictor`). One line per input file (JSONL, or CSV when ``fmt="csv"`` or
+    ``checkpoint`` is a training checkpoint, a pretrained name (``musicnn:MSD_musicnn``) or an exported model
+    (TorchScript, ``torch.export`` ``.pt2``, ONNX; :mod:`engine.classify.predictor`). A multi-label tag model
+    (the pretrained musicnn ones) scores each tag by its own sigmoid, averaged over the track's windows;
+    its lines carry ``"kind": "tags"``, and ``tags="genre"`` keeps only the tags that are genres. One line per input file (JSONL, or CSV when ``fmt="csv"`` or
     ``out`` ends in ``.csv``); files already in ``out`` are skipped (resume). Under ``accelerate launch``
     each rank classifies ``index % world`` of the stream into ``out.rank{r}.part`` and the main process
     merges the parts into ``out``.
@@ -79,16 +82,18 @@ def classify(
     state = PartialState(cpu=_on_cpu(device))
     rank, world = state.process_index, state.num_processes
     dev = torch.device(device) if device else state.device
-    predictor = Predictor(checkpoint, dev, precision, channels_last=channels_last)
+    predictor = Predictor(checkpoint, dev, precision, channels_last=channels_last, tags=tags)
     top_k = min(top_k, len(predictor.labels))
 
     # resume: same model and line layout as the lines already there (checked on every rank, so none hangs
     # in the barrier); the main process records the identity and repairs torn last lines, then every rank
     # reads what is done
-    check_output_identity(out, checkpoint, fmt, top_k, timeline, write=False)
+    # the identity is the model file's: a pretrained name counts as the checkpoint it resolved to
+    ident = dict(kind=predictor.label_kind, tags=tags)
+    check_output_identity(out, predictor.path, fmt, top_k, timeline, write=False, **ident)
     state.wait_for_everyone()
     if state.is_main_process:
-        check_output_identity(out, checkpoint, fmt, top_k, timeline, write=True)
+        check_output_identity(out, predictor.path, fmt, top_k, timeline, write=True, **ident)
         for f in [out, *part_files(out)]:
             repair_tail(f)
     state.wait_for_everyone()
@@ -183,6 +188,7 @@ def _run_stats(
         "world_size": state.num_processes,
         "rank": state.process_index,
         "precision": predictor.precision,
+        "kind": predictor.label_kind,
         "device": str(dev),
         "num_workers": workers,
         "out": out,

@@ -35,7 +35,8 @@ class TrackAverager:
 
     Windows go into one pinned int16 buffer ``[batch_size, segment_samples]``; a full buffer is one
     ``predictor`` call. A track is finished when its last piece has arrived and all its windows are scored:
-    its record holds the mean probability over its windows (top ``top_k`` genres) and, with ``timeline``,
+    its record holds the mean probability over its windows (top ``top_k`` genres; for a tag model the mean
+    of the windows' sigmoid scores, top ``top_k`` tags, and ``"kind": "tags"``) and, with ``timeline``,
     each window's top genre. An error piece finishes its track at once (windows of it still in the buffer
     are dropped when scored). Records are dicts in the output's field order.
     """
@@ -98,6 +99,8 @@ class TrackAverager:
     def _finish(self, index: int, status: str, reason: str | None) -> dict[str, Any]:
         tr = self.tracks.pop(index)
         rec: dict[str, Any] = {"path": tr.path, "status": status, "reason": reason, "duration": tr.duration}
+        if self.predictor.multi_label:  # scores are independent per-tag sigmoids (a genre line has no "kind")
+            rec["kind"] = self.predictor.label_kind
         if status != "ok":
             rec["duration"] = None
             return rec

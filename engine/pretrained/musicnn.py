@@ -7,7 +7,8 @@ checkpoints (``musicnn/<name>/.index`` + ``.data-00000-of-00001``); they are rea
 (:mod:`engine.models.musicnn`, :mod:`engine.models.musicnn_vgg`; batch-norm moving statistics included), and
 an ordinary checkpoint is saved: model config (``musicnn`` feature at 16 kHz, 47,616-sample window = the
 187-frame patch), weights, the 50 tag names as labels, and ``extra["multi_label"] = True`` /
-``extra["label_kind"] = "tags"`` (sigmoid scores per tag, not a softmax over genres).
+``extra["label_kind"] = "tags"`` (sigmoid scores per tag, not a softmax over genres), and
+``extra["tag_groups"] = {"genre": [...]}`` (:data:`GENRE_TAGS`: the tags that are genres).
 
 Where the weights come from, first match wins:
 
@@ -55,6 +56,8 @@ __all__ = [
     "convert",
     "checkpoint_path",
     "ensure_checkpoint",
+    "GENRE_TAGS",
+    "tag_groups",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,12 +66,34 @@ PACKAGE_VERSION = "0.1.0"
 NAMES = ("MSD_musicnn", "MTT_musicnn", "MSD_vgg", "MTT_vgg")
 WHEEL_ENV = "GENRE_ENGINE_MUSICNN_WHEEL"
 INSTALL_HINT = f"pip install --no-deps musicnn=={PACKAGE_VERSION}"
-CONVERTER_VERSION = 1  # part of the cached file name: a changed mapping never reuses an old conversion
+CONVERTER_VERSION = 2  # part of the cached file name: a changed conversion never reuses an old file (2: tag_groups)
 SAMPLE_RATE = MUSICNN_RATE  # Hz
 WINDOW_SAMPLES = 47616  # 186 hops of 256 samples: 1 + 47616 // 256 = 187 frames, the training patch
 DATA_FILE = ".data-00000-of-00001"
 OPTIMIZER_STATE = re.compile(r"(/Adam|/Adam_1)$|^beta[12]_power$")
 """Checkpoint variables that are Adam's state, not the model's: the only ones a conversion leaves out."""
+
+GENRE_TAGS: dict[str, tuple[str, ...]] = {
+    # MSD's 50 last.fm tags that name a genre or style (30). Left out: eras (00s, 60s, 70s, 80s, 90s, oldies),
+    # moods and qualities (beautiful, Mellow, chill, sexy, catchy, sad, happy, party), voices and instruments
+    # (female vocalists, male vocalists, female vocalist, guitar, acoustic, instrumental).
+    "MSD": (
+        "rock", "pop", "alternative", "indie", "electronic", "dance", "alternative rock", "jazz", "metal",
+        "chillout", "classic rock", "soul", "indie rock", "electronica", "folk", "punk", "blues", "hard rock",
+        "ambient", "experimental", "Hip-Hop", "country", "easy listening", "funk", "electro", "heavy metal",
+        "Progressive rock", "rnb", "indie pop", "House",
+    ),
+    # MagnaTagATune's 50 tags that name a genre or style (13; "classic" is MTT's other spelling of classical,
+    # "indian" its Indian classical music). Left out: instruments (guitar, strings, synth, sitar, ...), voices
+    # (vocal, female, choir, choral, no vocals, ...), tempo and loudness (slow, fast, loud, quiet, soft) and
+    # the rest (beat, beats, weird, solo).
+    "MTT": (
+        "classical", "techno", "electronic", "rock", "ambient", "indian", "opera", "pop", "classic", "new age",
+        "dance", "country", "metal",
+    ),
+}
+"""The tags of each dataset that are genres: ``--tags genre`` of ``classify`` keeps these (saved in each converted
+checkpoint as ``extra["tag_groups"]["genre"]``, in label order)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -146,6 +171,15 @@ def model_config(name: str) -> ModelConfig:
     features = FrontendConfig(features=["musicnn"], n_fft=512, hop_length=256, n_mels=96, top_db=None)
     arch = "musicnn" if name.endswith("_musicnn") else "musicnn_vgg"
     return ModelConfig(arch=arch, params={}, features=features, augment=AugmentConfig(enabled=False))
+
+
+def tag_groups(name: str, labels: list[str]) -> dict[str, list[str]]:
+    """Named subsets of pretrained ``name``'s tags, in label order: ``{"genre": [...]}`` (:data:`GENRE_TAGS`)."""
+    genres = set(GENRE_TAGS[name.split("_")[0]])
+    unknown = genres - set(labels)
+    if unknown:
+        raise PretrainedError(f"musicnn:{name}: genre tags {sorted(unknown)} are not among its labels")
+    return {"genre": [t for t in labels if t in genres]}
 
 
 def _check_name(name: str) -> None:
@@ -312,6 +346,7 @@ def ensure_checkpoint(name: str, wheel: str | os.PathLike | None = None) -> Path
         extra={
             "multi_label": True,
             "label_kind": "tags",
+            "tag_groups": tag_groups(name, conv.labels),
             "pretrained": {
                 "spec": f"musicnn:{name}",
                 "package": f"musicnn {PACKAGE_VERSION}",
