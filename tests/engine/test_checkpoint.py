@@ -26,12 +26,8 @@ from test_models import SMALL, SR, small_config, synthetic_clips  # noqa: E402
 LABELS = ["blues", "classical", "metal"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models on a shared 2-core machine: intra-op threads cost more than they give
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_model(arch: str, labels: list[str] = LABELS, seed: int = 0, **params):

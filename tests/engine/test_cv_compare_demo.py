@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from engine.compare import compare, comparison_markdown
 from engine.config import ConfigError, load_config
@@ -24,12 +23,8 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models on a shared 2-core machine: intra-op threads cost more than they give
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(shards: Path, *extra: str) -> TrainConfig:

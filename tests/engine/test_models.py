@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from engine.config import ConfigError, from_dict, load_yaml
 from engine.models import ARCHS, GenreModel, ModelConfig, build_model, count_parameters
+from engine.pretrained import musicnn
 
 SR = 22050
 SEGMENT = 3 * SR
@@ -40,13 +41,8 @@ SMALL: dict[str, dict] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: intra-op threads cost more than they give."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models on a shared 2-core machine: intra-op threads cost more than they give
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_config(arch: str, augment: dict | None = None, **params) -> ModelConfig:
@@ -126,7 +122,7 @@ def test_unknown_arch_error_lists_the_valid_names() -> None:
     assert "transformer" in msg
     for name in ("cnn", "cnn1d", "crnn", "resnet", "rnn"):
         assert name in msg
-    assert ARCHS.names() == ["cnn", "cnn1d", "crnn", "resnet", "rnn", "stats"]
+    assert ARCHS.names() == ["cnn", "cnn1d", "crnn", "musicnn", "musicnn_vgg", "resnet", "rnn", "stats"]
 
 
 def test_unknown_or_mistyped_params_are_rejected_before_building() -> None:
@@ -181,8 +177,17 @@ def test_default_architectures_report_parameter_counts() -> None:
 
 
 def test_every_backbone_names_its_head_classifier() -> None:
+    # the pretrained architectures are built at their shipped sizes (fixed input: 96 bands, 187 frames)
+    pretrained = {
+        "musicnn": musicnn.model_config("MSD_musicnn"),
+        "musicnn_vgg": musicnn.model_config("MSD_vgg"),
+    }
+    assert set(ARCHS.names()) == set(SMALL) | set(pretrained)
     for arch in ARCHS.names():
-        model = build_model(small_config(arch), 7, SR, SR)
+        if arch in pretrained:
+            model = build_model(pretrained[arch], 7, musicnn.SAMPLE_RATE, musicnn.WINDOW_SAMPLES)
+        else:
+            model = build_model(small_config(arch), 7, SR, SR)
         head = model.backbone.classifier
         assert isinstance(head, torch.nn.Linear) and head.out_features == 7
 

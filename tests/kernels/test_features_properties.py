@@ -89,8 +89,9 @@ def test_batch_equals_items_one_by_one(batch, sr, kw):
     torch.testing.assert_close(together, alone, atol=1e-4, rtol=0)  # dB / MFCC units
 
 
-def test_cpu_chunking_changes_no_value(batch, sr):
-    # cpu_chunk_frames=200 feeds 3-s clips (130 frames) one at a time; 0 feeds the whole batch
+def test_cpu_chunking_changes_no_value(batch, sr, one_thread):
+    # cpu_chunk_frames=200 feeds 3-s clips (130 frames) one at a time; 0 feeds the whole batch. One thread:
+    # chunking itself changes no value, but 2-thread MKL GEMMs round differently for 1 and 3 clips
     wave = torch.from_numpy(batch)
     kw = {"features": ALL, "deltas": 2, "estimate_tuning": True}
     chunked = frontend(sr, cpu_chunk_frames=200, **kw)
