@@ -6,19 +6,23 @@ which plans what each rank and DataLoader worker reads (:class:`ShardStream`) an
 
 Design (see ARCHITECTURE.md, "Reader"):
 
-* **One global sample sequence per epoch.** Training permutes the split's shards from ``(seed, epoch)`` and
-  concatenates their samples into one sequence of length ``N`` (counts from the manifest, or from a scan of
-  the ``.json`` members when fold filtering is on). Rank ``r`` of ``R`` takes the ``nb = ceil(ceil(N / R) /
-  batch_size)`` batches that start at sample ``r * ceil(N / R)``, reading indices modulo ``N`` (wrap-around:
-  nothing is lost and every batch is full). The rank's batches are split contiguously over the DataLoader
-  workers, so each worker opens only the shards overlapping its range and skips the members before it. The
-  per-rank batch count is a pure function of ``(N, R, batch_size)`` -- independent of the number of
-  workers and of shard sizes -- so DDP never hangs, even with 1 shard and 2 ranks x 2 workers.
-* **Reproducible randomness.** The crop offset of a sample is a hash of ``(seed, epoch, k)`` where ``k`` is
-  its position in the epoch's (unwrapped) sequence; the shuffle buffer of a worker is seeded from ``(seed,
-  epoch, start of its range)``. Same ``(seed, epoch, world size, workers)`` -> same batches, whatever ran
-  before (resume at an epoch boundary with ``set_epoch``); the crops a rank sees (track and offset) do not
-  even depend on the number of workers, only their grouping into batches does.
+* **One global item sequence per epoch.** Training permutes the split's shards from ``(seed, epoch)`` and
+  concatenates their samples into one sequence of tracks (counts from the manifest, or from a scan of the
+  ``.json`` members when fold filtering is on); each track stands for ``crops_per_track`` consecutive items
+  (its crops), ``N`` items in all. Rank ``r`` of ``R`` takes the ``nb = ceil(ceil(N / R) / batch_size)``
+  batches that start at item ``r * ceil(N / R)``, reading indices modulo ``N`` (wrap-around: nothing is
+  lost and every batch is full); a track whose crops straddle two ranks (or workers) is read by both, each
+  adding its own crops. The rank's batches are split contiguously over the DataLoader workers, so each
+  worker opens only the shards overlapping its range and skips the members before it. The per-rank batch
+  count is a pure function of ``(N, R, batch_size)`` -- independent of the number of workers and of shard
+  sizes -- so DDP never hangs, even with 1 shard and 2 ranks x 2 workers.
+* **Reproducible randomness.** The crop offset of an item is a hash of ``(seed, epoch, k)`` where ``k`` is
+  its position in the epoch's (unwrapped) sequence (with several crops per track, stratified: crop ``c``
+  from the ``c``-th equal part of the track's possible starts, so a track's crops are distinct); the
+  shuffle buffer of a worker is seeded from ``(seed, epoch, start of its range)``. Same ``(seed, epoch,
+  world size, workers)`` -> same batches, whatever ran before (resume at an epoch boundary with
+  ``set_epoch``); the crops a rank sees (track and offset) do not even depend on the number of workers,
+  only their grouping into batches does.
 * **Mid-epoch start.** Which sample lands in which batch depends only on the sample order and the shuffle
   RNG, not on the data, so ``set_epoch(epoch, start_batch=k)`` passes over the samples that only batches
   ``< k`` hold without reading their PCM (headers and ``.json`` only) and yields batches ``k, ...`` exactly
@@ -181,6 +185,9 @@ class ShardStream(IterableDataset):
             or ``"zero"`` (zero-pad at the end). Evaluation windows are always zero-padded.
         partial_reads: in training, read only the crop's bytes of a ``.pcm`` member of a seekable local
             shard (10x less I/O for 3-s crops of 30-s tracks); pipes always read whole members.
+        crops_per_track: training crops drawn from each track per epoch (distinct, one from each of that
+            many equal parts of the track); the track is read once and its crops all enter the shuffle
+            buffer. An epoch is then ``crops_per_track x tracks`` crops. Evaluation ignores it.
 
     Yields dicts: training ``{"wave": int16 [B, T], "label": int64 [B]}``; evaluation adds ``"track":
     int64 [B]`` (index into :meth:`track_keys`, -1 for padding rows) and ``"valid": bool [B]`` (False for
@@ -212,6 +219,7 @@ class ShardStream(IterableDataset):
         folds: str = "exclude",
         pad_mode: str = "loop",
         partial_reads: bool = True,
+        crops_per_track: int = 1,
     ):
         super().__init__()
         if segment_samples <= 0:
@@ -227,6 +235,8 @@ class ShardStream(IterableDataset):
             raise ValueError(f"pad_mode must be 'loop' or 'zero', got {pad_mode!r}")
         if folds == "only" and holdout_fold < 0:
             raise ValueError("folds='only' needs holdout_fold >= 0")
+        if crops_per_track < 1:
+            raise ValueError(f"crops_per_track must be >= 1, got {crops_per_track}")
 
         self.manifest: dict[str, Any] | None = None
         if isinstance(shards, (str, os.PathLike)):
@@ -254,6 +264,7 @@ class ShardStream(IterableDataset):
         self.folds = folds
         self.pad_mode = pad_mode
         self.partial_reads = partial_reads
+        self.crops_per_track = int(crops_per_track) if train else 1
         self.epoch = 0
         self.start_batch = 0
         self._index: _Index | None = None
@@ -347,8 +358,8 @@ class ShardStream(IterableDataset):
 
     # -- partition
     def _train_layout(self) -> tuple[int, int, int]:
-        """``(N, samples per rank before rounding up, batches per rank)``."""
-        n_total = sum(self._shard_counts())
+        """``(N items (crops) per epoch, items per rank before rounding up, batches per rank)``."""
+        n_total = sum(self._shard_counts()) * self.crops_per_track
         per_rank = -(-n_total // self.world_size)
         return n_total, per_rank, -(-per_rank // self.batch_size)
 
@@ -442,37 +453,68 @@ class ShardStream(IterableDataset):
             if i >= skip:
                 yield batch
 
+    def _items(self, p: int, a: int, b: int) -> range:
+        """The items (crops) of the track at unwrapped position ``p`` of the epoch that lie in ``[a, b)``."""
+        k = self.crops_per_track
+        return range(max(a, p * k), min(b, (p + 1) * k))
+
+    def _crop_start(self, n: int, item: int) -> int:
+        """Start sample of crop ``item`` in a track of ``n`` samples (frames); for a track shorter than the
+        segment, the phase of its loop.
+
+        Crop ``c = item % crops_per_track`` of a track is drawn from the ``c``-th of ``crops_per_track`` equal
+        parts of the possible starts (stratified), at a hashed ``(seed, epoch, item)`` position in it: the
+        crops of a track are distinct whenever it has at least ``crops_per_track`` possible starts, and spread
+        over it. One crop per track draws from all starts (``hash % (n - segment + 1)``).
+        """
+        seg, k = self.segment_samples, self.crops_per_track
+        span = n - seg + 1 if n >= seg else n  # possible starts (or loop phases)
+        if span <= 0:
+            return 0
+        c = item % k
+        lo, hi = c * span // k, (c + 1) * span // k
+        return lo + _hash(self.seed, self.epoch, item) % (hi - lo) if hi > lo else lo
+
     def _train_pass(self, b0: int, b1: int, skip: int = 0) -> Iterator[Batch]:
         """The rank's batches ``[b0, b1)`` (this worker's share), without the first ``skip`` of them.
 
-        Which sample lands in which batch is known before reading (:meth:`TrainBatcher.plan`), so the samples
-        drawn only into the skipped batches are passed over with their ``.json`` and member headers: no PCM
-        is read or cropped. Their readability is still checked: a read error before the first batch is
-        yielded would have changed those batches, so it raises :class:`_Diverged` (the caller then reads
-        the skipped part in full, as an uninterrupted epoch would have).
+        The epoch is a sequence of items, ``crops_per_track`` consecutive items per track: a track's data is
+        read once and all its crops that fall in this worker's range enter the shuffle buffer.
+        Which item lands in which batch is known before reading (:meth:`TrainBatcher.plan`), so the tracks
+        whose crops are drawn only into the skipped batches are passed over with their ``.json`` and member
+        headers: no PCM is read or cropped. Their readability is still checked: a read error before the first
+        batch is yielded would have changed those batches, so it raises :class:`_Diverged` (the caller then
+        reads the skipped part in full, as an uninterrupted epoch would have).
         """
-        epoch, seed, seg, bs = self.epoch, self.seed, self.segment_samples, self.batch_size
+        seg, bs, kc = self.segment_samples, self.batch_size, self.crops_per_track
         _, per_rank, _ = self._train_layout()
-        a = self.rank * per_rank + b0 * bs  # first virtual index of this worker's samples
-        planned = (b1 - b0) * bs
-        rng = random.Random(_hash(seed, epoch, a, 0xB0F))
+        a = self.rank * per_rank + b0 * bs  # first item (crop) of this worker, unwrapped
+        b = a + (b1 - b0) * bs
+        planned = b - a
+        rng = random.Random(_hash(self.seed, self.epoch, a, 0xB0F))
         batcher = TrainBatcher(min(max(1, self.shuffle_buffer), planned), bs, rng, skip=skip)
-        batch_of = batcher.plan(planned) if skip else None  # by position k - a
+        batch_of = batcher.plan(planned) if skip else None  # by item - a
         strict = skip > 0  # until the first batch is out: any read error diverges from the full pass
-        produced = 0
+        produced = 0  # items added
         kept = self._kept_by_shard
         partial = self.partial_reads
 
-        for shard, lo, hi, k_lo in self._train_segments(epoch, a, a + planned):
+        for shard, lo, hi, p_lo in self._train_segments(self.epoch, a // kc, -(-b // kc)):
             url = self.shards[shard][0]
             wanted: Sequence[int] = range(lo, hi) if kept is None else kept[shard][lo:hi]
-            k_of = {o: k_lo + j for j, o in enumerate(wanted)}
-            unread = set() if batch_of is None else {o for o, k in k_of.items() if batch_of[k - a] < skip}
+            # ordinal -> its items in this worker's range
+            items = {o: self._items(p_lo + j, a, b) for j, o in enumerate(wanted)}
+            if batch_of is None:
+                needed, unread = items, set()
+            else:
+                needed = {o: [i for i in its if batch_of[i - a] >= skip] for o, its in items.items()}
+                unread = {o for o, its in needed.items() if not its}
 
-            def crop_range(ordinal: int, n: int, k_of=k_of) -> tuple[int, int]:
+            def crop_range(ordinal: int, n: int, needed=needed) -> tuple[int, int]:
                 if n <= seg or not partial:
                     return 0, n
-                return _hash(seed, epoch, k_of[ordinal]) % (n - seg + 1), seg
+                starts = [self._crop_start(n, i) for i in needed[ordinal]]  # the crops read: one span
+                return min(starts), max(starts) + seg - min(starts)
 
             got = 0
             try:
@@ -484,20 +526,22 @@ class ShardStream(IterableDataset):
                             raise _Diverged(f"{url}: sample {sample.ordinal} unreadable")
                         continue
                     got += 1
-                    if sample.ordinal in unread:
-                        out = batcher.add(None, meta["label_index"])
-                    else:
-                        h = _hash(seed, epoch, k_of[sample.ordinal])
-                        x = sample.data
-                        out = batcher.add(
-                            lambda row, s=sample, h=h: self._train_crop(s, h, row),
-                            meta["label_index"],
-                            (seg, *x.shape[1:]),  # type: ignore[union-attr]
-                            x.dtype,  # type: ignore[union-attr]
-                        )
-                    if out is not None:
-                        strict = False
-                        yield out
+                    x = sample.data
+                    for i in items[sample.ordinal]:
+                        produced += 1
+                        if batch_of is not None and batch_of[i - a] < skip:
+                            out = batcher.add(None, meta["label_index"])  # drawn into a skipped batch
+                        else:
+                            start = self._crop_start(sample.length, i)
+                            out = batcher.add(
+                                lambda row, s=sample, start=start: self._train_crop(s, start, row),
+                                meta["label_index"],
+                                (seg, *x.shape[1:]),  # type: ignore[union-attr]
+                                x.dtype,  # type: ignore[union-attr]
+                            )
+                        if out is not None:
+                            strict = False
+                            yield out
             except ShardReadError as e:
                 log.error("%s; skipping the rest of this shard", e)
                 if strict:
@@ -506,7 +550,6 @@ class ShardStream(IterableDataset):
                 log.error("%s: read %d of the %d samples expected", url, got, len(wanted))
                 if strict:
                     raise _Diverged(f"{url}: {len(wanted) - got} samples unreadable")
-            produced += got
         yield from batcher.drain()
         if produced < planned:
             log.error("rank %d: re-using samples to fill %d unreadable ones", self.rank, planned - produced)
@@ -517,17 +560,17 @@ class ShardStream(IterableDataset):
                 )
             yield from batcher.refill(planned - produced)
 
-    def _train_crop(self, sample: Sample, h: int, out: np.ndarray) -> None:
-        """Write the ``segment_samples`` crop at the sample's hashed offset into ``out`` (looped/padded
-        if the track is short)."""
+    def _train_crop(self, sample: Sample, start: int, out: np.ndarray) -> None:
+        """Write the ``segment_samples`` crop at ``start`` of the track (:meth:`_crop_start`) into ``out``
+        (looped from phase ``start`` / zero-padded if the track is short)."""
         seg, n, x = self.segment_samples, sample.length, sample.data
         assert x is not None
         if n < seg:
             if n == 0:
                 log.warning("%s: empty track, yielding silence", sample.key)
-            out[:] = fit_length(x, seg, self.pad_mode, h % n if n else 0)
+            out[:] = fit_length(x, seg, self.pad_mode, start)
             return
-        off = h % (n - seg + 1) - sample.start  # data may already be the crop (partial read)
+        off = start - sample.start  # data may hold only the crops' span (partial read)
         out[:] = x[off : off + seg]
 
     # -- evaluation

@@ -1,7 +1,7 @@
 """Subprocess body for the multi-rank reader tests: one DDP rank (RANK / WORLD_SIZE from the environment)
 iterates a ShardStream through a real multi-worker DataLoader and dumps what it saw as JSON.
 
-Usage: python _reader_worker.py SHARD_DIR OUT.json NUM_WORKERS BATCH_SIZE SEGMENT
+Usage: python _reader_worker.py SHARD_DIR OUT.json NUM_WORKERS BATCH_SIZE SEGMENT [CROPS_PER_TRACK]
 """
 
 from __future__ import annotations
@@ -15,10 +15,17 @@ from shards.reader import ShardStream, make_loader
 def main() -> None:
     shard_dir, out, num_workers, batch_size, segment = sys.argv[1:6]
     num_workers, batch_size, segment = int(num_workers), int(batch_size), int(segment)
+    crops = int(sys.argv[6]) if len(sys.argv) > 6 else 1
     result: dict[str, object] = {}
 
     train = ShardStream(
-        shard_dir, "train", train=True, segment_samples=segment, batch_size=batch_size, shuffle_buffer=4
+        shard_dir,
+        "train",
+        train=True,
+        segment_samples=segment,
+        batch_size=batch_size,
+        shuffle_buffer=4,
+        crops_per_track=crops,
     )
     result["rank"], result["world_size"] = train.rank, train.world_size
     result["train_len"] = len(train)

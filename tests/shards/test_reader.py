@@ -354,12 +354,14 @@ def test_long_unicode_keys_in_pax_headers(tmp_path):
     assert b["track"].tolist() == [0, 1] and b["valid"].all()
 
 
-def _run_ranks(root: Path, tmp_path: Path, world: int = 2, workers: int = 2, bs: int = 3, seg: int = 32):
+def _run_ranks(
+    root: Path, tmp_path: Path, world: int = 2, workers: int = 2, bs: int = 3, seg: int = 32, crops: int = 1
+):
     procs, outs = [], []
     for rank in range(world):
         out = tmp_path / f"rank{rank}.json"
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), PYTHONPATH=str(Path.cwd()))
-        cmd = [sys.executable, str(WORKER), str(root), str(out), str(workers), str(bs), str(seg)]
+        cmd = [sys.executable, str(WORKER), str(root), str(out), str(workers), str(bs), str(seg), str(crops)]
         procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
         outs.append(out)
     for p in procs:
@@ -369,26 +371,27 @@ def _run_ranks(root: Path, tmp_path: Path, world: int = 2, workers: int = 2, bs:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["uneven3", "single"])
-def test_two_ranks_two_workers_see_each_track_once_and_equal_batches(tmp_path, layout):
+@pytest.mark.parametrize("layout,crops", [("uneven3", 1), ("single", 1), ("single", 3)])
+def test_two_ranks_two_workers_see_each_track_once_and_equal_batches(tmp_path, layout, crops):
     if layout == "uneven3":
         root, tracks = uneven_set(tmp_path / "set")
     else:
         tracks = [track(t, 100 + 37 * t) for t in range(5)]
         root = write_set(tmp_path / "set", {"train": [tracks]})
     seg, bs = 32, 3
-    results = _run_ranks(root, tmp_path, bs=bs, seg=seg)
+    results = _run_ranks(root, tmp_path, bs=bs, seg=seg, crops=crops)
     assert [r["rank"] for r in results] == [0, 1] and all(r["world_size"] == 2 for r in results)
     n = len(tracks)
-    # training: every rank yields len(stream) = ceil(ceil(n / 2) / bs) full batches, both epochs
-    want = math.ceil(math.ceil(n / 2) / bs)
+    # training: every rank yields len(stream) = ceil(ceil(n * crops / 2) / bs) full batches, both epochs
+    want = math.ceil(math.ceil(n * crops / 2) / bs)
     for r in results:
         assert r["train_len"] == want
         for e in (0, 1):
             assert r[f"train_batches_{e}"] == want and r[f"train_rows_{e}"] == want * bs
     for e in (0, 1):
-        union = {t for r in results for t in r[f"train_tracks_{e}"]}
-        assert union == set(range(n))  # nothing lost across ranks x workers
+        union = [t for r in results for t in r[f"train_tracks_{e}"]]
+        assert set(union) == set(range(n))  # nothing lost across ranks x workers
+        assert min(union.count(t) for t in range(n)) == crops  # every crop of every track
     # evaluation: every window of every track exactly once over both ranks, equal batch counts
     windows = sorted(tuple(w) for r in results for w in r["eval_windows"])
     expected = sorted((t, int(w)) for t, tr in enumerate(tracks) for w in window_starts(len(tr["pcm"]), seg))
@@ -514,3 +517,112 @@ def test_start_batch_after_an_unreadable_sample_still_matches_the_full_pass(tmp_
         assert len(got) == len(full) and got[:k] == [{}] * k
         assert all(torch.equal(a["wave"], b["wave"]) for a, b in zip(got[k:], full[k:], strict=True))
     assert any("reading the" in r.getMessage() and "in full" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------------------------ crops per track
+
+
+def _crops(batches: list[dict]) -> list[tuple[int, int]]:
+    return [tracks_of(r) for b in batches for r in b["wave"].numpy()]
+
+
+@pytest.mark.parametrize("partial_reads", [True, False])
+def test_crops_per_track_gives_k_distinct_crops_of_every_track_per_epoch(tmp_path, partial_reads):
+    root, tracks = uneven_set(tmp_path / "set")
+    k, seg, bs = 3, 32, 4
+    kw = dict(train=True, segment_samples=seg, batch_size=bs, seed=5, shuffle_buffer=10, crops_per_track=k)
+    s = ShardStream(root, "train", partial_reads=partial_reads, **kw)
+    assert len(s) == 16 * k // bs == 12  # an epoch is k crops of each of the 16 tracks
+    for epoch in (0, 1):
+        s.set_epoch(epoch)
+        batches = drain(s)
+        assert len(batches) == len(s)
+        per_track: dict[int, list[int]] = {}
+        for b in batches:
+            for row, label in zip(b["wave"].numpy(), b["label"].tolist()):
+                t, off = tracks_of(row)
+                np.testing.assert_array_equal(row, tracks[t]["pcm"][off : off + seg])
+                assert label == tracks[t]["label_index"]
+                per_track.setdefault(t, []).append(off)
+        assert sorted(per_track) == list(range(16))
+        for t, offs in per_track.items():
+            assert len(offs) == k and len(set(offs)) == k, (t, offs)  # k distinct crops of every track
+            span = len(tracks[t]["pcm"]) - seg + 1  # possible starts, cut in k equal parts: one crop in each
+            assert sorted(o * k // span for o in offs) == list(range(k)), (t, offs, span)
+        # the shuffle buffer mixes tracks: a track's crops are not all in one batch
+        assert sum(len({tracks_of(r)[0] for r in b["wave"].numpy()}) for b in batches) > len(batches) * 2
+    # crop offsets are random per epoch, and the partial and whole reads give the same batches
+    s.set_epoch(0)
+    e0 = _crops(drain(s))
+    s.set_epoch(1)
+    assert sorted(e0) != sorted(_crops(drain(s)))
+    other = ShardStream(root, "train", partial_reads=not partial_reads, **kw)
+    assert _crops(drain(other)) == e0
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_crops_per_track_gives_equal_batch_counts_on_every_rank(tmp_path, world):
+    root, _ = uneven_set(tmp_path / "set")
+    k, bs = 3, 5
+    lens, crops = set(), []
+    for rank in range(world):
+        by_workers = []
+        for workers in (0, 2):
+            s = ShardStream(root, "train", train=True, segment_samples=24, batch_size=bs, seed=2, shuffle_buffer=6,
+                            rank=rank, world_size=world, crops_per_track=k)  # fmt: skip
+            batches = drain(s, workers)
+            lens.add((len(s), len(batches)))
+            by_workers.append(_crops(batches))
+        assert sorted(by_workers[0]) == sorted(by_workers[1])  # the same crops whatever the workers
+        crops += by_workers[0]
+    per_rank = math.ceil(math.ceil(16 * k / world) / bs)
+    assert lens == {(per_rank, per_rank)}  # every rank yields len(stream) batches, the same number
+    assert len(crops) == world * per_rank * bs
+    # k crops of every track over the ranks, plus the few that fill the last batches (wrap-around)
+    counts = [sum(1 for c in crops if c[0] == t) for t in range(16)]
+    assert min(counts) == k and sum(counts) - 16 * k < world * bs
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_crops_per_track_start_batch_yields_exactly_the_rest_of_a_full_pass(tmp_path, num_workers):
+    root, _ = uneven_set(tmp_path / "set")
+    kw = dict(train=True, segment_samples=24, batch_size=3, seed=4, shuffle_buffer=5, crops_per_track=3)
+    full_stream = ShardStream(root, "train", **kw)
+    full_stream.set_epoch(1)
+    full = drain(full_stream, num_workers)
+    assert len(full) == 16
+    for k in (1, 5, 9, 15, 16):
+        s = ShardStream(root, "train", **kw)
+        s.set_epoch(1, start_batch=k)
+        got = drain(s, num_workers)
+        assert len(got) == len(full) and got[:k] == [{}] * k
+        for a, b in zip(got[k:], full[k:], strict=True):
+            assert torch.equal(a["wave"], b["wave"]) and torch.equal(a["label"], b["label"]), k
+
+
+def test_crops_per_track_reads_each_track_once_and_skips_the_pcm_before_the_start_batch(tmp_path):
+    rng = np.random.default_rng(1)
+    n, seg, bs, k = 6, 20_000, 3, 3  # 3 crops of 40 KB from each 400-KB track
+    tracks = [
+        {"t": t, "key": f"long{t:02d}", "label_index": t % 3, "fold": -1,
+         "pcm": rng.integers(-(2**15), 2**15, 200_000).astype(np.int16)}
+        for t in range(n)
+    ]  # fmt: skip
+    root = write_set(tmp_path / "set", {"train": [tracks]})
+    kw = dict(train=True, segment_samples=seg, batch_size=bs, seed=3, shuffle_buffer=4, crops_per_track=k)
+
+    def read(start: int) -> tuple[list[dict], int]:
+        s = ShardStream(root, "train", **kw)
+        s.set_epoch(0, start_batch=start)
+        before = _bytes_read()
+        batches = drain(s)
+        return batches, _bytes_read() - before
+
+    full, full_bytes = read(0)
+    assert len(full) == n * k // bs == 6
+    # one read per track of the span its 3 crops cover (at most the whole track), not 3 reads
+    assert full_bytes <= n * 2 * 200_000 + 20_000
+    rest, rest_bytes = read(5)
+    assert all(torch.equal(a["wave"], b["wave"]) for a, b in zip(rest[5:], full[5:], strict=True))
+    # batch 5 holds 3 crops, of at most 3 tracks: those are read, the others only give their headers
+    assert rest_bytes <= 3 * 2 * 200_000 + 20_000 < full_bytes
