@@ -2,11 +2,14 @@
 
 Two decoders, chosen by the file's content (:mod:`shards.sniff`), not its name:
 
-- soundfile (libsndfile) for WAV, FLAC, Ogg Vorbis, MP3, AIFF, AU -- what ``librosa.load`` itself uses, and
-  the faster decoder for those (``benchmarks/bench_ingest.py --formats``);
+- soundfile (libsndfile) for WAV, FLAC, Ogg Vorbis, MP3, AIFF, AU -- what ``librosa.load`` itself uses.
+  It is the faster decoder for those (raw decode CPU time of PyAV against libsndfile: MP3 0.7x, FLAC
+  0.6-0.75x, WAV 0.15x; ``benchmarks/formats.py``) except Ogg Vorbis, where FFmpeg's decoder is 1.3-1.8x
+  faster but keeps up to a block of padding at the end of single-page streams (a 0.7-s clip decodes 33
+  samples longer than libsndfile and ``librosa.load`` say): exact lengths win there;
 - PyAV (:mod:`shards.ffmpeg_decode`) for what libsndfile cannot decode (AAC/ALAC in MP4/M4A, WMA, WebM and
-  Matroska, AC-3, AMR, APE, WavPack, ...), for Opus (libopus through PyAV decodes 1.7x faster than
-  libsndfile, same samples), and for any file libsndfile refuses whose content is a known audio format.
+  Matroska, AC-3, AMR, APE, WavPack, ...), for Opus (libopus through PyAV: 1.6x faster than libsndfile's,
+  same samples within 1.2e-7), and for any file libsndfile refuses whose content is a known audio format.
 
 Either way channels are averaged directly, soxr resamples at HQ quality and the length is fixed to
 ``ceil(frames * sr / orig_sr)`` -- librosa's own steps, without its import cost. Every failure is an
@@ -39,8 +42,8 @@ AUDIO_EXTENSIONS = (
     ".wma", ".asf", ".ac3", ".eac3", ".dts", ".amr", ".awb", ".3gp", ".3ga", ".ape", ".wv", ".caf",
     ".aifc", ".wave", ".w64", ".rf64", ".mp2", ".mpga", ".spx", ".tta", ".mpc", ".dsf", ".dff", ".ra",
 )  # fmt: skip
-# content libsndfile decodes and decodes faster than PyAV (measured: benchmarks/bench_ingest.py --formats);
-# "unknown" content goes to libsndfile too, which recognises a few formats no signature here names
+# content libsndfile decodes, and decodes faster than PyAV (benchmarks/formats.py); "unknown" content goes
+# to libsndfile too, which recognises a few formats no signature here names
 _SOUNDFILE_KINDS = {"wav", "w64", "aiff", "au", "flac", "ogg-vorbis", "ogg-flac", "mp3", "id3", "caf",
                     "8svx", "voc", "unknown"}  # fmt: skip
 # reasons from PyAV that say more than libsndfile's "not audio or unsupported format"
