@@ -1,8 +1,18 @@
 """Classification metrics for genre models: segment (window) level, track level, streaming and distributed.
 
 A track is cut into fixed-length windows (``segment_samples`` each); the model scores every window.
-*Segment* metrics count each window as one sample. *Track* metrics average the window probabilities of
-a track (``track_probs``) and take their argmax; ``track_vote`` is the majority vote of window argmaxes.
+*Segment* metrics count each window as one sample. *Track* metrics combine the windows of a track
+(:data:`TRACK_AGGREGATES`) and take the argmax: ``mean_prob`` averages the window probabilities (the
+default and the headline figure), ``mean_logprob`` averages their log-probabilities (the product of the
+window probabilities, renormalised: what independent windows would give). ``track_vote`` is the majority
+vote of window argmaxes.
+
+Why ``mean_prob`` is the headline: a probability is bounded, so one window that is confidently wrong (a
+silent intro, a spoken passage) moves the mean by at most ``1 / windows``, whereas its log-probability can
+veto the true class on its own (windows are not independent: neighbouring windows of one song are
+strongly correlated, so the product over-counts the evidence). It is also what ``classify`` reports per
+file. ``mean_logprob`` is reported beside it; with one window per track (whole-track evaluation) the two
+are the same.
 
 Macro averages
 --------------
@@ -35,6 +45,7 @@ from torchmetrics.functional.classification import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "TRACK_AGGREGATES",
     "Accumulator",
     "aggregate_tracks",
     "classification_metrics",
@@ -134,8 +145,16 @@ def classification_metrics(probs: Tensor, labels: Tensor, label_names: list[str]
     }
 
 
+#: How window predictions become a track prediction (``eval.track_aggregate``); the first is the default.
+TRACK_AGGREGATES = ("mean_prob", "mean_logprob")
+
+#: Floor of a window probability before its log (float32's smallest normal): a window that rules a class
+#: out entirely counts -87 nats against it, not minus infinity.
+_LOG_FLOOR = float(torch.finfo(torch.float32).tiny)
+
+
 def aggregate_tracks(
-    window_probs: Tensor, track_index: Tensor, valid: Tensor | None = None
+    window_probs: Tensor, track_index: Tensor, valid: Tensor | None = None, aggregate: str = "mean_prob"
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Windows -> tracks.
 
@@ -143,17 +162,23 @@ def aggregate_tracks(
         window_probs: ``[W, K]`` per-window class probabilities.
         track_index: ``[W]`` int track index of each window.
         valid: ``[W]`` bool, False rows (padding) are ignored; None = all valid.
+        aggregate: ``"mean_prob"`` (mean of the window probabilities) or ``"mean_logprob"`` (mean of their
+            logs, floored at float32's smallest normal; returned as the softmax of that mean, i.e. the
+            renormalised geometric mean).
 
     Returns:
         ``track_ids`` ``[N]`` (sorted unique track indices of the valid windows), ``track_probs``
-        ``[N, K]`` (mean of the track's window probabilities), ``track_vote`` ``[N]`` (majority vote of the
-        window argmaxes; a tie goes to the tied class with the higher mean probability).
+        ``[N, K]`` (the aggregate of the track's windows, rows summing to 1), ``track_vote`` ``[N]``
+        (majority vote of the window argmaxes; a tie goes to the tied class with the higher mean
+        probability).
     """
     if window_probs.ndim != 2 or track_index.shape != window_probs.shape[:1]:
         raise ValueError(
             f"window_probs must be [W, K] and track_index [W]; got {tuple(window_probs.shape)} "
             f"and {tuple(track_index.shape)}"
         )
+    if aggregate not in TRACK_AGGREGATES:
+        raise ValueError(f"aggregate must be one of {TRACK_AGGREGATES}, got {aggregate!r}")
     probs = window_probs.detach().double()
     tracks = track_index.detach().long().to(probs.device)
     if valid is not None:
@@ -174,6 +199,10 @@ def aggregate_tracks(
     top = votes.max(dim=1, keepdim=True).values if n else votes[:, :1]
     tie_break = torch.where(votes == top, mean, torch.full_like(mean, -1.0))
     vote = tie_break.argmax(dim=1)  # (N,)
+    if aggregate == "mean_logprob":
+        logs = torch.zeros(n, k, dtype=torch.float64, device=probs.device)
+        logs.index_add_(0, inverse, probs.clamp_min(_LOG_FLOOR).log())
+        mean = torch.softmax(logs / counts[:, None], dim=1)  # (N, K) renormalised geometric mean
     return track_ids, mean.to(window_probs.dtype), vote
 
 
@@ -183,16 +212,20 @@ def track_and_segment_metrics(
     track_index: Tensor,
     valid: Tensor | None,
     label_names: list[str],
+    aggregate: str = "mean_prob",
 ) -> dict[str, Any]:
     """Segment-level and track-level metrics of one evaluation.
 
     Args:
         window_probs: ``[W, K]`` per-window probabilities; window_labels ``[W]`` true class per window;
         track_index: ``[W]`` track of each window; valid ``[W]`` bool or None (padding rows are dropped).
+        aggregate: the track aggregate of the headline ``"track"`` figures (:data:`TRACK_AGGREGATES`).
 
     Returns:
         ``{"segment": classification_metrics over valid windows, "track": classification_metrics of
-        the mean window probabilities per track, "track_vote": {"accuracy", "n"}}``.
+        the tracks aggregated by ``aggregate``, "track_aggregate": its name, "track_mean_prob" /
+        "track_mean_logprob": {"accuracy", "macro_f1", "top2_accuracy", "n"} of each aggregate,
+        "track_vote": {"accuracy", "n"}}``.
         Raises ValueError if the windows of one track disagree on its label.
     """
     probs = window_probs.detach().float().cpu()
@@ -202,12 +235,18 @@ def track_and_segment_metrics(
         keep = valid.detach().bool().cpu()
         probs, labels, tracks = probs[keep], labels[keep], tracks[keep]
     segment = classification_metrics(probs, labels, label_names)
-    track_ids, track_probs, track_vote = aggregate_tracks(probs, tracks)
-    track_labels = _track_labels(labels, tracks, track_ids)
-    track = classification_metrics(track_probs, track_labels, label_names)
+    out: dict[str, Any] = {"segment": segment, "track_aggregate": aggregate}
+    for name in TRACK_AGGREGATES:
+        track_ids, track_probs, track_vote = aggregate_tracks(probs, tracks, aggregate=name)
+        track_labels = _track_labels(labels, tracks, track_ids)
+        m = classification_metrics(track_probs, track_labels, label_names)
+        out[f"track_{name}"] = {k: m[k] for k in ("accuracy", "macro_f1", "top2_accuracy", "n")}
+        if name == aggregate:
+            out["track"] = m
     n = int(track_ids.numel())
     vote_acc = float((track_vote == track_labels).double().mean()) if n else 0.0
-    return {"segment": segment, "track": track, "track_vote": {"accuracy": vote_acc, "n": n}}
+    out["track_vote"] = {"accuracy": vote_acc, "n": n}
+    return out
 
 
 def _track_labels(labels: Tensor, tracks: Tensor, track_ids: Tensor) -> Tensor:

@@ -37,9 +37,10 @@ class WindowResults:
     tracks: Tensor  # (W,) track index into the stream's track_keys()
     loss: float  # mean cross-entropy of the windows (with class weights: weighted mean, sum / sum of w[y])
 
-    def metrics(self, label_names: list[str]) -> dict[str, Any]:
-        """Segment and track metrics (:func:`engine.metrics.track_and_segment_metrics`)."""
-        return track_and_segment_metrics(self.probs, self.labels, self.tracks, None, label_names)
+    def metrics(self, label_names: list[str], aggregate: str = "mean_prob") -> dict[str, Any]:
+        """Segment and track metrics (:func:`engine.metrics.track_and_segment_metrics`); ``aggregate``: how
+        the windows of a track make the headline track figures (both aggregates are always reported)."""
+        return track_and_segment_metrics(self.probs, self.labels, self.tracks, None, label_names, aggregate)
 
 
 @torch.no_grad()

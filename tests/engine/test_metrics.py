@@ -184,3 +184,28 @@ def test_accumulator_with_only_invalid_windows_returns_empty_tensors():
     assert out["probs"].shape == (0, 4) and out["tracks"].numel() == 0 and out["labels"].numel() == 0
     m = track_and_segment_metrics(out["probs"], out["labels"], out["tracks"], None, ["a", "b", "c", "d"])
     assert m["segment"]["n"] == 0 and m["track"]["n"] == 0 and m["track"]["accuracy"] == 0.0
+
+
+def test_mean_logprob_aggregate_is_the_renormalised_geometric_mean_and_both_are_reported():
+    # track 0 (blues): two windows lean blues, one rules blues out -> the mean of probabilities says blues,
+    # the mean of log-probabilities (product) lets the one confident window veto it
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.9, 0.1, 0.0], [1e-6, 0.999999, 0.0], [0.2, 0.2, 0.6]])
+    tracks = torch.tensor([0, 0, 0, 1])
+    labels = torch.tensor([0, 0, 0, 2])
+    _, mean, _ = aggregate_tracks(probs, tracks)
+    ids, geo, _ = aggregate_tracks(probs, tracks, aggregate="mean_logprob")
+    floor = torch.finfo(torch.float32).tiny
+    logs = probs.double().clamp_min(floor).log()
+    want = torch.softmax(torch.stack([logs[:3].mean(0), logs[3]]), dim=1).float()
+    torch.testing.assert_close(geo, want)
+    assert mean.argmax(1).tolist() == [0, 2] and geo.argmax(1).tolist() == [1, 2]
+    m = track_and_segment_metrics(probs, labels, tracks, None, NAMES, aggregate="mean_logprob")
+    assert m["track_aggregate"] == "mean_logprob" and m["track"]["accuracy"] == pytest.approx(0.5)
+    assert m["track_mean_prob"]["accuracy"] == 1.0 and m["track_mean_logprob"]["accuracy"] == pytest.approx(0.5)
+    default = track_and_segment_metrics(probs, labels, tracks, None, NAMES)
+    assert default["track_aggregate"] == "mean_prob" and default["track"]["accuracy"] == 1.0
+    # one window per track: both aggregates give that window's probabilities
+    _, one, _ = aggregate_tracks(probs[3:], tracks[3:], aggregate="mean_logprob")
+    torch.testing.assert_close(one, probs[3:])
+    with pytest.raises(ValueError, match="aggregate must be one of"):
+        aggregate_tracks(probs, tracks, aggregate="median")
