@@ -16,8 +16,9 @@ What the samples are:
   native Opus decoder (the ``ffmpeg`` command's default) differs from libopus by up to ~1e-4.
 - Ranged reads seek: ``read(path, start, stop)`` seeks to ``start`` minus :data:`SEEK_PREROLL_S` (a
   decoder needs a few frames after a seek to converge), decodes and drops what lies before ``start``.
-  Positions come from the container's timestamps, so they are sample-exact where the time base resolves
-  samples (MP4, Ogg) and within half a time-base tick elsewhere (Matroska/WebM and ASF count in ms).
+  Positions come from the container's timestamps: sample-exact where the time base resolves samples (MP4,
+  Ogg); Matroska/WebM and ASF stamp whole milliseconds, and a stream of constant-size frames (Opus, WMA,
+  fixed-block FLAC) is placed exactly by snapping to its frame lattice, others to within a millisecond.
 
 Nothing here blocks forever: FFmpeg's interrupt callback bounds opening (:data:`OPEN_TIMEOUT_S`) and each
 packet read (:data:`READ_TIMEOUT_S`), and a decode stops with an error once it runs past a wall-clock
@@ -214,11 +215,12 @@ class _Reader:
         self.parts: list[list[np.ndarray]] = []  # per frame, one (n,) view per channel, decoder's type
         self.packets = self.errors = 0
         self.mixed = False  # channel count or sample type changed mid-stream
+        self.unplaceable = False  # a frame after a seek had no timestamp to place it by
         self.sample_rate = st.codec_context.sample_rate
 
-    def run(self, pos: int | None, origin_pts: int | None = None) -> int | None:
+    def run(self, pos: int | None, origin: _Origin | None = None) -> int | None:
         """Decode until ``stop``; ``pos`` is the next sample's position (None: take it from the first frame's
-        pts relative to ``origin_pts``). Returns the first frame's position (None if nothing decoded)."""
+        pts relative to ``origin``). Returns the first frame's position (None if nothing decoded)."""
         first_pos = None
         silent = 0
         start, stop, sr, parts = self.start, self.stop, self.sample_rate, self.parts
@@ -257,9 +259,10 @@ class _Reader:
                 if fr.sample_rate != sr:
                     raise DecodeError(f"sample rate changes mid-stream ({sr} -> {fr.sample_rate} Hz)")
                 if pos is None:
-                    pos = self._place(fr, pkt, frames, origin_pts)
+                    pos = self._place(fr, pkt, frames, origin)
                     if pos is None:
-                        return None  # cannot place a frame after a seek: the caller decodes from the start
+                        self.unplaceable = True  # no usable timestamp: the caller decodes from the start
+                        return None
                 if first_pos is None:
                     first_pos = pos
                     if pos > start:
@@ -280,20 +283,39 @@ class _Reader:
                     return first_pos
         return first_pos
 
-    def _place(self, fr, pkt, frames, origin_pts: int | None) -> int | None:
-        """Position of the first frame decoded after a seek, from timestamps (relative to ``origin_pts``)."""
-        if origin_pts is None:
+    def _place(self, fr, pkt, frames, origin: _Origin | None) -> int | None:
+        """Position of the first frame decoded after a seek, from timestamps (relative to ``origin``).
+
+        A coarse stamp (Matroska's and ASF's 1 ms, rounded or truncated) is off the true position by up to
+        a tick; snapping to the frame lattice of a constant-frame stream takes it back to the exact sample
+        when a lattice point lies within that tick (a snap never moves a position further than the stamp's
+        own error, and frames of more than 4 ticks leave one candidate).
+        """
+        if origin is None:
             return None
         tb, sr = self.st.time_base, self.sample_rate
+        tick = tb * sr  # samples per timestamp unit
+
+        def snap(est):
+            if origin.lattice is not None and tick >= 2:
+                second, size = origin.lattice
+                on = second + round((est - second) / size) * size
+                if size > 4 * tick and abs(on - est) <= tick + 1:
+                    return on
+            return est
+
         if self.dec is self.st.codec_context:
             # FFmpeg's decoders stamp frames with their first sample's pts (skips already accounted)
-            return None if fr.pts is None else int(round((fr.pts - origin_pts) * tb * sr))
+            if fr.pts is None:
+                return None
+            return int(round(snap((fr.pts - origin.pts) * tb * sr)))
         # libopus, created here, knows no time base: its frames carry the packet's pts unchanged, and a
-        # fresh decoder drops the pre-skip from its first packet's head. The packet's end is exact, so the
-        # frame starts ``samples`` before it (libopus gives one frame per packet, no delay).
+        # fresh decoder drops the pre-skip from its first packet's head, so the frame starts where the packet
+        # does plus what was dropped (libopus gives one frame per packet, no delay)
         if pkt.pts is None or not pkt.duration or len(frames) != 1:
             return None
-        return int(round((pkt.pts + pkt.duration - origin_pts) * tb * sr)) - fr.samples
+        start = snap((pkt.pts - origin.pts) * tb * sr)
+        return int(round(start + pkt.duration * tb * sr)) - fr.samples
 
     def result(self) -> np.ndarray:
         if self.errors and self.errors > MAX_ERROR_RATE * max(1, self.packets):
@@ -396,31 +418,51 @@ def _read_from_start(path: str, start: int, stop: int | None, budget_s: float) -
         return reader.result()
 
 
-def _origin_pts(container, st) -> int | None:
-    """pts of the stream's first output sample (priming already dropped), from FFmpeg's own decoder."""
+@dataclass
+class _Origin:
+    pts: int  # pts of the stream's first output sample (priming already dropped)
+    lattice: tuple[int, int] | None  # (position of the 2nd frame, frame size) when the first frames agree
+
+
+def _origin(container, st, frames_wanted: int = 6) -> _Origin | None:
+    """Where the stream starts, and its frame lattice, from FFmpeg's own decoder on the first packets.
+
+    Containers that stamp packets in coarse ticks (Matroska/WebM and ASF: 1 ms) place a frame after a seek
+    only to within a tick; a stream of constant-size frames (Opus 20 ms, WMA 2048, fixed-block FLAC) is
+    placed exactly by snapping to that lattice (see :meth:`_Reader._place`).
+    """
     cc = st.codec_context
+    first_pts, sizes = None, []
     for pkt in container.demux(st):
         try:
             frames = cc.decode(None if pkt.size == 0 else pkt)
         except av.error.FFmpegError:
             continue
         for fr in frames:
-            return fr.pts
-        if pkt.size == 0:
+            if first_pts is None:
+                if fr.pts is None:
+                    return None
+                first_pts = fr.pts
+            sizes.append(fr.samples)
+        if len(sizes) >= frames_wanted or pkt.size == 0:
             break
-    return None
+    if first_pts is None:
+        return None
+    rest = sizes[1:-1] if len(sizes) < frames_wanted else sizes[1:]  # the last may be a short final frame
+    lattice = (sizes[0], rest[0]) if len(rest) >= 3 and len(set(rest)) == 1 else None
+    return _Origin(first_pts, lattice)
 
 
 def _read_seeking(container, st, start: int, stop: int | None, preroll: int, budget_s: float):
     """Seek to ``start - preroll`` (earlier if the demuxer lands late) and read; None if it cannot."""
-    origin = _origin_pts(container, st)
+    origin = _origin(container, st)
     if origin is None:
         return None
     sr = st.codec_context.sample_rate
     tb = st.time_base
     target = start - preroll
     for _ in range(3):
-        ts = origin + math.floor(Fraction(target, sr) / tb)
+        ts = origin.pts + math.floor(Fraction(target, sr) / tb)
         try:
             container.seek(int(ts), stream=st, backward=True)  # flushes the stream's decoder
         except av.error.FFmpegError:
@@ -429,7 +471,10 @@ def _read_seeking(container, st, start: int, stop: int | None, preroll: int, bud
         reader = _Reader(container, st, dec, start, stop, budget_s)
         first = reader.run(None, origin)
         if first is None:
-            return None
+            if reader.unplaceable or reader.errors:
+                return None
+            # the demuxer found nothing from the seek point on: the range lies past the stream's end
+            raise DecodeError("no audio frames decoded (the range starts past the end of the stream)")
         if first <= start:
             return reader.result()
         target -= max(preroll, 2 * (first - start))

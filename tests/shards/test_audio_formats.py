@@ -123,14 +123,19 @@ def test_first_audio_stream_of_a_video_file(tmp_path, av_writer):
 
 
 @pytest.mark.parametrize(
-    "name,codec,kw",
+    "name,codec,kw,tol",
     [
-        ("a.m4a", "alac", {}),
-        ("b.m4a", "aac", {"options": {"aac_pns": "0"}}),  # see test_aac_noise_substitution_after_a_seek
-        ("c.opus", "opus", {}),
+        ("a.m4a", "alac", {}, 0.0),
+        ("b.m4a", "aac", {"options": {"aac_pns": "0"}}, 0.0),  # see test_aac_noise_substitution_after_a_seek
+        ("c.opus", "opus", {}, 0.0),
+        # Matroska and ASF stamp packets in whole ms: placed exactly by the constant frame size; libopus may
+        # differ in the last bits after a seek into WebM
+        ("d.webm", "webm", {}, 1e-6),
+        ("e.mka", "mka", {}, 0.0),
+        ("f.wma", "wma", {}, 0.0),
     ],
 )
-def test_ranged_reads_seek_and_equal_slices_of_the_full_decode(tmp_path, av_writer, name, codec, kw):
+def test_ranged_reads_seek_and_equal_slices_of_the_full_decode(tmp_path, av_writer, name, codec, kw, tol):
     p, _ = av_writer(tmp_path / name, codec, seconds=4.0, **kw)
     sr = probe(p).orig_sample_rate
     full, _ = load_audio(p, sr)  # at the source rate: no resampler between slice and reference
@@ -138,17 +143,10 @@ def test_ranged_reads_seek_and_equal_slices_of_the_full_decode(tmp_path, av_writ
         y, _ = load_audio(p, sr, offset_seconds=offset, max_seconds=dur)
         a = int(round(offset * sr))
         b = None if dur is None else a + int(round(dur * sr))
-        np.testing.assert_array_equal(y, full[a:b], err_msg=f"{name} offset {offset} duration {dur}")
-
-
-def test_matroska_ranged_reads_are_within_half_a_millisecond(tmp_path, av_writer):
-    # WebM stamps packets in whole milliseconds: after a seek a frame is placed to +-0.5 ms
-    p, _ = av_writer(tmp_path / "v.webm", "webm", seconds=4.0)
-    full, _ = load_audio(p, 48000)
-    y, _ = load_audio(p, 48000, offset_seconds=2.0, max_seconds=1.0)
-    a = 96000
-    shifts = [s for s in range(-24, 25) if np.max(np.abs(full[a + s : a + s + y.size] - y)) < 1e-6]
-    assert y.size == 48000 and shifts, "not a slice of the full decode within 0.5 ms"
+        ref = full[a:b]
+        msg = f"{name} offset {offset} duration {dur}"
+        assert y.shape == ref.shape, msg
+        assert np.max(np.abs(y - ref), initial=0.0) <= tol, msg
 
 
 def test_aac_noise_substitution_after_a_seek(tmp_path, av_writer):
