@@ -27,6 +27,7 @@ budget proportional to the audio asked for. Every failure is a :class:`DecodeErr
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import struct
@@ -137,8 +138,7 @@ def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.Aud
     streams = container.streams.audio
     if not streams:
         others = sorted({s.type for s in container.streams})
-        return_reason = "no audio stream" + (f" (only {', '.join(others)})" if others else "")
-        raise DecodeError(return_reason)
+        raise DecodeError("no audio stream" + (f" (only {', '.join(others)})" if others else ""))
     st = streams[0]
     cc = st.codec_context
     if cc is None:  # PyAV builds a context only for codecs FFmpeg can decode
@@ -168,6 +168,22 @@ def _frames_estimate(container: av.container.InputContainer, st: av.audio.stream
     return 0
 
 
+def _ffmpeg_errors_as_reasons(fn):
+    """FFmpeg errors past opening (a demuxer failing mid-probe, a seek refused) become reasons too."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except av.error.ExitError:
+            raise DecodeError(f"timed out reading (no data within {READ_TIMEOUT_S:g} s)") from None
+        except av.error.FFmpegError as err:
+            raise DecodeError(f"undecodable (FFmpeg: {err.strerror or err})") from None
+
+    return wrapper
+
+
+@_ffmpeg_errors_as_reasons
 def probe(path: str | os.PathLike) -> StreamInfo:
     """Open the file's first audio stream and read its parameters (no decoding beyond FFmpeg's probing)."""
     with _open(os.fspath(path)) as container:
@@ -183,11 +199,14 @@ def _count_frames(container: av.container.InputContainer, st: av.audio.stream.Au
     """Samples per channel from packet durations, for streams whose header states no duration."""
     total = 0
     deadline = time.monotonic() + DECODE_BUDGET_S
-    for pkt in container.demux(st):
-        if pkt.duration:
-            total += pkt.duration
-        if time.monotonic() > deadline:
-            raise DecodeError(f"timed out reading packet durations ({DECODE_BUDGET_S:g} s)")
+    try:
+        for pkt in container.demux(st):
+            if pkt.duration:
+                total += pkt.duration
+            if time.monotonic() > deadline:
+                raise DecodeError(f"timed out reading packet durations ({DECODE_BUDGET_S:g} s)")
+    except av.error.FFmpegError:
+        pass  # a damaged tail: the packets before it count
     return int(round(total * st.time_base * st.codec_context.sample_rate)) if st.time_base else 0
 
 
@@ -371,6 +390,7 @@ def _budget(seconds: float | None) -> float:
     return DECODE_BUDGET_S + DECODE_BUDGET_PER_S * (seconds or 0.0)
 
 
+@_ffmpeg_errors_as_reasons
 def read(
     path: str | os.PathLike, frame_range: Callable[[int], tuple[int, int | None]] = lambda sr: (0, None)
 ) -> tuple[np.ndarray, StreamInfo]:
