@@ -233,7 +233,7 @@ def main() -> None:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         import formats as decode_formats  # noqa: PLC0415 -- benchmarks/formats.py, shared with bench_ingest.py
 
-        formats = decode_formats.run(n_fmt, args.seconds)
+        formats = decode_formats.run(n_fmt, args.seconds, long_minutes=3.0 if args.quick else 10.0)
 
     res = {
         "bench": "classify",

@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         import formats as decode_formats  # noqa: PLC0415 -- benchmarks/formats.py, shared with bench_classify.py
 
         print()
-        res = decode_formats.run(n_fmt, args.seconds, repeats=args.repeats + 2)
+        res = decode_formats.run(
+            n_fmt, args.seconds, repeats=args.repeats + 2, long_minutes=3.0 if args.quick else 10.0
+        )
         print(
             f"AAC decode vs librosa.load: {res['load']['aac .m4a']['speedup_vs_librosa']:.2f}x (target >= 3x)"
         )

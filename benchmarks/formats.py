@@ -54,6 +54,9 @@ def ensure_ffmpeg_command() -> str:
     bindir = Path(tempfile.mkdtemp(prefix="ffmpeg_bin_"))
     (bindir / "ffmpeg").symlink_to(imageio_ffmpeg.get_ffmpeg_exe())
     os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+    import audioread  # noqa: PLC0415
+
+    audioread.available_backends(flush_cache=True)  # it keeps the backends it found on its first call
     return f"imageio-ffmpeg's binary ({imageio_ffmpeg.get_ffmpeg_version()}), no system ffmpeg"
 
 
