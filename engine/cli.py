@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cv": ("engine.cv", "k-fold cross-validation over the shards' folds"),
     "compare": ("engine.compare", "train and evaluate several architectures under the same budget"),
     "classify": ("engine.classify", "classify music files and folders with a checkpoint or an exported model (resumable, JSONL/CSV)"),
+    "embed": (
+        "engine.embed",
+        "embed a shard set's windows with a pretrained model (musicnn:MSD_musicnn) into feature shards for probes",
+    ),
     "export": (
         "engine.export",
         "export a checkpoint to torch.export (.pt2), ONNX or TorchScript (waveform in, probabilities out)",

@@ -1,0 +1,470 @@
+"""Embeddings of a shard set by a pretrained model, written as a feature-shard set for linear probes.
+
+::
+
+    python -m engine embed musicnn:MSD_musicnn --shards shards/gtzan --out emb/gtzan-musicnn
+    accelerate launch --multi_gpu --num_processes 4 -m engine.embed CKPT --shards DIR --out EMB
+    python -m engine train --config configs/probe.yaml --shards emb/gtzan-musicnn     # the probe, in seconds
+
+Every track of every split is cut into the evaluation windows of ``python -m engine evaluate`` (the checkpoint's
+window at the shard set's rate, hop ``--hop-seconds`` = one window by default: :func:`shards.windows.window_starts`,
+a short track zero-padded to one window), and each window becomes one row of the track's ``<key>.feats.npy``
+(float16 ``[N_windows, D]``): the named output ``--embedding`` of the backbone (``outputs(x)[name]``; musicnn:
+``meanmax`` 1,506 (default), ``penultimate`` 200, ``taggram`` 50, ``mean_pool``, ``max_pool``; musicnn_vgg:
+``pool5`` (default), ``taggram``). A model whose input feature resamples itself (the ``musicnn`` feature) is
+rebuilt at the shard set's rate, so a 22.05-kHz set is embedded as it is; any other model needs the shard set
+at its own rate (as ``evaluate`` does).
+
+The output is an ordinary feature-shard set (``kind: features``, the layout MSD shards have: ``engine.train``
+with ``model.features.features: [precomputed]`` reads it): one output shard per source shard, same name, same
+tracks in the same order with their ``.json`` (key, label, label_index, fold, artist, path, ...) and the source's
+labels, splits, folds and grouping; ``num_samples`` is the track's window count and ``window_starts`` the
+windows' first samples at the source rate. The manifest's ``sample_rate`` is 1: a *nominal* rate of one frame
+(window) per "second", so ``data.segment_seconds: 1`` in a probe config means one window, and
+``frame_seconds`` records the real hop.
+
+Resumable and parallel: the source shards are dealt to the processes (shard ``i`` to rank ``i % world``), each
+writes its own output shards atomically and a completion record (``.embed/done/<shard>.json`` with its size and
+sha256); a rerun skips every shard whose record matches the file on disk and redoes the rest. The main process
+writes ``manifest.json`` last. ``.embed/embed.json`` holds the run's identity (checkpoint sha256, embedding,
+windows, precision, source manifest); a rerun with other settings into the same ``--out`` is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.checkpoint import CheckpointError, load_checkpoint, model_config_from
+from engine.cli import HelpFormatter
+from engine.config import ConfigError
+from engine.distributed import autocast
+from engine.models import GenreModel, build_model
+from engine.validate import AUTOCAST_DTYPES, PRECISIONS
+from shards import format as fmt
+from shards.ingest import _atomic_write_json
+from shards.tarstream import ShardReadError, iter_samples, sample_meta
+from shards.windows import window_starts
+from shards.writer import ShardWriter, sha256_file, shard_matches
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EMBED_VERSION", "STATE_DIR", "EmbedError", "embed", "embedding_model", "main"]
+
+EMBED_VERSION = 1
+STATE_DIR = ".embed"
+LAYOUT = "embedding"
+FRAME_RATE = 1  # the manifest's nominal sample_rate: one frame (window) per "second"
+SELF_RESAMPLING_FEATURES = frozenset({"musicnn"})
+"""Front-end features that resample the waveform to their own rate on the device (kernels/musicnn_input.py):
+a model made only of these runs at any shard rate with the same weights."""
+
+
+class EmbedError(ValueError):
+    """An embedding job that cannot run as asked (model without named outputs, rate mismatch, changed settings)."""
+
+
+# ------------------------------------------------------------------------------------------------- model
+def embedding_model(ckpt: dict[str, Any], sample_rate: int) -> tuple[GenreModel, int]:
+    """The checkpoint's model for waveforms at ``sample_rate`` Hz, in eval mode, and its evaluation window in
+    samples there: the checkpoint's ``window_samples`` (else ``segment_samples``), as ``evaluate`` uses it,
+    scaled to ``sample_rate`` (47,616 samples at 16 kHz -> 65,621 at 22.05 kHz: the same 187 musicnn frames
+    after the in-model resampler).
+    """
+    cfg = model_config_from(ckpt)
+    ck_rate, ck_seg = int(ckpt["sample_rate"]), int(ckpt["segment_samples"])
+    if sample_rate != ck_rate and not set(cfg.features.features) <= SELF_RESAMPLING_FEATURES:
+        raise EmbedError(
+            f"the shard set is at {sample_rate} Hz but the checkpoint's features ({cfg.features.features}) were "
+            f"computed at {ck_rate} Hz: re-shard the source at {ck_rate} Hz "
+            f"(python tools/make_shards.py SOURCE --out DIR --sample-rate {ck_rate})"
+        )
+    scale = sample_rate / ck_rate
+    model = build_model(cfg, len(ckpt["labels"]), sample_rate, int(round(ck_seg * scale)))
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as err:
+        raise CheckpointError(f"weights do not fit the model the checkpoint's config describes: {err}") from err
+    return model.eval(), int(round(int(ckpt.get("window_samples") or ck_seg) * scale))
+
+
+def _embedding_name(model: GenreModel, name: str | None, spec: str) -> tuple[str, int]:
+    backbone = model.backbone
+    names = getattr(backbone, "EMBEDDINGS", None)
+    if not names or not callable(getattr(backbone, "outputs", None)):
+        raise EmbedError(
+            f"{spec}: architecture {model.arch!r} has no named outputs to embed with; embeddings come from the "
+            "pretrained architectures (musicnn, musicnn_vgg: e.g. musicnn:MSD_musicnn)"
+        )
+    name = name or backbone.DEFAULT_EMBEDDING
+    if name not in names:
+        raise EmbedError(f"--embedding {name!r}: {model.arch} has {', '.join(names)} (default {backbone.DEFAULT_EMBEDDING})")
+    return name, int(backbone.embedding_dims()[name])
+
+
+class _Runner:
+    """int16 windows ``[n, T]`` -> float32 embeddings ``[n, D]`` on the host: the eval-mode front end in float32,
+    the backbone's named output under ``precision`` autocast."""
+
+    def __init__(self, model: GenreModel, name: str, device: torch.device, precision: str) -> None:
+        self.model, self.name, self.device = model.to(device), name, device
+        self.dtype = AUTOCAST_DTYPES[precision]
+
+    @torch.inference_mode()
+    def __call__(self, windows: torch.Tensor) -> np.ndarray:
+        x = self.model.features(windows.to(self.device, non_blocking=True))  # (n, C, F, frames), float32
+        with autocast(self.device, self.dtype):
+            out = self.model.backbone.outputs(x)[self.name]  # (n, D)
+        return out.float().cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------------- shards
+@dataclass
+class _Track:
+    meta: dict[str, Any]
+    starts: np.ndarray  # window starts, samples
+    rows: np.ndarray  # (n, D) float32
+    filled: int = 0
+
+
+@dataclass
+class _ShardJob:
+    split: str
+    name: str  # source (and output) shard file name
+    url: str
+    samples: int  # tracks the source manifest lists
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _embed_shard(
+    job: _ShardJob, out: Path, runner: _Runner, segment: int, hop: int, dim: int, batch_size: int, bar: Any
+) -> dict[str, Any]:
+    """Embed one source shard into ``out/<name>``; returns its completion record."""
+    buf = torch.zeros((batch_size, segment), dtype=torch.int16, pin_memory=runner.device.type == "cuda")
+    owners: list[tuple[_Track, int]] = []
+    pending: deque[_Track] = deque()
+    per_label: Counter[str] = Counter()
+    skipped: list[dict[str, str]] = []
+    seconds, windows, read = 0.0, 0, 0
+    writer = ShardWriter(out / job.name)
+
+    def run_batch() -> None:
+        if not owners:
+            return
+        rows = runner(buf[: len(owners)])
+        for (track, j), row in zip(owners, rows):
+            track.rows[j] = row
+            track.filled += 1
+        owners.clear()
+
+    def write_done() -> None:
+        nonlocal seconds, windows
+        while pending and pending[0].filled == len(pending[0].starts):
+            track = pending.popleft()
+            meta = {**track.meta, "num_samples": len(track.starts), "window_starts": track.starts.tolist()}
+            writer.add(meta["key"], {fmt.FEATS_EXT: fmt.encode_feats(track.rows), fmt.META_EXT: fmt.encode_meta(meta)})
+            per_label[meta["label"]] += 1
+            seconds += float(meta.get("duration") or 0.0)
+            windows += len(track.starts)
+            if bar is not None:
+                bar.update(1)
+
+    try:
+        try:
+            for sample in iter_samples(job.url, range(1 << 62)):
+                read += 1
+                meta = sample_meta(sample)
+                if meta is None or sample.ext != fmt.PCM_EXT or sample.data is None:
+                    why = sample.error or f"{sample.key}: not an audio sample ({sample.ext or 'no data'})"
+                    skipped.append({"path": f"{job.name}:{sample.key}", "reason": f"embed: {why}"})
+                    logger.error("%s: %s", job.url, why)
+                    continue
+                x = sample.data  # int16 (T,), a view of a reused buffer: copied into buf below
+                starts = window_starts(len(x), segment, hop=hop)  # the windows evaluate scores
+                track = _Track(meta, starts, np.empty((len(starts), dim), dtype=np.float32))
+                pending.append(track)
+                for j, s in enumerate(starts.tolist()):
+                    w = torch.from_numpy(np.asarray(x[s : s + segment]))
+                    row = buf[len(owners)]
+                    row[: len(w)].copy_(w)
+                    row[len(w) :].zero_()  # a track shorter than a window: zero-padded, as in evaluation
+                    owners.append((track, j))
+                    if len(owners) == batch_size:
+                        run_batch()
+                        write_done()
+        except ShardReadError as err:
+            logger.error("%s; the rest of this shard is not embedded", err)
+            skipped.append({"path": job.name, "reason": f"embed: unreadable after {read} tracks ({err})"})
+        run_batch()
+        write_done()
+        info = writer.close().to_dict() if writer.samples else None
+        if info is None:
+            writer.abort()
+    except BaseException:
+        writer.abort()
+        raise
+    return {"shard": info, "split": job.split, "source_samples": job.samples, "per_label": dict(per_label),
+            "seconds": seconds, "windows": windows, "skipped": skipped}  # fmt: skip
+
+
+def _done_record(out: Path, name: str) -> dict[str, Any] | None:
+    """The completion record of output shard ``name`` if the file on disk matches it (size and sha256)."""
+    path = out / STATE_DIR / "done" / f"{name}.json"
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    info = rec.get("shard")
+    if info is None or shard_matches(out / name, info["bytes"], info["sha256"]):
+        return rec
+    logger.warning("%s does not match its completion record: embedding it again", out / name)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------- job
+def _identity(spec: str, path: Path, name: str, shards: Path, segment: int, hop: int, precision: str) -> dict[str, Any]:
+    return {
+        "embed_version": EMBED_VERSION,
+        "checkpoint": spec,
+        "checkpoint_sha256": sha256_file(path),
+        "embedding": name,
+        "source": str(shards.resolve()),
+        "source_manifest_sha256": sha256_file(shards / fmt.MANIFEST_NAME),
+        "window_samples": segment,
+        "hop_samples": hop,
+        "precision": precision,
+    }
+
+
+def _check_identity(out: Path, ident: dict[str, Any]) -> None:
+    path = out / STATE_DIR / "embed.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = [k for k in ident if k != "checkpoint" and old.get(k) != ident[k]]
+        if diff:
+            raise EmbedError(
+                f"{out} holds embeddings made with other settings ({', '.join(f'{k}: {old.get(k)!r}' for k in diff)}); "
+                "choose another --out, or delete it to start over"
+            )
+    elif out.is_dir() and any(p.name != STATE_DIR for p in out.iterdir()):
+        raise EmbedError(f"--out {out} is not empty and holds no embedding run; choose another --out")
+
+
+def _build_manifest(source: dict[str, Any], out: Path, jobs: list[_ShardJob], ident: dict[str, Any], dim: int,
+                    command: str) -> dict[str, Any]:  # fmt: skip
+    """The feature-set manifest of every split whose shards are all complete."""
+    labels = list(source["labels"])
+    splits: dict[str, Any] = {}
+    skipped = list(source.get("skipped", []))
+    for split in source["splits"]:
+        recs = [j.stats for j in jobs if j.split == split]
+        if not recs or any(not r for r in recs):
+            continue
+        entry = {"tracks": 0, "seconds": 0.0, "windows": 0, "per_label": dict.fromkeys(labels, 0), "shards": []}
+        for rec in recs:
+            skipped.extend(rec["skipped"])
+            if rec["shard"] is None:
+                continue
+            entry["shards"].append(rec["shard"])
+            entry["tracks"] += rec["shard"]["samples"]
+            entry["seconds"] += rec["seconds"]
+            entry["windows"] += rec["windows"]
+            for lab, n in rec["per_label"].items():
+                entry["per_label"][lab] = entry["per_label"].get(lab, 0) + n
+        entry["seconds"] = round(entry["seconds"], 6)
+        splits[split] = entry
+    rate = int(source["sample_rate"])
+    keep = ("folds", "seed", "split_method", "group_by")
+    return {
+        "format_version": fmt.FORMAT_VERSION,
+        "kind": "features",
+        "sample_rate": FRAME_RATE,  # nominal: one frame per window
+        "feature_dim": dim,
+        "frame_seconds": ident["hop_samples"] / rate,
+        "window_seconds": ident["window_samples"] / rate,
+        "labels": labels,
+        "splits": splits,
+        "skipped": sorted(skipped, key=lambda s: (s["path"], s["reason"])),
+        "source": ident["source"],
+        "layout": LAYOUT,
+        "command": command,
+        **{k: source[k] for k in keep if k in source},
+        "embedding": {**ident, "source_sample_rate": rate, "source_layout": source.get("layout")},
+    }
+
+
+def embed(
+    checkpoint: str | os.PathLike,
+    shards: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    embedding: str | None = None,
+    splits: list[str] | None = None,
+    hop_seconds: float | None = None,
+    batch_size: int = 32,
+    precision: str = "no",
+    device: str | None = None,
+    progress: bool = True,
+    command: str = "",
+) -> dict[str, Any]:
+    """Embed every evaluation window of ``splits`` (default: all) of ``shards`` into the feature-shard set ``out``.
+
+    ``checkpoint`` is a checkpoint file or a pretrained name (``musicnn:MSD_musicnn``); ``embedding`` a name of
+    the backbone's :attr:`EMBEDDINGS` (default its ``DEFAULT_EMBEDDING``); ``hop_seconds`` the window hop
+    (default one window); ``batch_size`` windows per forward pass; ``precision`` the backbone's autocast
+    (``no`` / ``bf16`` / ``fp16``; the front end is always float32). Under ``accelerate launch`` every process
+    embeds its share of the source shards. Returns ``{"out", "manifest" (main process), "written", "resumed",
+    "windows", "tracks", "elapsed_s", "windows_per_s", "world_size", "rank"}`` (this process's counts).
+    """
+    from accelerate import PartialState  # noqa: PLC0415 -- heavy import, only for real runs
+
+    spec, shards, out = os.fspath(checkpoint), Path(shards), Path(out)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if hop_seconds is not None and hop_seconds <= 0:
+        raise ValueError(f"hop_seconds must be > 0, got {hop_seconds}")
+    source = fmt.load_manifest(shards)
+    if source.get("kind", "audio") != "audio":
+        raise EmbedError(f"{shards} holds {source.get('kind')} (layout {source.get('layout')!r}), not audio: embed audio shards")
+    wanted = list(source["splits"]) if not splits else list(splits)
+    unknown = [s for s in wanted if s not in source["splits"]]
+    if unknown:
+        raise EmbedError(f"--splits {', '.join(unknown)}: {shards} has {', '.join(source['splits'])}")
+
+    on_cpu = (device is not None and torch.device(device).type == "cpu") or not torch.cuda.is_available()
+    state = PartialState(cpu=on_cpu)
+    rank, world = state.process_index, state.num_processes
+    dev = torch.device(device) if device else state.device
+
+    ckpt = load_checkpoint(spec)  # a pretrained name converts on first use (every rank: safe, atomic)
+    from engine.pretrained import resolve_checkpoint  # noqa: PLC0415
+
+    ckpt_path = resolve_checkpoint(spec)
+    rate = int(source["sample_rate"])
+    model, segment = embedding_model(ckpt, rate)
+    name, dim = _embedding_name(model, embedding, spec)
+    hop = segment if hop_seconds is None else max(1, int(round(hop_seconds * rate)))
+    ident = _identity(spec, ckpt_path, name, shards, segment, hop, precision)
+
+    _check_identity(out, ident)  # on every rank, so none waits in a barrier for one that raised
+    state.wait_for_everyone()
+    if state.is_main_process:
+        (out / STATE_DIR / "done").mkdir(parents=True, exist_ok=True)
+        _atomic_write_json(out / STATE_DIR / "embed.json", ident)
+    state.wait_for_everyone()
+
+    jobs = [_ShardJob(split, Path(url).name, url, n) for split in source["splits"]
+            for url, n in fmt.split_shards(source, split, shards)]  # fmt: skip
+    mine = [j for i, j in enumerate(k for k in jobs if k.split in wanted) if i % world == rank]
+    todo = [j for j in mine if _done_record(out, j.name) is None]
+    runner = _Runner(model, name, dev, precision)
+    bar = None
+    if progress and state.is_main_process:
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        desc = f"embed {name}{f' (rank 0 of {world})' if world > 1 else ''}"
+        bar = tqdm(total=sum(j.samples for j in todo), unit="track", desc=desc, dynamic_ncols=True)
+    logger.info("embedding %d of %d shards (%d already done) with %s %s (D=%d), window %d samples, hop %d",
+                len(todo), len(mine), len(mine) - len(todo), spec, name, dim, segment, hop)  # fmt: skip
+    t0 = time.perf_counter()
+    windows = tracks = 0
+    try:
+        for job in todo:
+            rec = _embed_shard(job, out, runner, segment, hop, dim, batch_size, bar)
+            rec["rank"] = rank
+            _atomic_write_json(out / STATE_DIR / "done" / f"{job.name}.json", rec)
+            windows += rec["windows"]
+            tracks += rec["shard"]["samples"] if rec["shard"] else 0
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - t0
+    state.wait_for_everyone()
+
+    result = {"out": str(out), "written": len(todo), "resumed": len(mine) - len(todo), "windows": windows,
+              "tracks": tracks, "elapsed_s": elapsed, "windows_per_s": windows / max(elapsed, 1e-9),
+              "embedding": name, "feature_dim": dim, "world_size": world, "rank": rank}  # fmt: skip
+    if state.is_main_process:
+        for job in jobs:
+            job.stats = _done_record(out, job.name) or {}
+        missing = [j.name for j in jobs if j.split in wanted and not j.stats]
+        if missing:
+            raise EmbedError(f"shards not embedded (see the errors above): {', '.join(missing[:8])}")
+        manifest = _build_manifest(source, out, jobs, ident, dim, command)
+        _atomic_write_json(out / fmt.MANIFEST_NAME, manifest)
+        result["manifest"] = manifest
+    state.wait_for_everyone()
+    return result
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m engine embed",
+        description=(
+            "Embed every evaluation window of a shard set with a pretrained model into a feature-shard set "
+            "(kind features: one row per window, float16 [N_windows, D] per track; the source's splits, folds, "
+            "labels, keys and groups kept) that `train` / `cv` / `compare` read with features: [precomputed] "
+            "(configs/probe.yaml: a linear probe). Resumable (rerun the same command: shards already written and "
+            "verified are skipped); several processes: accelerate launch -m engine.embed ..."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("checkpoint", help="pretrained name (musicnn:MSD_musicnn, musicnn:MTT_musicnn, musicnn:MSD_vgg, "
+                   "musicnn:MTT_vgg) or a checkpoint .pt of one of those architectures")  # fmt: skip
+    p.add_argument("--shards", required=True, help="audio shard-set directory (with manifest.json), at any rate for musicnn")
+    p.add_argument("--out", required=True, help="output feature-shard directory (resumed if it holds this run)")
+    p.add_argument(
+        "--embedding",
+        default=None,
+        help="named output: musicnn meanmax (mean+max pool of the mid-end, 1,506; the default), penultimate "
+        "(200), taggram (50 tag sigmoids), mean_pool, max_pool (753); musicnn_vgg pool5 (the default), taggram",
+    )
+    p.add_argument("--splits", default=None, help="comma-separated splits to embed (default: all)")
+    p.add_argument("--hop-seconds", type=float, default=None, help="window hop (default: one window, as evaluate)")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--precision", choices=PRECISIONS, default="no", help="autocast of the backbone")
+    p.add_argument("--device", default=None, help="torch device (default: this process's accelerate device)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine.logs import setup_logging  # noqa: PLC0415
+
+    setup_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        res = embed(
+            args.checkpoint, args.shards, args.out, embedding=args.embedding,
+            splits=args.splits.split(",") if args.splits else None, hop_seconds=args.hop_seconds,
+            batch_size=args.batch_size, precision=args.precision, device=args.device,
+            progress=not args.no_progress, command=" ".join(["python -m engine embed", *argv]),
+        )  # fmt: skip
+    except (EmbedError, CheckpointError, ConfigError, fmt.ManifestError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if "manifest" in res:
+        m = res["manifest"]
+        counts = ", ".join(f"{s}: {e['tracks']} tracks / {e['windows']} windows" for s, e in m["splits"].items())
+        print(f"{res['out']}: {res['embedding']} (D={res['feature_dim']}) -- {counts}")
+        print(json.dumps({k: v for k, v in res.items() if k != "manifest"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""``engine embed``: musicnn embeddings of a real (synthetic-corpus) shard set at 22.05 kHz as a feature-shard set --
+rows equal to the converted pretrained model's outputs on evaluate's windows, the source's tracks and splits
+kept, resume over verified shards, two gloo processes, and a linear probe (configs/probe.yaml) trained on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.checkpoint import load_checkpoint, model_config_from
+from engine.config import load_config
+from engine.embed import EmbedError, embed
+from engine.evaluate import evaluate_checkpoint
+from engine.models import build_model
+from engine.train import TrainConfig, train
+from shards import format as fmt
+from shards.reader import ShardStream
+from shards.tarstream import iter_samples
+from shards.windows import window_starts
+
+SPEC = "musicnn:MSD_musicnn"
+REPO = Path(__file__).resolve().parents[2]
+GENRES = ("classical", "metal", "reggae")
+SECONDS = 4.6  # two windows of 2.98 s per track: one at 0, one end-aligned over the 1.6-s tail
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GENRE_ENGINE_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 genres x 8 clips x 4.6 s at 22.05 kHz, stratified train/valid/test, 2 folds."""
+    from shards.ingest import IngestConfig, run_ingest
+    from shards.synthetic import make_corpus
+
+    root = tmp_path_factory.mktemp("src")
+    make_corpus(root / "corpus", clips_per_genre=8, duration=SECONDS, genres=GENRES, formats=("wav",), seed=0,
+                workers=1, progress=False)  # fmt: skip
+    run_ingest(IngestConfig(source=root / "corpus", out=root / "shards", layout="folder", seed=0, folds=2,
+                            workers=1, progress=False))  # fmt: skip
+    return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def emb(cache: Path, source: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("emb") / "emb"
+    return out, embed(SPEC, source, out, batch_size=16, progress=False)
+
+
+def read_tracks(url: str) -> list[tuple[dict, np.ndarray]]:
+    return [(fmt.decode_meta(s.meta), np.array(s.data)) for s in iter_samples(url, range(1 << 62))]
+
+
+def test_rows_are_the_pretrained_models_outputs_on_evaluates_windows(emb, source: Path) -> None:
+    out, res = emb
+    src, man = fmt.load_manifest(source), fmt.load_manifest(out)
+    assert man["kind"] == "features" and man["layout"] == "embedding" and man["feature_dim"] == 1506
+    assert man["labels"] == src["labels"] and man["folds"] == src["folds"] == 2 and man["sample_rate"] == 1
+    assert res["written"] == 3 and res["windows"] == 2 * 8 * len(GENRES)
+    # reference: the converted checkpoint rebuilt at the shards' 22,050 Hz (the feature resamples to 16 kHz)
+    ckpt = load_checkpoint(SPEC)
+    seg = round(47616 * 22050 / 16000)
+    model = build_model(model_config_from(ckpt), 50, 22050, seg)
+    model.load_state_dict(ckpt["model_state"])
+    model.eval()
+    assert model.in_shape == (1, 96, 187)
+    for split, entry in src["splits"].items():
+        got = man["splits"][split]
+        assert (got["tracks"], got["per_label"]) == (entry["tracks"], entry["per_label"])
+        assert [s["name"] for s in got["shards"]] == [s["name"] for s in entry["shards"]]
+        # the evaluation stream evaluate reads: its windows, run through outputs() directly
+        stream = ShardStream(str(source), split, train=False, segment_samples=seg, batch_size=5, rank=0, world_size=1)
+        want: dict[int, list[np.ndarray]] = {}
+        with torch.no_grad():
+            for batch in stream:
+                rows = model.backbone.outputs(model.features(batch["wave"]))["meanmax"].numpy()
+                for t, ok, row in zip(batch["track"].tolist(), batch["valid"].tolist(), rows):
+                    if ok:
+                        want.setdefault(t, []).append(row)
+        src_tracks = [m for s in entry["shards"] for m, _ in read_tracks(str(source / s["name"]))]
+        emb_tracks = [x for s in got["shards"] for x in read_tracks(str(out / s["name"]))]
+        assert [m["key"] for m, _ in emb_tracks] == stream.track_keys() == [m["key"] for m in src_tracks]
+        for t, ((meta, feats), smeta) in enumerate(zip(emb_tracks, src_tracks)):
+            for k in ("label", "label_index", "fold", "artist", "path", "split", "duration"):
+                assert meta[k] == smeta[k], k
+            assert feats.dtype == np.float16 and feats.shape == (2, 1506) == (meta["num_samples"], 1506)
+            assert meta["window_starts"] == window_starts(smeta["num_samples"], seg).tolist()
+            ref = np.stack(want[t])
+            np.testing.assert_allclose(feats.astype(np.float32), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+
+
+def test_probe_trains_on_the_embeddings_with_the_existing_train_command(emb, tmp_path: Path) -> None:
+    """configs/probe.yaml (the ``stats`` head: window mean, standardised, linear) on the 1,506-d embeddings:
+    the three synthetic genres are separated after a few one-step epochs."""
+    out, _ = emb
+    cfg = load_config(TrainConfig, str(REPO / "configs" / "probe.yaml"), [
+        f"data.shards={out}", f"run.out_dir={tmp_path / 'probe'}", "optim.epochs=6", "run.progress=false",
+        "data.num_workers=0", "run.cpu=true",
+    ])  # fmt: skip
+    summary = train(cfg)
+    assert summary["parameters"] == 1506 * 3 + 3  # a linear layer on the embedding, nothing else trained
+    best = summary["best"]
+    test = evaluate_checkpoint(summary["best_checkpoint"], out, "test", tmp_path / "eval", num_workers=0,
+                               progress=False)["track"]  # fmt: skip
+    assert (best["valid_tracks"], best["valid_windows"], test["n"]) == (3, 6, 3)
+    # stated accuracy: at least 5 of the 6 held-out tracks (valid + test) right
+    assert best["valid_track_acc"] * 3 + test["accuracy"] * 3 >= 5 - 1e-9
+
+
+def test_rerun_skips_verified_shards_redoes_a_damaged_one_and_refuses_other_settings(
+    emb, source: Path, tmp_path: Path, make_tiny_checkpoint
+) -> None:
+    out = tmp_path / "emb"
+    shutil.copytree(emb[0], out)
+    before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    res = embed(SPEC, source, out, batch_size=16, progress=False)
+    assert (res["written"], res["resumed"], res["windows"]) == (0, 3, 0)
+    data = bytearray(before["valid-000000.tar"])
+    data[2000] ^= 0xFF  # inside the first track's features
+    (out / "valid-000000.tar").write_bytes(bytes(data))
+    res = embed(SPEC, source, out, batch_size=7, progress=False)  # other batching: same rows
+    assert (res["written"], res["resumed"]) == (1, 2)
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == before
+    with pytest.raises(EmbedError, match="embedding: 'meanmax'"):
+        embed(SPEC, source, out, embedding="penultimate", progress=False)
+    with pytest.raises(EmbedError, match="penultimate, taggram"):
+        embed(SPEC, source, tmp_path / "bad", embedding="nope", progress=False)
+    with pytest.raises(EmbedError, match="no named outputs"):
+        embed(make_tiny_checkpoint(tmp_path / "t.pt", list(GENRES), 22050, 22050), source, tmp_path / "t", progress=False)
+    with pytest.raises(EmbedError, match="re-shard the source at 8000 Hz"):
+        embed(make_tiny_checkpoint(tmp_path / "u.pt", list(GENRES), 8000, 8000), source, tmp_path / "u", progress=False)
+
+
+def test_two_gloo_processes_each_write_their_shards_and_equal_one_process(emb, source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "emb2"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "engine.embed", SPEC,
+           "--shards", str(source), "--out", str(out), "--splits", "valid,test", "--batch-size", "16",
+           "--no-progress", "--device", "cpu"]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), CUDA_VISIBLE_DEVICES="")
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["world_size"] == 2
+    ranks = {json.loads(p.read_text())["rank"] for p in (out / ".embed" / "done").glob("*.json")}
+    assert ranks == {0, 1}  # valid-000000 on rank 0, test-000000 on rank 1
+    man = fmt.load_manifest(out)
+    assert sorted(man["splits"]) == ["test", "valid"]
+    for split in ("valid", "test"):
+        one = read_tracks(str(emb[0] / f"{split}-000000.tar"))
+        two = read_tracks(str(out / f"{split}-000000.tar"))
+        assert [m for m, _ in two] == [m for m, _ in one]
+        for (_, a), (_, b) in zip(one, two):
+            np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=2e-3, atol=1e-3)
