@@ -4,8 +4,12 @@ A checkpoint is a ``torch.save``-d dict::
 
     {"format": "genre-engine", "format_version": 1, "arch": "cnn",
      "config": {...the whole resolved training config; config["model"] is the ModelConfig dict...},
-     "labels": [...], "sample_rate": 22050, "segment_samples": 66150,
+     "labels": [...], "sample_rate": 22050, "segment_samples": 66150, "window_samples": 661500,
      "model_state": {...CPU tensors of the unwrapped model...}, "epoch": 3, "metrics": {...}, "extra": {...}}
+
+``segment_samples`` is the training crop (it fixes the backbone's ``in_shape``); ``window_samples`` (optional)
+the evaluation window the run validated with, which ``evaluate`` and ``classify`` use by default (absent:
+the training crop).
 
 It holds only plain Python values and tensors, so it loads with ``torch.load(weights_only=True)`` (no
 arbitrary code runs when a checkpoint is opened). Writes are atomic (temporary file + ``os.replace``): a crash
@@ -83,6 +87,7 @@ def save_checkpoint(
     epoch: int,
     metrics: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    window_samples: int | None = None,
 ) -> Path:
     """Write a checkpoint atomically; returns its path.
 
@@ -96,6 +101,8 @@ def save_checkpoint(
         epoch: last finished epoch (0-based).
         metrics: e.g. the epoch's validation metrics.
         extra: anything else (plain values).
+        window_samples: the evaluation window in samples when it differs from the training crop (stored as
+            ``window_samples``; evaluation and classification use it); None: the training crop.
     """
     path = Path(path)
     net = unwrap_model(model)
@@ -126,6 +133,8 @@ def save_checkpoint(
         "extra": _plain(extra or {}),
         "torch_version": str(torch.__version__),
     }
+    if window_samples is not None:
+        ckpt["window_samples"] = int(window_samples)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

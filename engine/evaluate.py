@@ -5,9 +5,12 @@
     python -m engine evaluate runs/x/best.pt --shards shards/gtzan --split test --out runs/x/eval
     accelerate launch -m engine.evaluate runs/x/best.pt --shards DIR --out DIR     # several processes
 
-Every track of the split is cut into windows of the checkpoint's ``segment_samples`` (hop
-``--hop-seconds``, default = one window: non-overlapping); the model scores each window; a track's
-prediction is the argmax of its mean window probability. Each process evaluates its share of the tracks
+Every track of the split is cut into windows of the checkpoint's evaluation window (``window_samples``
+when the run validated on windows longer than its training crop, else ``segment_samples``; ``--segment-seconds``
+overrides it) with hop ``--hop-seconds`` (default = one window: non-overlapping); the model scores each
+window; a track's prediction is the argmax of its mean window probability (``--track-aggregate
+mean_logprob``: of its mean log-probability; the run's ``eval.track_aggregate`` by default; both are
+reported). Each process evaluates its share of the tracks
 (:class:`shards.reader.ShardStream` with its rank), the per-window results are gathered once at the end,
 and only the main process writes files: the figures are the same on CPU or GPU, with one process or many.
 
@@ -32,7 +35,7 @@ import torch
 
 from engine.distributed import make_accelerator
 from engine.logs import setup_logging
-from engine.metrics import aggregate_tracks
+from engine.metrics import TRACK_AGGREGATES, aggregate_tracks
 from engine.validate import PRECISIONS, evaluate_stream
 
 logger = logging.getLogger(__name__)
@@ -115,6 +118,8 @@ def evaluate_checkpoint(
     *,
     batch_size: int = 64,
     hop_seconds: float | None = None,
+    segment_seconds: float | None = None,
+    track_aggregate: str | None = None,
     label_map: dict[str, str | None] | str | Path | None = None,
     num_workers: int | None = None,
     precision: str = "no",
@@ -132,6 +137,10 @@ def evaluate_checkpoint(
             process only); None writes nothing.
         batch_size: windows per batch.
         hop_seconds: window hop in seconds (default: the window length, no overlap).
+        segment_seconds: evaluation window in seconds (default: the checkpoint's ``window_samples``, else
+            its training crop ``segment_samples``).
+        track_aggregate: ``"mean_prob"`` or ``"mean_logprob"``: how a track's windows make the headline
+            ``track`` figures (default: the checkpoint's ``eval.track_aggregate``, else ``"mean_prob"``).
         label_map: ``{shard label: model label | None}`` or a YAML/JSON file of it (cross-dataset).
         num_workers: DataLoader workers (default :func:`shards.reader.default_num_workers`).
         precision: ``"no"``, ``"fp16"`` or ``"bf16"`` autocast of the forward pass.
@@ -142,7 +151,8 @@ def evaluate_checkpoint(
 
     Returns:
         The metrics dict (also written to metrics.json): ``segment`` / ``track`` (see
-        :func:`engine.metrics.classification_metrics`), ``track_vote``, and the run's facts
+        :func:`engine.metrics.classification_metrics`), ``track_aggregate``, ``track_mean_prob`` /
+        ``track_mean_logprob`` (both aggregates), ``track_vote``, and the run's facts
         (``world_size``, ``tracks_expected``, ``tracks_missing``, ``unmapped_classes``,
         ``model_classes_absent``, ``label_map``, ...). Identical on every process.
     """
@@ -155,6 +165,10 @@ def evaluate_checkpoint(
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    if track_aggregate is not None and track_aggregate not in TRACK_AGGREGATES:
+        raise ValueError(f"track_aggregate must be one of {TRACK_AGGREGATES}, got {track_aggregate!r}")
+    if segment_seconds is not None and segment_seconds <= 0:
+        raise ValueError(f"segment_seconds must be > 0, got {segment_seconds}")
     t0 = time.perf_counter()
     manifest = load_manifest(shards)  # fail fast before loading a model
     if fold is not None and not 0 <= int(fold) < int(manifest.get("folds") or 0):
@@ -168,7 +182,12 @@ def evaluate_checkpoint(
     device = accelerator.device
     model, ckpt = load_model(checkpoint, device)
     model_labels = [str(x) for x in ckpt["labels"]]
-    sample_rate, segment = int(ckpt["sample_rate"]), int(ckpt["segment_samples"])
+    sample_rate = int(ckpt["sample_rate"])
+    segment = int(ckpt.get("window_samples") or ckpt["segment_samples"])  # the window the run validated with
+    if segment_seconds is not None:
+        segment = max(1, int(round(segment_seconds * sample_rate)))
+    if track_aggregate is None:
+        track_aggregate = str((ckpt["config"].get("eval") or {}).get("track_aggregate") or TRACK_AGGREGATES[0])
     kind = manifest.get("kind", "audio")
     model_kind = "features" if getattr(model, "input_kind", "wave") == "features" else "audio"
     if model_kind != kind:  # a waveform model on MSD feature shards, or an MSD model on audio shards
@@ -209,7 +228,7 @@ def evaluate_checkpoint(
         model, loader, accelerator, len(model_labels), precision=precision,
         label_index=torch.tensor(index, dtype=torch.long), progress=f"evaluate {split}" if progress else None,
     )  # fmt: skip
-    metrics = result.metrics(model_labels)  # the figures training's validation computes
+    metrics = result.metrics(model_labels, track_aggregate)  # the figures training's validation computes
 
     # which tracks should have been evaluated, which could not be
     keys = stream.track_keys()
@@ -222,7 +241,7 @@ def evaluate_checkpoint(
         if index[i] < 0:
             unmapped.setdefault(name, 0)
     expected = {t for t, lab in enumerate(track_shard_labels) if index[lab] >= 0}
-    track_ids, track_probs, vote = aggregate_tracks(result.probs, result.tracks)
+    track_ids, track_probs, vote = aggregate_tracks(result.probs, result.tracks, aggregate=track_aggregate)
     got = set(track_ids.tolist())
     missing = sorted(expected - got)
     if missing:
@@ -258,8 +277,9 @@ def evaluate_checkpoint(
             "unmapped_classes": unmapped,
             "model_classes_absent": [n for n in model_labels if n not in present],
             "sample_rate": sample_rate,
-            "segment_samples": segment,
+            "segment_samples": segment,  # the evaluation window
             "segment_seconds": segment / sample_rate,
+            "train_segment_samples": int(ckpt["segment_samples"]),
             "hop_seconds": (hop or segment) / sample_rate,
             "windows": int(result.tracks.numel()),
             "tracks_expected": len(expected),
@@ -315,10 +335,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report directory (default: <checkpoint dir>/eval-<split>)")
     p.add_argument("--batch-size", type=int, default=64, help="windows per batch (default: 64)")
     p.add_argument(
+        "--segment-seconds",
+        type=float,
+        default=None,
+        help="evaluation window in seconds (default: the window the run validated with, stored in the checkpoint)",
+    )
+    p.add_argument(
         "--hop-seconds",
         type=float,
         default=None,
         help="window hop in seconds (default: window length, no overlap)",
+    )
+    p.add_argument(
+        "--track-aggregate",
+        choices=TRACK_AGGREGATES,
+        default=None,
+        help="how a track's windows make its prediction: mean of probabilities or of log-probabilities "
+        "(default: the run's eval.track_aggregate; both are reported)",
     )
     p.add_argument(
         "--label-map",
@@ -349,6 +382,9 @@ def _print_summary(metrics: dict[str, Any], out: Path | None) -> None:
     ):
         print(f"{name:<18}{100 * seg[key]:>9.2f}%{100 * trk[key]:>9.2f}%")
     print(f"{'vote accuracy':<18}{'':>10}{100 * metrics['track_vote']['accuracy']:>9.2f}%")
+    for name in TRACK_AGGREGATES:
+        mark = " (headline)" if name == metrics.get("track_aggregate") else ""
+        print(f"{'track acc ' + name:<24}{100 * metrics['track_' + name]['accuracy']:>13.2f}%{mark}")
     if metrics.get("unmapped_classes"):
         u = metrics["unmapped_classes"]
         print(f"unmapped classes: {', '.join(u)} ({sum(u.values())} tracks not evaluated)")
@@ -373,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             out=out,
             batch_size=args.batch_size,
             hop_seconds=args.hop_seconds,
+            segment_seconds=args.segment_seconds,
+            track_aggregate=args.track_aggregate,
             label_map=args.label_map,
             num_workers=args.workers,
             precision=args.precision,

@@ -10,9 +10,16 @@ Accelerate places the model, wraps it in DDP and runs mixed precision; the shard
 rank itself (every rank gets the same number of batches, so DDP never waits on a rank that ran out).
 Each epoch: train, validate (segment- and track-level accuracy and macro F1, gathered once across ranks),
 log, step the schedule, write ``last.pt`` / ``best.pt`` (model checkpoints with the whole config, enough
-to rebuild the model) and ``state/`` (``Accelerator.save_state``: optimiser, scheduler, RNG) so ``--resume``
-continues exactly where the run stopped: data order, augmentation and dropout are seeded from
+to rebuild the model) and ``state/`` (``Accelerator.save_state``: optimiser, scheduler, EMA, RNG) so
+``--resume`` continues exactly where the run stopped: data order, augmentation and dropout are seeded from
 ``(seed, epoch)``, so a resumed run computes what the uninterrupted run would have.
+
+Recipes for small sets: ``data.crops_per_track`` (several crops of each track per epoch),
+``optim.max_steps`` (length in optimiser steps; the schedule runs per step, with ``optim.warmup_steps`` /
+``warmup_fraction`` and cosine decay to ``optim.min_lr``), ``optim.ema_decay`` (an exponential moving
+average of the weights, :class:`engine.ema.EMA`: it is what validation evaluates, early stopping watches
+and the checkpoints hold) and ``data.eval_segment_seconds`` (evaluation windows longer than the training
+crop; the checkpoint carries the window so ``evaluate`` / ``classify`` use it).
 """
 
 from __future__ import annotations
@@ -42,8 +49,10 @@ from tqdm.auto import tqdm
 from engine.checkpoint import CheckpointError, init_from, save_checkpoint
 from engine.config import ConfigError, from_dict, load_config, to_dict
 from engine.distributed import make_accelerator
+from engine.ema import EMA
 from engine.feature_shards import model_input, prepare_model_config
 from engine.logs import setup_logging
+from engine.metrics import TRACK_AGGREGATES
 from engine.models import ModelConfig, build_model, count_parameters
 from engine.validate import evaluate_stream
 from kernels.augment import augment_rng_state, reseed_all, set_augment_rng_state
@@ -59,8 +68,11 @@ class DataConfig:
     shards: str = ""  # shard-set directory (with manifest.json)
     train_split: str = "train"
     valid_split: str = "valid"
-    segment_seconds: float = 3.0  # training crop and evaluation window, seconds
-    eval_hop_seconds: float | None = None  # evaluation window hop; None = segment_seconds
+    segment_seconds: float = 3.0  # training crop (and evaluation window unless eval_segment_seconds), seconds
+    crops_per_track: int = 1  # distinct random crops of each track per epoch (all enter the shuffle buffer)
+    eval_segment_seconds: float | None = None  # evaluation window, seconds; None = segment_seconds. Longer
+    # windows (e.g. 30 = a whole 30-s clip) suit models that pool globally; lower eval_batch_size with them
+    eval_hop_seconds: float | None = None  # evaluation window hop; None = the evaluation window
     batch_size: int = 32  # per process
     eval_batch_size: int = 64
     num_workers: int = -1  # DataLoader workers per process; -1 = by core count
@@ -74,6 +86,13 @@ class DataConfig:
             raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
         if self.eval_hop_seconds is not None and self.eval_hop_seconds <= 0:
             raise ConfigError(f"data.eval_hop_seconds must be > 0 (or null: one window), got {self.eval_hop_seconds}")
+        if self.crops_per_track < 1:
+            raise ConfigError(f"data.crops_per_track must be >= 1, got {self.crops_per_track}")
+        if self.eval_segment_seconds is not None and self.eval_segment_seconds <= 0:
+            raise ConfigError(
+                f"data.eval_segment_seconds must be > 0 (or null: the training crop), got {self.eval_segment_seconds}; "
+                "for whole-track evaluation give the clip length (e.g. 30)"
+            )
 
 
 @dataclass
@@ -82,22 +101,42 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
-    schedule: Literal["plateau", "cosine", "onecycle", "none"] = "plateau"
+    schedule: Literal["plateau", "cosine", "onecycle", "none"] = "plateau"  # cosine, onecycle: per optimiser step
     plateau_factor: float = 0.5
     plateau_patience: int = 2  # epochs without validation-loss improvement before the lr drops
+    min_lr: float = 0.0  # cosine: the lr the decay ends at
+    warmup_steps: int = 0  # cosine / none: linear warmup over this many optimiser steps
+    warmup_fraction: float = 0.0  # ... or over this fraction of the run's optimiser steps (not both)
     epochs: int = 30
+    max_steps: int = 0  # > 0: train this many optimiser steps (epochs = ceil(max_steps / steps per epoch))
     max_steps_per_epoch: int = 0  # 0 = the whole epoch; > 0 caps it (quick runs, benchmarks)
     early_stop_patience: int = 6  # epochs without validation-loss improvement; 0 = off
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     grad_accum: int = 1
     class_weights: bool = False  # weight the loss by inverse training-class frequency (imbalanced sets)
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights (e.g. 0.999), validate,
+    # early-stop on and save it (best.pt / last.pt hold the average); 0 = off
 
     def validate(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.grad_accum < 1:
             raise ConfigError("optim.lr must be > 0, optim.epochs and optim.grad_accum >= 1")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.max_steps < 0 or self.warmup_steps < 0:
+            raise ConfigError("optim.max_steps and optim.warmup_steps must be >= 0")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError(f"optim.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.warmup_steps and self.warmup_fraction:
+            raise ConfigError("give optim.warmup_steps or optim.warmup_fraction, not both")
+        if (self.warmup_steps or self.warmup_fraction) and self.schedule not in ("cosine", "none"):
+            raise ConfigError(
+                f"optim.warmup_* works with schedule cosine or none (onecycle warms up itself), not {self.schedule!r}"
+            )
+        if not 0.0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"optim.min_lr must be in [0, optim.lr], got {self.min_lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"optim.ema_decay must be in [0, 1) (0 = off; e.g. 0.999), got {self.ema_decay}")
 
 
 @dataclass
@@ -123,10 +162,18 @@ class RunConfig:
 
 
 @dataclass
+class EvalConfig:
+    # how the windows of a track make its prediction: mean of probabilities (robust to one confidently wrong
+    # window; the headline) or of log-probabilities (their product); both are always reported
+    track_aggregate: Literal["mean_prob", "mean_logprob"] = "mean_prob"  # one of metrics.TRACK_AGGREGATES
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> None:
@@ -212,7 +259,7 @@ def check_shards(manifest: dict[str, Any], cfg: DataConfig) -> None:
 
 #: Settings a resumed run must share with the run it continues (the rest -- epochs, workers, logging -- may change).
 RESUME_FIXED = ("model", "data.shards", "data.train_split", "data.valid_split", "data.segment_seconds",
-                "data.batch_size", "data.holdout_fold", "run.seed")  # fmt: skip
+                "data.crops_per_track", "data.batch_size", "data.holdout_fold", "optim.ema_decay", "run.seed")  # fmt: skip
 
 
 def check_resume_config(saved_path: Path, cfg: TrainConfig) -> None:
@@ -250,17 +297,46 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opti
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
 
 
+@dataclass
+class WarmupCosine:
+    """``LambdaLR`` factor of optimiser step ``step`` (0-based): linear warmup ``(step + 1) / warmup`` over the
+    first ``warmup`` steps, then a cosine from 1 down to ``floor`` (= min_lr / lr) at step ``total``
+    (``cosine=False``: constant 1 after the warmup). A plain object, so the scheduler state saves it."""
+
+    warmup: int
+    total: int
+    floor: float = 0.0
+    cosine: bool = True
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if not self.cosine:
+            return 1.0
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def total_steps(cfg: OptimConfig, steps_per_epoch: int) -> int:
+    """Optimiser steps of the whole run: ``optim.max_steps``, else epochs x optimiser steps per epoch."""
+    return cfg.max_steps or max(1, cfg.epochs * steps_per_epoch)
+
+
 def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int):
-    """(scheduler or None, steps per call: 'step' | 'epoch' | 'plateau')."""
-    total = max(1, cfg.epochs * steps_per_epoch)
+    """(scheduler or None, when it steps: 'step' (each optimiser step) | 'plateau' (each epoch) | 'none').
+    ``steps_per_epoch`` counts optimiser steps."""
+    total = total_steps(cfg, steps_per_epoch)
+    warmup = cfg.warmup_steps or int(round(cfg.warmup_fraction * total))
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
         ), "plateau"
     if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total), "step"
+        return torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup, total, cfg.min_lr / cfg.lr)), "step"
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total), "step"
+    if warmup:
+        return torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup, total, cosine=False)), "step"
     return None, "none"
 
 
@@ -279,21 +355,42 @@ def validate(
     label_names: list[str],
     weight: torch.Tensor | None,
     precision: str = "no",
+    aggregate: str = "mean_prob",
 ) -> dict[str, float]:
     """Validation loss, segment- and track-level accuracy and macro F1, every track counted once: the loop
     and the figures of ``python -m engine evaluate`` (:func:`engine.validate.evaluate_stream`), so the two
-    never disagree on a checkpoint."""
+    never disagree on a checkpoint. ``valid_track_*`` use the ``aggregate`` of windows; the track accuracy
+    of both aggregates is reported too."""
     result = evaluate_stream(model, loader, accelerator, len(label_names), precision=precision, weight=weight)
-    m = result.metrics(label_names)
+    m = result.metrics(label_names, aggregate)
     return {
         "valid_loss": result.loss,
         "valid_acc": m["segment"]["accuracy"],
         "valid_f1": m["segment"]["macro_f1"],
         "valid_track_acc": m["track"]["accuracy"],
         "valid_track_f1": m["track"]["macro_f1"],
+        **{f"valid_track_acc_{a}": m[f"track_{a}"]["accuracy"] for a in TRACK_AGGREGATES},
         "valid_windows": int(m["segment"]["n"]),
         "valid_tracks": int(m["track"]["n"]),
     }
+
+
+def check_eval_window(model: torch.nn.Module, window: int, feature_dim: int | None) -> None:
+    """ConfigError now, not after an epoch, when the model cannot score evaluation windows of ``window``
+    samples (frames): an architecture whose head fixes the input length (``musicnn_vgg``)."""
+    shape = (1, window, feature_dim or 1) if getattr(model, "input_kind", "wave") == "features" else (1, window)
+    was_training = model.training
+    model.eval()  # no augmentation, no dropout: no random numbers drawn
+    try:
+        with torch.no_grad():
+            model(torch.zeros(shape, device=next(model.parameters()).device))
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(
+            f"data.eval_segment_seconds: this model cannot score {window}-sample windows ({err}); its architecture "
+            "fixes the input length, so evaluate on windows of the training crop (leave eval_segment_seconds unset)"
+        ) from err
+    finally:
+        model.train(was_training)
 
 
 def saved_state_dir(run_dir: str | Path) -> Path | None:
@@ -357,8 +454,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     labels: list[str] = list(manifest["labels"])
     sample_rate = int(manifest["sample_rate"])
     segment_samples = int(round(cfg.data.segment_seconds * sample_rate))
+    eval_seconds = cfg.data.eval_segment_seconds
+    eval_samples = int(round(eval_seconds * sample_rate)) if eval_seconds else segment_samples  # evaluation window
     hop = cfg.data.eval_hop_seconds
-    hop_samples = int(round(hop * sample_rate)) if hop else segment_samples
+    hop_samples = int(round(hop * sample_rate)) if hop else eval_samples
     # feature shards (MSD): sample_rate is the nominal frame rate; the model gets feature_dim and the training
     # set's per-dimension normalisation here (so config.yaml and every checkpoint carry them)
     cfg = dataclasses.replace(cfg, model=prepare_model_config(
@@ -387,9 +486,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cfg.data.shards, cfg.data.train_split, train=True, segment_samples=segment_samples,
         batch_size=cfg.data.batch_size, seed=cfg.run.seed, shuffle_buffer=cfg.data.shuffle_buffer,
         rank=rank, world_size=world, holdout_fold=cfg.data.holdout_fold, folds="exclude",
+        crops_per_track=cfg.data.crops_per_track,
     )  # fmt: skip
     valid_stream = ShardStream(
-        cfg.data.shards, cfg.data.valid_split, train=False, segment_samples=segment_samples,
+        cfg.data.shards, cfg.data.valid_split, train=False, segment_samples=eval_samples,
         hop_samples=hop_samples, batch_size=cfg.data.eval_batch_size, rank=rank, world_size=world,
     )  # fmt: skip
     workers = None if cfg.data.num_workers < 0 else cfg.data.num_workers
@@ -405,6 +505,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             f"data.batch_size={cfg.data.batch_size} gives {len(train_stream)} batches per process per epoch, fewer "
             f"than one accumulation cycle (optim.grad_accum={cfg.optim.grad_accum}); lower either"
         )
+    optim_steps_per_epoch = steps_per_epoch // cfg.optim.grad_accum
+    epochs = math.ceil(cfg.optim.max_steps / optim_steps_per_epoch) if cfg.optim.max_steps else cfg.optim.epochs
 
     # -- model, optimiser, schedule
     seed_everything(cfg.run.seed)
@@ -415,14 +517,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
     n_params = count_parameters(model)
     optimizer = make_optimizer(model, cfg.optim)
-    scheduler, sched_kind = make_scheduler(optimizer, cfg.optim, math.ceil(steps_per_epoch / cfg.optim.grad_accum))
+    scheduler, sched_kind = make_scheduler(optimizer, cfg.optim, optim_steps_per_epoch)
+    if eval_samples != segment_samples:
+        check_eval_window(model, eval_samples, cfg.model.features.feature_dim)
+    ema = EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None  # a copy of the initial weights
     model, optimizer = accelerator.prepare(model, optimizer)
+    if ema is not None:
+        ema.model.to(accelerator.device)
     if cfg.run.compile:
         model = torch.compile(model)
     state = TrainState()
     # the loop state itself lives in train_state.json (written last into each saved state, read on resume)
     if scheduler is not None:
         accelerator.register_for_checkpointing(scheduler)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)  # the average resumes with the run
     if cfg.run.resume:
         try:
             accelerator.load_state(str(state_dir))
@@ -444,15 +553,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         tb = SummaryWriter(str(run_dir / "tensorboard"))
     logger.info(
         f"training {cfg.model.arch} ({n_params:,} parameters) on {world} process(es), {accelerator.device}, "
-        f"{len(labels)} classes, {steps_per_epoch} steps/epoch x {cfg.data.batch_size} x {world}",
+        f"{len(labels)} classes, {steps_per_epoch} steps/epoch x {cfg.data.batch_size} x {world}, {epochs} epochs"
+        + (f" ({cfg.optim.max_steps} optimiser steps)" if cfg.optim.max_steps else ""),
         main_process_only=True,
     )
     config_dict = to_dict(cfg)
-    ckpt_meta = dict(labels=labels, sample_rate=sample_rate, segment_samples=segment_samples)
+    ckpt_meta = dict(labels=labels, sample_rate=sample_rate, segment_samples=segment_samples,
+                     window_samples=eval_samples if eval_samples != segment_samples else None,
+                     extra={"weights": "ema" if ema is not None else "raw"})  # fmt: skip
     net = accelerator.unwrap_model(model)
+    eval_net = ema.model if ema is not None else net  # what validation scores and the checkpoints hold
 
     # -- the loop
-    while state.epoch < cfg.optim.epochs:
+    while state.epoch < epochs:
         epoch, done = state.epoch, state.epoch_step  # done > 0: resuming in the middle of this epoch
         if not done:
             seed_everything(epoch_seed(cfg.run.seed, epoch, rank))  # dropout, mixup, ...
@@ -470,7 +583,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         for i, batch in enumerate(batches):
             if i < done:
                 continue  # trained before the stop; batches i >= done are those of the uninterrupted epoch
-            if i >= steps_per_epoch:
+            if i >= steps_per_epoch or (cfg.optim.max_steps and state.step >= cfg.optim.max_steps):
                 break
             wave = model_input(batch).to(accelerator.device, non_blocking=True)  # wave [B, T] or feats [B, N, D]
             y = batch["label"].to(accelerator.device, non_blocking=True)
@@ -488,6 +601,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     state.step += 1
                     if sched_kind == "step":
                         scheduler.step()
+                    if ema is not None:
+                        ema.update(net)
             loss_sum += loss.detach()
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.shape[0]
@@ -507,7 +622,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         train_loss = float(accelerator.reduce(loss_sum, "mean")) / max(1, n_steps)
         train_acc = float(accelerator.reduce(correct, "sum")) / max(1, seen * world)
 
-        metrics = validate(net, valid_loader, accelerator, labels, weight, cfg.run.precision)
+        metrics = validate(eval_net, valid_loader, accelerator, labels, weight, cfg.run.precision, cfg.eval.track_aggregate)
         lr = optimizer.param_groups[0]["lr"]
         row = {
             "epoch": epoch, "step": state.step, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
@@ -529,9 +644,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             main_process_only=True,
         )
         if accelerator.is_main_process:
-            save_checkpoint(run_dir / "last.pt", model=net, config=config_dict, epoch=epoch, metrics=row, **ckpt_meta)
+            save_checkpoint(run_dir / "last.pt", model=eval_net, config=config_dict, epoch=epoch, metrics=row, **ckpt_meta)
             if improved:
-                save_checkpoint(run_dir / "best.pt", model=net, config=config_dict, epoch=epoch, metrics=row, **ckpt_meta)
+                save_checkpoint(run_dir / "best.pt", model=eval_net, config=config_dict, epoch=epoch, metrics=row, **ckpt_meta)
             write_history(run_dir, state.history)
             if tb is not None:
                 for k, v in row.items():
@@ -553,6 +668,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "best": best,
         "history": state.history,
         "parameters": n_params,
+        "weights": "ema" if ema is not None else "raw",
         "world_size": world,
         "labels": labels,
     }
@@ -642,4 +758,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["DataConfig", "OptimConfig", "RunConfig", "TrainConfig", "train", "main", "from_dict"]
+__all__ = ["DataConfig", "EvalConfig", "OptimConfig", "RunConfig", "TrainConfig", "train", "main", "from_dict"]
