@@ -323,13 +323,23 @@ def test_class_weighted_validation_loss_is_the_weighted_mean(tmp_path, synthetic
     assert summary["history"][0]["valid_loss"] == pytest.approx(expected, rel=1e-4)
 
 
-def test_crash_mid_epoch_resumes_from_the_mid_epoch_state_to_the_uninterrupted_result(tmp_path, synthetic_shards, monkeypatch):
+#: The small-set recipe: 2 crops per track, length in optimiser steps (10 = 4 + 4 + 2: the last epoch stops
+#: mid-way), warmup + cosine to min_lr per step, and the EMA of the weights (validated and saved).
+RECIPE = ["data.crops_per_track=2", "optim.max_steps=10", "optim.warmup_steps=3", "optim.min_lr=1e-4",
+          "optim.ema_decay=0.9"]  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", [[], RECIPE], ids=["plain", "recipe"])
+def test_crash_mid_epoch_resumes_from_the_mid_epoch_state_to_the_uninterrupted_result(
+    tmp_path, synthetic_shards, monkeypatch, recipe
+):
     """``run.save_every_steps``: a run that dies right after saving at batch 2 of epoch 1 resumes there (data
-    position, optimiser, dropout and augmentation streams) and ends exactly as the run that never stopped."""
+    position, optimiser, schedule, EMA, dropout and augmentation streams) and ends exactly as the run that
+    never stopped."""
     import engine.train as train_module
 
     extra = ["optim.epochs=3", "optim.max_steps_per_epoch=4", "model.augment.mixup_p=0.5", "model.augment.noise_p=0.5",
-             "run.save_every_steps=2", "optim.schedule=cosine"]  # fmt: skip
+             "run.save_every_steps=2", "optim.schedule=cosine", *recipe]  # fmt: skip
     full = train(quick_config(synthetic_shards, tmp_path / "full", *extra))
 
     real_save = train_module.save_train_state
@@ -349,6 +359,11 @@ def test_crash_mid_epoch_resumes_from_the_mid_epoch_state_to_the_uninterrupted_r
     resumed = train(quick_config(synthetic_shards, tmp_path / "cut", "run.resume=true", *extra))
     keys = ("epoch", "step", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "valid_track_acc")
     assert [{k: r[k] for k in keys} for r in resumed["history"]] == [{k: r[k] for k in keys} for r in full["history"]]
-    sa = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model_state"]
-    sb = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["model_state"]
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    for name in ("last.pt", "best.pt"):  # with the recipe: the EMA weights
+        sa = torch.load(tmp_path / "full" / name, weights_only=False)["model_state"]
+        sb = torch.load(tmp_path / "cut" / name, weights_only=False)["model_state"]
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    if recipe:
+        assert [r["step"] for r in full["history"]] == [4, 8, 10]  # max_steps, not epochs x steps
+        assert full["history"][-1]["lr"] == pytest.approx(1e-4)  # the cosine ends at min_lr
+        assert full["weights"] == "ema"
