@@ -110,19 +110,23 @@ def make_shard_set(
     return root
 
 
-def make_checkpoint(path: Path, labels: list[str], sample_rate: int = SR, seed: int = 0) -> Path:
+def make_checkpoint(
+    path: Path, labels: list[str], sample_rate: int = SR, seed: int = 0, window_samples: int | None = None,
+    config: dict | None = None,
+) -> Path:
     torch.manual_seed(seed)
     cfg = from_dict(ModelConfig, TINY_MODEL)
     model = build_model(cfg, len(labels), sample_rate, SEGMENT)
     return save_checkpoint(
         path,
         model=model,
-        config={"model": to_dict(cfg)},
+        config={"model": to_dict(cfg), **(config or {})},
         labels=labels,
         sample_rate=sample_rate,
         segment_samples=SEGMENT,
         epoch=0,
         metrics={},
+        window_samples=window_samples,
     )
 
 
@@ -137,11 +141,12 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def reference_track_predictions(
-    ckpt: Path, shard_dir: Path, model_labels: list[str]
+    ckpt: Path, shard_dir: Path, model_labels: list[str], segment: int = SEGMENT, logprob: bool = False
 ) -> dict[str, tuple[int, list]]:
-    """Independent computation: read every track from the tars, cut 0.5-s windows (a tail of at least half a
-    window gets one end-aligned window, a shorter track one zero-padded window), run the model, average
-    window probabilities -> {key: (true label index, mean probs)}."""
+    """Independent computation: read every track from the tars, cut windows of ``segment`` samples (0.5 s; a
+    tail of at least half a window gets one end-aligned window, a shorter track one zero-padded window), run
+    the model, average window probabilities (``logprob``: log-probabilities, renormalised) -> {key: (true
+    label index, track probs)}."""
     model, _ = load_model(ckpt, "cpu")
     out = {}
     for tar_path in sorted(shard_dir.glob("test-*.tar")):
@@ -152,15 +157,19 @@ def reference_track_predictions(
                 continue
             meta = fmt.decode_meta(data)
             pcm = fmt.decode_pcm(members[f"{meta['key']}.pcm"])
-            starts = list(range(0, pcm.size - SEGMENT + 1, SEGMENT)) or [0]
-            if pcm.size > SEGMENT and (pcm.size - SEGMENT) - starts[-1] >= SEGMENT // 2:
-                starts.append(pcm.size - SEGMENT)
-            windows = np.zeros((len(starts), SEGMENT), dtype=np.int16)
+            starts = list(range(0, pcm.size - segment + 1, segment)) or [0]
+            if pcm.size > segment and (pcm.size - segment) - starts[-1] >= segment // 2:
+                starts.append(pcm.size - segment)
+            windows = np.zeros((len(starts), segment), dtype=np.int16)
             for w, start in enumerate(starts):
-                piece = pcm[start : start + SEGMENT]
+                piece = pcm[start : start + segment]
                 windows[w, : piece.size] = piece
             with torch.inference_mode():
-                probs = torch.softmax(model(torch.from_numpy(windows)).float(), dim=1).mean(0)
+                probs = torch.softmax(model(torch.from_numpy(windows)).float(), dim=1)
+            if logprob:
+                probs = torch.softmax(probs.double().log().mean(0), dim=0)
+            else:
+                probs = probs.mean(0)
             out[meta["key"]] = (model_labels.index(meta["label"]), probs.tolist())
     return out
 
@@ -246,6 +255,33 @@ def test_evaluate_counts_every_track_and_matches_manual_computation(shard_set, c
     assert json.loads((out / "metrics.json").read_text())["track"]["n"] == 9
     assert (out / "confusion_matrix.png").stat().st_size > 1000
     assert "| class | tracks |" in (out / "report.md").read_text()
+
+
+def test_evaluate_uses_the_checkpoints_window_and_track_aggregate(shard_set, tmp_path):
+    """A checkpoint of 0.5-s crops that validated on 1-s windows with the mean of log-probabilities: evaluate
+    scores 1-s windows (0.3 s and 0.9 s -> one padded window, 1.6 s -> 0 and end-aligned 0.6 s) and ranks
+    tracks by the renormalised geometric mean, as an independent computation does; both flags override."""
+    ckpt = make_checkpoint(tmp_path / "long.pt", LABELS, window_samples=SR,
+                           config={"eval": {"track_aggregate": "mean_logprob"}})  # fmt: skip
+    out = tmp_path / "eval"
+    m = evaluate_checkpoint(ckpt, shard_set, "test", out, batch_size=4, num_workers=0, progress=False)
+    assert m["segment_samples"] == SR and m["train_segment_samples"] == SEGMENT and m["segment_seconds"] == 1.0
+    assert m["windows"] == 3 * (1 + 1 + 2) and m["track_aggregate"] == "mean_logprob"
+    ref = reference_track_predictions(ckpt, shard_set, LABELS, segment=SR, logprob=True)
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        assert [float(row[f"p_{n}"]) for n in LABELS] == pytest.approx(ref[row["key"]][1], abs=1e-5)
+    assert m["track"]["accuracy"] == m["track_mean_logprob"]["accuracy"]
+    ref_prob = reference_track_predictions(ckpt, shard_set, LABELS, segment=SR)
+    acc = sum(int(np.argmax(p)) == t for t, p in ref_prob.values()) / len(ref_prob)
+    assert m["track_mean_prob"]["accuracy"] == pytest.approx(acc)
+    # --segment-seconds / --track-aggregate override what the checkpoint says
+    short = evaluate_checkpoint(ckpt, shard_set, "test", segment_seconds=0.5, track_aggregate="mean_prob",
+                                num_workers=0, progress=False)  # fmt: skip
+    assert short["windows"] == 18 and short["track_aggregate"] == "mean_prob"
+    with pytest.raises(ValueError, match="track_aggregate must be one of"):
+        evaluate_checkpoint(ckpt, shard_set, "test", track_aggregate="max", num_workers=0, progress=False)
 
 
 def test_evaluate_with_label_map_reports_unmapped_class(tmp_path, checkpoint):
