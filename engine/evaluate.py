@@ -187,7 +187,9 @@ def evaluate_checkpoint(
     if segment_seconds is not None:
         segment = max(1, int(round(segment_seconds * sample_rate)))
     if track_aggregate is None:
-        track_aggregate = str((ckpt["config"].get("eval") or {}).get("track_aggregate") or TRACK_AGGREGATES[0])
+        track_aggregate = str(
+            (ckpt["config"].get("eval") or {}).get("track_aggregate") or TRACK_AGGREGATES[0]
+        )
     kind = manifest.get("kind", "audio")
     model_kind = "features" if getattr(model, "input_kind", "wave") == "features" else "audio"
     if model_kind != kind:  # a waveform model on MSD feature shards, or an MSD model on audio shards

@@ -111,7 +111,11 @@ def make_shard_set(
 
 
 def make_checkpoint(
-    path: Path, labels: list[str], sample_rate: int = SR, seed: int = 0, window_samples: int | None = None,
+    path: Path,
+    labels: list[str],
+    sample_rate: int = SR,
+    seed: int = 0,
+    window_samples: int | None = None,
     config: dict | None = None,
 ) -> Path:
     torch.manual_seed(seed)
@@ -265,7 +269,9 @@ def test_evaluate_uses_the_checkpoints_window_and_track_aggregate(shard_set, tmp
                            config={"eval": {"track_aggregate": "mean_logprob"}})  # fmt: skip
     out = tmp_path / "eval"
     m = evaluate_checkpoint(ckpt, shard_set, "test", out, batch_size=4, num_workers=0, progress=False)
-    assert m["segment_samples"] == SR and m["train_segment_samples"] == SEGMENT and m["segment_seconds"] == 1.0
+    assert (
+        m["segment_samples"] == SR and m["train_segment_samples"] == SEGMENT and m["segment_seconds"] == 1.0
+    )
     assert m["windows"] == 3 * (1 + 1 + 2) and m["track_aggregate"] == "mean_logprob"
     ref = reference_track_predictions(ckpt, shard_set, LABELS, segment=SR, logprob=True)
     with open(out / "predictions.csv", newline="") as f:
