@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,7 +86,9 @@ def test_max_steps_sets_the_epochs_and_crops_per_track_the_epoch_length(tmp_path
 
 
 # ---------------------------------------------------------------------------------------------- EMA
-def test_ema_in_training_equals_the_hand_computed_average_of_the_weights(tmp_path, synthetic_shards, monkeypatch):
+def test_ema_in_training_equals_the_hand_computed_average_of_the_weights(
+    tmp_path, synthetic_shards, monkeypatch
+):
     """EMA decay 0.2: the warmed-up decays of the 4 optimiser steps are 0.1, 2/11, 0.2, 0.2 (update n uses
     min(0.2, (1 + n) / (10 + n))). The average over the weights after each optimiser step (4 steps of 2
     accumulated batches each), starting from the initial weights, computed here in float64, equals the
@@ -136,16 +139,29 @@ def test_ema_is_what_validation_scores_and_best_pt_holds(tmp_path, synthetic_sha
     best = min(hist, key=lambda r: r["valid_loss"])
     assert summary["best_epoch"] == best["epoch"]
     # patience 1: the run stops after the first epoch that does not improve the averaged model's loss
-    stop = next((i for i in range(1, len(hist)) if hist[i]["valid_loss"] >= min(r["valid_loss"] for r in hist[:i])), None)
+    stop = next(
+        (i for i in range(1, len(hist)) if hist[i]["valid_loss"] >= min(r["valid_loss"] for r in hist[:i])),
+        None,
+    )
     assert len(hist) == (stop + 1 if stop is not None else 3)
     ev = evaluate_checkpoint(summary["best_checkpoint"], synthetic_shards, split="valid", batch_size=64,
                              num_workers=0, progress=False)  # fmt: skip
-    assert ev["segment"]["accuracy"] == best["valid_acc"] and ev["track"]["accuracy"] == best["valid_track_acc"]
+    assert (
+        ev["segment"]["accuracy"] == best["valid_acc"] and ev["track"]["accuracy"] == best["valid_track_acc"]
+    )
 
 
 # ---------------------------------------------------------------------------------- long eval windows
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
-def test_eval_windows_longer_than_the_crop_give_the_same_tracks_on_one_and_two_processes(tmp_path, synthetic_shards):
+def test_eval_windows_longer_than_the_crop_give_the_same_tracks_on_one_and_two_processes(
+    tmp_path, synthetic_shards
+):
     """1-s training crops, 2-s evaluation windows every 0.5 s (3 per 3-s clip), EMA weights, the mean of
     log-probabilities as the headline: the checkpoint carries the window and the aggregate, validation and
     ``evaluate`` agree, and ``evaluate`` under ``accelerate launch --multi_gpu --num_processes 2`` (gloo)
@@ -170,15 +186,21 @@ def test_eval_windows_longer_than_the_crop_give_the_same_tracks_on_one_and_two_p
     assert m1["track_aggregate"] == "mean_logprob"
     assert (m1["segment"]["accuracy"], m1["track"]["accuracy"]) == (row["valid_acc"], row["valid_track_acc"])
     assert m1["track_mean_prob"]["accuracy"] == row["valid_track_acc_mean_prob"]
-    assert m1["track_mean_logprob"]["accuracy"] == row["valid_track_acc_mean_logprob"] == row["valid_track_acc"]
+    assert (
+        m1["track_mean_logprob"]["accuracy"] == row["valid_track_acc_mean_logprob"] == row["valid_track_acc"]
+    )
 
     two = tmp_path / "two"
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--main_process_port", "29519", "-m", "engine.evaluate", str(run / "last.pt"), "--shards", str(synthetic_shards),
+        "--main_process_port", str(_free_port()), "-m", "engine.evaluate", str(run / "last.pt"), "--shards", str(synthetic_shards),
         "--split", "valid", "--out", str(two), "--batch-size", "5", "--hop-seconds", "0.5", "--workers", "0", "--no-progress",
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "RANK", "WORLD_SIZE", "LOCAL_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ACCELERATE_", "RANK", "WORLD_SIZE", "LOCAL_"))
+    }
     env.update({"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)})
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -196,4 +218,6 @@ def test_eval_windows_longer_than_the_crop_give_the_same_tracks_on_one_and_two_p
     ]
     labels = ckpt["labels"]
     for a, b in zip(r1, r2):
-        assert [float(a[f"p_{n}"]) for n in labels] == pytest.approx([float(b[f"p_{n}"]) for n in labels], abs=1e-6)
+        assert [float(a[f"p_{n}"]) for n in labels] == pytest.approx(
+            [float(b[f"p_{n}"]) for n in labels], abs=1e-6
+        )
