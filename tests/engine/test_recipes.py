@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from engine.config import ConfigError, load_config
 from engine.ema import EMA
 from engine.train import OptimConfig, TrainConfig, make_scheduler, train
+from tests.engine.test_evaluate import _free_port
 from tests.engine.test_train import QUICK, _one_thread, quick_config  # noqa: F401  (_one_thread: autouse)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,12 +152,6 @@ def test_ema_is_what_validation_scores_and_best_pt_holds(tmp_path, synthetic_sha
 
 
 # ---------------------------------------------------------------------------------- long eval windows
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_eval_windows_longer_than_the_crop_give_the_same_tracks_on_one_and_two_processes(
     tmp_path, synthetic_shards
