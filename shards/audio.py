@@ -24,6 +24,7 @@ import math
 import os
 import stat
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,11 @@ AUDIO_EXTENSIONS = (
 # to libsndfile too, which recognises a few formats no signature here names
 _SOUNDFILE_KINDS = {"wav", "w64", "aiff", "au", "flac", "ogg-vorbis", "ogg-flac", "mp3", "id3", "caf",
                     "8svx", "voc", "unknown"}  # fmt: skip
+# libsndfile's frame counts that come from a header estimate (MP3 without a Xing/LAME frame) -- and "id3",
+# whatever follows the tag; PyAV's exact counts come from these demuxers (MP4 edit lists, Ogg granules,
+# FLAC STREAMINFO), the others' from a duration field or the bitrate
+_ESTIMATED_SOUNDFILE_KINDS = {"mp3", "id3", "unknown"}
+_EXACT_AV_DEMUXERS = {"mov", "mp4", "m4a", "ogg", "flac"}
 # reasons from PyAV that say more than libsndfile's "not audio or unsupported format"
 _SPECIFIC_AV_REASONS = ("unsupported codec", "DRM-protected", "no audio stream")
 
@@ -64,6 +70,9 @@ class AudioInfo:
     orig_sample_rate: int  # Hz, of the file
     channels: int
     frames: int  # samples per channel in the file
+    # frames is what a whole-file decode gives (WAV/FLAC/AIFF, MP4 edit lists, Ogg granules); False: the
+    # header's estimate (Matroska/WebM, ASF, raw ADTS/AC-3, MP3), a little over or under -- see exact_frames
+    exact: bool = True
 
 
 def is_audio_name(path: str | os.PathLike) -> bool:
@@ -94,13 +103,16 @@ def is_audio_file(path: str | os.PathLike) -> bool:
 
 def ignored_key(path: str | os.PathLike) -> str:
     """The key a non-audio file is counted under: its lower-case extension (``.jpg``), the whole name of a
-    dot-file (``.DS_Store``), ``._* (AppleDouble)`` for macOS resource forks, ``(no extension)`` otherwise."""
+    dot-file (``.DS_Store``), ``._* (AppleDouble)`` for macOS resource forks, ``hidden .wav`` for another
+    hidden file with an extension (hidden files are never decoded), ``(no extension)`` otherwise."""
     name = os.path.basename(os.fspath(path))
     if name.startswith("._"):
         return "._* (AppleDouble)"
     if name.startswith(".") and name.count(".") == 1:
         return name
     ext = os.path.splitext(name)[1].lower()
+    if name.startswith("."):
+        return f"hidden {ext}"
     return ext or "(no extension)"
 
 
@@ -193,7 +205,8 @@ def _route(path: Path) -> tuple[str, Sniff, AudioInfo | None]:
         return "av", kind, None
     if info.frames <= 0:
         raise AudioError(path, "no audio frames (header declares 0 frames)")
-    return "soundfile", kind, AudioInfo(int(info.samplerate), int(info.channels), int(info.frames))
+    exact = kind.kind not in _ESTIMATED_SOUNDFILE_KINDS
+    return "soundfile", kind, AudioInfo(int(info.samplerate), int(info.channels), int(info.frames), exact)
 
 
 def probe(path: str | os.PathLike) -> AudioInfo:
@@ -213,7 +226,70 @@ def probe(path: str | os.PathLike) -> AudioInfo:
         raise _av_error(path, kind, err) from None
     if s.frames <= 0:
         raise AudioError(path, "no audio frames (the stream declares no duration and holds no packets)")
-    return AudioInfo(s.sample_rate, s.channels, s.frames)
+    return AudioInfo(s.sample_rate, s.channels, s.frames, _av_exact(s))
+
+
+def _av_exact(s: ffmpeg_decode.StreamInfo) -> bool:
+    return bool(_EXACT_AV_DEMUXERS & set(s.container.split(",")))
+
+
+def exact_frames(
+    path: str | os.PathLike, info: AudioInfo | None = None, *, tail_seconds: float = 5.0
+) -> AudioInfo:
+    """``info`` (default: :func:`probe`) with ``frames`` exactly what a whole-file decode gives.
+
+    An exact header is returned as it is. A header's estimate (``info.exact`` False: Matroska/WebM, ASF,
+    raw ADTS, MP3...) is settled by decoding from ``tail_seconds`` before the estimated end to the real end
+    (in reads of at most a minute, so a header that says far too little costs bounded memory); a header
+    that says too much moves the start back until audio is found. Seekable containers pay for a few
+    seconds of decoding; raw streams that cannot seek decode from the start once.
+    """
+    path = Path(path)
+    info = probe(path) if info is None else info
+    if info.exact:
+        return info
+    decoder, kind, _ = _route(path)
+    sr = info.orig_sample_rate
+    chunk = max(1, 60 * sr)
+    back = max(1, int(tail_seconds * sr))
+    start = max(0, info.frames - back)
+    while True:
+        try:
+            n = _read_raw(path, decoder, kind, info, lambda _sr, a=start: (a, a + chunk))[0].shape[0]
+        except AudioError as err:
+            if start == 0 or not err.reason.startswith("no audio frames"):
+                raise
+            n = 0
+        if n == 0:  # the range starts past the real end: the header says too much
+            if start == 0:
+                raise AudioError(path, "no audio frames decoded (truncated or empty stream)")
+            back *= 4
+            start = max(0, info.frames - back)
+            continue
+        if n < chunk:
+            return AudioInfo(sr, info.channels, start + n, True)
+        start += n  # the header says far too little: read on
+
+
+def _read_raw(
+    path: Path, decoder: str, kind: Sniff, info: AudioInfo | None,
+    frame_range: Callable[[int], tuple[int, int | None]],
+) -> tuple[np.ndarray, int, AudioInfo]:  # fmt: skip
+    """The file's own float32 ``(frames, channels)`` of source frames ``[start, stop) = frame_range(orig_sr)``
+    (``stop`` None: to the end), its rate and info, from the decoder :func:`_route` chose."""
+    if decoder == "av":
+        try:
+            data, s = ffmpeg_decode.read(path, frame_range)
+        except ffmpeg_decode.DecodeError as err:
+            raise _av_error(path, kind, err) from None
+        return data, s.sample_rate, AudioInfo(s.sample_rate, s.channels, s.frames, _av_exact(s))
+    assert info is not None
+    start, stop = frame_range(info.orig_sample_rate)
+    try:
+        data, sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+    except Exception as err:
+        raise AudioError(path, _reason_from_soundfile(err)) from None
+    return data, int(sr), info
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:
@@ -285,7 +361,9 @@ def load_audio(
     """Decode ``path`` to mono float32 ``(T,)`` at ``sample_rate`` Hz (``librosa.load(path, sr, mono=True)``).
 
     ``max_seconds`` / ``offset_seconds`` read only that part of the file (in source seconds), so hour-long
-    files cost what the caller needs. Raises :class:`AudioError` with a specific reason on any failure.
+    files cost what the caller needs. The :class:`AudioInfo` is the header's, except that after a whole-file
+    read its ``frames`` are the frames decoded (exact). Raises :class:`AudioError` with a specific reason
+    on any failure.
     """
     path = Path(path)
     decoder, kind, info = _route(path)
@@ -294,22 +372,11 @@ def load_audio(
         start = int(round(offset_seconds * orig_sr))
         return start, None if max_seconds is None else start + int(round(max_seconds * orig_sr))
 
-    if decoder == "av":
-        try:
-            data, s = ffmpeg_decode.read(path, frame_range)
-        except ffmpeg_decode.DecodeError as err:
-            raise _av_error(path, kind, err) from None
-        sr = s.sample_rate
-        info = AudioInfo(s.sample_rate, s.channels, s.frames)
-    else:
-        assert info is not None
-        start, stop = frame_range(info.orig_sample_rate)
-        try:
-            data, sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
-        except Exception as err:
-            raise AudioError(path, _reason_from_soundfile(err)) from None
+    data, sr, info = _read_raw(path, decoder, kind, info, frame_range)
     if data.shape[0] == 0:
         raise AudioError(path, "no audio frames decoded (truncated or empty stream)")
+    if offset_seconds == 0 and max_seconds is None:  # the whole file: its true length, not the header's
+        info = AudioInfo(info.orig_sample_rate, info.channels, int(data.shape[0]), True)
     mono = to_mono(data)
     if not np.all(np.isfinite(mono)):  # a NaN or inf in any channel makes the average non-finite too
         raise AudioError(path, "decoded samples are not finite (corrupt stream)")
