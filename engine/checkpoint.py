@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.config import ConfigError, from_dict
+from engine.config import ConfigError, from_dict, to_dict
 from engine.models import HEAD_NAME, GenreModel, ModelConfig, build_model
 from engine.pretrained import resolve_checkpoint
 
@@ -206,15 +206,54 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Ge
     return model, ckpt
 
 
-def init_from(model: GenreModel, ckpt_path: str | Path, *, freeze: list[str] | None = None) -> dict[str, Any]:
-    """Transfer learning: load a checkpoint's weights into ``model`` (same architecture).
+SELF_RESAMPLING_FEATURES = frozenset({"musicnn"})
+"""Front-end features that resample the waveform to their own rate on the device (``kernels/musicnn_input.py``):
+a model made only of these computes the same input from shards at any rate, with the same weights."""
 
+# FrontendConfig fields that shape the backbone's input, by the feature that reads them (the rest -- backend,
+# cpu_chunk_frames, trainable, norm_mean / norm_std, which are the training set's statistics -- do not)
+_STFT = ("n_fft", "hop_length", "win_length")
+_MEL = ("n_mels", "f_min", "f_max")
+_FEATURE_FIELDS: dict[str, tuple[str, ...]] = {
+    "logmel": (*_STFT, *_MEL, "top_db"),
+    "mfcc": (*_STFT, *_MEL, "top_db", "n_mfcc", "deltas", "delta_width"),
+    "chroma": (*_STFT, "chroma_norm", "tuning", "estimate_tuning"),
+    "cqt": ("hop_length", "cqt_bins_per_octave", "cqt_n_bins", "cqt_fmin", "cqt_variant"),
+    "musicnn": (*_STFT, *_MEL),
+    "precomputed": ("feature_dim",),
+}
+
+
+def feature_mismatch(ckpt_features: Any, features: Any, ckpt_rate: int, sample_rate: int) -> list[str]:
+    """How a checkpoint's front-end config and rate differ from a model's (two
+    :class:`~kernels.features.FrontendConfig`, Hz) in what the backbone sees: ``["n_mels 96 vs 128", ...]``,
+    empty when the weights transfer. The rate counts unless every feature resamples itself
+    (:data:`SELF_RESAMPLING_FEATURES`) or the input is precomputed (a nominal frame rate)."""
+    theirs, mine = to_dict(ckpt_features), to_dict(features)
+    names = list(mine.get("features") or [])
+    fields = ["features", "norm"] + (["stack"] if len(names) > 1 else [])
+    for name in names:
+        fields += [f for f in _FEATURE_FIELDS.get(name, ()) if f not in fields]
+    diff = [f"{f} {theirs.get(f)!r} vs {mine.get(f)!r}" for f in fields if theirs.get(f) != mine.get(f)]
+    rate_free = set(names) <= SELF_RESAMPLING_FEATURES or "precomputed" in names
+    if not rate_free and int(ckpt_rate) != int(sample_rate):
+        diff.append(f"sample_rate {int(ckpt_rate)} vs {int(sample_rate)} Hz")
+    return diff
+
+
+def init_from(model: GenreModel, ckpt_path: str | Path, *, freeze: list[str] | None = None) -> dict[str, Any]:
+    """Transfer learning: load a checkpoint's weights into ``model`` (same architecture, same input).
+
+    The checkpoint's feature config and rate must give the backbone the same input as the model's
+    (:func:`feature_mismatch`; a musicnn checkpoint fine-tunes on shards at any rate, its feature resamples):
+    weights learnt on one input representation mean nothing on another, even where the shapes agree.
     Every tensor whose name and shape match is copied. The classifier head (``backbone.classifier``) is
     re-initialised when the label count differs (and copied when it is the same). Front-end tensors whose
     shape differs (derived from another feature config) are kept as built. Any other missing or mismatched
     tensor is an error (the checkpoint's ``params`` differ from the model's). Parameters whose names start
-    with one of ``freeze`` (e.g. ``"backbone.blocks.0"``, ``"frontend"``) get ``requires_grad=False``;
-    BatchNorm running statistics of frozen layers still update in training mode.
+    with one of ``freeze`` (e.g. ``"backbone.blocks.0"``, ``"frontend"``) get ``requires_grad=False``
+    (BatchNorm running statistics of frozen layers still update in training mode; ``engine.train`` freezes
+    with :class:`engine.optim.Freezer` instead, which also keeps them).
 
     Returns ``{"loaded": [...], "reinitialised": [...], "skipped": [...], "frozen": [...]}`` (tensor names).
     """
@@ -227,6 +266,13 @@ def init_from(model: GenreModel, ckpt_path: str | Path, *, freeze: list[str] | N
         raise CheckpointError(
             f"cannot initialise a {net.cfg.arch!r} model from {ckpt_path}: it holds a {ckpt['arch']!r} model "
             "(transfer learning needs the same architecture)"
+        )
+    mismatch = feature_mismatch(model_config_from(ckpt).features, net.cfg.features, ckpt["sample_rate"], net.sample_rate)
+    if mismatch:
+        raise CheckpointError(
+            f"cannot initialise from {ckpt_path}: its model was trained on another input ({'; '.join(mismatch)}; "
+            "checkpoint vs this model); use the checkpoint's model.features"
+            + (" and re-shard at its rate" if any(m.startswith("sample_rate") for m in mismatch) else "")
         )
     source: dict[str, torch.Tensor] = ckpt["model_state"]
     target = net.state_dict()

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.checkpoint import CheckpointError, load_checkpoint, model_config_from
+from engine.checkpoint import SELF_RESAMPLING_FEATURES, CheckpointError, load_checkpoint, model_config_from
 from engine.cli import HelpFormatter
 from engine.config import ConfigError
 from engine.distributed import autocast
@@ -66,9 +66,6 @@ EMBED_VERSION = 1
 STATE_DIR = ".embed"
 LAYOUT = "embedding"
 FRAME_RATE = 1  # the manifest's nominal sample_rate: one frame (window) per "second"
-SELF_RESAMPLING_FEATURES = frozenset({"musicnn"})
-"""Front-end features that resample the waveform to their own rate on the device (kernels/musicnn_input.py):
-a model made only of these runs at any shard rate with the same weights."""
 
 
 class EmbedError(ValueError):

@@ -54,6 +54,7 @@ from engine.feature_shards import model_input, prepare_model_config
 from engine.logs import setup_logging
 from engine.metrics import TRACK_AGGREGATES
 from engine.models import ModelConfig, build_model, count_parameters
+from engine.optim import Freezer, ddp_kwargs, param_groups
 from engine.validate import evaluate_stream
 from kernels.augment import augment_rng_state, reseed_all, set_augment_rng_state
 from shards.format import ManifestError, load_manifest
@@ -117,6 +118,8 @@ class OptimConfig:
     class_weights: bool = False  # weight the loss by inverse training-class frequency (imbalanced sets)
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights (e.g. 0.999), validate,
     # early-stop on and save it (best.pt / last.pt hold the average); 0 = off
+    freeze_epochs: int = 0  # run.freeze prefixes are frozen for this many epochs, then trained; 0 = the whole run
+    pretrained_lr_scale: float = 1.0  # lr factor of the weights loaded by run.init_from (the new head: optim.lr)
 
     def validate(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.grad_accum < 1:
@@ -137,6 +140,8 @@ class OptimConfig:
             raise ConfigError(f"optim.min_lr must be in [0, optim.lr], got {self.min_lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"optim.ema_decay must be in [0, 1) (0 = off; e.g. 0.999), got {self.ema_decay}")
+        if self.freeze_epochs < 0 or self.pretrained_lr_scale <= 0:
+            raise ConfigError("optim.freeze_epochs must be >= 0 (0: whole run) and optim.pretrained_lr_scale > 0")
 
 
 @dataclass
@@ -150,7 +155,7 @@ class RunConfig:
     resume: bool = False  # continue the run in out_dir from its last saved state
     save_every_steps: int = 0  # also save the training state every N batches mid-epoch (0 = at epoch ends only)
     init_from: str = ""  # checkpoint to start from (transfer learning)
-    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes to freeze with init_from
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes to freeze (optim.freeze_epochs: how long)
     tensorboard: bool = True
     progress: bool = True
 
@@ -288,8 +293,8 @@ def check_resume_config(saved_path: Path, cfg: TrainConfig) -> None:
         )
 
 
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, pretrained: list[str] | tuple[str, ...] = ()) -> torch.optim.Optimizer:
+    params = param_groups(model, cfg, pretrained)  # every parameter (frozen ones too), lr groups: engine/optim.py
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -334,7 +339,8 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup, total, cfg.min_lr / cfg.lr)), "step"
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total), "step"
+        max_lr = [g["lr"] for g in opt.param_groups]  # per group: keeps optim.pretrained_lr_scale
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total), "step"
     if warmup:
         return torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup, total, cosine=False)), "step"
     return None, "none"
@@ -444,7 +450,8 @@ def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train a model as ``cfg`` says; returns ``{run_dir, best_checkpoint, last_checkpoint, history, best}``."""
     accelerator = make_accelerator(
-        mixed_precision=cfg.run.precision, gradient_accumulation_steps=cfg.optim.grad_accum, cpu=cfg.run.cpu
+        mixed_precision=cfg.run.precision, gradient_accumulation_steps=cfg.optim.grad_accum, cpu=cfg.run.cpu,
+        kwargs_handlers=ddp_kwargs(cfg.optim.freeze_epochs),
     )
     rank, world = accelerator.process_index, accelerator.num_processes
 
@@ -511,12 +518,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # -- model, optimiser, schedule
     seed_everything(cfg.run.seed)
     model = build_model(cfg.model, len(labels), sample_rate, segment_samples)
-    if cfg.run.init_from:
-        init_from(model, cfg.run.init_from, freeze=cfg.run.freeze)
+    loaded = init_from(model, cfg.run.init_from)["loaded"] if cfg.run.init_from else []
+    freezer = Freezer(model, cfg.run.freeze, cfg.optim.freeze_epochs)  # before DDP wraps the model
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     n_params = count_parameters(model)
-    optimizer = make_optimizer(model, cfg.optim)
+    optimizer = make_optimizer(model, cfg.optim, loaded)
     scheduler, sched_kind = make_scheduler(optimizer, cfg.optim, optim_steps_per_epoch)
     if eval_samples != segment_samples:
         check_eval_window(model, eval_samples, cfg.model.features.feature_dim)
@@ -572,6 +579,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             reseed_all(net, epoch_seed(cfg.run.seed, epoch, rank))
         train_stream.set_epoch(epoch, start_batch=done)  # the first `done` items: {} placeholders, nothing read
         model.train()
+        freezer.apply(epoch)  # run.freeze for this epoch (a function of the epoch: resumes exactly)
         t0, seen, n_steps = time.perf_counter(), state.epoch_seen, done
         seen0 = seen  # clips trained before a mid-epoch stop: not this session's throughput
         loss_sum = torch.full((), state.epoch_loss, device=accelerator.device)

@@ -343,6 +343,7 @@ def _bands(feats: dict[str, Any]) -> int:
         "logmel": feats.get("n_mels", 128),
         "mfcc": feats.get("n_mfcc", 20) * (1 + feats.get("deltas", 0)),
         "chroma": 12,
+        "musicnn": feats.get("n_mels", 128),  # on 16-kHz audio: the feature resamples first
     }
     return sum(per[name] for name in feats["features"])
 
@@ -373,7 +374,12 @@ def test_example_config_builds_the_model_its_file_describes(path):
     else:
         assert feats.get("stack", "freq") == "freq"
         assert list(model.frontend.names) == feats["features"]
-        assert model.in_shape == (1, _bands(feats), 1 + segment // feats["hop_length"])  # centred STFT frames
+        n = segment
+        if feats["features"] == ["musicnn"]:  # its STFT runs after the in-model resampler to 16 kHz
+            from kernels.musicnn_input import resampled_length
+
+            n = resampled_length(segment, sample_rate)
+        assert model.in_shape == (1, _bands(feats), 1 + n // feats["hop_length"])  # centred STFT frames
 
     # the layers have the widths, depths and pools the file gives
     convs = [
