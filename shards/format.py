@@ -111,7 +111,8 @@ def load_manifest(shard_dir: str | Path) -> dict[str, Any]:
     Manifest keys: ``format_version``, ``kind`` ("audio" | "features"), ``sample_rate`` (Hz),
     ``labels`` (ordered list of names; label_index indexes it), ``splits`` ({split: {tracks, seconds,
     per_label: {label: count}, shards: [{name, samples, bytes, sha256}]}}), ``skipped``
-    ([{path, reason}]), ``source``, ``layout``, ``command``, ``folds`` (K or 0), ``feature_dim``
+    ([{path, reason}]: audio files not stored, and why), ``ignored`` ({".jpg": n, ...}: the non-audio files
+    the layout walked past, by ``shards.audio.ignored_key``), ``source``, ``layout``, ``command``, ``folds`` (K or 0), ``feature_dim``
     (features kind only).
     """
     path = Path(shard_dir) / MANIFEST_NAME

@@ -2,8 +2,9 @@
 
 The job runs in three phases, each deterministic given the arguments and the source files:
 
-1. **scan** -- the layout (:mod:`shards.layouts`) lists candidate tracks; exact duplicates (same realpath,
-   or same bytes: only files of equal size are hashed) are dropped and reported.
+1. **scan** -- the layout (:mod:`shards.layouts`) lists candidate tracks (files whose name or content says
+   audio) and counts every other file it walks past (``ignored`` in the manifest, by extension); exact
+   duplicates (same realpath, or same bytes: only files of equal size are hashed) are dropped and reported.
 2. **plan** -- every track is probed (header only, in parallel); labels, keys, split/fold assignment
    (:mod:`shards.splits`) and the partition into shards are fixed and saved to ``DIR/.ingest/plan.json``.
    Sample order within a split: sorted by key, then shuffled with a generator seeded by ``(seed, split)``,
@@ -774,7 +775,9 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
     except LayoutError as err:
         raise IngestError(str(err)) from None
     if not scan.tracks and not scan.skipped:
-        raise IngestError(f"SOURCE {source}: no audio files found for layout {layout!r}")
+        raise IngestError(
+            f"SOURCE {source}: no audio files found for layout {layout!r} ({audio.ignored_summary(scan.ignored)})"
+        )
     warnings = list(scan.warnings)
     digest = _scan_digest(scan.tracks, scan.skipped)
 
@@ -804,7 +807,7 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
     finally:
         mapper.close()
 
-    manifest = _build_manifest(cfg, out, plan, layout)
+    manifest = _build_manifest(cfg, out, plan, layout, scan.ignored)
     if sum(manifest["splits"][s]["tracks"] for s in SPLITS) == 0:
         _atomic_write_json(out / MANIFEST_NAME, manifest)
         raise IngestError(
@@ -904,7 +907,11 @@ def _write_shards(
     return resumed, len(pending)
 
 
-def _build_manifest(cfg: IngestConfig, out: Path, plan: dict[str, Any], layout: str) -> dict[str, Any]:
+def _build_manifest(
+    cfg: IngestConfig, out: Path, plan: dict[str, Any], layout: str, ignored: dict[str, int]
+) -> dict[str, Any]:
+    """The manifest from the plan and the shards' completion records; ``ignored``: this run's scan's count
+    of the non-audio files under SOURCE (recounted on a resume, not carried over)."""
     labels = plan["labels"]
     splits: dict[str, Any] = {
         s: {"tracks": 0, "seconds": 0.0, "per_label": dict.fromkeys(labels, 0), "shards": []} for s in SPLITS
@@ -936,6 +943,7 @@ def _build_manifest(cfg: IngestConfig, out: Path, plan: dict[str, Any], layout: 
         "labels": labels,
         "splits": splits,
         "skipped": sorted(skipped, key=lambda s: (s["path"], s["reason"])),
+        "ignored": dict(sorted(ignored.items())),
         "source": str(Path(cfg.source).resolve()),
         "layout": layout,
         "command": cfg.command,
@@ -1037,6 +1045,7 @@ def _summary(res: IngestResult, limit: int = 50) -> str:
         lines.append(f"  {s['path']}: {s['reason']}")
     if len(skipped) > limit:
         lines.append(f"  ... {len(skipped) - limit} more (see 'skipped' in {res.out / MANIFEST_NAME})")
+    lines.append(audio.ignored_summary(m.get("ignored", {})))
     for w in res.warnings:
         lines.append(f"warning: {w}")
     lines.append(f"wrote {res.out / MANIFEST_NAME}")

@@ -7,7 +7,9 @@ A layout is a class registered in :data:`LAYOUTS` with
 - ``__init__(source, options)`` and ``scan() -> Iterator[Track | Skipped]``: every candidate track, or a
   record of why a listed/found file cannot become one.
 
-``scan`` only enumerates (stat, no decoding); decodability is checked later by the ingest. Adding a layout
+``scan`` only enumerates (stat, and the first 4 KiB of files whose name is not an audio name; no decoding);
+decodability is checked later by the ingest. Every file a layout walks past without making it a track or a
+skip is counted in its ``ignored`` (:func:`shards.audio.ignored_key` -> count), for the manifest. Adding a layout
 (e.g. ``msd`` over HDF5 feature files) is one class with ``@LAYOUTS.register("msd")`` in its own module plus
 one import line in ``shards/__init__.py``, which registers every layout.
 """
@@ -18,13 +20,14 @@ import csv
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from registry import Registry
-from shards.audio import is_audio_name
+from shards.audio import AUDIO_EXTENSIONS, ignored_key, is_audio_file
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,7 @@ class Layout:
         self.source = Path(source)
         self.options = options or LayoutOptions()
         self.warnings: list[str] = []
+        self.ignored: Counter[str] = Counter()  # non-audio files scan() walked past, by ignored_key
 
     @classmethod
     def detect(cls, source: Path) -> bool:
@@ -141,13 +145,15 @@ def walk_paths(
     *,
     seen: set[tuple[int, int]] | None = None,
     file_dirs: Callable[[str], bool] | None = None,
+    hidden_files: bool = False,
 ) -> Iterator[str]:
     """:func:`walk_files` as strings: ``root`` as given joined with the entry names (``./a`` stays ``./a/x``).
 
     Lazy per folder (a folder is listed and sorted when the walk reaches it). ``seen`` holds the (device,
     inode) of the folders walked; pass one set to several calls to walk a folder named twice once.
     ``file_dirs(name)`` True yields a directory as a file instead of entering it (``engine classify``: a
-    folder named ``x.wav`` gets its own error line).
+    folder named ``x.wav`` gets its own error line). ``hidden_files`` also yields hidden files
+    (``.DS_Store``, ``._x.m4a``) so that a caller can count them; hidden folders are never entered.
     """
     seen = set() if seen is None else seen
 
@@ -166,18 +172,44 @@ def walk_paths(
             log.warning("cannot list %s: %s", d, err)
             return
         for e in entries:
-            if _is_hidden(e.name):
-                continue
             try:
                 is_dir = e.is_dir(follow_symlinks=True)
             except OSError:  # e.g. permission denied on the link's target: report it as a file
                 is_dir = False
+            if _is_hidden(e.name):
+                if hidden_files and not is_dir:
+                    yield e.path
+                continue
             if is_dir and not (file_dirs is not None and file_dirs(e.name)):
                 yield from rec(e.path)
             else:
                 yield e.path
 
     yield from rec(os.fspath(root))
+
+
+def walk_audio(
+    root: str | os.PathLike[str],
+    ignored: Counter[str] | None = None,
+    *,
+    seen: set[tuple[int, int]] | None = None,
+    file_dirs: Callable[[str], bool] | None = None,
+) -> Iterator[str]:
+    """The files under ``root`` whose name or content says audio (:func:`shards.audio.is_audio_file`), in
+    :func:`walk_paths` order; every other file, hidden ones included, is counted in ``ignored`` under its
+    :func:`shards.audio.ignored_key`. A dangling symlink or a ``file_dirs`` folder with an audio name is
+    yielded too (the caller reports it); hidden folders are neither entered nor counted."""
+    for p in walk_paths(root, seen=seen, file_dirs=file_dirs, hidden_files=True):
+        if is_audio_file(p):
+            yield p
+        elif ignored is not None:
+            ignored[ignored_key(p)] += 1
+
+
+def _stem(rel: str) -> str:
+    """``rel`` without an audio extension (a file that is audio by content keeps its whole name)."""
+    base, ext = os.path.splitext(rel)
+    return base if ext.lower() in AUDIO_EXTENSIONS else rel
 
 
 def _dangling(p: Path) -> Skipped | None:
@@ -200,10 +232,9 @@ class FolderLayout(Layout):
 
     def scan(self) -> Iterator[Track | Skipped]:
         root = self.source
-        for p in walk_files(root):
+        for found in walk_audio(root, self.ignored):
+            p = Path(found)
             rel = _rel(p, root)
-            if not is_audio_name(p.name):
-                continue
             bad = _dangling(p)
             if bad is not None:
                 yield Skipped(rel, bad.reason)
@@ -212,8 +243,7 @@ class FolderLayout(Layout):
             if len(parts) < 2:
                 yield Skipped(rel, "no label: audio file directly under SOURCE (put it in a <label>/ folder)")
                 continue
-            stem = rel.rsplit(".", 1)[0]
-            yield Track(path=p, rel=rel, label=parts[0], key_hint=stem)
+            yield Track(path=p, rel=rel, label=parts[0], key_hint=_stem(rel))
 
 
 # --------------------------------------------------------------------------------------------- gtzan
@@ -244,7 +274,8 @@ def _gtzan_root(source: Path) -> Path | None:
 class GTZANLayout(Layout):
     """GTZAN: ``genres_original/<genre>/<genre>.000NN.wav`` (or ``genres/``, or SOURCE = that folder).
 
-    ``images_original/``, the features CSVs and any non-audio file are ignored. ``track_id`` is
+    ``images_original/``, the features CSVs and every other non-audio file under SOURCE are counted in
+    ``ignored``; an audio file outside the genre folders is skipped with the reason. ``track_id`` is
     ``<genre>.000NN``; :func:`gtzan_list_name` gives the name used by the fault-filtered split lists.
     """
 
@@ -261,20 +292,24 @@ class GTZANLayout(Layout):
             raise LayoutError(
                 f"{self.source}: not a GTZAN tree (expected genres_original/<genre>/<genre>.000NN.wav)"
             )
-        for genre_dir in sorted(root.iterdir()):
-            if not genre_dir.is_dir() or _is_hidden(genre_dir.name):
+        genres = {d.name for d in root.iterdir() if d.is_dir() and not _is_hidden(d.name)}
+        where = _rel(root, self.source) if root != self.source else "SOURCE"
+        for found in walk_audio(self.source, self.ignored):
+            p = Path(found)
+            rel = _rel(p, self.source)
+            try:
+                genre = p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else None
+            except ValueError:  # outside genres_original/
+                genre = None
+            if genre not in genres:
+                yield Skipped(rel, f"not in a genre folder ({where}/<genre>/): not a GTZAN track")
                 continue
-            genre = genre_dir.name
-            for p in walk_files(genre_dir):
-                if not is_audio_name(p.name):
-                    continue
-                rel = _rel(p, self.source)
-                bad = _dangling(p)
-                if bad is not None:
-                    yield Skipped(rel, bad.reason)
-                    continue
-                stem = p.name.rsplit(".", 1)[0]
-                yield Track(path=p, rel=rel, label=genre, key_hint=stem, track_id=stem)
+            bad = _dangling(p)
+            if bad is not None:
+                yield Skipped(rel, bad.reason)
+                continue
+            stem = _stem(p.name)
+            yield Track(path=p, rel=rel, label=genre, key_hint=stem, track_id=stem)
 
 
 def gtzan_list_name(track: Track) -> str:
@@ -320,7 +355,9 @@ class FMALayout(Layout):
     """Free Music Archive: ``fma_metadata/tracks.csv`` + ``fma_<subset>/<3-digit>/<6-digit>.mp3``.
 
     Labels from (track, genre_top); official split from (set, split); subset from (set, subset) with
-    small ⊂ medium ⊂ large ⊂ full; artist from (artist, id).
+    small ⊂ medium ⊂ large ⊂ full; artist from (artist, id). Under ``fma_<subset>/``, non-audio files
+    (README.txt, checksums) are counted in ``ignored`` and an audio file no row of the subset names is
+    skipped with the reason.
     """
 
     name = "fma"
@@ -353,6 +390,7 @@ class FMALayout(Layout):
                 raise LayoutError(f"{csv_path}: no column {col} in the header")
             idx[k] = header.index(col)
         rank = FMA_SUBSETS.index(subset)
+        named: set[str] = set()  # rel paths the subset's rows name
         for row in rows:
             if not row or not row[0].strip():
                 continue
@@ -372,6 +410,7 @@ class FMALayout(Layout):
                 continue  # another subset: filtered out silently
             name = f"{tid:06d}"
             rel = f"fma_{subset}/{name[:3]}/{name}.mp3"
+            named.add(rel)
             genre = get("genre")
             if not genre:
                 yield Skipped(rel, "no genre_top")
@@ -387,6 +426,10 @@ class FMALayout(Layout):
                 artist=artist,
                 split=split,
             )
+        for found in walk_audio(audio_dir, self.ignored):
+            rel = _rel(Path(found), self.source)
+            if rel not in named:
+                yield Skipped(rel, f"not a track of --subset {subset} in fma_metadata/tracks.csv")
 
 
 # --------------------------------------------------------------------------------------------- csv
@@ -478,6 +521,7 @@ class ScanResult:
     tracks: list[Track] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    ignored: dict[str, int] = field(default_factory=dict)  # non-audio files walked past, by ignored_key
 
 
 def scan_source(source: Path, layout: str = "auto", options: LayoutOptions | None = None) -> ScanResult:
@@ -490,5 +534,6 @@ def scan_source(source: Path, layout: str = "auto", options: LayoutOptions | Non
     for item in inst.scan():
         (res.tracks if isinstance(item, Track) else res.skipped).append(item)
     res.warnings.extend(inst.warnings)
+    res.ignored = dict(sorted(inst.ignored.items()))
     return res
 
