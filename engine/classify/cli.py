@@ -13,6 +13,7 @@ from engine.classify.predictor import CheckpointInputError
 from engine.classify.run import classify
 from engine.cli import HelpFormatter
 from engine.logs import setup_logging
+from shards.audio import ignored_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
             "musicnn:MTT_musicnn, musicnn:MSD_vgg, musicnn:MTT_vgg: zero-shot tagging with 50 tags) or a model "
             "exported by `engine export` (TorchScript, torch.export .pt2, ONNX). "
             "Writes exactly one line per input file -- status ok with the top-k genres, or error with the reason -- "
-            "and resumes when rerun with the same --out. A genre model's score is the mean over the file's windows "
+            "and resumes when rerun with the same --out. Under folders, a file is an input when its name or its "
+            "content says audio (WAV, FLAC, MP3, Ogg, Opus, AAC/ALAC .m4a, WMA, WebM, ... decoded by libsndfile "
+            "or FFmpeg); other files (.jpg, .cue, .DS_Store) are counted by extension in the summary and OUT.run.json. A genre model's score is the mean over the file's windows "
             "of its softmax probabilities; a tag model's (multi-label: lines marked \"kind\": \"tags\") is the "
             "mean over the windows of each tag's own sigmoid score, so tag scores do not sum to 1. "
             "Multi-GPU: accelerate launch -m engine.classify ..."
@@ -106,6 +109,8 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     if s["errors_by_reason"]:
         lines.append("errors: " + ", ".join(f"{r}: {n}" for r, n in s["errors_by_reason"].items()))
+    if "ignored" in s:  # non-audio files under the folders, counted by the walk (not classified)
+        lines.append(ignored_summary(s["ignored"]))
     if s["genres"]:
         what = "top tags" if s.get("kind") == "tags" else "genres"
         lines.append(f"{what}: " + ", ".join(f"{g}: {n}" for g, n in s["genres"].items()))

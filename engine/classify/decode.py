@@ -9,6 +9,7 @@ windows over in pieces of at most ``chunk_seconds``, so memory stays bounded for
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from engine.classify.inputs import iter_inputs
-from shards.audio import AudioError, AudioInfo, load_audio, probe
+from shards.audio import AudioError, AudioInfo, exact_frames, load_audio, probe
 from shards.format import to_pcm16
 from shards.windows import fit_length, window_starts
 
@@ -45,6 +46,16 @@ class Piece:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class IgnoredFiles:
+    """What the walk of the input stream passed over: non-audio files by :func:`shards.audio.ignored_key`.
+
+    Every worker walks the whole stream; only the one that owns input 0 of rank 0 sends its counts, once,
+    after its last piece (so a run, and a resumed run, counts each file once)."""
+
+    counts: dict[str, int]
+
+
 def decode_track(
     index: int,
     path: str,
@@ -62,7 +73,10 @@ def decode_track(
     with a ``last`` piece of status ``error`` and the reason. Files up to ``whole_file_seconds`` (and
     ``WHOLE_FILE_SOURCE_SAMPLES`` frames x channels) are decoded in one read (exactly ``librosa.load``);
     longer ones in chunks of at most ``chunk_seconds`` and ``CHUNK_SOURCE_SAMPLES``, aligned so that windows
-    differ from the whole-file decode only by resampler rounding (a few int16 LSB).
+    differ from the whole-file decode only by resampler rounding (a few int16 LSB). Windows and ``duration``
+    follow the decoded length, not a header's estimate (Matroska/WebM, ASF, raw ADTS and MP3 headers say a
+    little more or less): the chunked path settles the length first (:func:`shards.audio.exact_frames`), so
+    a header that says too little loses no tail and one that says too much pads no silence.
     """
     try:
         info = probe(path)
@@ -78,10 +92,10 @@ def decode_track(
             )
         )
         if duration <= whole_file_seconds and info.frames * info.channels <= WHOLE_FILE_SOURCE_SAMPLES:
-            yield from _whole_file(
-                index, path, sample_rate, segment_samples, max_windows, pad, per_piece, duration
-            )
+            yield from _whole_file(index, path, sample_rate, segment_samples, max_windows, pad, per_piece)
         else:
+            info = exact_frames(path, info)  # the windows' plan needs the true length up front
+            duration = info.frames / info.orig_sample_rate
             yield from _chunked(
                 index, path, info, sample_rate, segment_samples, max_windows, per_piece, duration
             )
@@ -97,9 +111,10 @@ def _peak(wins: np.ndarray) -> int:
 
 def _whole_file(
     index: int, path: str, sample_rate: int, segment_samples: int, max_windows: int | None, pad: str,
-    per_piece: int, duration: float,
+    per_piece: int,
 ) -> Iterator[Piece]:  # fmt: skip
-    wave, _ = load_audio(path, sample_rate)  # exactly librosa.load(path, sr, mono=True)
+    wave, info = load_audio(path, sample_rate)  # exactly librosa.load(path, sr, mono=True)
+    duration = info.frames / info.orig_sample_rate  # the frames decoded, not the header's estimate
     notes: list[str] = []
     if wave.size < segment_samples:
         notes.append(f"short: {wave.size / sample_rate:.2f} s {pad}-padded to one window")
@@ -180,7 +195,8 @@ class DecodeStream(IterableDataset):
 
     Input ``i`` belongs to rank ``i % world_size`` and, within it, to worker ``(i // world_size) %
     num_workers`` -- a deterministic split, so every file is decoded by exactly one worker of one rank.
-    Paths in ``done`` (already in the output, for resume) are skipped.
+    Paths in ``done`` (already in the output, for resume) are skipped. The owner of input 0 of rank 0 ends
+    its part with one :class:`IgnoredFiles`: the walk's count of the non-audio files it passed over.
     """
 
     def __init__(
@@ -208,13 +224,16 @@ class DecodeStream(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         stride = self.world_size * nw
         mine = self.rank + self.world_size * wid
-        for i, path in enumerate(iter_inputs(self.paths, self.from_list)):
+        ignored: Counter[str] = Counter()
+        for i, path in enumerate(iter_inputs(self.paths, self.from_list, ignored=ignored)):
             if i % stride != mine or path in self.done:
                 continue
             yield from decode_track(
                 i, path, self.sample_rate, self.segment_samples,
                 max_windows=self.max_windows, pad=self.pad, chunk_seconds=self.chunk_seconds,
             )  # fmt: skip
+        if mine == 0:
+            yield IgnoredFiles(dict(ignored))
 
 
 def pieces_as_they_come(x: Any) -> Any:

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from shards.audio import is_audio_name
-from shards.layouts import walk_paths
+from shards.layouts import walk_audio
 
 
 def iter_inputs(
-    paths: Iterable[str | os.PathLike], from_list: str | os.PathLike | None = None
+    paths: Iterable[str | os.PathLike],
+    from_list: str | os.PathLike | None = None,
+    *,
+    ignored: Counter[str] | None = None,
 ) -> Iterator[str]:
     """The input stream: explicit files (always), audio files under folders, then paths listed in ``from_list``.
 
-    Folders are walked with :func:`shards.layouts.walk_paths`: depth first, each folder's entries in sorted
+    Folders are walked with :func:`shards.layouts.walk_audio`: depth first, each folder's entries in sorted
     order (the same on every rank and worker), lazily (the walk yields a folder's first file as soon as that
-    folder is listed), hidden entries skipped, symlink loops cut and a folder named twice walked once. A
-    folder with an audio name (``x.wav/``) and a dangling symlink are yielded like files (they get an error
+    folder is listed), hidden folders skipped, symlink loops cut and a folder named twice walked once. A
+    file is audio when its name or its first 4 KiB say so (:func:`shards.audio.is_audio_file`: an MP3 named
+    ``.wav``, an Opus download without extension); every other file under a folder (cover ``.jpg``,
+    ``.cue``, ``.DS_Store``...) is counted in ``ignored`` by :func:`shards.audio.ignored_key`. A folder with
+    an audio name (``x.wav/``) and a dangling symlink with one are yielded like files (they get an error
     line). A named path that does not exist is yielded as is (it gets a ``missing`` error line).
     ``from_list`` is a text file with one path per line (blank lines and ``#`` comments skipped); folders
     in it are walked too.
@@ -25,9 +32,7 @@ def iter_inputs(
     seen: set[tuple[int, int]] = set()  # (device, inode) of the folders walked, across all named paths
     for path in _named_paths(paths, from_list):
         if os.path.isdir(path) and not is_audio_name(path):
-            for found in walk_paths(path, seen=seen, file_dirs=is_audio_name):
-                if is_audio_name(os.path.basename(found)):
-                    yield found
+            yield from walk_audio(path, ignored, seen=seen, file_dirs=is_audio_name)
         else:
             yield path
 

@@ -5,7 +5,8 @@
 - resume: :func:`check_output_identity` (``OUT.run.json``: the model's sha256 and the line layout),
   :func:`repair_tail` (a torn last line), :func:`read_records` (what is already done);
 - several ranks write ``OUT.rank{r}.part``; :func:`merge_parts` appends them to ``OUT`` once each;
-- :func:`summarize`: the summary counted over the whole output file.
+- :func:`summarize`: the summary counted over the whole output file; :func:`record_ignored` adds the walk's
+  count of non-audio files to ``OUT.run.json``.
 """
 
 from __future__ import annotations
@@ -239,6 +240,22 @@ def check_output_identity(
         tmp = meta_path + ".tmp"
         Path(tmp).write_text(json.dumps(ident, indent=2))
         os.replace(tmp, meta_path)
+
+
+def record_ignored(out: str, counts: dict[str, int]) -> None:
+    """Put this run's count of the non-audio files under the inputs into ``OUT.run.json`` as ``ignored``
+    (``{".jpg": 9, ...}``, by :func:`shards.audio.ignored_key`) and ``ignored_files`` (their total).
+
+    The walk counts afresh on every run, resumed or not, so the counts replace the ones there. They are no
+    part of the identity a resume checks.
+    """
+    meta_path = out + ".run.json"
+    meta = json.loads(Path(meta_path).read_text()) if os.path.isfile(meta_path) else {}
+    meta["ignored"] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    meta["ignored_files"] = sum(counts.values())
+    tmp = meta_path + ".tmp"
+    Path(tmp).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    os.replace(tmp, meta_path)
 
 
 def part_files(out: str) -> list[str]:

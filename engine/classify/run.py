@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from engine.classify.decode import DEFAULT_CHUNK_SECONDS, DecodeStream, pieces_as_they_come
+from engine.classify.decode import DEFAULT_CHUNK_SECONDS, DecodeStream, IgnoredFiles, pieces_as_they_come
 from engine.classify.output import (
     LineWriter,
     ResultSink,
@@ -21,6 +21,7 @@ from engine.classify.output import (
     output_format,
     part_file,
     part_files,
+    record_ignored,
     repair_tail,
     summarize,
 )
@@ -65,10 +66,14 @@ def classify(
     dtype (the feature front end always runs in float32), ``channels_last`` runs the backbone's convs NHWC,
     ``chunk_seconds`` bounds the audio a decode worker hands over at once (memory for long files).
 
+    A file under a folder is an input when its name or its content says audio
+    (:func:`shards.audio.is_audio_file`); every other file there is counted, not classified: ``ignored``
+    (``{".jpg": 9, ".txt": 3}``) in the summary and in ``OUT.run.json``, recounted by each run's walk.
+
     Returns the summary (computed over the whole output file on the main process): ``files``, ``ok``,
     ``error``, ``errors_by_reason``, ``genres`` (top-1 histogram), ``audio_hours``, plus this run's
-    ``new``, ``skipped``, ``elapsed_s``, ``files_per_s``, ``audio_hours_per_s``, ``world_size``,
-    ``precision``, ``device``.
+    ``new``, ``skipped``, ``ignored``, ``ignored_files``, ``elapsed_s``, ``files_per_s``,
+    ``audio_hours_per_s``, ``world_size``, ``precision``, ``device``.
     """
     from accelerate import PartialState  # noqa: PLC0415 -- heavy import, only for real runs
 
@@ -114,8 +119,12 @@ def classify(
     averager = TrackAverager(predictor, batch_size, top_k, timeline)
     sink = ResultSink(writer, _progress_bar(world) if progress and state.is_main_process else None)
     t0 = time.perf_counter()
+    ignored: dict[str, int] = {}  # sent by the decode worker that owns input 0 of rank 0
     try:
         for piece in loader:
+            if isinstance(piece, IgnoredFiles):
+                ignored = piece.counts
+                continue
             sink.write(averager.add(piece))
         sink.write(averager.flush())
     finally:
@@ -128,7 +137,10 @@ def classify(
         state.wait_for_everyone()
         return {**run_stats, "main": False}
     merge_parts(out, fmt, top_k, timeline)
-    summary = {**summarize(out, fmt), **run_stats, "main": True}
+    record_ignored(out, ignored)
+    counts = dict(sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0])))
+    summary = {**summarize(out, fmt), **run_stats, "ignored": counts, "ignored_files": sum(counts.values()),
+               "main": True}  # fmt: skip
     state.wait_for_everyone()
     return summary
 
