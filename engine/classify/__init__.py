@@ -17,9 +17,10 @@ Data flow (one process per device; ``accelerate launch`` for several), one modul
                the track is complete; a rerun with the same --out skips what is already there
     run        ``classify()``: the job from options to summary; cli: the command line
 
-Every input file named on the command line (or found under a folder with an audio extension) gets exactly
-one line: ``status`` ``ok`` with the top-k genres, or ``error`` with the :class:`shards.audio.AudioError`
-reason. Memory is bounded by ``workers x prefetch x chunk`` plus one batch, whatever the number or length
+Every input file named on the command line (or found under a folder, its name or content saying audio)
+gets exactly one line: ``status`` ``ok`` with the top-k genres, or ``error`` with the
+:class:`shards.audio.AudioError` reason; the other files under the folders are counted by extension
+(``ignored`` in the summary and ``OUT.run.json``). Memory is bounded by ``workers x prefetch x chunk`` plus one batch, whatever the number or length
 of the files.
 """
 
