@@ -34,6 +34,7 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import sys
 import threading
 from collections import Counter, defaultdict
@@ -245,41 +246,153 @@ def _decode_task(
         return f"decode failed ({type(err).__name__}: {err})"
 
 
+def _worker_death(exitcode: int | None) -> str:
+    """Words for a worker's exit code: ``killed by SIGKILL (out of memory?)``, ``crashed with SIGSEGV``."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"killed by {name} (out of memory?)" if name == "SIGKILL" else f"crashed with {name}"
+    return f"exited with status {exitcode}"
+
+
+def _crash_reason(exitcode: int | None) -> str:
+    """The skip reason of a track whose decode took its worker process down, even when tried alone."""
+    return f"decoder crashed: the worker process decoding this file alone {_worker_death(exitcode)}"
+
+
+def _map_chunk(fn: Callable, chunk: list) -> list:  # one pool task: a chunk of items
+    return [fn(x) for x in chunk]
+
+
+def _send_result(fn: Callable, item: Any, conn: Any) -> None:  # the body of a one-item process
+    conn.send(fn(item))
+    conn.close()
+
+
+class _WorkerDied(Exception):
+    def __init__(self, exitcode: int | None) -> None:
+        super().__init__(_worker_death(exitcode))
+        self.exitcode = exitcode
+
+
 class _Mapper:
-    """``imap`` over a process pool (order kept), or in-process when ``workers <= 1``."""
+    """``imap`` over a process pool (order kept), or in-process when ``workers <= 1``.
+
+    A worker process that dies (the OOM killer, a crash inside a native decoder) would leave
+    ``multiprocessing.Pool`` waiting forever for its task. The mapper watches its workers instead: on a
+    death it starts a fresh pool and runs the tasks that were in flight one at a time, each in a process
+    of its own, so the one that takes its process down gets ``on_crash(exitcode)`` as its result (a skip
+    reason) and every other task its normal result -- the job neither hangs nor stops.
+    """
+
+    POLL_S = 0.5  # how often a wait for the next result looks at the workers
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
+        self.ctx = mp.get_context()
         self.pool = None
+        self.procs: list[Any] = []
         self._stop = threading.Event()
         if workers > 1:
-            self.pool = mp.get_context().Pool(workers)
+            self._new_pool()
 
-    def imap(self, fn: Callable, items: Sequence, chunksize: int = 1, window: int | None = None) -> Iterator:
+    def _new_pool(self) -> None:
+        before = set(mp.active_children())
+        self.pool = self.ctx.Pool(self.workers)
+        self.procs = [p for p in mp.active_children() if p not in before]  # this pool's worker processes
+        self._stop = threading.Event()
+
+    def imap(
+        self, fn: Callable, items: Sequence, chunksize: int = 1, window: int | None = None,
+        on_crash: Callable[[int | None], Any] = lambda _code: None,
+    ) -> Iterator:  # fmt: skip
         """Ordered ``fn`` over ``items``. ``window`` bounds the tasks in flight: ``Pool.imap`` reads its input
-        eagerly, so without it a slow consumer (a slow disk) lets decoded results pile up in memory."""
+        eagerly, so without it a slow consumer (a slow disk) lets decoded results pile up in memory.
+        ``on_crash(exitcode)`` is the result of a task whose process died even when it ran alone."""
         if self.pool is None:
             return map(fn, items)
-        chunksize = max(1, chunksize)
-        if window is None:
-            return self.pool.imap(fn, items, chunksize=chunksize)
-        window = max(window, 2 * chunksize * self.workers)
-        sem = threading.BoundedSemaphore(window)
-        stop = self._stop
+        return self._guarded(fn, list(items), max(1, chunksize), window, on_crash)
 
-        def throttled() -> Iterator:
-            for x in items:  # runs in the pool's task-feeding thread
-                while not sem.acquire(timeout=0.2):
-                    if stop.is_set():
-                        return
-                yield x
+    def _guarded(
+        self, fn: Callable, items: list, chunksize: int, window: int | None, on_crash: Callable[[int | None], Any]
+    ) -> Iterator:
+        k = 0  # index of the next result to hand out
+        while k < len(items):
+            try:
+                for r in self._pool_imap(fn, items[k:], chunksize, window):
+                    yield r
+                    k += 1
+                return
+            except _WorkerDied as died:
+                # the lost task lies in the chunks in flight from k on: run those alone, then the pool again
+                suspects = items[k : k + chunksize * self.workers]
+                log.warning(
+                    "a worker process %s; running the %d task(s) in flight one at a time", died, len(suspects)
+                )
+                self._stop.set()
+                self.pool.terminate()
+                self.pool.join()
+                self._new_pool()
+                for item in suspects:
+                    yield self._alone(fn, item, on_crash)
+                    k += 1
 
-        def release(results: Iterator) -> Iterator:
-            for r in results:
-                sem.release()
+    def _pool_imap(self, fn: Callable, items: list, chunksize: int, window: int | None) -> Iterator:
+        # chunks are made here, not by Pool.imap (whose chunked form is a plain generator that cannot wait
+        # with a timeout): one pool task per chunk, its results a list
+        chunks: Iterator[list] = (items[i : i + chunksize] for i in range(0, len(items), chunksize))
+        sem, stop = None, self._stop
+        if window is not None:
+            sem = threading.BoundedSemaphore(max(window, 2 * chunksize * self.workers))
+
+            def throttled(chunks: Iterator[list] = chunks) -> Iterator[list]:
+                for chunk in chunks:  # runs in the pool's task-feeding thread
+                    for _ in chunk:
+                        while not sem.acquire(timeout=0.2):
+                            if stop.is_set():
+                                return
+                    yield chunk
+
+            chunks = throttled()
+        results = self.pool.imap(partial(_map_chunk, fn), chunks)
+        for _ in range(math.ceil(len(items) / chunksize)):
+            while True:
+                try:
+                    rs = results.next(timeout=self.POLL_S)
+                    break
+                except mp.TimeoutError:
+                    dead = [p for p in self.procs if p.exitcode is not None]
+                    if dead:
+                        raise _WorkerDied(dead[0].exitcode) from None
+            for r in rs:
+                if sem is not None:
+                    sem.release()
                 yield r
 
-        return release(self.pool.imap(fn, throttled(), chunksize=chunksize))
+    def _alone(self, fn: Callable, item: Any, on_crash: Callable[[int | None], Any]) -> Any:
+        """``fn(item)`` in a process of its own; ``on_crash(exitcode)`` if that process dies first."""
+        recv, send = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_send_result, args=(fn, item, send), daemon=True)
+        proc.start()
+        send.close()
+        try:
+            while True:
+                if recv.poll(self.POLL_S):
+                    try:
+                        return recv.recv()
+                    except EOFError:  # the process died while sending
+                        proc.join()
+                        return on_crash(proc.exitcode)
+                if proc.exitcode is not None and not recv.poll(0):
+                    return on_crash(proc.exitcode)
+        finally:
+            recv.close()
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
 
     def close(self) -> None:
         self._stop.set()
@@ -481,7 +594,9 @@ def _probe(
     bar = _bar(len(paths), "probe", progress)
     infos: list[_Info] = []
     ok: list[Track] = []
-    results = mapper.imap(partial(_probe_task, layout), paths, _chunksize(len(paths), mapper.workers, 64))
+    results = mapper.imap(
+        partial(_probe_task, layout), paths, _chunksize(len(paths), mapper.workers, 64), on_crash=_crash_reason
+    )
     for t, res in zip(tracks, results):
         bar.update()
         if isinstance(res, str):
@@ -853,6 +968,7 @@ def _write_shards(
         [(t["path"], OfflineAugment(**t["augment"]) if "augment" in t else None) for t in todo],
         chunk,
         window=max(64, 4 * chunk * mapper.workers),
+        on_crash=_crash_reason,
     )
     bar = _bar(len(todo), "decode", cfg.progress)
     try:

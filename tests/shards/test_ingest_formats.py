@@ -5,16 +5,21 @@ for the GTZAN (Kaggle copy) and FMA layouts."""
 from __future__ import annotations
 
 import csv
+import faulthandler
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from shards.audio import ignored_summary, load_audio
 from shards.format import encode_pcm
-from shards.ingest import IngestConfig, run_ingest
+from shards.ingest import IngestConfig, _crash_reason, _Mapper, run_ingest
 from shards.layouts import scan_source
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,3 +130,66 @@ def test_csv_layout_walks_nothing_so_ignores_nothing(tmp_path, clip_writer):
     m = run_ingest(IngestConfig(source=tmp_path / "list.csv", out=tmp_path / "out", workers=1, progress=False))
     assert m.manifest["ignored"] == {} and not m.manifest["skipped"]
     assert sum(e["tracks"] for e in m.manifest["splits"].values()) == 4
+
+
+def _square_or_die(x: int) -> int:
+    """A task that takes its own process down on two inputs, as a decoder crash or the OOM killer would."""
+    if x == 13:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if x == 27:
+        faulthandler.disable()  # pytest's traceback dump would only add noise
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return x * x
+
+
+def test_a_task_that_kills_its_worker_neither_hangs_the_pool_nor_costs_other_tasks():
+    mapper = _Mapper(2)
+    try:
+        for window in (None, 8):
+            got = list(mapper.imap(_square_or_die, range(40), chunksize=3, window=window, on_crash=_crash_reason))
+            want = [x * x for x in range(40)]
+            want[13] = "decoder crashed: the worker process decoding this file alone killed by SIGKILL (out of memory?)"
+            want[27] = "decoder crashed: the worker process decoding this file alone crashed with SIGSEGV"
+            assert got == want  # in order, every other task's own result
+    finally:
+        mapper.close()
+
+
+def test_make_shards_with_a_decode_worker_killed_mid_run_finishes_every_track(
+    tmp_path, clip_writer, shard_set_reader
+):
+    """The OOM killer takes a worker of a real make_shards run (offline augmentation keeps the decode phase
+    busy for seconds): the run goes on, the tracks in flight are decoded again, nothing is lost."""
+    psutil = pytest.importorskip("psutil")
+    src, out = tmp_path / "src", tmp_path / "out"
+    for label in ("a", "b"):
+        for i in range(6):
+            clip_writer(src / label / f"{i}.flac", seconds=1.0)
+    cmd = [sys.executable, str(TOOL), str(src), "--out", str(out), "--layout", "folder", "--workers", "2",
+           "--shard-size", "2", "--offline-augment", "0.9:1", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    try:
+        deadline = time.monotonic() + CLI_TIMEOUT_S
+        while killed is None and proc.poll() is None and time.monotonic() < deadline:
+            workers = psutil.Process(proc.pid).children()
+            if len(workers) >= 2 and any((out / ".ingest" / "done").glob("*.json")):
+                workers[0].kill()
+                killed = workers[0].pid
+            time.sleep(0.01)
+        stdout, stderr = proc.communicate(timeout=CLI_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert killed is not None, "the run ended before a worker could be killed"
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "a worker process killed by SIGKILL" in stderr
+    got = shard_set_reader(out)
+    metas = [meta for _, meta in got["samples"].values()]
+    originals = sorted(m["path"] for m in metas if "augment_of" not in m)
+    assert not got["manifest"]["skipped"]
+    assert originals == sorted(f"{label}/{i}.flac" for label in ("a", "b") for i in range(6))  # every track
+    n_train = sum(1 for m in metas if "augment_of" not in m and m["split"] == "train")
+    assert sum(1 for m in metas if "augment_of" in m) == n_train > 0  # and every augmented copy
