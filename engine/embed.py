@@ -114,9 +114,13 @@ class _Runner:
     """int16 windows ``[n, T]`` -> float32 embeddings ``[n, D]`` on the host: the eval-mode front end in float32,
     the backbone's named output under ``precision`` autocast."""
 
-    def __init__(self, model: GenreModel, name: str, device: torch.device, precision: str) -> None:
+    def __init__(
+        self, model: GenreModel, name: str, device: torch.device, precision: str, channels_last: bool = True
+    ) -> None:
         self.model, self.name, self.device = model.to(device), name, device
         self.dtype = AUTOCAST_DTYPES[precision]
+        if channels_last:  # NHWC conv weights: ~1.3x on CPU for musicnn, same numbers (as classify does)
+            model.backbone.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def __call__(self, windows: torch.Tensor) -> np.ndarray:
@@ -312,6 +316,7 @@ def embed(
     batch_size: int = 32,
     precision: str = "no",
     device: str | None = None,
+    channels_last: bool = True,
     progress: bool = True,
     command: str = "",
 ) -> dict[str, Any]:
@@ -320,7 +325,8 @@ def embed(
     ``checkpoint`` is a checkpoint file or a pretrained name (``musicnn:MSD_musicnn``); ``embedding`` a name of
     the backbone's :attr:`EMBEDDINGS` (default its ``DEFAULT_EMBEDDING``); ``hop_seconds`` the window hop
     (default one window); ``batch_size`` windows per forward pass; ``precision`` the backbone's autocast
-    (``no`` / ``bf16`` / ``fp16``; the front end is always float32). Under ``accelerate launch`` every process
+    (``no`` / ``bf16`` / ``fp16``; the front end is always float32); ``channels_last`` runs the backbone's convs
+    NHWC. Under ``accelerate launch`` every process
     embeds its share of the source shards. Returns ``{"out", "manifest" (main process), "written", "resumed",
     "windows", "tracks", "elapsed_s", "windows_per_s", "world_size", "rank"}`` (this process's counts).
     """
@@ -367,7 +373,7 @@ def embed(
             for url, n in fmt.split_shards(source, split, shards)]  # fmt: skip
     mine = [j for i, j in enumerate(k for k in jobs if k.split in wanted) if i % world == rank]
     todo = [j for j in mine if _done_record(out, j.name) is None]
-    runner = _Runner(model, name, dev, precision)
+    runner = _Runner(model, name, dev, precision, channels_last)
     bar = None
     if progress and state.is_main_process:
         from tqdm.auto import tqdm  # noqa: PLC0415
@@ -435,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
     p.add_argument("--precision", choices=PRECISIONS, default="no", help="autocast of the backbone")
     p.add_argument("--device", default=None, help="torch device (default: this process's accelerate device)")
+    p.add_argument(
+        "--no-channels-last", action="store_true", help="keep the backbone's conv weights NCHW (default: NHWC)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -450,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
             args.checkpoint, args.shards, args.out, embedding=args.embedding,
             splits=args.splits.split(",") if args.splits else None, hop_seconds=args.hop_seconds,
             batch_size=args.batch_size, precision=args.precision, device=args.device,
-            progress=not args.no_progress, command=" ".join(["python -m engine embed", *argv]),
+            channels_last=not args.no_channels_last, progress=not args.no_progress, command=" ".join(["python -m engine embed", *argv]),
         )  # fmt: skip
     except (EmbedError, CheckpointError, ConfigError, fmt.ManifestError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -67,8 +67,17 @@ class _Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 1, T, F) -> (B, C, T)
         x = F.pad(x, (0, 0, *self.time_pad))  # (B, 1, T + pads, F)
-        x = self.bn(torch.relu(self.conv(x)))  # (B, C, T, F')
-        return x.amax(dim=3)
+        z = self.conv(x)  # (B, C, T, F')
+        if self.bn.training:  # batch statistics over every band
+            return self.bn(torch.relu(z)).amax(dim=3)
+        # with running statistics BN is a per-channel affine a * x + b, and ReLU is monotone: take the band
+        # maximum (the minimum where a < 0, most of the checkpoints' channels) first, then ReLU and the affine
+        # on a result F' times smaller -- the same numbers, without two passes over the largest tensor
+        scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)  # (C,)
+        shift = self.bn.bias - self.bn.running_mean * scale
+        lo, hi = torch.aminmax(z, dim=3)  # (B, C, T) each
+        m = torch.where((scale < 0)[:, None], lo, hi)
+        return torch.relu(m) * scale[:, None] + shift[:, None]
 
 
 class _MidendConv(nn.Module):
