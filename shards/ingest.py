@@ -34,7 +34,6 @@ import random
 import re
 import shlex
 import shutil
-import signal
 import sys
 import threading
 from collections import Counter, defaultdict
@@ -72,6 +71,7 @@ from shards.layouts import (
     scan_source,
 )
 from shards.offline_augment import OfflineAugment
+from shards.procs import POLL_S, crash_reason, run_alone, worker_death
 from shards.splits import gtzan_filtered_lists, kfold, parse_ratios, stratified_splits
 from shards.writer import ShardWriter, shard_matches
 
@@ -246,34 +246,13 @@ def _decode_task(
         return f"decode failed ({type(err).__name__}: {err})"
 
 
-def _worker_death(exitcode: int | None) -> str:
-    """Words for a worker's exit code: ``killed by SIGKILL (out of memory?)``, ``crashed with SIGSEGV``."""
-    if exitcode is not None and exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return f"killed by {name} (out of memory?)" if name == "SIGKILL" else f"crashed with {name}"
-    return f"exited with status {exitcode}"
-
-
-def _crash_reason(exitcode: int | None) -> str:
-    """The skip reason of a track whose decode took its worker process down, even when tried alone."""
-    return f"decoder crashed: the worker process decoding this file alone {_worker_death(exitcode)}"
-
-
 def _map_chunk(fn: Callable, chunk: list) -> list:  # one pool task: a chunk of items
     return [fn(x) for x in chunk]
 
 
-def _send_result(fn: Callable, item: Any, conn: Any) -> None:  # the body of a one-item process
-    conn.send(fn(item))
-    conn.close()
-
-
 class _WorkerDied(Exception):
     def __init__(self, exitcode: int | None) -> None:
-        super().__init__(_worker_death(exitcode))
+        super().__init__(worker_death(exitcode))
         self.exitcode = exitcode
 
 
@@ -286,8 +265,6 @@ class _Mapper:
     of its own, so the one that takes its process down gets ``on_crash(exitcode)`` as its result (a skip
     reason) and every other task its normal result -- the job neither hangs nor stops.
     """
-
-    POLL_S = 0.5  # how often a wait for the next result looks at the workers
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -336,7 +313,7 @@ class _Mapper:
                 self.pool.join()
                 self._new_pool()
                 for item in suspects:
-                    yield self._alone(fn, item, on_crash)
+                    yield run_alone(fn, item, on_crash)
                     k += 1
 
     def _pool_imap(self, fn: Callable, items: list, chunksize: int, window: int | None) -> Iterator:
@@ -360,7 +337,7 @@ class _Mapper:
         for _ in range(math.ceil(len(items) / chunksize)):
             while True:
                 try:
-                    rs = results.next(timeout=self.POLL_S)
+                    rs = results.next(timeout=POLL_S)
                     break
                 except mp.TimeoutError:
                     dead = [p for p in self.procs if p.exitcode is not None]
@@ -370,29 +347,6 @@ class _Mapper:
                 if sem is not None:
                     sem.release()
                 yield r
-
-    def _alone(self, fn: Callable, item: Any, on_crash: Callable[[int | None], Any]) -> Any:
-        """``fn(item)`` in a process of its own; ``on_crash(exitcode)`` if that process dies first."""
-        recv, send = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=_send_result, args=(fn, item, send), daemon=True)
-        proc.start()
-        send.close()
-        try:
-            while True:
-                if recv.poll(self.POLL_S):
-                    try:
-                        return recv.recv()
-                    except EOFError:  # the process died while sending
-                        proc.join()
-                        return on_crash(proc.exitcode)
-                if proc.exitcode is not None and not recv.poll(0):
-                    return on_crash(proc.exitcode)
-        finally:
-            recv.close()
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
 
     def close(self) -> None:
         self._stop.set()
@@ -595,7 +549,7 @@ def _probe(
     infos: list[_Info] = []
     ok: list[Track] = []
     results = mapper.imap(
-        partial(_probe_task, layout), paths, _chunksize(len(paths), mapper.workers, 64), on_crash=_crash_reason
+        partial(_probe_task, layout), paths, _chunksize(len(paths), mapper.workers, 64), on_crash=crash_reason
     )
     for t, res in zip(tracks, results):
         bar.update()
@@ -968,7 +922,7 @@ def _write_shards(
         [(t["path"], OfflineAugment(**t["augment"]) if "augment" in t else None) for t in todo],
         chunk,
         window=max(64, 4 * chunk * mapper.workers),
-        on_crash=_crash_reason,
+        on_crash=crash_reason,
     )
     bar = _bar(len(todo), "decode", cfg.progress)
     try:

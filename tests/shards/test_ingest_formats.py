@@ -19,8 +19,9 @@ import pytest
 
 from shards.audio import ignored_summary, load_audio
 from shards.format import encode_pcm
-from shards.ingest import IngestConfig, _crash_reason, _Mapper, run_ingest
+from shards.ingest import IngestConfig, _Mapper, run_ingest
 from shards.layouts import scan_source
+from shards.procs import crash_reason
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "make_shards.py"
@@ -146,7 +147,7 @@ def test_a_task_that_kills_its_worker_neither_hangs_the_pool_nor_costs_other_tas
     mapper = _Mapper(2)
     try:
         for window in (None, 8):
-            got = list(mapper.imap(_square_or_die, range(40), chunksize=3, window=window, on_crash=_crash_reason))
+            got = list(mapper.imap(_square_or_die, range(40), chunksize=3, window=window, on_crash=crash_reason))
             want = [x * x for x in range(40)]
             want[13] = "decoder crashed: the worker process decoding this file alone killed by SIGKILL (out of memory?)"
             want[27] = "decoder crashed: the worker process decoding this file alone crashed with SIGSEGV"
