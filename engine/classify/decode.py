@@ -9,6 +9,7 @@ windows over in pieces of at most ``chunk_seconds``, so memory stays bounded for
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -100,9 +101,16 @@ def decode_track(
                 index, path, info, sample_rate, segment_samples, max_windows, per_piece, duration
             )
     except AudioError as err:
-        yield _error_piece(index, path, err.reason, segment_samples)
+        yield error_piece(index, path, err.reason, segment_samples)
     except (OSError, ValueError, RuntimeError, MemoryError) as err:  # decoder bugs must not stop the job
-        yield _error_piece(index, path, f"undecodable ({type(err).__name__}: {err})", segment_samples)
+        yield error_piece(index, path, f"undecodable ({type(err).__name__}: {err})", segment_samples)
+
+
+def decode_to_end(path: str, sample_rate: int, segment_samples: int, **kw: Any) -> None:
+    """Decode ``path`` as a worker does and drop the windows: run alone (:func:`shards.procs.run_alone`) to
+    learn whether the file takes its process down."""
+    for _ in decode_track(0, path, sample_rate, segment_samples, **kw):
+        pass
 
 
 def _peak(wins: np.ndarray) -> int:
@@ -185,7 +193,8 @@ def _chunked(
                     notes=notes if last else [])  # fmt: skip
 
 
-def _error_piece(index: int, path: str, reason: str, segment_samples: int) -> Piece:
+def error_piece(index: int, path: str, reason: str, segment_samples: int) -> Piece:
+    """The one piece of a file that gives no windows: status ``error`` and the reason."""
     empty = np.zeros((0, segment_samples), dtype=np.int16)
     return Piece(index, path, empty, np.zeros(0, dtype=np.int64), True, status="error", reason=reason)
 
@@ -196,7 +205,9 @@ class DecodeStream(IterableDataset):
     Input ``i`` belongs to rank ``i % world_size`` and, within it, to worker ``(i // world_size) %
     num_workers`` -- a deterministic split, so every file is decoded by exactly one worker of one rank.
     Paths in ``done`` (already in the output, for resume) are skipped. The owner of input 0 of rank 0 ends
-    its part with one :class:`IgnoredFiles`: the walk's count of the non-audio files it passed over.
+    its part with one :class:`IgnoredFiles`: the walk's count of the non-audio files it passed over. With
+    ``markers`` (a folder), each worker notes there the file it is about to decode (:func:`read_markers`),
+    so that a worker's death can be traced to its file.
     """
 
     def __init__(
@@ -212,12 +223,14 @@ class DecodeStream(IterableDataset):
         max_windows: int | None = None,
         pad: str = "zero",
         chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+        markers: str | None = None,
     ) -> None:
         super().__init__()
         self.paths, self.from_list = paths, from_list
         self.sample_rate, self.segment_samples = sample_rate, segment_samples
         self.rank, self.world_size, self.done = rank, world_size, done
         self.max_windows, self.pad, self.chunk_seconds = max_windows, pad, chunk_seconds
+        self.markers = markers
 
     def __iter__(self) -> Iterator[Piece]:
         info = get_worker_info()
@@ -228,12 +241,33 @@ class DecodeStream(IterableDataset):
         for i, path in enumerate(iter_inputs(self.paths, self.from_list, ignored=ignored)):
             if i % stride != mine or path in self.done:
                 continue
+            if self.markers is not None:
+                _mark(self.markers, f"rank{self.rank}-worker{wid}", i, path)
             yield from decode_track(
                 i, path, self.sample_rate, self.segment_samples,
                 max_windows=self.max_windows, pad=self.pad, chunk_seconds=self.chunk_seconds,
             )  # fmt: skip
         if mine == 0:
             yield IgnoredFiles(dict(ignored))
+
+
+def _mark(folder: str, name: str, index: int, path: str) -> None:
+    tmp = os.path.join(folder, f".{name}.tmp")
+    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as fh:
+        fh.write(f"{index}\t{path}")
+    os.replace(tmp, os.path.join(folder, name))  # whole or absent, whenever the worker dies
+
+
+def read_markers(folder: str) -> list[tuple[int, str]]:
+    """``(index, path)`` of the file each worker noted last (the one it was decoding, or had just sent)."""
+    found = []
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("."):
+            continue
+        with open(os.path.join(folder, name), encoding="utf-8", errors="surrogateescape") as fh:
+            index, path = fh.read().split("\t", 1)
+        found.append((int(index), path))
+    return found
 
 
 def pieces_as_they_come(x: Any) -> Any:

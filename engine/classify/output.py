@@ -116,13 +116,13 @@ class ResultSink:
         for rec in records:
             if rec["path"] in self.written:
                 continue
-            self.written.add(rec["path"])
+            self.writer.write(rec)
+            self.written.add(rec["path"])  # only once the line is out (a worker's death may interrupt)
             if rec["status"] == "ok":
                 self.ok += 1
                 self.seconds += rec["duration"] or 0.0
             else:
                 self.error += 1
-            self.writer.write(rec)
             self.new += 1
             if self.bar is not None:
                 el = max(time.perf_counter() - self.t0, 1e-9)

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from engine.classify.decode import DEFAULT_CHUNK_SECONDS, DecodeStream, IgnoredFiles, pieces_as_they_come
+from engine.classify.decode import (
+    DEFAULT_CHUNK_SECONDS,
+    DecodeStream,
+    IgnoredFiles,
+    decode_to_end,
+    error_piece,
+    pieces_as_they_come,
+    read_markers,
+)
 from engine.classify.output import (
     LineWriter,
     ResultSink,
@@ -21,15 +32,19 @@ from engine.classify.output import (
     output_format,
     part_file,
     part_files,
+    read_records,
     record_ignored,
     repair_tail,
     summarize,
 )
 from engine.classify.predictor import Predictor
 from engine.classify.tracks import TrackAverager
+from shards.procs import crash_reason, run_alone
 from shards.reader import default_num_workers
 
 logger = logging.getLogger(__name__)
+
+MAX_DECODE_RESTARTS = 10  # decode-worker deaths one run recovers from before it gives up
 
 
 def classify(
@@ -68,7 +83,9 @@ def classify(
 
     A file under a folder is an input when its name or its content says audio
     (:func:`shards.audio.is_audio_file`); every other file there is counted, not classified: ``ignored``
-    (``{".jpg": 9, ".txt": 3}``) in the summary and in ``OUT.run.json``, recounted by each run's walk.
+    (``{".jpg": 9, ".txt": 3}``) in the summary and in ``OUT.run.json``, recounted by each run's walk. A
+    decode worker that dies (the OOM killer, a crash in a native decoder) costs no line: fresh workers take
+    over, and a file that takes down a process decoding it alone gets an error line ("decoder crashed").
 
     Returns the summary (computed over the whole output file on the main process): ``files``, ``ok``,
     ``error``, ``errors_by_reason``, ``genres`` (top-1 histogram), ``audio_hours``, plus this run's
@@ -108,27 +125,43 @@ def classify(
 
     writer = LineWriter(out if world == 1 else part_file(out, rank), fmt, top_k, timeline)
     workers = default_num_workers(world, decode=True) if num_workers is None else num_workers
+    # where each decode worker notes the file it is on, so that a worker's death is traced to its file
+    markers = tempfile.mkdtemp(prefix="classify-decoding-") if workers > 0 else None
     stream = DecodeStream(
         paths, from_list, predictor.sample_rate, predictor.segment_samples, rank=rank, world_size=world,
-        done=done, max_windows=max_windows, pad=pad, chunk_seconds=chunk_seconds,
-    )  # fmt: skip
-    loader = DataLoader(
-        stream, batch_size=None, collate_fn=pieces_as_they_come, num_workers=workers,
-        prefetch_factor=2 if workers > 0 else None, persistent_workers=False,
+        done=done, max_windows=max_windows, pad=pad, chunk_seconds=chunk_seconds, markers=markers,
     )  # fmt: skip
     averager = TrackAverager(predictor, batch_size, top_k, timeline)
     sink = ResultSink(writer, _progress_bar(world) if progress and state.is_main_process else None)
     t0 = time.perf_counter()
     ignored: dict[str, int] = {}  # sent by the decode worker that owns input 0 of rank 0
     try:
-        for piece in loader:
-            if isinstance(piece, IgnoredFiles):
-                ignored = piece.counts
-                continue
-            sink.write(averager.add(piece))
+        for restart in range(MAX_DECODE_RESTARTS + 1):
+            loader = iter(DataLoader(
+                stream, batch_size=None, collate_fn=pieces_as_they_come, num_workers=workers,
+                prefetch_factor=2 if workers > 0 else None, persistent_workers=False,
+            ))  # fmt: skip
+            died = None
+            try:
+                for piece in loader:
+                    if isinstance(piece, IgnoredFiles):
+                        ignored = piece.counts
+                        continue
+                    sink.write(averager.add(piece))
+            except RuntimeError as err:
+                # torch raises this from the loader, or from its SIGCHLD handler anywhere in the loop
+                if markers is None or "DataLoader worker" not in str(err) or restart == MAX_DECODE_RESTARTS:
+                    raise
+                died = str(err)
+            del loader  # shuts the other workers down
+            if died is None:
+                break
+            _after_worker_death(died, stream, averager, sink, done, markers)
         sink.write(averager.flush())
     finally:
         sink.close()
+        if markers is not None:
+            shutil.rmtree(markers, ignore_errors=True)
     elapsed = time.perf_counter() - t0
 
     state.wait_for_everyone()
@@ -143,6 +176,30 @@ def classify(
                "main": True}  # fmt: skip
     state.wait_for_everyone()
     return summary
+
+
+def _after_worker_death(
+    died: str, stream: DecodeStream, averager: TrackAverager, sink: ResultSink, done: set[str], markers: str
+) -> None:
+    """A decode worker died (the OOM killer, a crash in a native decoder). The tracks it and the others were
+    on are decoded again by fresh workers; first each file a worker had noted is decoded alone, in a process
+    of its own, and one that takes that process down too gets its error line ("decoder crashed: ...")."""
+    logger.warning("%s; decoding the files in flight again (each first alone, to find a file that crashes)", died)
+    averager.restart()
+    # the lines on disk are the truth: the error may have come between a line's write and its bookkeeping
+    sink.written.update(r["path"] for r in read_records(sink.writer.path, sink.writer.fmt))
+    for index, path in read_markers(markers):
+        if path in sink.written or path in done:
+            continue
+        decode = partial(decode_to_end, sample_rate=stream.sample_rate, segment_samples=stream.segment_samples,
+                         max_windows=stream.max_windows, pad=stream.pad, chunk_seconds=stream.chunk_seconds)  # fmt: skip
+        reason = run_alone(decode, path, on_crash=crash_reason)
+        if reason is not None:
+            logger.error("%s: %s", path, reason)
+            sink.write(averager.add(error_piece(index, path, reason, stream.segment_samples)))
+    for name in os.listdir(markers):
+        os.remove(os.path.join(markers, name))
+    stream.done = done | sink.written
 
 
 def _check_options(

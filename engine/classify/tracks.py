@@ -76,6 +76,13 @@ class TrackAverager:
             done.append(self._finish(index, "error", INCOMPLETE))
         return done
 
+    def restart(self) -> None:
+        """The decode workers died (the error may have surfaced anywhere in the loop, even inside a batch):
+        forget the windows in the buffer and every unfinished track -- their pieces come again, from the
+        start. Records already returned stand."""
+        self.owners.clear()
+        self.tracks.clear()
+
     def _run_batch(self) -> list[dict[str, Any]]:
         n = len(self.owners)
         if n == 0:

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,44 @@ def test_chunked_decode_follows_the_decoded_length_not_the_header(
     assert np.abs(a - b).max() <= 2  # resampler rounding only: no zero padding, no shifted window
     assert chunked[-1].duration == pytest.approx(whole[-1].duration) == pytest.approx(decoded / SR, abs=1 / SR)
     assert not chunked[-1].notes and not whole[-1].notes
+
+
+def test_a_decode_worker_killed_mid_run_costs_no_line(tmp_path: Path, ckpt: Path) -> None:
+    """The OOM killer takes a DataLoader decode worker of a real classify run: the run goes on with fresh
+    workers, the files in flight are decoded again, every file gets exactly its one line."""
+    psutil = pytest.importorskip("psutil")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        sf.write(lib / f"{i:02d}.wav", (0.2 * rng.standard_normal((3 * SR, 2))).astype(np.float32), SR)
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "engine", "classify", str(ckpt), str(lib), "--out", str(out), "--num-workers", "2",
+           "--batch-size", "1", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    try:
+        deadline = time.monotonic() + CLI_TIMEOUT_S
+        while killed is None and proc.poll() is None and time.monotonic() < deadline:
+            workers = psutil.Process(proc.pid).children()
+            if len(workers) >= 2 and out.exists() and out.stat().st_size > 0:
+                workers[0].kill()
+                killed = workers[0].pid
+            time.sleep(0.01)
+        stdout, stderr = proc.communicate(timeout=CLI_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert killed is not None, "the run ended before a worker could be killed"
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f"DataLoader worker (pid {killed})" in stderr or f"pid(s) {killed}" in stderr
+    recs = list(read_records(out, "jsonl"))
+    assert sorted(r["path"] for r in recs) == sorted(str(p) for p in lib.iterdir())  # each file exactly once
+    assert all(r["status"] == "ok" and r["windows"] == 3 for r in recs)
+    ref = tmp_path / "ref.jsonl"
+    classify(ckpt, [lib], ref, num_workers=0, batch_size=1, progress=False)
+    want = {r["path"]: _probs(r) for r in read_records(ref, "jsonl")}
+    for r in recs:  # the re-decoded files score as an undisturbed run scores them
+        assert _probs(r).keys() == want[r["path"]].keys()
+        assert all(abs(p - want[r["path"]][k]) < 1e-6 for k, p in _probs(r).items())
