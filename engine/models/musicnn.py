@@ -67,17 +67,25 @@ class _Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 1, T, F) -> (B, C, T)
         x = F.pad(x, (0, 0, *self.time_pad))  # (B, 1, T + pads, F)
-        z = self.conv(x)  # (B, C, T, F')
         if self.bn.training:  # batch statistics over every band
-            return self.bn(torch.relu(z)).amax(dim=3)
-        # with running statistics BN is a per-channel affine a * x + b, and ReLU is monotone: take the band
-        # maximum (the minimum where a < 0, most of the checkpoints' channels) first, then ReLU and the affine
-        # on a result F' times smaller -- the same numbers, without two passes over the largest tensor
+            return self.bn(torch.relu(self.conv(x))).amax(dim=3)  # (B, C, T, F') -> (B, C, T)
+        return self._eval_forward(x)
+
+    def _eval_forward(self, x: Tensor) -> Tensor:  # (B, 1, T', F) padded -> (B, C, T)
+        # With running statistics BN is a per-channel affine a * x + b, and ReLU is monotone: the band maximum
+        # can be taken first (the minimum where a < 0, most of the checkpoints' channels), then ReLU and the
+        # affine on a result F' times smaller -- the same numbers without two passes over the largest tensor.
+        # The minimum is the maximum of the negated filter's output: one reduction for every channel.
         scale = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)  # (C,)
         shift = self.bn.bias - self.bn.running_mean * scale
-        lo, hi = torch.aminmax(z, dim=3)  # (B, C, T) each
-        m = torch.where((scale < 0)[:, None], lo, hi)
-        return torch.relu(m) * scale[:, None] + shift[:, None]
+        sign = torch.where(scale < 0, -1.0, 1.0).to(scale.dtype)  # (C,)
+        w = self.conv.weight * sign[:, None, None, None]
+        z = F.conv2d(x, w, self.conv.bias * sign)  # (B, C, T, F'), sign-flipped channels
+        if z.is_contiguous(memory_format=torch.channels_last):  # reduce over W as a contiguous NHWC view
+            top = z.permute(0, 2, 3, 1).amax(dim=2).transpose(1, 2)  # (B, C, T); ~5x faster than amax(3) here
+        else:
+            top = z.amax(dim=3)
+        return torch.relu(top * sign[:, None]) * scale[:, None] + shift[:, None]
 
 
 class _MidendConv(nn.Module):
