@@ -15,19 +15,29 @@ import dataclasses
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+from accelerate.logging import get_logger
 
 from engine.checkpoint import CheckpointError
 from engine.config import ConfigError
 from engine.train import TrainConfig, config_from_args, saved_state_dir, train
 from shards.format import ManifestError, load_manifest
 
+logger = get_logger(__name__)
+
+# metrics.json levels -> flat prefixes; the two track aggregates (mean_prob, the headline, and mean_logprob)
+# both appear, whichever of them ``track`` holds
+METRIC_LEVELS = ("segment", "track", "track_mean_prob", "track_mean_logprob", "track_vote")
+
 
 def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """``{"segment": {"accuracy": ..}, "track": {..}}`` -> ``{"segment_accuracy": .., ...}`` (scalars only)."""
+    """``{"segment": {"accuracy": ..}, "track": {..}, "track_mean_logprob": {..}}`` -> ``{"segment_accuracy":
+    .., "track_mean_logprob_accuracy": .., ...}`` (scalars only, every level of :data:`METRIC_LEVELS`)."""
     flat: dict[str, float] = {}
-    for level in ("segment", "track", "track_vote"):
+    for level in METRIC_LEVELS:
         for k, v in (metrics.get(level) or {}).items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("n", "support"):
                 flat[f"{level}_{k}"] = float(v)
@@ -64,7 +74,10 @@ def mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 
 def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = None) -> dict[str, Any]:
-    """Train and evaluate one model per fold; returns ``{folds: [...], summary: {metric: {mean, std}}}``."""
+    """Train and evaluate one model per fold; returns ``{folds: [...], summary: {metric: {mean, std}},
+    train_seconds_total}``. Each fold's row has its test metrics (flat, :func:`flatten_metrics`), ``best_epoch``,
+    ``parameters`` and ``train_seconds`` (wall seconds of ``train`` for that fold, validation included; a fold
+    resumed after an interruption counts only the resumed part). std is the population std over folds."""
     manifest = load_manifest(cfg.data.shards)
     k_available = int(manifest.get("folds") or 0)
     if k_available < 2:
@@ -88,25 +101,56 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = No
             data=dataclasses.replace(cfg.data, holdout_fold=fold),
             run=dataclasses.replace(cfg.run, out_dir=str(run_dir), resume=resume),
         )
+        t0 = time.perf_counter()
         summary = train(fold_cfg)
+        train_seconds = time.perf_counter() - t0
         metrics = evaluate_best(cfg, summary["best_checkpoint"], cfg.data.train_split, fold_dir / "eval", fold=fold)
-        row = {"fold": fold, **flatten_metrics(metrics), "best_epoch": summary["best_epoch"]}
+        row = {
+            "fold": fold,
+            **flatten_metrics(metrics),
+            "best_epoch": summary["best_epoch"],
+            "parameters": summary["parameters"],
+            "train_seconds": train_seconds,
+        }
         fold_dir.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(row, indent=2))
         rows.append(row)
-    result = {"folds": rows, "summary": mean_std([{k: v for k, v in r.items() if k != "fold"} for r in rows])}
+        logger.info(
+            f"fold {fold + 1}/{k}: track accuracy {100 * row.get('track_accuracy', float('nan')):.1f}% "
+            f"(best epoch {row['best_epoch']}), trained in {train_seconds:.0f} s",
+            main_process_only=True,
+        )
+    result = {
+        "folds": rows,
+        "summary": mean_std([{k: v for k, v in r.items() if k != "fold"} for r in rows]),
+        "train_seconds_total": sum(r.get("train_seconds", 0.0) for r in rows),
+    }
     (out_dir / "cv.json").write_text(json.dumps(result, indent=2))
     (out_dir / "cv.md").write_text(cv_markdown(result))
     return result
 
 
+CV_COLUMNS = (
+    "segment_accuracy", "segment_macro_f1", "track_accuracy", "track_macro_f1",
+    "track_mean_prob_accuracy", "track_mean_logprob_accuracy",
+)  # fmt: skip
+
+
 def cv_markdown(result: dict[str, Any]) -> str:
-    cols = [c for c in ("segment_accuracy", "segment_macro_f1", "track_accuracy", "track_macro_f1") if c in result["summary"]]
-    lines = ["# Cross-validation", "", "| fold | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for r in result["folds"]:
-        lines.append(f"| {r['fold']} | " + " | ".join(f"{100 * r[c]:.1f}%" for c in cols) + " |")
+    """Per-fold rows and the mean ± std row; ``track_*`` is the run's ``eval.track_aggregate``, the
+    ``track_mean_prob_*`` / ``track_mean_logprob_*`` columns are each aggregate; ``train s`` per fold."""
     s = result["summary"]
-    lines.append("| **mean ± std** | " + " | ".join(f"**{100 * s[c]['mean']:.1f} ± {100 * s[c]['std']:.1f}%**" for c in cols) + " |")
+    cols = [c for c in CV_COLUMNS if c in s]
+    timed = "train_seconds" in s
+    head = cols + (["train s"] if timed else [])
+    lines = ["# Cross-validation", "", "| fold | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for r in result["folds"]:
+        cells = [f"{100 * r[c]:.1f}%" for c in cols] + ([f"{r['train_seconds']:.0f}"] if timed else [])
+        lines.append(f"| {r['fold']} | " + " | ".join(cells) + " |")
+    cells = [f"**{100 * s[c]['mean']:.1f} ± {100 * s[c]['std']:.1f}%**" for c in cols]
+    if timed:
+        cells.append(f"**{s['train_seconds']['mean']:.0f} ± {s['train_seconds']['std']:.0f}** (total {result['train_seconds_total']:.0f})")
+    lines.append("| **mean ± std** | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
