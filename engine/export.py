@@ -67,18 +67,22 @@ _ONNX_LOG_LEVELS = {
 class ProbabilityModel(nn.Module):
     """Eval-mode :class:`~engine.models.GenreModel` without augmentation, returning probabilities.
 
-    ``forward(wave float32 [B, T] in [-1, 1]) -> float32 [B, K]`` (softmax over the K genres).
+    ``forward(wave float32 [B, T] in [-1, 1]) -> float32 [B, K]``: a softmax over the K genres, or for a
+    multi-label tag model (checkpoint ``extra["multi_label"]``, the pretrained musicnn models) each tag's own
+    sigmoid, as ``classify`` scores the checkpoint itself.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, multi_label: bool = False) -> None:
         super().__init__()
         strip = getattr(model, "strip_augmentation", None)
         if callable(strip):
             model = strip()
         self.model = model.eval()
+        self.multi_label = multi_label
 
     def forward(self, wave: Tensor) -> Tensor:
-        return torch.softmax(self.model(wave).float(), dim=-1)
+        logits = self.model(wave).float()
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
 
 
 class ExportError(RuntimeError):
@@ -94,9 +98,17 @@ def _meta(ckpt: dict[str, Any], window_samples: int) -> dict[str, Any]:
         "window_samples": int(window_samples),
         "arch": ckpt.get("arch"),
         "config": ckpt.get("config"),
+        "extra": ckpt.get("extra") or {},  # multi_label / label_kind / tag_groups of tag models
         "input": "wave float32 [B, T] in [-1, 1] at sample_rate Hz",
-        "output": "probabilities float32 [B, K] in label order",
+        "output": "per-tag sigmoid scores float32 [B, K] in label order"
+        if _multi_label(ckpt)
+        else "probabilities float32 [B, K] in label order",
     }
+
+
+def _multi_label(ckpt: dict[str, Any]) -> bool:
+    extra = ckpt.get("extra")
+    return isinstance(extra, dict) and bool(extra.get("multi_label"))
 
 
 def _check_inputs(batch: int, window_samples: int, seed: int = 0) -> Tensor:
@@ -172,7 +184,7 @@ def _export_onnx(
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                legacy = ProbabilityModel(_onnx_friendly(model, ckpt)).eval()
+                legacy = ProbabilityModel(_onnx_friendly(model, ckpt), multi_label=wrapper.multi_label).eval()
                 torch.onnx.export(
                     legacy, (example,), str(out), dynamo=False, opset_version=ONNX_LEGACY_OPSET,
                     input_names=["wave"], output_names=["probs"],
@@ -255,8 +267,8 @@ def export_model(
     """Export ``checkpoint`` to ``out`` as ``fmt`` (``"export"``, ``"onnx"`` or ``"torchscript"``) and verify it.
 
     Args:
-        window_samples: input length T the graph is traced at (default: the checkpoint's
-            ``segment_samples``); the exported graph is verified at that length, other lengths may work
+        window_samples: input length T the graph is traced at (default: the checkpoint's evaluation window
+            ``window_samples``, else its training crop ``segment_samples``); the exported graph is verified at that length, other lengths may work
             but are not checked.
         tolerance: the largest allowed ``|p_exported - p_eager|`` on the check batch.
         check_batch: waveforms in the verification batch (a different batch size than the trace's 2, so a
@@ -276,10 +288,12 @@ def export_model(
         raise ValueError(f"--out {out}: torch.export archives are .pt2 files (torch.export.load expects the name)")
     check_input_kind(checkpoint)
     model, ckpt = load_model(checkpoint, "cpu")
-    window = int(ckpt["segment_samples"] if window_samples is None else window_samples)
+    # default: the evaluation window the checkpoint was validated at (``window_samples``), else the crop
+    default_window = ckpt.get("window_samples") or ckpt["segment_samples"]
+    window = int(default_window if window_samples is None else window_samples)
     if window < 1:
         raise ValueError(f"window_samples must be >= 1, got {window}")
-    wrapper = ProbabilityModel(model).eval()
+    wrapper = ProbabilityModel(model, multi_label=_multi_label(ckpt)).eval()
     meta = _meta(ckpt, window)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -347,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output file (.pt2 for export, .onnx for ONNX, .ts for TorchScript)")
     p.add_argument(
-        "--window-samples", type=int, default=None, help="input length T (default: segment_samples)"
+        "--window-samples", type=int, default=None, help="input length T in samples (default: the checkpoint's evaluation window, else its training crop)"
     )
     p.add_argument(
         "--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max abs probability difference"

@@ -275,3 +275,31 @@ def test_model_file_kinds_are_told_apart_by_content(tmp_path: Path, ckpt: Path) 
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a model")
     assert model_file_kind(junk) == "checkpoint"  # load_model then says what is wrong with it
+
+
+def test_a_multi_label_tag_model_exports_per_tag_sigmoids_not_a_softmax(tmp_path: Path, ckpt: Path) -> None:
+    # the tiny CNN marked as a tag model the way converted musicnn checkpoints are (extra.multi_label)
+    tagged = torch.load(ckpt, weights_only=True)
+    tagged["extra"] = {"multi_label": True, "label_kind": "tags"}
+    torch.save(tagged, tmp_path / "tags.pt")
+    out = tmp_path / "tags.pt2"
+    res = export_model(tmp_path / "tags.pt", "export", out)
+    assert res["verified"] and res["max_abs_diff"] <= 1e-4
+    program = torch.export.load(str(out))
+    x = waves(3, seed=7)
+    model, _ = load_model(tmp_path / "tags.pt", "cpu")
+    with torch.no_grad():
+        got, ref = program.module()(x), torch.sigmoid(model(x))
+    assert (got - ref).abs().max().item() < 1e-5
+    assert not torch.allclose(got.sum(-1), torch.ones(3), atol=1e-3)  # not a distribution over labels
+    with zipfile.ZipFile(out) as zf:
+        meta = json.loads(next(zf.read(n) for n in zf.namelist() if n.endswith("genre_meta.json")))
+    assert meta["extra"]["multi_label"] is True and "sigmoid" in meta["output"]
+
+
+def test_the_export_window_defaults_to_the_checkpoints_evaluation_window(tmp_path: Path, ckpt: Path) -> None:
+    longer = torch.load(ckpt, weights_only=True)
+    longer["window_samples"] = 2 * SEG  # validated on windows twice the training crop
+    torch.save(longer, tmp_path / "long.pt")
+    res = export_model(tmp_path / "long.pt", "export", tmp_path / "long.pt2")
+    assert res["window_samples"] == 2 * SEG and res["segment_samples"] == SEG
