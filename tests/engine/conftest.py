@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,3 +63,13 @@ def tiny_checkpoint(path: Path, labels: list[str], sample_rate: int, segment_sam
 def make_tiny_checkpoint() -> Callable[..., Path]:
     """:func:`tiny_checkpoint` for tests and module-scoped fixtures."""
     return tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def pretrained_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private cache of converted pretrained checkpoints for the session: each model converts on first use,
+    as on a user's first run, and the tests that need it share the conversion."""
+    root = tmp_path_factory.mktemp("pretrained-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GENRE_ENGINE_CACHE", str(root))
+        yield root

@@ -26,15 +26,6 @@ FILE_SR = 22050  # the files' rate: classify resamples to the model's 16 kHz whi
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Converted checkpoints go to a private cache (conversion on first use, as a user's first run does)."""
-    root = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GENRE_ENGINE_CACHE", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def music(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three clips: shorter than one 2.98-s window, two windows, three windows; plus one file that is not audio."""
     root = tmp_path_factory.mktemp("music")
@@ -60,7 +51,7 @@ def direct_scores(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def all_tags(cache: Path, music: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def all_tags(pretrained_cache: Path, music: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("out") / "tags.jsonl"
     summary = classify(SPEC, [music], out, top_k=50, num_workers=0, progress=False)
     return out, summary

@@ -33,14 +33,6 @@ SECONDS = 4.6  # two windows of 2.98 s per track: one at 0, one end-aligned over
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GENRE_ENGINE_CACHE", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 genres x 8 clips x 4.6 s at 22.05 kHz, stratified train/valid/test, 2 folds."""
     from shards.ingest import IngestConfig, run_ingest
@@ -55,7 +47,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def emb(cache: Path, source: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def emb(pretrained_cache: Path, source: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("emb") / "emb"
     return out, embed(SPEC, source, out, batch_size=16, progress=False)
 

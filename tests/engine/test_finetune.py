@@ -29,14 +29,6 @@ HEAD = ("backbone.classifier.weight", "backbone.classifier.bias")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GENRE_ENGINE_CACHE", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 genres x 4 clips x 3 s at 22.05 kHz (one 2.98-s window each)."""
     from shards.ingest import IngestConfig, run_ingest
@@ -65,7 +57,7 @@ def moved(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefixes: list
     return {k: not torch.equal(a[k], b[k]) for k in a if k.startswith(stems) and a[k].is_floating_point()}
 
 
-def test_finetune_gets_the_genre_head_and_freezes_then_trains_the_pretrained_layers(cache, shards, tmp_path):
+def test_finetune_gets_the_genre_head_and_freezes_then_trains_the_pretrained_layers(pretrained_cache, shards, tmp_path):
     """Epoch 0 with every pretrained layer frozen: the run starts from (and keeps) each pretrained tensor, only the
     new 3-genre head learns. Resumed for epoch 1 past ``freeze_epochs``: everything trains, the pretrained layers
     at a tenth of the head's rate, per the optimiser's saved groups."""
@@ -98,7 +90,7 @@ def test_finetune_gets_the_genre_head_and_freezes_then_trains_the_pretrained_lay
     assert len(opt1["state"]) == 2 + 40
 
 
-def test_param_groups_put_loaded_weights_at_the_scaled_rate_and_schedules_keep_the_ratio(cache) -> None:
+def test_param_groups_put_loaded_weights_at_the_scaled_rate_and_schedules_keep_the_ratio(pretrained_cache) -> None:
     model = build_model(model_config("MSD_musicnn"), 4, 22050, 65621)
     loaded = init_from(model, SPEC)["loaded"]
     cfg = OptimConfig(lr=0.01, pretrained_lr_scale=0.1, schedule="onecycle", epochs=2)
@@ -120,7 +112,7 @@ def test_param_groups_put_loaded_weights_at_the_scaled_rate_and_schedules_keep_t
         assert pre == pytest.approx(0.1 * new), schedule
 
 
-def test_freezer_checks_its_settings_and_keeps_frozen_batchnorms_in_eval_mode(cache) -> None:
+def test_freezer_checks_its_settings_and_keeps_frozen_batchnorms_in_eval_mode(pretrained_cache) -> None:
     model = build_model(model_config("MSD_musicnn"), 3, 16000, 47616)
     with pytest.raises(ConfigError, match="needs run.freeze"):
         Freezer(model, [], 2)
@@ -138,7 +130,7 @@ def test_freezer_checks_its_settings_and_keeps_frozen_batchnorms_in_eval_mode(ca
     assert model.backbone.midend[0].bn.training
 
 
-def test_init_from_refuses_a_checkpoint_trained_on_another_input(cache, tmp_path, make_tiny_checkpoint) -> None:
+def test_init_from_refuses_a_checkpoint_trained_on_another_input(pretrained_cache, tmp_path, make_tiny_checkpoint) -> None:
     logmel = from_dict(ModelConfig, {"arch": "musicnn", "features": {"features": ["logmel"], "n_fft": 512,
                                                                       "hop_length": 256, "n_mels": 96}})  # fmt: skip
     with pytest.raises(CheckpointError, match=r"another input \(features \['musicnn'\] vs \['logmel'\]"):
