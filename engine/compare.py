@@ -231,7 +231,7 @@ def cv_row(name: str, cfg: TrainConfig, row_dir: Path) -> dict[str, Any]:
             continue
         row[key], row[f"{key}_std"] = ms["mean"], ms["std"]
     row.update(
-        parameters=int(folds[0].get("parameters", 0)),
+        parameters=folds[0].get("parameters"),  # None: folds from a cv run that predates the field
         folds=len(folds),
         fold_track_accuracy=[f.get("track_accuracy") for f in folds],
         fold_train_seconds=[f.get("train_seconds") for f in folds],
@@ -268,9 +268,9 @@ def cv_comparison_markdown(rows: list[dict[str, Any]]) -> str:
         cells = [r["model"], r["arch"], r["features"]]
         cells += [f"{100 * r[c]:.1f} ± {100 * r[c + '_std']:.1f}%" if c in r else "-" for c, _ in cols]
         cells.append(" / ".join("-" if a is None else f"{100 * a:.1f}" for a in r["fold_track_accuracy"]))
-        cells.append(f"{r['parameters']:,}")
+        cells.append("-" if r["parameters"] is None else f"{r['parameters']:,}")
         cells.append(" / ".join("-" if t is None else f"{t:.0f}" for t in r["fold_train_seconds"]))
-        cells.append(f"{r['train_seconds_total']:.0f}")
+        cells.append("-" if None in r["fold_train_seconds"] else f"{r['train_seconds_total']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
