@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -267,3 +269,34 @@ def write_mixed_library(root: str | Path) -> dict:
 def mixed_library_writer():
     """The :func:`write_mixed_library` function."""
     return write_mixed_library
+
+
+def kill_a_worker_mid_run(
+    cmd: list[str], env: dict[str, str], ready: Callable[[], bool], timeout: float
+) -> tuple[int | None, int, str, str]:
+    """Run ``cmd`` and SIGKILL its first child process once it has two and ``ready()`` holds (the OOM killer
+    taking a decode worker mid-run). Returns ``(killed pid or None, returncode, stdout, stderr)``."""
+    import psutil  # accelerate's dependency
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    try:
+        deadline = time.monotonic() + timeout
+        while killed is None and proc.poll() is None and time.monotonic() < deadline:
+            workers = psutil.Process(proc.pid).children()
+            if len(workers) >= 2 and ready():
+                workers[0].kill()
+                killed = workers[0].pid
+            time.sleep(0.01)
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return killed, proc.returncode, stdout, stderr
+
+
+@pytest.fixture(scope="session")
+def worker_killer() -> Callable[..., tuple[int | None, int, str, str]]:
+    """:func:`kill_a_worker_mid_run` for tests."""
+    return kill_a_worker_mid_run

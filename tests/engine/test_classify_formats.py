@@ -8,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -149,10 +148,9 @@ def test_chunked_decode_follows_the_decoded_length_not_the_header(
     assert not chunked[-1].notes and not whole[-1].notes
 
 
-def test_a_decode_worker_killed_mid_run_costs_no_line(tmp_path: Path, ckpt: Path) -> None:
+def test_a_decode_worker_killed_mid_run_costs_no_line(tmp_path: Path, ckpt: Path, worker_killer) -> None:
     """The OOM killer takes a DataLoader decode worker of a real classify run: the run goes on with fresh
     workers, the files in flight are decoded again, every file gets exactly its one line."""
-    psutil = pytest.importorskip("psutil")
     lib = tmp_path / "lib"
     lib.mkdir()
     rng = np.random.default_rng(0)
@@ -161,23 +159,11 @@ def test_a_decode_worker_killed_mid_run_costs_no_line(tmp_path: Path, ckpt: Path
     out = tmp_path / "out.jsonl"
     cmd = [sys.executable, "-m", "engine", "classify", str(ckpt), str(lib), "--out", str(out), "--num-workers", "2",
            "--batch-size", "1", "--no-progress"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed = None
-    try:
-        deadline = time.monotonic() + CLI_TIMEOUT_S
-        while killed is None and proc.poll() is None and time.monotonic() < deadline:
-            workers = psutil.Process(proc.pid).children()
-            if len(workers) >= 2 and out.exists() and out.stat().st_size > 0:
-                workers[0].kill()
-                killed = workers[0].pid
-            time.sleep(0.01)
-        stdout, stderr = proc.communicate(timeout=CLI_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    killed, returncode, stdout, stderr = worker_killer(
+        cmd, _env(), lambda: out.exists() and out.stat().st_size > 0, CLI_TIMEOUT_S
+    )
     assert killed is not None, "the run ended before a worker could be killed"
-    assert proc.returncode == 0, stderr[-3000:]
+    assert returncode == 0, stderr[-3000:]
     assert f"DataLoader worker (pid {killed})" in stderr or f"pid(s) {killed}" in stderr
     recs = list(read_records(out, "jsonl"))
     assert sorted(r["path"] for r in recs) == sorted(str(p) for p in lib.iterdir())  # each file exactly once

@@ -12,10 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import pytest
 
 from shards.audio import ignored_summary, load_audio
 from shards.format import encode_pcm
@@ -157,11 +154,10 @@ def test_a_task_that_kills_its_worker_neither_hangs_the_pool_nor_costs_other_tas
 
 
 def test_make_shards_with_a_decode_worker_killed_mid_run_finishes_every_track(
-    tmp_path, clip_writer, shard_set_reader
+    tmp_path, clip_writer, shard_set_reader, worker_killer
 ):
     """The OOM killer takes a worker of a real make_shards run (offline augmentation keeps the decode phase
     busy for seconds): the run goes on, the tracks in flight are decoded again, nothing is lost."""
-    psutil = pytest.importorskip("psutil")
     src, out = tmp_path / "src", tmp_path / "out"
     for label in ("a", "b"):
         for i in range(6):
@@ -169,23 +165,11 @@ def test_make_shards_with_a_decode_worker_killed_mid_run_finishes_every_track(
     cmd = [sys.executable, str(TOOL), str(src), "--out", str(out), "--layout", "folder", "--workers", "2",
            "--shard-size", "2", "--offline-augment", "0.9:1", "--no-progress"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed = None
-    try:
-        deadline = time.monotonic() + CLI_TIMEOUT_S
-        while killed is None and proc.poll() is None and time.monotonic() < deadline:
-            workers = psutil.Process(proc.pid).children()
-            if len(workers) >= 2 and any((out / ".ingest" / "done").glob("*.json")):
-                workers[0].kill()
-                killed = workers[0].pid
-            time.sleep(0.01)
-        stdout, stderr = proc.communicate(timeout=CLI_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    killed, returncode, stdout, stderr = worker_killer(
+        cmd, env, lambda: any((out / ".ingest" / "done").glob("*.json")), CLI_TIMEOUT_S
+    )
     assert killed is not None, "the run ended before a worker could be killed"
-    assert proc.returncode == 0, stderr[-3000:]
+    assert returncode == 0, stderr[-3000:]
     assert "a worker process killed by SIGKILL" in stderr
     got = shard_set_reader(out)
     metas = [meta for _, meta in got["samples"].values()]
