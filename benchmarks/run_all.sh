@@ -22,3 +22,9 @@ else
   run benchmarks/bench_train.py --workers 0 ${q:+--quick}
 fi
 run benchmarks/bench_classify.py $q
+# the original TensorFlow musicnn runs from a TF venv (GENRE_ENGINE_TF_PYTHON); the lent GPUs have none
+if [ "$dev" = cuda ]; then
+  run benchmarks/bench_pretrained.py $q --device cuda --precision bf16 --skip-tf
+else
+  run benchmarks/bench_pretrained.py $q
+fi
