@@ -16,13 +16,8 @@ from engine.models.stats import Stats, pooled_statistics
 SR = 22050
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: intra-op threads cost more than they give."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# two cores shared with DataLoader and subprocesses: intra-op threads cost more than they give
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def backbone(in_shape: tuple[int, int, int], num_classes: int = 3, **params) -> Stats:

@@ -38,13 +38,8 @@ def quick_config(shards: Path, out: Path, *extra: str) -> TrainConfig:
     return load_config(TrainConfig, None, [f"data.shards={shards}", f"run.out_dir={out}", *QUICK, *extra])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # two cores shared with DataLoader and subprocesses: oversubscribed threads make steps 50x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# two cores shared with DataLoader and subprocesses: intra-op threads cost more than they give
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------- config
