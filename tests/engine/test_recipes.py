@@ -17,7 +17,9 @@ from engine.config import ConfigError, load_config
 from engine.ema import EMA
 from engine.train import OptimConfig, TrainConfig, make_scheduler, train
 from tests.engine.test_evaluate import _free_port
-from tests.engine.test_train import _one_thread, quick_config  # noqa: F401  (_one_thread: autouse)
+from tests.engine.test_train import quick_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models on 2 shared cores
 
 ROOT = Path(__file__).resolve().parents[2]
 
