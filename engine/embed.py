@@ -274,15 +274,9 @@ def _build_manifest(source: dict[str, Any], out: Path, jobs: list[_ShardJob], id
             continue
         entry = {"tracks": 0, "seconds": 0.0, "windows": 0, "per_label": dict.fromkeys(labels, 0), "shards": []}
         for rec in recs:
-            skipped.extend(rec["skipped"])
-            if rec["shard"] is None:
-                continue
-            entry["shards"].append(rec["shard"])
-            entry["tracks"] += rec["shard"]["samples"]
-            entry["seconds"] += rec["seconds"]
-            entry["windows"] += rec["windows"]
-            for lab, n in rec["per_label"].items():
-                entry["per_label"][lab] = entry["per_label"].get(lab, 0) + n
+            fmt.add_shard_record(entry, rec, skipped)
+            if rec["shard"] is not None:
+                entry["windows"] += rec["windows"]
         entry["seconds"] = round(entry["seconds"], 6)
         splits[split] = entry
     rate = int(source["sample_rate"])

@@ -142,3 +142,17 @@ def split_shards(manifest: dict[str, Any], split: str, shard_dir: str | Path) ->
         raise KeyError(f"split {split!r} not in shard set (has {sorted(manifest['splits'])})")
     entries = manifest["splits"][split]["shards"]
     return [(str(Path(shard_dir) / e["name"]), int(e["samples"])) for e in entries]
+
+
+def add_shard_record(entry: dict[str, Any], rec: dict[str, Any], skipped: list) -> None:
+    """Add one written shard's record (``shard``, ``seconds``, ``per_label``, ``skipped``) to a manifest split
+    ``entry`` (``tracks``, ``seconds``, ``per_label``, ``shards``) and its skips to ``skipped``; a record whose
+    shard holds nothing (``shard`` None) adds only its skips. Shared by ingest and embed."""
+    skipped.extend(rec["skipped"])
+    if rec["shard"] is None:
+        return
+    entry["shards"].append(rec["shard"])
+    entry["tracks"] += rec["shard"]["samples"]
+    entry["seconds"] += rec["seconds"]
+    for lab, n in rec["per_label"].items():
+        entry["per_label"][lab] = entry["per_label"].get(lab, 0) + n

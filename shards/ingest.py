@@ -52,6 +52,7 @@ from shards.format import (
     META_EXT,
     PCM_EXT,
     SPLITS,
+    add_shard_record,
     decode_meta,
     encode_meta,
     encode_pcm,
@@ -989,15 +990,7 @@ def _build_manifest(
     skipped = list(plan["skipped"])
     for shard in plan["shards"]:
         rec = json.loads((out / STATE_DIR / "done" / f"{shard['name']}.json").read_text(encoding="utf-8"))
-        entry = splits[shard["split"]]
-        skipped.extend(rec["skipped"])
-        if rec["shard"] is None:
-            continue
-        entry["shards"].append(rec["shard"])
-        entry["tracks"] += rec["shard"]["samples"]
-        entry["seconds"] += rec["seconds"]
-        for lab, n in rec["per_label"].items():
-            entry["per_label"][lab] += n
+        add_shard_record(splits[shard["split"]], rec, skipped)
     for entry in splits.values():
         entry["seconds"] = round(entry["seconds"], 6)
     layout_cls = LAYOUTS.get(layout)
