@@ -440,6 +440,15 @@ def test_in_process_rank_partition_is_exact_for_any_world_size(tmp_path, world):
     assert sorted(windows) == expected  # every window of every track exactly once over all ranks
 
 
+def _read_from(root, kw: dict, start: int) -> tuple[list[dict], int]:
+    """Epoch 0 of a training stream from batch ``start``: its batches and the bytes this process read."""
+    s = ShardStream(root, "train", **kw)
+    s.set_epoch(0, start_batch=start)
+    before = _bytes_read()
+    batches = drain(s)
+    return batches, _bytes_read() - before
+
+
 def _bytes_read() -> int:
     """Bytes this process has read through read() calls so far (Linux ``/proc/self/io`` ``rchar``)."""
     for line in Path("/proc/self/io").read_text().splitlines():
@@ -484,11 +493,7 @@ def test_start_batch_does_not_read_the_pcm_of_the_batches_before_it(tmp_path):
     crop_bytes = 2 * seg
 
     def read(start: int) -> tuple[list[dict], int]:
-        s = ShardStream(root, "train", **kw)
-        s.set_epoch(0, start_batch=start)
-        before = _bytes_read()
-        batches = drain(s)
-        return batches, _bytes_read() - before
+        return _read_from(root, kw, start)
 
     full, full_bytes = read(0)
     assert len(full) == 6 and full_bytes >= n * crop_bytes  # every crop read once (and only the crop)
@@ -612,11 +617,7 @@ def test_crops_per_track_reads_each_track_once_and_skips_the_pcm_before_the_star
     kw = dict(train=True, segment_samples=seg, batch_size=bs, seed=3, shuffle_buffer=4, crops_per_track=k)
 
     def read(start: int) -> tuple[list[dict], int]:
-        s = ShardStream(root, "train", **kw)
-        s.set_epoch(0, start_batch=start)
-        before = _bytes_read()
-        batches = drain(s)
-        return batches, _bytes_read() - before
+        return _read_from(root, kw, start)
 
     full, full_bytes = read(0)
     assert len(full) == n * k // bs == 6
