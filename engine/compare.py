@@ -304,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-baseline", action="store_true", help="do not add the stats baseline row")
     args = parser.parse_intermixed_args(argv)  # key=value overrides before and after options
+    if args.print_config:  # rows resolve their own configs: one row's config is `cv --config ... --print-config`
+        parser.error("--print-config prints one config: use it with `train` or `cv` and that row's --config")
     if not args.out:
         parser.error("--out DIR is required")
     out = args.out

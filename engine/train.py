@@ -486,7 +486,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(_yaml_dump(to_dict(cfg)))
+        (run_dir / "config.yaml").write_text(yaml_dump(to_dict(cfg)))
     accelerator.wait_for_everyone()
 
     train_stream = ShardStream(
@@ -696,7 +696,8 @@ def _plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
     training_curves_png(history, run_dir / "curves.png")
 
 
-def _yaml_dump(data: dict[str, Any]) -> str:
+def yaml_dump(data: dict[str, Any]) -> str:
+    """A config dict as YAML in field order (what run.out_dir/config.yaml holds and --print-config prints)."""
     import yaml
 
     return yaml.safe_dump(data, sort_keys=False)
@@ -739,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     if args.print_config:
-        print(_yaml_dump(to_dict(cfg)))
+        print(yaml_dump(to_dict(cfg)))
         return 0
     try:
         summary = train(cfg)

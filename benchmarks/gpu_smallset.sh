@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The small-set comparison (issues 12 and 13) on a lent GPU machine, in one device call: every recipe x both
+# sets, 5-fold cv over the same folds, rows run side by side (one GPU, 16 cores), then a table.
+#
+#   bash benchmarks/gpu_smallset.sh OUT_DIR [SECONDS]
+#
+# Inputs (see benchmarks/GPU.md): the wheels in .whl/ (installed to /tmp/site unless already importable),
+# devdata/realmusic/ (the real-music set of benchmarks/realmusic/build.py, transcoded to Ogg Vorbis so that it
+# fits the 64 MiB a device call carries; clips.csv beside it) and devdata/cache/pretrained/ (the converted
+# musicnn checkpoint, so no musicnn wheel travels). The synthetic set is rebuilt there with the same command as
+# here; its sha256 list is written so that the two machines' corpora can be compared.
+# EXTRA="optim.epochs=1 ..." appends overrides to every cv run (a dry run on the CPU).
+# SECONDS caps the whole script (default 400): the cv phase gets what data and embeddings leave, less 20 s;
+# a row still running then is stopped, its finished folds still count.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: gpu_smallset.sh OUT_DIR [SECONDS]}
+total=${2:-400}
+t0=$(date +%s)
+extra=${EXTRA:-}
+mkdir -p "$out"
+work=${WORK:-/tmp/smallset}
+rm -rf "$work" && mkdir -p "$work/runs"
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 GENRE_ENGINE_CACHE=$PWD/devdata/cache
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+py=${PYTHON:-python3}
+ncpu=$(nproc)
+log() { echo "### $* ($(date -u +%H:%M:%S))"; }
+
+log "data"
+"$py" tools/make_shards.py --layout csv devdata/realmusic/clips.csv --out "$work/real" --folds 5 --group-by artist \
+  --split-ratios 0.85,0.15,0 --workers "$ncpu" --no-progress 2>&1 | tail -3
+"$py" tools/make_synthetic.py "$work/synth10" --clips-per-genre 20 --duration 10 --workers "$ncpu" --quiet
+(cd "$work/synth10" && find . -name '*.wav' | sort | xargs sha256sum) > "$out/synth10.sha256"
+"$py" tools/make_shards.py "$work/synth10" --out "$work/synth" --layout folder --folds 5 --seed 0 \
+  --workers "$ncpu" --no-progress 2>&1 | tail -3
+
+log "embeddings"
+for s in real synth; do
+  "$py" -m engine embed musicnn:MSD_musicnn --shards "$work/$s" --out "$work/${s}_emb" > "$work/runs/embed_$s.log" 2>&1 \
+    || echo "!!! embed $s failed"
+done
+
+# the classic baseline outside the engine (librosa + scikit-learn, CPU) on the same shards and folds
+for s in real synth; do
+  "$py" benchmarks/realmusic/baseline.py --shards "$work/$s" --json "$work/runs/baseline_$s.json" \
+    > "$work/runs/baseline_$s.log" 2>&1 &
+done
+
+# name set config [overrides...]
+# the small-set recipe of issue 13 (configs/crnn_smallset.yaml's data/optim/eval sections) over any architecture's
+# config, with a GPU-sized length: 15 epochs x 8 crops = 120 random 3-s crops of every track
+long="data.crops_per_track=8 data.eval_segment_seconds=30 data.eval_batch_size=8 optim.schedule=cosine
+  optim.warmup_fraction=0.1 optim.min_lr=1e-5 optim.epochs=15 optim.max_steps=0 optim.early_stop_patience=0
+  optim.ema_decay=0.99 eval.track_aggregate=mean_prob"
+long=$(echo $long)
+clip="data.segment_seconds=10 data.eval_hop_seconds=10 data.batch_size=16"  # probe on 10-s (~clip) means
+rows=(
+  "crnn_long real configs/crnn.yaml $long"
+  "crnn_long synth configs/crnn.yaml $long"
+  "resnet_long real configs/resnet.yaml $long"
+  "cnn_long real configs/cnn.yaml $long"
+  "rnn_long real configs/rnn.yaml $long"
+  "finetune real configs/musicnn_finetune.yaml"
+  "finetune synth configs/musicnn_finetune.yaml"
+  "stats real configs/stats.yaml"
+  "stats synth configs/stats.yaml"
+  "crnn real configs/crnn.yaml"
+  "crnn synth configs/crnn.yaml"
+  "cnn real configs/cnn.yaml"
+  "rnn real configs/rnn.yaml"
+  "resnet real configs/resnet.yaml"
+  "seed_cnn real configs/seed_cnn.yaml"
+  "probe real_emb configs/probe.yaml"
+  "probe_clip real_emb configs/probe.yaml $clip"
+  "probe synth_emb configs/probe.yaml"
+  "probe_clip synth_emb configs/probe.yaml $clip"
+)
+budget=$((total - ($(date +%s) - t0) - 20)); [ "$budget" -lt 60 ] && budget=60
+log "cv: ${#rows[@]} rows side by side, at most ${budget}s"
+pids=()
+for r in "${rows[@]}"; do
+  read -r name set cfg ov <<< "$r"
+  dir="$work/runs/${set}__$name"
+  # shellcheck disable=SC2086
+  timeout -s INT "$budget" "$py" -m engine cv --config "$cfg" --shards "$work/$set" --out "$dir" \
+    data.num_workers=0 run.tensorboard=false $ov $extra > "$dir.log" 2>&1 &
+  pids+=($!)
+done
+wait
+log "cv done"
+
+"$py" - "$work/runs" <<'EOF' | tee "$out/table.md"
+import json, statistics, sys
+from pathlib import Path
+runs = Path(sys.argv[1])
+print("| set | row | folds | track acc (mean ± std) | per fold | s per fold |")
+print("|---|---|---|---|---|---|")
+for d in sorted(p for p in runs.iterdir() if p.is_dir()):
+    s, name = d.name.split("__")
+    folds = sorted(d.glob("fold*/test_metrics.json"))
+    accs = [json.loads(f.read_text()).get("track_accuracy") for f in folds]
+    accs = [a for a in accs if a is not None]
+    cv = d / "cv.json"
+    secs = ""
+    if cv.exists():
+        res = json.loads(cv.read_text())
+        t = res.get("seconds_per_fold") or res.get("fold_seconds")
+        secs = f"{statistics.mean(t):.0f}" if isinstance(t, list) and t else str(t or "")
+    if accs:
+        m, sd = statistics.mean(accs) * 100, statistics.pstdev(accs) * 100
+        per = " ".join(f"{a * 100:.1f}" for a in accs)
+        print(f"| {s} | {name} | {len(accs)} | {m:.1f} ± {sd:.1f} | {per} | {secs} |")
+    else:
+        print(f"| {s} | {name} | 0 | – | – | |")
+EOF
+tar -czf "$out/runs.tar.gz" -C "$work" --exclude='*.pt' --exclude='*.safetensors' --exclude='*.bin' \
+  --exclude='state*' --exclude='*.pkl' runs
