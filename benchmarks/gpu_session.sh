@@ -17,6 +17,8 @@ if [ -z "${NO_WHL:-}" ] && ls .whl/*.whl > /dev/null 2>&1; then  # NO_WHL=1: a l
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 GENRE_ENGINE_CACHE=$PWD/devdata/cache
+skip=" ${SKIP:-} "  # SKIP="features compile": benchmarks already measured on this lease
+want() { [[ "$skip" != *" $1 "* ]]; }
 left() { echo $((total - ($(date +%s) - t0))); }
 cap() { local s=$1; shift; echo; echo "### $* (cap ${s}s, $(date -u +%H:%M:%S))"; timeout -s INT "$s" "$@" || echo "!!! failed or capped ($?): $*"; }
 
@@ -32,13 +34,13 @@ EOF
 } 2>&1 | tee "$out/smoke.log"
 
 {
-  cap 45 "$py" benchmarks/bench_features.py --device cuda
-  cap 45 "$py" benchmarks/bench_features.py --device cuda --batch 256 --compile reduce-overhead --librosa-clips 1
-  cap 15 "$py" benchmarks/bench_augment.py --device cuda --quick
-  cap 45 "$py" benchmarks/bench_train.py --device cuda --precision bf16 --batch-size 256 --steps 30
-  cap 30 "$py" benchmarks/bench_classify.py --quick --format-tracks 0
-  cap 30 "$py" benchmarks/bench_pretrained.py --quick --device cuda --precision bf16 --skip-tf
-  cap 30 "$py" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests
+  want features && cap 45 "$py" benchmarks/bench_features.py --device cuda
+  want compile && cap 60 "$py" benchmarks/bench_features.py --device cuda --batch 256 --compile reduce-overhead --librosa-clips 1
+  want augment && cap 15 "$py" benchmarks/bench_augment.py --device cuda --quick
+  want train && cap 45 "$py" benchmarks/bench_train.py --device cuda --precision bf16 --batch-size 256 --steps 30
+  want classify && cap 30 "$py" benchmarks/bench_classify.py --quick --format-tracks 0
+  want pretrained && cap 30 "$py" benchmarks/bench_pretrained.py --quick --device cuda --precision bf16 --skip-tf
+  want tests && cap 30 "$py" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests
 } 2>&1 | tee "$out/bench.log"
 
 rest=$(( $(left) - 45 ))

@@ -36,8 +36,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
-import av
 import numpy as np
+
+try:
+    import av
+except ImportError:  # a declared dependency; without it (a bare GPU box, say) libsndfile formats still decode
+    av = None  # and each file that needs FFmpeg gets :data:`NO_PYAV` as its reason (see _open)
 
 OPEN_TIMEOUT_S = 20.0  # avformat_open_input + avformat_find_stream_info
 READ_TIMEOUT_S = 20.0  # one av_read_frame
@@ -53,10 +57,14 @@ MOV_FORMATS = ("mov", "mp4", "m4a", "3gp")
 # parser-made timestamps that drift, so ranged reads of those decode from the start and drop the head
 SEEK_FORMATS = {"mov", "mp4", "m4a", "ogg", "matroska", "webm", "asf", "caf", "wv", "ape", "tta", "mpc8"}
 
+NO_PYAV = "needs FFmpeg through PyAV, which is not installed (pip install av)"
+
 _SCALE = {np.dtype(np.int16): 1.0 / 32768, np.dtype(np.int32): 1.0 / 2147483648}  # as libsndfile scales
 
 
 def _has_libopus() -> bool:
+    if av is None:
+        return False
     try:
         av.Codec("libopus", "r")
     except Exception:  # a PyAV build without libopus: FFmpeg's native decoder then
@@ -117,6 +125,8 @@ def mp4_structure_problem(path: str | os.PathLike) -> str | None:
 
 
 def _open(path: str) -> av.container.InputContainer:
+    if av is None:
+        raise DecodeError(NO_PYAV)
     try:
         return av.open(path, "r", timeout=(OPEN_TIMEOUT_S, READ_TIMEOUT_S), metadata_errors="replace")
     except av.error.ExitError:
@@ -175,6 +185,8 @@ def _ffmpeg_errors_as_reasons(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except DecodeError:  # ours already (first, so that no av.error is looked up without PyAV)
+            raise
         except av.error.ExitError:
             raise DecodeError(f"timed out reading (no data within {READ_TIMEOUT_S:g} s)") from None
         except av.error.FFmpegError as err:
