@@ -8,7 +8,7 @@
 
 Every track of every split is cut into the evaluation windows of ``python -m engine evaluate`` (the checkpoint's
 window at the shard set's rate, hop ``--hop-seconds`` = one window by default: :func:`shards.windows.window_starts`,
-a short track zero-padded to one window), and each window becomes one row of the track's ``<key>.feats.npy``
+a track shorter than a window looped to fill one, as evaluation does), and each window becomes one row of the track's ``<key>.feats.npy``
 (float16 ``[N_windows, D]``): the named output ``--embedding`` of the backbone (``outputs(x)[name]``; musicnn:
 ``meanmax`` 1,506 (default), ``penultimate`` 200, ``taggram`` 50, ``mean_pool``, ``max_pool``; musicnn_vgg:
 ``pool5`` (default), ``taggram``). A model whose input feature resamples itself (the ``musicnn`` feature) is
@@ -55,7 +55,7 @@ from engine.validate import AUTOCAST_DTYPES, PRECISIONS
 from shards import format as fmt
 from shards.ingest import _atomic_write_json
 from shards.tarstream import ShardReadError, iter_samples, sample_meta
-from shards.windows import window_starts
+from shards.windows import fit_length, window_starts
 from shards.writer import ShardWriter, sha256_file, shard_matches
 
 logger = logging.getLogger(__name__)
@@ -192,6 +192,8 @@ def _embed_shard(
                     logger.error("%s: %s", job.url, why)
                     continue
                 x = sample.data  # int16 (T,), a view of a reused buffer: copied into buf below
+                if 0 < len(x) < segment:
+                    x = fit_length(np.asarray(x), segment, "loop")  # its one window, filled as evaluation fills it
                 starts = window_starts(len(x), segment, hop=hop)  # the windows evaluate scores
                 track = _Track(meta, starts, np.empty((len(starts), dim), dtype=np.float32))
                 pending.append(track)
@@ -199,7 +201,7 @@ def _embed_shard(
                     w = torch.from_numpy(np.asarray(x[s : s + segment]))
                     row = buf[len(owners)]
                     row[: len(w)].copy_(w)
-                    row[len(w) :].zero_()  # a track shorter than a window: zero-padded, as in evaluation
+                    row[len(w) :].zero_()  # only an empty track's window is short
                     owners.append((track, j))
                     if len(owners) == batch_size:
                         run_batch()

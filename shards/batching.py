@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .windows import fit_length
+
 __all__ = ["EvalBatcher", "TrainBatcher", "batch_array"]
 
 Batch = dict[str, torch.Tensor]
@@ -168,11 +170,14 @@ class EvalBatcher:
     """Evaluation windows -> batches ``{"wave" | "feats", "label", "track", "valid"}``.
 
     Rows are filled in the order windows come; a window of a track that could not be read still takes its
-    row (``valid=False``), so a worker yields its planned number of batches whatever it could read.
+    row (``valid=False``), so a worker yields its planned number of batches whatever it could read. A track
+    shorter than one window fills its one window as training fills a short crop (``pad``: ``"loop"`` tiles it
+    from its start, ``"zero"`` pads with silence): zero-padding a 10-s clip into a 30-s window would show the
+    model two-thirds silence that training never showed it (and drag pooled statistics towards silence).
     """
 
-    def __init__(self, batch_size: int, row_shape: tuple[int, ...], dtype: Any):
-        self.bs, self.row_shape, self.dtype = batch_size, row_shape, dtype
+    def __init__(self, batch_size: int, row_shape: tuple[int, ...], dtype: Any, pad: str = "loop"):
+        self.bs, self.row_shape, self.dtype, self.pad = batch_size, row_shape, dtype, pad
         self.segment = row_shape[0]  # window length, samples (or frames)
         self.rows = 0  # rows written so far, all batches
         self._new_batch()
@@ -187,7 +192,7 @@ class EvalBatcher:
         """Write one window (None: a row of an unreadable track, or padding); returns a complete batch."""
         row = self.rows % self.bs
         if window is not None:
-            self.x[row, : window.shape[0]] = window  # a short track's window stays zero-padded
+            self.x[row, : window.shape[0]] = window  # a window of add_track is never short
             self.track[row], self.label[row], self.valid[row] = track, label, True
         self.rows += 1
         if row + 1 < self.bs:
@@ -205,6 +210,8 @@ class EvalBatcher:
         self, track: int, label: int, x: np.ndarray | None, starts: Sequence[int]
     ) -> Iterator[Batch]:
         """The windows of ``track`` (``x``: the whole track, None when unreadable) starting at ``starts``."""
+        if x is not None and 0 < x.shape[0] < self.segment:
+            x = fit_length(x, self.segment, self.pad)  # its one window (window_starts: start 0)
         for start in starts:
             window = None if x is None else x[start : start + self.segment]
             out = self.put(track, label, window)

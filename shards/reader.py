@@ -29,7 +29,8 @@ Design (see ARCHITECTURE.md, "Reader"):
   as a full pass does (after ``k`` empty placeholders, so loader position ``i`` stays batch ``i``).
 * **Evaluation** scans the split once (``.json`` members only; ``.pcm`` data is skipped with a seek) to learn
   each track's length, cuts every track into windows of ``segment_samples`` with hop ``hop_samples`` (last
-  partial window zero-padded, short tracks zero-padded to one window), splits the window sequence over ranks
+  the tail covered by a window aligned to the track's end, short tracks filled to one window as training
+  fills a short crop: looped by default), splits the window sequence over ranks
   by contiguous track ranges (floor split: every track on exactly one rank) and over workers by batches.
   Rows that only fill a batch (or equalise the batch count across ranks) have ``valid=False``, ``track=-1``.
 * **Speed.** A minimal tar parser (:mod:`shards.tarstream`) reads member bytes straight into a reused buffer and ``np.frombuffer``
@@ -181,8 +182,8 @@ class ShardStream(IterableDataset):
         holdout_fold: with ``folds="exclude"`` drop tracks of this fold (cross-validation training), with
             ``folds="only"`` keep only them (cross-validation evaluation); -1 keeps every track.
         folds: ``"exclude"`` or ``"only"``.
-        pad_mode: training crops of tracks shorter than the segment: ``"loop"`` (tile from a random phase)
-            or ``"zero"`` (zero-pad at the end). Evaluation windows are always zero-padded.
+        pad_mode: tracks shorter than the segment: ``"loop"`` (tile; training crops from a random phase,
+            the one evaluation window from the start) or ``"zero"`` (zero-pad at the end).
         partial_reads: in training, read only the crop's bytes of a ``.pcm`` member of a seekable local
             shard (10x less I/O for 3-s crops of 30-s tracks); pipes always read whole members.
         crops_per_track: training crops drawn from each track per epoch (distinct, one from each of that
@@ -589,7 +590,9 @@ class ShardStream(IterableDataset):
         if dim is None and self.manifest is not None:
             dim = self.manifest.get("feature_dim")
         is_feats = self.kind == "features" or (self.kind is None and dim is not None)
-        batcher = EvalBatcher(bs, (seg, dim) if is_feats else (seg,), np.float16 if is_feats else np.int16)
+        batcher = EvalBatcher(
+            bs, (seg, dim) if is_feats else (seg,), np.float16 if is_feats else np.int16, pad=self.pad_mode
+        )
         for t, x in self._eval_tracks(w_lo, w_hi, win_start):
             starts = window_starts(idx.lengths[sel[t]], seg, hop=hop)  # the window policy classify uses
             w_a = max(w_lo, win_start[t]) - win_start[t]  # this worker's windows of the track

@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pad",
         choices=["zero", "loop"],
-        default="zero",
-        help="how a track shorter than one window is filled",
+        default="loop",
+        help="how a track shorter than one window is filled: loop (tile it, as training and evaluation fill a "
+        "short track) or zero (pad with silence)",
     )
     p.add_argument(
         "--timeline", action="store_true", help="add per-window predictions (start s, top label, prob)"

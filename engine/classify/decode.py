@@ -64,7 +64,7 @@ def decode_track(
     segment_samples: int,
     *,
     max_windows: int | None = None,
-    pad: str = "zero",
+    pad: str = "loop",
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     whole_file_seconds: float = WHOLE_FILE_SECONDS,
 ) -> Iterator[Piece]:
@@ -221,7 +221,7 @@ class DecodeStream(IterableDataset):
         world_size: int = 1,
         done: set[str] | frozenset[str] = frozenset(),
         max_windows: int | None = None,
-        pad: str = "zero",
+        pad: str = "loop",
         chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
         markers: str | None = None,
     ) -> None:

@@ -57,7 +57,7 @@ def classify(
     top_k: int = 3,
     batch_size: int = 64,
     max_windows: int | None = None,
-    pad: str = "zero",
+    pad: str = "loop",
     timeline: bool = False,
     precision: str = "auto",
     num_workers: int | None = None,

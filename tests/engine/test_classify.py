@@ -58,7 +58,8 @@ def eager_probs(ckpt: Path, path: Path, max_windows: int | None = None) -> np.nd
     model, info = load_model(ckpt, "cpu")
     wave, _ = load_audio(path, info["sample_rate"])
     starts = window_starts(len(wave), SEG, max_windows=max_windows)
-    wave = np.pad(wave, (0, max(0, SEG - len(wave))))
+    if 0 < len(wave) < SEG:
+        wave = np.resize(wave, SEG)  # a short file: looped to one window (classify's default --pad loop)
     pcm = np.clip(np.rint(wave * 32768.0), -32768, 32767).astype(np.int16)
     x = torch.from_numpy(np.stack([pcm[s : s + SEG] for s in starts]))
     with torch.no_grad():
@@ -73,7 +74,7 @@ def probs_of(rec: dict) -> dict[str, float]:
 
 
 def test_window_starts_tile_the_track_and_spread_evenly() -> None:
-    assert window_starts(100, 1000).tolist() == [0]  # short: one padded window
+    assert window_starts(100, 1000).tolist() == [0]  # short: one filled window
     assert window_starts(3000, 1000).tolist() == [0, 1000, 2000]
     assert window_starts(3400, 1000).tolist() == [0, 1000, 2000]  # remainder < half a window: dropped
     assert window_starts(3600, 1000).tolist() == [0, 1000, 2000, 2600]  # >= half: one more, end-aligned

@@ -148,7 +148,7 @@ def reference_track_predictions(
     ckpt: Path, shard_dir: Path, model_labels: list[str], segment: int = SEGMENT, logprob: bool = False
 ) -> dict[str, tuple[int, list]]:
     """Independent computation: read every track from the tars, cut windows of ``segment`` samples (0.5 s; a
-    tail of at least half a window gets one end-aligned window, a shorter track one zero-padded window), run
+    tail of at least half a window gets one end-aligned window, a shorter track one window, looped from its start as training fills a short crop), run
     the model, average window probabilities (``logprob``: log-probabilities, renormalised) -> {key: (true
     label index, track probs)}."""
     model, _ = load_model(ckpt, "cpu")
@@ -164,10 +164,9 @@ def reference_track_predictions(
             starts = list(range(0, pcm.size - segment + 1, segment)) or [0]
             if pcm.size > segment and (pcm.size - segment) - starts[-1] >= segment // 2:
                 starts.append(pcm.size - segment)
-            windows = np.zeros((len(starts), segment), dtype=np.int16)
-            for w, start in enumerate(starts):
-                piece = pcm[start : start + segment]
-                windows[w, : piece.size] = piece
+            if pcm.size < segment:
+                pcm = np.resize(pcm, segment)  # repeats the track
+            windows = np.stack([pcm[start : start + segment] for start in starts])
             with torch.inference_mode():
                 probs = torch.softmax(model(torch.from_numpy(windows)).float(), dim=1)
             if logprob:
@@ -263,7 +262,7 @@ def test_evaluate_counts_every_track_and_matches_manual_computation(shard_set, c
 
 def test_evaluate_uses_the_checkpoints_window_and_track_aggregate(shard_set, tmp_path):
     """A checkpoint of 0.5-s crops that validated on 1-s windows with the mean of log-probabilities: evaluate
-    scores 1-s windows (0.3 s and 0.9 s -> one padded window, 1.6 s -> 0 and end-aligned 0.6 s) and ranks
+    scores 1-s windows (0.3 s and 0.9 s -> one looped window, 1.6 s -> 0 and end-aligned 0.6 s) and ranks
     tracks by the renormalised geometric mean, as an independent computation does; both flags override."""
     ckpt = make_checkpoint(tmp_path / "long.pt", LABELS, window_samples=SR,
                            config={"eval": {"track_aggregate": "mean_logprob"}})  # fmt: skip

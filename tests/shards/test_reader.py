@@ -194,6 +194,15 @@ def test_len_matches_batches_with_two_workers(tmp_path):
         assert all(b["wave"].shape[0] == bs for b in batches)
 
 
+def test_eval_fills_a_short_track_like_training_looped_or_zero_padded(tmp_path):
+    pcm = track(0, 10)["pcm"]
+    root = write_set(tmp_path / "set", {"valid": [[track(0, 10)]]})
+    for pad, want in [("loop", np.resize(pcm, 64)), ("zero", np.concatenate([pcm, np.zeros(54, np.int16)]))]:
+        s = ShardStream(root, "valid", train=False, segment_samples=64, batch_size=1, pad_mode=pad)
+        (b,) = drain(s)
+        np.testing.assert_array_equal(b["wave"][0].numpy(), want)
+
+
 def test_eval_yields_every_window_once_with_track_index_and_padding(tmp_path):
     lengths = [10, 64, 65, 200, 333, 999]
     tracks = [track(t, n) for t, n in enumerate(lengths)]
@@ -204,7 +213,7 @@ def test_eval_yields_every_window_once_with_track_index_and_padding(tmp_path):
     assert s.track_labels() == [t["label_index"] for t in tracks]
     assert s.track_paths() == [f"{t['key']}.wav" for t in tracks]
     # every hop while a window fits; a tail of >= hop/2 gets one end-aligned window (65: a 1-sample tail is
-    # left out; 999: a 23-sample tail is, 200 and 333 get one at n - seg); short tracks one padded window
+    # left out; 999: a 23-sample tail is, 200 and 333 get one at n - seg); short tracks one looped window
     expected_starts = {0: [0], 1: [0], 2: [0], 3: [0, 48, 96, 136], 4: [0, 48, 96, 144, 192, 240, 269],
                        5: [48 * k for k in range(20)]}  # fmt: skip
     expected_windows = [len(expected_starts[t]) for t in range(len(lengths))]  # [1, 1, 1, 4, 7, 20]
@@ -223,9 +232,8 @@ def test_eval_yields_every_window_once_with_track_index_and_padding(tmp_path):
             pcm = tracks[t]["pcm"]
             start = expected_starts[t][len(seen.setdefault(t, []))]
             seen[t].append(start)
-            want = np.zeros(seg, np.int16)
-            piece = pcm[start : start + seg]
-            want[: len(piece)] = piece  # a short track: zero-padded
+            # a short track: looped from its start, as training fills a short crop
+            want = np.resize(pcm, seg) if len(pcm) < seg else pcm[start : start + seg]
             np.testing.assert_array_equal(row, want)
             assert int(label) == tracks[t]["label_index"]
     assert {t: len(v) for t, v in seen.items()} == dict(enumerate(expected_windows))
