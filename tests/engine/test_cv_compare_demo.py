@@ -70,6 +70,19 @@ def test_cv_refuses_a_shard_set_without_folds_or_with_other_k(tmp_path, syntheti
         cross_validate(tiny_config(synthetic_shards), tmp_path / "cv", folds=5)
 
 
+def test_cv_print_config_prints_the_resolved_config_and_trains_nothing(tmp_path, synthetic_shards, capsys):
+    import yaml
+
+    from engine.cv import main as cv_main
+
+    out = tmp_path / "cv"
+    rc = cv_main(["--config", str(ROOT / "configs" / "crnn.yaml"), "--shards", str(synthetic_shards), "--out", str(out),
+                  "--print-config", "optim.epochs=2"])  # fmt: skip
+    assert rc == 0 and not out.exists()
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["arch"] == "crnn" and cfg["optim"]["epochs"] == 2 and cfg["data"]["crops_per_track"] == 8
+
+
 def test_compare_writes_one_consistent_row_per_model_and_resumes(tmp_path, synthetic_shards):
     rows = compare(tiny_config(synthetic_shards), ["cnn", "rnn"], tmp_path / "cmp", features=["logmel"], baseline=False)
     assert [r["model"] for r in rows] == ["cnn", "rnn"]

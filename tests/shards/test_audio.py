@@ -115,3 +115,28 @@ def test_wav_written_by_soundfile_round_trips_exactly(tmp_path):
     sf.write(str(tmp_path / "a.wav"), pcm, 22050, subtype="PCM_16")
     y, _ = load_audio(tmp_path / "a.wav", 22050)
     np.testing.assert_array_equal(np.rint(y * 32768).astype(np.int16), pcm)
+
+
+def test_without_pyav_libsndfile_formats_decode_and_ffmpeg_formats_say_how_to_install(tmp_path, av_writer):
+    """PyAV missing (a bare machine): WAV still decodes exactly; an AAC file gets one specific reason."""
+    import subprocess
+    import sys
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.linspace(-0.5, 0.5, 22050, dtype=np.float32), 22050, subtype="FLOAT")
+    m4a, _ = av_writer(tmp_path / "b.m4a", "aac", sample_rate=22050, channels=1, seconds=1.0)
+    code = f"""
+import sys
+sys.modules["av"] = None  # `import av` raises ImportError, as on a machine without PyAV
+import numpy as np
+from shards.audio import AudioError, load_audio
+wave, _ = load_audio({str(wav)!r}, 22050)
+assert np.array_equal(wave, np.linspace(-0.5, 0.5, 22050, dtype=np.float32))
+try:
+    load_audio({str(m4a)!r}, 22050)
+except AudioError as err:
+    print(err)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"{m4a}: needs FFmpeg through PyAV, which is not installed (pip install av)"
