@@ -160,7 +160,8 @@ def _classify_subprocess(ckpt: Path, path: Path, workers: int) -> dict:
     out = path.with_suffix(".jsonl")
     cmd = [sys.executable, "-m", "engine.classify", str(ckpt), str(path), "--out", str(out),
            "--num-workers", str(workers), "--no-progress", "--batch-size", "32"]  # fmt: skip
-    res = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    path_env = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # keep carried wheels
+    res = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": path_env}, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-2000:])
     return json.loads(out.read_text().splitlines()[0])
