@@ -107,7 +107,7 @@ def test_probe_trains_on_the_embeddings_with_the_existing_train_command(emb, tmp
     best = summary["best"]
     test = evaluate_checkpoint(summary["best_checkpoint"], out, "test", tmp_path / "eval", num_workers=0,
                                progress=False)["track"]  # fmt: skip
-    assert (best["valid_tracks"], best["valid_windows"], test["n"]) == (3, 6, 3)
+    assert (best["valid_tracks"], best["valid_windows"], test["n"]) == (3, 3, 3)  # one 30-window window each
     # stated accuracy: at least 5 of the 6 held-out tracks (valid + test) right
     assert best["valid_track_acc"] * 3 + test["accuracy"] * 3 >= 5 - 1e-9
 
