@@ -44,7 +44,7 @@ def direct_scores(path: Path) -> np.ndarray:
     model, info = load_model(SPEC)
     seg = info["segment_samples"]
     wave, _ = load_audio(path, info["sample_rate"])
-    pcm = to_pcm16(fit_length(wave, max(len(wave), seg)))
+    pcm = to_pcm16(fit_length(wave, max(len(wave), seg), "loop"))  # a short clip looped, as classify fills it
     x = torch.from_numpy(np.stack([pcm[s : s + seg] for s in window_starts(len(wave), seg)]))
     with torch.no_grad():
         return torch.sigmoid(model(x)).mean(0).double().numpy()
