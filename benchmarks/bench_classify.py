@@ -1,7 +1,7 @@
 """Batch classification throughput: ``engine.classify`` vs a plain per-file librosa script, and vs bare decoding.
 
 Corpus: N generated 30-s tracks in mixed formats (44.1-kHz stereo WAV, 22.05-kHz FLAC, 44.1-kHz OGG,
-44.1-kHz MP3, 48-kHz AIFF) written to a temporary folder. Model: the seed CNN recipe (configs/cnn.yaml:
+44.1-kHz MP3, 48-kHz AIFF) written to a temporary folder. Model: the cnn model of configs/cnn.yaml (its model section:
 128-mel log-mel, n_fft 2048, hop 512, 3-s windows at 22050 Hz, channels 32-64-128), untrained (speed only).
 
 Measured, on the same files and the same cores:

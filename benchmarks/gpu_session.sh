@@ -5,8 +5,8 @@
 #
 #   bash benchmarks/gpu_session.sh OUT_DIR [TOTAL_SECONDS]
 set -uo pipefail
+out=$(realpath -m "${1:?usage: gpu_session.sh OUT_DIR [TOTAL_SECONDS]}")  # before the cd: relative to the caller
 cd "$(dirname "$0")/.."
-out=${1:?usage: gpu_session.sh OUT_DIR [TOTAL_SECONDS]}
 total=${2:-540}
 t0=$(date +%s)
 mkdir -p "$out"
@@ -20,7 +20,7 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 GENRE_ENGIN
 skip=" ${SKIP:-} "  # SKIP="features compile": benchmarks already measured on this lease
 want() { [[ "$skip" != *" $1 "* ]]; }
 left() { echo $((total - ($(date +%s) - t0))); }
-cap() { local s=$1; shift; echo; echo "### $* (cap ${s}s, $(date -u +%H:%M:%S))"; timeout -s INT "$s" "$@" || echo "!!! failed or capped ($?): $*"; }
+cap() { local s=$1; shift; echo; echo "### $* (cap ${s}s, $(date -u +%H:%M:%S))"; timeout -k 15 -s INT "$s" "$@" || echo "!!! failed or capped ($?): $*"; }
 
 {
   nvidia-smi -L 2>&1; nproc
@@ -44,6 +44,10 @@ EOF
 } 2>&1 | tee "$out/bench.log"
 
 rest=$(( $(left) - 45 ))
-echo "### small-set cv with ${rest}s of $(left)s left"
-bash benchmarks/gpu_smallset.sh "$out" "$rest" 2>&1 | tee "$out/smallset.log"
+if [ "$rest" -lt 150 ]; then  # data, embeddings and a fold each need more than what is left
+  echo "### small-set cv skipped: ${rest}s left"
+else
+  echo "### small-set cv with ${rest}s of $(left)s left"
+  bash benchmarks/gpu_smallset.sh "$out" "$rest" 2>&1 | tee "$out/smallset.log"
+fi
 echo "### done in $(( $(date +%s) - t0 ))s"

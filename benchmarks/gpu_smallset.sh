@@ -4,8 +4,8 @@
 #
 #   bash benchmarks/gpu_smallset.sh OUT_DIR [SECONDS]
 #
-# Inputs (see benchmarks/GPU.md): the wheels in .whl/ (installed to /tmp/site unless already importable),
-# devdata/realmusic/ (the real-music set of benchmarks/realmusic/build.py, transcoded to Ogg Vorbis so that it
+# Inputs (see benchmarks/GPU.md): our audio stack importable (benchmarks/gpu_session.sh installs the carried
+# wheels first), devdata/realmusic/ (the real-music set of benchmarks/realmusic/build.py, transcoded to Ogg Vorbis so that it
 # fits the 64 MiB a device call carries; clips.csv beside it) and devdata/cache/pretrained/ (the converted
 # musicnn checkpoint, so no musicnn wheel travels). The synthetic set is rebuilt there with the same command as
 # here; its sha256 list is written so that the two machines' corpora can be compared.
@@ -13,9 +13,9 @@
 # SECONDS caps the whole script (default 400): the cv phase gets what data and embeddings leave, less 20 s;
 # a row still running then is stopped, its finished folds still count.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${1:?usage: gpu_smallset.sh OUT_DIR [SECONDS]}
+out=$(realpath -m "${1:?usage: gpu_smallset.sh OUT_DIR [SECONDS]}")
 total=${2:-400}
+cd "$(dirname "$0")/.."
 t0=$(date +%s)
 extra=${EXTRA:-}
 mkdir -p "$out"
@@ -37,7 +37,7 @@ log "data"
 
 log "embeddings"
 for s in real synth; do
-  "$py" -m engine embed musicnn:MSD_musicnn --shards "$work/$s" --out "$work/${s}_emb" > "$work/runs/embed_$s.log" 2>&1 \
+  timeout -k 15 120 "$py" -m engine embed musicnn:MSD_musicnn --shards "$work/$s" --out "$work/${s}_emb" > "$work/runs/embed_$s.log" 2>&1 \
     || echo "!!! embed $s failed"
 done
 
@@ -51,7 +51,8 @@ done
 # configs/{cnn,crnn,rnn,resnet}.yaml are the small-set recipe (8 crops x 15 epochs, EMA, 30-s evaluation windows);
 # configs/seed_cnn.yaml the seed's. The 2026-11-26 run measured the recipe as overrides over the seed-recipe
 # configs of that day (its rows crnn_long etc.); the table is in benchmarks/RESULTS.md.
-clip="data.segment_seconds=10 data.eval_hop_seconds=10 data.batch_size=16"  # probe on 10-s (~clip) means
+# probe.yaml probes 30-window crops (the clip mean of clips up to ~89 s); probe_window: single 3-s windows
+window="data.segment_seconds=1 data.eval_hop_seconds=1 data.batch_size=32"
 rows=(
   "crnn real configs/crnn.yaml"
   "crnn synth configs/crnn.yaml"
@@ -65,20 +66,18 @@ rows=(
   "seed_cnn real configs/seed_cnn.yaml"
   "seed_cnn synth configs/seed_cnn.yaml"
   "probe real_emb configs/probe.yaml"
-  "probe_clip real_emb configs/probe.yaml $clip"
+  "probe_window real_emb configs/probe.yaml $window"
   "probe synth_emb configs/probe.yaml"
-  "probe_clip synth_emb configs/probe.yaml $clip"
+  "probe_window synth_emb configs/probe.yaml $window"
 )
 budget=$((total - ($(date +%s) - t0) - 20)); [ "$budget" -lt 60 ] && budget=60
 log "cv: ${#rows[@]} rows side by side, at most ${budget}s"
-pids=()
 for r in "${rows[@]}"; do
   read -r name set cfg ov <<< "$r"
   dir="$work/runs/${set}__$name"
   # shellcheck disable=SC2086
-  timeout -s INT "$budget" "$py" -m engine cv --config "$cfg" --shards "$work/$set" --out "$dir" \
+  timeout -k 15 -s INT "$budget" "$py" -m engine cv --config "$cfg" --shards "$work/$set" --out "$dir" \
     data.num_workers=0 run.tensorboard=false $ov $extra > "$dir.log" 2>&1 &
-  pids+=($!)
 done
 wait
 log "cv done"

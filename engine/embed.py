@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["EMBED_VERSION", "STATE_DIR", "EmbedError", "embed", "embedding_model", "main"]
 
-EMBED_VERSION = 1
+EMBED_VERSION = 2  # 2: a track shorter than a window is looped to fill it (1: zero-padded)
 STATE_DIR = ".embed"
 LAYOUT = "embedding"
 FRAME_RATE = 1  # the manifest's nominal sample_rate: one frame (window) per "second"

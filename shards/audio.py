@@ -53,7 +53,7 @@ _SOUNDFILE_KINDS = {"wav", "w64", "aiff", "au", "flac", "ogg-vorbis", "ogg-flac"
 _ESTIMATED_SOUNDFILE_KINDS = {"mp3", "id3", "unknown"}
 _EXACT_AV_DEMUXERS = {"mov", "mp4", "m4a", "ogg", "flac"}
 # reasons from PyAV that say more than libsndfile's "not audio or unsupported format"
-_SPECIFIC_AV_REASONS = ("unsupported codec", "DRM-protected", "no audio stream")
+_SPECIFIC_AV_REASONS = ("unsupported codec", "DRM-protected", "no audio stream", ffmpeg_decode.NO_PYAV)
 
 
 class AudioError(Exception):

@@ -98,7 +98,7 @@ def decode_track(
             info = exact_frames(path, info)  # the windows' plan needs the true length up front
             duration = info.frames / info.orig_sample_rate
             yield from _chunked(
-                index, path, info, sample_rate, segment_samples, max_windows, per_piece, duration
+                index, path, info, sample_rate, segment_samples, max_windows, per_piece, duration, pad
             )
     except AudioError as err:
         yield error_piece(index, path, err.reason, segment_samples)
@@ -143,7 +143,7 @@ def _whole_file(
 
 def _chunked(
     index: int, path: str, info: AudioInfo, sample_rate: int, segment_samples: int, max_windows: int | None,
-    per_piece: int, duration: float,
+    per_piece: int, duration: float, pad: str = "loop",
 ) -> Iterator[Piece]:  # fmt: skip
     """Contiguous runs of windows read in chunks of ``per_piece`` windows, with a margin for the resampler."""
     orig = info.orig_sample_rate
@@ -182,8 +182,10 @@ def _chunked(
         pcm = to_pcm16(wave[max(0, skip) :])
         del wave
         keep = [s for s in g if s - g[0] < pcm.size] or g[:1]  # windows past a short stream's end are dropped
+        # a stream shorter than one window fills it as --pad says; a cut-short last window of a longer one: zeros
+        fill = pad if len(starts) == 1 else "zero"
         wins = np.stack(
-            [fit_length(pcm[s - g[0] : s - g[0] + segment_samples], segment_samples, "zero") for s in keep]
+            [fit_length(pcm[s - g[0] : s - g[0] + segment_samples], segment_samples, fill) for s in keep]
         )
         peak = max(peak, _peak(wins))
         last = gi == len(groups) - 1

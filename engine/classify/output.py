@@ -203,12 +203,12 @@ def read_records(path: str | os.PathLike, fmt: str) -> Iterator[dict[str, Any]]:
 
 
 #: ``OUT.run.json`` fields written later than the first ones, with the value an older file stands for.
-_IDENTITY_DEFAULTS = {"kind": "genres", "tags": None}
+_IDENTITY_DEFAULTS = {"kind": "genres", "tags": None, "pad": "zero"}  # what runs before a key existed used
 
 
 def check_output_identity(
     out: str, checkpoint: str, fmt: str, top_k: int, timeline: bool, *, write: bool, kind: str = "genres",
-    tags: str | None = None,
+    tags: str | None = None, pad: str = "loop",
 ) -> None:  # fmt: skip
     """Refuse to resume ``out`` with another model or another CSV layout; record this run's identity.
 
@@ -220,13 +220,13 @@ def check_output_identity(
     """
     meta_path = out + ".run.json"
     ident = {"model_sha256": sha256_file(checkpoint), "model": os.path.abspath(checkpoint), "format": fmt,
-             "top_k": top_k, "timeline": timeline, "kind": kind, "tags": tags}  # fmt: skip
+             "top_k": top_k, "timeline": timeline, "kind": kind, "tags": tags, "pad": pad}  # fmt: skip
     has_lines = any(os.path.isfile(f) and os.path.getsize(f) > 0 for f in [out, *part_files(out)])
     if has_lines and os.path.isfile(meta_path):
         old = json.loads(Path(meta_path).read_text())
         # a CSV's header fixes top-k and the timeline column; JSONL lines carry their own fields
         keys = ("model_sha256", "format", "top_k", "timeline") if fmt == "csv" else ("model_sha256", "format")
-        keys += ("kind", "tags")
+        keys += ("kind", "tags", "pad")  # pad: how a short file's window is filled changes its scores
         diff = [k for k in keys if old.get(k, _IDENTITY_DEFAULTS.get(k)) != ident[k]]
         if diff:
             what = "another model (" + old.get("model", "?") + ")" if "model_sha256" in diff else ", ".join(

@@ -111,7 +111,7 @@ def classify(
     # in the barrier); the main process records the identity and repairs torn last lines, then every rank
     # reads what is done
     # the identity is the model file's: a pretrained name counts as the checkpoint it resolved to
-    ident = dict(kind=predictor.label_kind, tags=tags)
+    ident = dict(kind=predictor.label_kind, tags=tags, pad=pad)
     check_output_identity(out, predictor.path, fmt, top_k, timeline, write=False, **ident)
     state.wait_for_everyone()
     if state.is_main_process:

@@ -445,6 +445,8 @@ def test_resume_with_another_model_or_line_layout_is_refused(tmp_path: Path, ckp
     classify(ckpt, tracks[:1], csv_out, num_workers=0, progress=False)
     with pytest.raises(ValueError, match="top_k=3"):  # a CSV header is fixed by top-k
         classify(ckpt, tracks, csv_out, top_k=2, num_workers=0, progress=False)
+    with pytest.raises(ValueError, match="pad='loop'"):  # a short file's scores depend on how it is filled
+        classify(ckpt, tracks, out, pad="zero", num_workers=0, progress=False)
     assert len(list(read_records(out, "jsonl"))) == 2  # nothing was appended by the refused runs
     assert len(list(read_records(csv_out, "csv"))) == 1
     s = classify(ckpt, tracks, out, num_workers=0, progress=False)  # the same model resumes

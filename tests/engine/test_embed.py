@@ -96,7 +96,7 @@ def test_rows_are_the_pretrained_models_outputs_on_evaluates_windows(emb, source
 
 def test_probe_trains_on_the_embeddings_with_the_existing_train_command(emb, tmp_path: Path) -> None:
     """configs/probe.yaml (the ``stats`` head: window mean, standardised, linear) on the 1,506-d embeddings:
-    the three synthetic genres are separated after a few one-step epochs."""
+    the three synthetic genres are separated after a few epochs of two steps."""
     out, _ = emb
     cfg = load_config(TrainConfig, str(REPO / "configs" / "probe.yaml"), [
         f"data.shards={out}", f"run.out_dir={tmp_path / 'probe'}", "optim.epochs=6", "run.progress=false",
@@ -157,3 +157,36 @@ def test_two_gloo_processes_each_write_their_shards_and_equal_one_process(emb, s
         assert [m for m, _ in two] == [m for m, _ in one]
         for (_, a), (_, b) in zip(one, two):
             np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=2e-3, atol=1e-3)
+
+
+def test_a_track_shorter_than_a_window_is_looped_as_evaluation_fills_it(pretrained_cache: Path, tmp_path: Path) -> None:
+    """A 1.2-s clip (under one 2.98-s window): its one row is the model on the clip looped to fill the window,
+    the window the evaluation stream gives, not on the clip followed by silence."""
+    from shards.ingest import IngestConfig, run_ingest
+    from shards.synthetic import make_corpus
+
+    make_corpus(tmp_path / "corpus", clips_per_genre=3, duration=1.2, genres=("metal",), formats=("wav",), seed=0,
+                workers=1, progress=False)  # fmt: skip
+    run_ingest(IngestConfig(source=tmp_path / "corpus", out=tmp_path / "shards", layout="folder", seed=0,
+                            split_ratios=(1.0, 0.0, 0.0), workers=1, progress=False))  # fmt: skip
+    embed(SPEC, tmp_path / "shards", tmp_path / "emb", batch_size=4, progress=False)
+    ckpt = load_checkpoint(SPEC)
+    seg = round(47616 * 22050 / 16000)
+    model = build_model(model_config_from(ckpt), 50, 22050, seg)
+    model.load_state_dict(ckpt["model_state"])
+    model.eval()
+    man = fmt.load_manifest(tmp_path / "emb")
+    (shard,) = man["splits"]["train"]["shards"]
+    (src_shard,) = fmt.load_manifest(tmp_path / "shards")["splits"]["train"]["shards"]
+    got = read_tracks(str(tmp_path / "emb" / shard["name"]))
+    src = read_tracks(str(tmp_path / "shards" / src_shard["name"]))
+    assert len(got) == len(src) == 3
+    for (meta, feats), (smeta, pcm) in zip(got, src):
+        assert meta["key"] == smeta["key"] and pcm.size < seg and feats.shape == (1, 1506)
+        window = torch.from_numpy(np.resize(pcm, seg))[None]  # the clip repeated from its start
+        with torch.no_grad():
+            ref = model.backbone.outputs(model.features(window))["meanmax"].numpy()
+            silent = model.backbone.outputs(model.features(torch.nn.functional.pad(torch.from_numpy(pcm)[None],
+                                                                                    (0, seg - pcm.size))))["meanmax"].numpy()  # fmt: skip
+        np.testing.assert_allclose(feats.astype(np.float32), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+        assert np.abs(feats.astype(np.float32) - silent).max() > 10 * 2e-3 * np.abs(ref).max()
