@@ -101,6 +101,9 @@ class _MidendConv(nn.Module):
         return self.bn(torch.relu(self.conv(x)))
 
 
+HEAD_INPUTS = ("penultimate", "meanmax")
+
+
 @ARCHS.register("musicnn")
 class Musicnn(nn.Module):
     """``[B, 1, F, frames]`` (the ``musicnn`` feature; F = 96 for the checkpoints) -> tag / genre logits
@@ -115,6 +118,11 @@ class Musicnn(nn.Module):
         midend_filters: int = 64  # filters of each mid-end conv (MSD_musicnn_big: 512)
         backend_units: int = 200  # penultimate dense layer (MSD_musicnn_big: 500)
         dropout: float = 0.5  # before the penultimate and the output dense layers (training only)
+        # what the classifier reads: "penultimate" (the shipped tag models: Dense 200 -> 50 tags) or "meanmax"
+        # (for fine-tuning a genre head: the standardised 1,506 mean+max pool, which the issue's measurement puts
+        # 10-16 points above the penultimate layer for linear probes; the Dense 200 then stays as loaded, frozen,
+        # and still gives the "penultimate" output)
+        head_input: str = "penultimate"
 
         def validate(self) -> None:
             if self.frontend_filters <= 0 or self.midend_filters < 1 or self.backend_units < 1:
@@ -124,6 +132,8 @@ class Musicnn(nn.Module):
                 )
             if not 0.0 <= self.dropout < 1.0:
                 raise ConfigError(f"musicnn: dropout must be in [0, 1), got {self.dropout}")
+            if self.head_input not in HEAD_INPUTS:
+                raise ConfigError(f"musicnn: head_input must be one of {HEAD_INPUTS}, got {self.head_input!r}")
 
     @staticmethod
     def check_input(cfg: Config, in_shape: tuple[int, int, int]) -> None:
@@ -156,7 +166,11 @@ class Musicnn(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.dense = nn.Linear(2 * self.pooled_dim, cfg.backend_units)
         self.dense_bn = tf_batchnorm(1, cfg.backend_units)
-        self.classifier = nn.Linear(cfg.backend_units, num_classes)
+        head_in = 2 * self.pooled_dim if cfg.head_input == "meanmax" else cfg.backend_units
+        self.classifier = nn.Linear(head_in, num_classes)
+        if cfg.head_input == "meanmax":  # off the logits' path: no gradient (and no unused DDP parameters)
+            for p in (*self.dense.parameters(), *self.dense_bn.parameters()):
+                p.requires_grad_(False)
 
     def embedding_dims(self) -> dict[str, int]:
         """Size of each named embedding (:attr:`EMBEDDINGS`)."""
@@ -180,8 +194,9 @@ class Musicnn(nn.Module):
         max_pool, mean_pool = mid.amax(dim=2), mid.mean(dim=2)  # (B, 753) each
         # TF concatenates [max, mean] on a trailing axis and flattens: the BN / dense inputs interleave them
         pooled = torch.stack([max_pool, mean_pool], dim=2).flatten(1)  # (B, 1506)
-        penultimate = self.dense_bn(torch.relu(self.dense(self.dropout(self.pool_bn(pooled)))))  # (B, 200)
-        logits = self.classifier(self.dropout(penultimate))
+        normed = self.dropout(self.pool_bn(pooled))  # (B, 1506)
+        penultimate = self.dense_bn(torch.relu(self.dense(normed)))  # (B, 200)
+        logits = self.classifier(normed if self.cfg.head_input == "meanmax" else self.dropout(penultimate))
         return {
             "logits": logits,
             "taggram": torch.sigmoid(logits),

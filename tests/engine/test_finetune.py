@@ -63,8 +63,9 @@ def test_finetune_gets_the_genre_head_and_freezes_then_trains_the_pretrained_lay
     at a tenth of the head's rate, per the optimiser's saved groups."""
     pretrained = load_checkpoint(SPEC)["model_state"]
     run = tmp_path / "run"
-    freeze = f"run.freeze=[{','.join(FRONT_MID + BACK)}]"
-    first = train(finetune_config(shards, run, "optim.epochs=1", "optim.freeze_epochs=1", freeze))
+    # the head of the shipped tag models (on the penultimate layer), so that every pretrained layer is on its path
+    freeze = [f"run.freeze=[{','.join(FRONT_MID + BACK)}]", "model.params.head_input=penultimate"]
+    first = train(finetune_config(shards, run, "optim.epochs=1", "optim.freeze_epochs=1", *freeze))
     assert first["labels"] == ["classical", "metal", "reggae"]
     after0 = torch.load(run / "last.pt", weights_only=True)["model_state"]
     assert after0.keys() == pretrained.keys()
@@ -77,7 +78,7 @@ def test_finetune_gets_the_genre_head_and_freezes_then_trains_the_pretrained_lay
     assert [len(g["params"]) for g in opt0["param_groups"]] == [2, 34 + 6]  # head | front, mid and back end
     assert len(opt0["state"]) == 2  # Adam moments only for the head: frozen parameters had no gradient
 
-    second = train(finetune_config(shards, run, "optim.epochs=2", "optim.freeze_epochs=1", "run.resume=true", freeze))
+    second = train(finetune_config(shards, run, "optim.epochs=2", "optim.freeze_epochs=1", "run.resume=true", *freeze))
     assert [h["epoch"] for h in second["history"]] == [0, 1]
     after1 = torch.load(run / "last.pt", weights_only=True)["model_state"]
     changed = moved(after0, after1, FRONT_MID + BACK)
@@ -169,3 +170,39 @@ def test_two_gloo_processes_fine_tune_with_a_temporary_freeze(tmp_path, syntheti
     b = torch.load(out / "last.pt", weights_only=True)["model_state"]
     assert not torch.equal(a["backbone.blocks.0.0.weight"], b["backbone.blocks.0.0.weight"])  # trained in epoch 1
     assert torch.isfinite(b["backbone.blocks.0.0.weight"]).all()
+
+
+def test_meanmax_head_reads_the_standardised_pool_and_leaves_the_dense_layer_as_loaded(pretrained_cache, shards, tmp_path):
+    """``model.params.head_input=meanmax``: the genre head is a linear layer on the BatchNorm'd 1,506 mean+max
+    pool (computed here by hand from the mid-end); the Dense 200 layer gets no gradient and trains not at all;
+    every pretrained tensor loads."""
+    import dataclasses
+
+    cfg = model_config("MSD_musicnn")
+    cfg = dataclasses.replace(cfg, params={**cfg.params, "head_input": "meanmax"})
+    model = build_model(cfg, 3, 22050, 65621)
+    report = init_from(model, SPEC)
+    assert report["reinitialised"] == ["backbone.classifier.weight", "backbone.classifier.bias"]
+    assert model.backbone.classifier.weight.shape == (3, 1506)
+    model.eval()
+    torch.manual_seed(0)
+    wave = (torch.randn(2, 65621) * 3000).to(torch.int16)
+    feats = model.features(wave)
+    mid = model.backbone.midend_features(feats)  # (B, 753, T)
+    pooled = torch.stack([mid.amax(dim=2), mid.mean(dim=2)], dim=2).flatten(1)  # TF's interleaved [max, mean]
+    bb = model.backbone
+    want = bb.classifier(bb.pool_bn(pooled))
+    torch.testing.assert_close(model(wave), want, rtol=1e-5, atol=1e-5)
+    model(wave).sum().backward()
+    assert all(p.grad is None for p in (*bb.dense.parameters(), *bb.dense_bn.parameters()))
+    assert bb.midend[0].conv.weight.grad is not None and bb.classifier.weight.grad is not None
+
+    pretrained = load_checkpoint(SPEC)["model_state"]
+    run = tmp_path / "run"
+    train(finetune_config(shards, run, "optim.epochs=1", "optim.freeze_epochs=0", "model.params.head_input=meanmax",
+                          "run.freeze=[backbone.input_bn,backbone.timbral,backbone.temporal]"))  # fmt: skip
+    after = torch.load(run / "last.pt", weights_only=True)["model_state"]
+    assert after["backbone.classifier.weight"].shape == (3, 1506)
+    assert torch.equal(after["backbone.dense.weight"], pretrained["backbone.dense.weight"])
+    assert torch.equal(after["backbone.timbral.0.conv.weight"], pretrained["backbone.timbral.0.conv.weight"])
+    assert not torch.equal(after["backbone.midend.0.conv.weight"], pretrained["backbone.midend.0.conv.weight"])
