@@ -22,8 +22,8 @@ from typing import Any
 from accelerate.logging import get_logger
 
 from engine.checkpoint import CheckpointError
-from engine.config import ConfigError, to_dict
-from engine.train import TrainConfig, config_from_args, saved_state_dir, train, yaml_dump
+from engine.config import ConfigError
+from engine.train import TrainConfig, config_from_args, print_config, saved_state_dir, train
 from shards.format import ManifestError, load_manifest
 
 logger = get_logger(__name__)
@@ -163,13 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, help="number of folds (must match the shard set's; default: the shard set's)")
     args = parser.parse_intermixed_args(argv)  # key=value overrides before and after options
     if args.print_config:  # the config every fold trains with (run.out_dir aside), then exit
-        try:
-            cfg = config_from_args(args)
-        except ConfigError as err:
-            print(f"config error: {err}", file=sys.stderr)
-            return 2
-        print(yaml_dump(to_dict(cfg)))
-        return 0
+        return print_config(args)
     if not args.out:
         parser.error("--out DIR is required (fold runs and cv.json/cv.md go there)")
     out = args.out

@@ -55,7 +55,7 @@ from engine.validate import AUTOCAST_DTYPES, PRECISIONS
 from shards import format as fmt
 from shards.ingest import _atomic_write_json
 from shards.tarstream import ShardReadError, iter_samples, sample_meta
-from shards.windows import fit_length, window_starts
+from shards.windows import fill_window, window_starts
 from shards.writer import ShardWriter, sha256_file, shard_matches
 
 logger = logging.getLogger(__name__)
@@ -192,16 +192,13 @@ def _embed_shard(
                     logger.error("%s: %s", job.url, why)
                     continue
                 x = sample.data  # int16 (T,), a view of a reused buffer: copied into buf below
-                if 0 < len(x) < segment:
-                    x = fit_length(np.asarray(x), segment, "loop")  # its one window, filled as evaluation fills it
+                x = fill_window(np.asarray(x), segment, "loop")  # a short track's one window, as evaluation fills it
                 starts = window_starts(len(x), segment, hop=hop)  # the windows evaluate scores
                 track = _Track(meta, starts, np.empty((len(starts), dim), dtype=np.float32))
                 pending.append(track)
                 for j, s in enumerate(starts.tolist()):
                     w = torch.from_numpy(np.asarray(x[s : s + segment]))
-                    row = buf[len(owners)]
-                    row[: len(w)].copy_(w)
-                    row[len(w) :].zero_()  # only an empty track's window is short
+                    buf[len(owners)].copy_(w)  # every window is whole: fill_window above, window_starts
                     owners.append((track, j))
                     if len(owners) == batch_size:
                         run_batch()

@@ -696,6 +696,18 @@ def _plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
     training_curves_png(history, run_dir / "curves.png")
 
 
+def print_config(args: argparse.Namespace) -> int:
+    """``--print-config``: the resolved config (file + overrides) as YAML on stdout; exit status 0, or 2 with
+    the config error (train and cv)."""
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    print(yaml_dump(to_dict(cfg)))
+    return 0
+
+
 def yaml_dump(data: dict[str, Any]) -> str:
     """A config dict as YAML in field order (what run.out_dir/config.yaml holds and --print-config prints)."""
     import yaml
@@ -734,14 +746,13 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     args = build_parser().parse_intermixed_args(argv)  # key=value overrides before and after options
+    if args.print_config:
+        return print_config(args)
     try:
         cfg = config_from_args(args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    if args.print_config:
-        print(yaml_dump(to_dict(cfg)))
-        return 0
     try:
         summary = train(cfg)
     except (ConfigError, CheckpointError, ManifestError, FileNotFoundError, KeyError) as err:

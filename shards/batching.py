@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .windows import fit_length
+from .windows import fill_window
 
 __all__ = ["EvalBatcher", "TrainBatcher", "batch_array"]
 
@@ -210,8 +210,8 @@ class EvalBatcher:
         self, track: int, label: int, x: np.ndarray | None, starts: Sequence[int]
     ) -> Iterator[Batch]:
         """The windows of ``track`` (``x``: the whole track, None when unreadable) starting at ``starts``."""
-        if x is not None and 0 < x.shape[0] < self.segment:
-            x = fit_length(x, self.segment, self.pad)  # its one window (window_starts: start 0)
+        if x is not None:
+            x = fill_window(x, self.segment, self.pad)  # a short track: its one window (window_starts: start 0)
         for start in starts:
             window = None if x is None else x[start : start + self.segment]
             out = self.put(track, label, window)

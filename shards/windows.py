@@ -37,6 +37,13 @@ def window_starts(
     return starts
 
 
+def fill_window(x: np.ndarray, segment: int, pad: str) -> np.ndarray:
+    """A track shorter than one window, filled to exactly one (``pad``: ``"loop"`` from its start, or
+    ``"zero"``); a track of at least one window is returned as it is. The one policy of evaluation, ``embed``
+    and ``classify`` for short tracks (training fills a short crop from a random phase: ``fit_length``)."""
+    return fit_length(x, segment, pad) if x.shape[0] < segment else x
+
+
 def fit_length(x: np.ndarray, length: int, pad: str = "zero", phase: int = 0) -> np.ndarray:
     """``x`` ``(n, ...)`` -> ``(length, ...)`` along the first axis: cut to ``length``, or fill to it with zeros
     (``pad="zero"``, or an empty ``x``) or with ``x`` looped, starting at sample ``phase`` (``pad="loop"``)."""

@@ -21,7 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from engine.classify.inputs import iter_inputs
 from shards.audio import AudioError, AudioInfo, exact_frames, load_audio, probe
 from shards.format import to_pcm16
-from shards.windows import fit_length, window_starts
+from shards.windows import fill_window, fit_length, window_starts
 
 DEFAULT_CHUNK_SECONDS = 120.0  # audio per worker -> main piece; bounds memory for hour-long files
 WHOLE_FILE_SECONDS = 600.0  # files up to this long are decoded in one read (exactly librosa.load) ...
@@ -126,7 +126,7 @@ def _whole_file(
     notes: list[str] = []
     if wave.size < segment_samples:
         notes.append(f"short: {wave.size / sample_rate:.2f} s {pad}-padded to one window")
-        wave = fit_length(wave, segment_samples, pad)
+    wave = fill_window(wave, segment_samples, pad)
     starts = window_starts(wave.size, segment_samples, max_windows=max_windows)  # decoded length, not the header's
     pcm = to_pcm16(wave)
     del wave

@@ -172,6 +172,12 @@ class Musicnn(nn.Module):
             for p in (*self.dense.parameters(), *self.dense_bn.parameters()):
                 p.requires_grad_(False)
 
+    def train(self, mode: bool = True) -> Musicnn:
+        super().train(mode)
+        if self.cfg.head_input == "meanmax":  # off the logits' path: its running statistics stay as loaded too
+            self.dense_bn.eval()
+        return self
+
     def embedding_dims(self) -> dict[str, int]:
         """Size of each named embedding (:attr:`EMBEDDINGS`)."""
         k = self.classifier.out_features

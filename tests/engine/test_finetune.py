@@ -204,5 +204,7 @@ def test_meanmax_head_reads_the_standardised_pool_and_leaves_the_dense_layer_as_
     after = torch.load(run / "last.pt", weights_only=True)["model_state"]
     assert after["backbone.classifier.weight"].shape == (3, 1506)
     assert torch.equal(after["backbone.dense.weight"], pretrained["backbone.dense.weight"])
+    for stat in ("running_mean", "running_var"):  # its BatchNorm's statistics too: off the logits' path
+        assert torch.equal(after[f"backbone.dense_bn.{stat}"], pretrained[f"backbone.dense_bn.{stat}"])
     assert torch.equal(after["backbone.timbral.0.conv.weight"], pretrained["backbone.timbral.0.conv.weight"])
     assert not torch.equal(after["backbone.midend.0.conv.weight"], pretrained["backbone.midend.0.conv.weight"])

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from shards.windows import window_starts
+from shards.windows import fill_window, window_starts
 
 
 @pytest.mark.parametrize(
@@ -34,3 +35,12 @@ def test_bad_sizes_are_errors():
         window_starts(100, 0)
     with pytest.raises(ValueError):
         window_starts(100, 10, hop=0)
+
+
+def test_fill_window_fills_only_a_track_shorter_than_one_window():
+    x = np.arange(1, 4, dtype=np.int16)
+    np.testing.assert_array_equal(fill_window(x, 8, "loop"), [1, 2, 3, 1, 2, 3, 1, 2])
+    np.testing.assert_array_equal(fill_window(x, 8, "zero"), [1, 2, 3, 0, 0, 0, 0, 0])
+    long = np.arange(10, dtype=np.int16)
+    assert fill_window(long, 8, "loop") is long  # a whole window or more: untouched, not cut
+    np.testing.assert_array_equal(fill_window(np.zeros(0, np.int16), 4, "loop"), np.zeros(4, np.int16))
