@@ -55,7 +55,16 @@ def markdown_report(
     metrics: dict[str, Any], label_names: list[str], predictions: list[dict[str, Any]]
 ) -> str:
     """The report.md text: headline (segment vs track), per-class table, confusion matrix, notes."""
-    seg, trk = metrics.get("segment", {}), metrics.get("track", {})
+    lines = _run_lines(metrics)
+    lines += _headline_lines(metrics)
+    lines += _per_class_lines(metrics, label_names)
+    lines += _notes_lines(metrics)
+    lines += _misclassified_lines(predictions, label_names)
+    return "\n".join(lines) + "\n"
+
+
+def _run_lines(metrics: dict[str, Any]) -> list[str]:
+    """The title and what was evaluated (shards, split, rate, window, processes, ...)."""
     title = "Evaluation"
     if metrics.get("checkpoint"):
         title += f" of `{metrics['checkpoint']}`"
@@ -76,6 +85,13 @@ def markdown_report(
             info.append(f"- {label}: {f'{value:.1f}' if key == 'seconds' else value}")
     lines += info + ([""] if info else [])
 
+    return lines
+
+
+def _headline_lines(metrics: dict[str, Any]) -> list[str]:
+    """Segment vs track headline metrics, with the note on macro averages."""
+    seg, trk = metrics.get("segment", {}), metrics.get("track", {})
+    lines: list[str] = []
     lines += ["## Headline", ""]
     lines += _table(
         ["metric", "segment (per window)", "track (mean of windows)"],
@@ -95,6 +111,13 @@ def markdown_report(
         "",
     ]
 
+    return lines
+
+
+def _per_class_lines(metrics: dict[str, Any], label_names: list[str]) -> list[str]:
+    """The per-class table (track level, segment F1 beside) and the track confusion matrix."""
+    seg, trk = metrics.get("segment", {}), metrics.get("track", {})
+    lines: list[str] = []
     lines += ["## Per class (track level; segment F1 alongside)", ""]
     rows = []
     for name in label_names:
@@ -123,6 +146,12 @@ def markdown_report(
     )
     lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
 
+    return lines
+
+
+def _notes_lines(metrics: dict[str, Any]) -> list[str]:
+    """Unmapped or absent classes, tracks without a readable window, the label map; nothing if none."""
+    lines: list[str] = []
     notes = []
     unmapped = metrics.get("unmapped_classes") or {}
     if unmapped:
@@ -144,6 +173,12 @@ def markdown_report(
     if notes:
         lines += ["## Notes", "", *notes, ""]
 
+    return lines
+
+
+def _misclassified_lines(predictions: list[dict[str, Any]], label_names: list[str]) -> list[str]:
+    """The misclassified tracks (first 50), or "None."."""
+    lines: list[str] = []
     wrong = [p for p in predictions if not p.get("correct", p.get("true_label") == p.get("predicted_label"))]
     lines += [f"## Misclassified tracks ({len(wrong)} of {len(predictions)})", ""]
     if wrong:
@@ -167,7 +202,7 @@ def markdown_report(
             lines.append(f"\n... {len(wrong) - len(shown)} more: see predictions.csv (column `correct`).")
     else:
         lines.append("None.")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _prob(pred: dict[str, Any], label_names: list[str], name: Any) -> str:

@@ -541,7 +541,20 @@ def generate_clip(
         x = _shape(_drive(x, v.drive), sr, v.lowpass, v.highpass)
         stems.append((x * level(v.level_db) / max(_rms(x), 1e-6) * 0.1, side * float(rng.uniform(0.3, 0.7))))
 
-    # mix (mono or panned stereo), then master: saturation, random EQ, noise floor, loudness, limiter
+    return _mix_and_master(stems, n_total, n_pre, sr, channels, recipe.clip_drive, rng)
+
+
+def _mix_and_master(
+    stems: list[tuple[np.ndarray, float]],
+    n_total: int,
+    n_pre: int,
+    sr: int,
+    channels: int,
+    clip_drive: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Mix the stems (mono, or panned stereo), each ``n_total`` samples long; drop the ``n_pre`` lead-in samples, then master: saturation,
+    a random EQ, a noise floor, a random loudness and the limiter. -> float32 ``(T,)`` or ``(T, 2)``."""
     if channels == 1:
         mix = sum(s for s, _ in stems)[None, :]
     else:
@@ -550,8 +563,8 @@ def generate_clip(
             mix[0] += s * math.sqrt((1 - p) / 2)
             mix[1] += s * math.sqrt((1 + p) / 2)
     mix = mix[:, n_pre:]
-    if recipe.clip_drive > 0:
-        mix = np.stack([_drive(c, recipe.clip_drive * float(rng.uniform(0.6, 1.4))) for c in mix])
+    if clip_drive > 0:
+        mix = np.stack([_drive(c, clip_drive * float(rng.uniform(0.6, 1.4))) for c in mix])
     tilt = float(rng.uniform(-5.0, 3.0))  # dB per octave around 1 kHz
     lp_top = max(min(11000.0, 0.45 * sr), 2500.0)  # Hz; low rates get the same (inaudible) draw range
     lp = float(np.exp(rng.uniform(np.log(2500.0), np.log(lp_top))))
