@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.config import to_dict  # noqa: E402
-from kernels.augment import AUGMENTATIONS, AugmentConfig, build_augment  # noqa: E402
+from kernels.augment import AUGMENTATIONS, build_augment  # noqa: E402
+from kernels.augment_config import AugmentConfig  # noqa: E402
 
 SR = 22050
 SECONDS = 3.0

@@ -29,7 +29,10 @@ name               class                                input -> output
 ``mixup``          :class:`Mixup`                       ``(x [B, ...], targets [B, K])``
 =================  ===================================  ==========================================
 
-They are registered in :data:`AUGMENTATIONS`; each class has ``from_config(cfg, sample_rate)``.
+They are registered in :data:`AUGMENTATIONS`; each class has ``from_config(cfg, sample_rate)`` (the recipe,
+:class:`~kernels.augment_config.AugmentConfig`, is in :mod:`kernels.augment_config`). The Modules are thin:
+they hold the configuration and the generator, return their input unless training, draw the per-sample
+parameters and hand them to the pure tensor functions of :mod:`kernels.augment_functional`.
 :class:`WaveAugment` and :class:`SpecAugment` chain the enabled ones in a fixed order;
 :func:`build_augment` returns the three stages used by the model. The slow, exact, waveform-domain time
 stretch / pitch shift (phase vocoder + resampling) expands a corpus offline, at ingest: ``make_shards.py
@@ -41,12 +44,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from kernels import augment_functional as AF
+from kernels.augment_config import AugmentConfig
 from registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -58,120 +63,6 @@ WAVE_ORDER = ("shift", "polarity", "gain", "noise")
 #: order in which :class:`SpecAugment` applies its parts (masks last so masked regions are exact)
 SPEC_ORDER = ("time_stretch", "pitch_shift", "freq_mask", "time_mask")
 
-_HALF = (torch.float16, torch.bfloat16)
-
-
-# ----------------------------------------------------------------------------------------------- config
-
-
-@dataclass
-class AugmentConfig:
-    """Augmentation recipe. Every augmentation is switched off by its probability (or mask count) = 0.
-
-    Probabilities are per sample: each sample of a batch independently gets the augmentation with
-    probability ``*_p`` and its own random parameters. The defaults are a modest recipe for 3-30 s music
-    clips fed to a log-mel CNN.
-    """
-
-    enabled: bool = True
-    """Master switch: False makes every stage the identity (also in training)."""
-    seed: int = 0
-    """Base seed of the per-device generators (each augmentation derives its own stream from it)."""
-
-    # --- waveform ([B, T], float, full scale 1.0)
-    gain_p: float = 0.5
-    gain_db: tuple[float, float] = (-6.0, 6.0)
-    """Gain range in dB, drawn uniformly per sample."""
-    noise_p: float = 0.3
-    noise_snr_db: tuple[float, float] = (15.0, 40.0)
-    """Signal-to-noise ratio range in dB (noise power relative to the clip's mean power), uniform."""
-    noise_color: Literal["white", "pink", "both"] = "both"
-    """With "both", each noisy sample gets white or pink noise with equal probability."""
-    shift_p: float = 0.5
-    shift_max_seconds: float = 1.0
-    """Largest circular shift, in seconds (either direction)."""
-    shift_max_fraction: float = 0.5
-    """...and at most this fraction of the clip length."""
-    polarity_p: float = 0.5
-
-    # --- spectrogram ([B, C, F, frames])
-    freq_masks: int = 2
-    """Number of frequency masks per sample (0 disables)."""
-    freq_mask_width: int = 12
-    """Largest frequency-mask width in bins; widths are uniform in {0, ..., freq_mask_width}."""
-    time_masks: int = 2
-    """Number of time masks per sample (0 disables)."""
-    time_mask_width: int = 24
-    """Largest time-mask width in frames; widths are uniform in {0, ..., max width}."""
-    time_mask_max_fraction: float = 0.2
-    """...and at most this fraction of the frames (SpecAugment's upper bound ``p``)."""
-    mask_value: Literal["zero", "mean"] = "mean"
-    """Masked bins become 0 or the sample's mean over (C, F, frames)."""
-    time_stretch_p: float = 0.3
-    time_stretch_rate: tuple[float, float] = (0.8, 1.25)
-    """Speed-up factor range (>1 = faster/shorter content), drawn log-uniformly per sample."""
-    time_stretch_pad: Literal["wrap", "edge"] = "wrap"
-    """How a sped-up (rate > 1) spectrogram is filled to its frame count: loop it / repeat the last frame."""
-    pitch_shift_p: float = 0.3
-    pitch_shift_semitones: tuple[float, float] = (-2.0, 2.0)
-    """Pitch-shift range in semitones, uniform per sample."""
-
-    # --- mixup (on whatever the model mixes: features or waveforms)
-    mixup_p: float = 0.5
-    """Fraction of samples that are mixed with another sample of the batch."""
-    mixup_alpha: float = 0.4
-    """lambda ~ Beta(alpha, alpha) per sample."""
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` for values that cannot be right (``engine.config.from_dict`` reports it as a
-        ``ConfigError`` with the same message)."""
-        for name in (
-            "gain_p",
-            "noise_p",
-            "shift_p",
-            "polarity_p",
-            "time_stretch_p",
-            "pitch_shift_p",
-            "mixup_p",
-        ):
-            p = getattr(self, name)
-            if not 0.0 <= p <= 1.0 or math.isnan(p):
-                raise ValueError(f"augment.{name} must be a probability in [0, 1], got {p}")
-        for name in ("gain_db", "noise_snr_db", "time_stretch_rate", "pitch_shift_semitones"):
-            lo, hi = getattr(self, name)
-            if not (math.isfinite(lo) and math.isfinite(hi)):
-                raise ValueError(f"augment.{name} must be finite, got {(lo, hi)}")
-            if lo > hi:
-                raise ValueError(f"augment.{name} must be (low, high) with low <= high, got {(lo, hi)}")
-        if self.time_stretch_rate[0] <= 0:
-            raise ValueError(
-                f"augment.time_stretch_rate must be > 0 (a speed factor), got {self.time_stretch_rate}"
-            )
-        if max(abs(v) for v in self.gain_db) > 60:
-            raise ValueError(f"augment.gain_db beyond +-60 dB is not an augmentation: {self.gain_db}")
-        if max(abs(v) for v in self.pitch_shift_semitones) > 24:
-            raise ValueError(
-                "augment.pitch_shift_semitones must stay within +-24 semitones, "
-                f"got {self.pitch_shift_semitones}"
-            )
-        if self.noise_color not in ("white", "pink", "both"):
-            raise ValueError(f"augment.noise_color must be white, pink or both, got {self.noise_color!r}")
-        if self.mask_value not in ("zero", "mean"):
-            raise ValueError(f"augment.mask_value must be zero or mean, got {self.mask_value!r}")
-        if self.time_stretch_pad not in ("wrap", "edge"):
-            raise ValueError(f"augment.time_stretch_pad must be wrap or edge, got {self.time_stretch_pad!r}")
-        if self.shift_max_seconds < 0:
-            raise ValueError(f"augment.shift_max_seconds must be >= 0, got {self.shift_max_seconds}")
-        for name in ("shift_max_fraction", "time_mask_max_fraction"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"augment.{name} must be in [0, 1], got {v}")
-        for name in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
-        if not self.mixup_alpha > 0:
-            raise ValueError(f"augment.mixup_alpha must be > 0 (Beta(alpha, alpha)), got {self.mixup_alpha}")
-
 
 # ---------------------------------------------------------------------------------------- base + helpers
 
@@ -180,16 +71,6 @@ def _derive_seed(seed: int, name: str) -> int:
     """A 63-bit seed for augmentation ``name`` from the base seed: distinct, stable across runs/platforms."""
     digest = hashlib.blake2b(f"{int(seed)}:{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float16/bfloat16 are augmented in float32; float32/float64 in themselves."""
-    return torch.float32 if dtype in _HALF else dtype
-
-
-def _per_sample(v: Tensor, x: Tensor) -> Tensor:
-    """Reshape a per-sample ``[B]`` tensor to broadcast against ``x [B, ...]``."""
-    return v.reshape(v.shape[0], *([1] * (x.dim() - 1)))
 
 
 def _check_float(x: Tensor, what: str, min_dim: int) -> None:
@@ -252,6 +133,26 @@ class RandomAugment(nn.Module):
 
     def _uniform(self, n: int, lo: float, hi: float, device: torch.device) -> Tensor:
         return lo + (hi - lo) * self._rand(n, device)
+
+    def _gate(self, values: Tensor, p: float, neutral: float = 1.0) -> Tensor:
+        """``values [B]`` where a per-sample Bernoulli(p) coin (drawn now) says so, else ``neutral``."""
+        on = self._coin(values.shape[0], p, values.device)
+        return torch.where(on, values, torch.full_like(values, neutral))
+
+    def _draw_per_sample(
+        self,
+        batch: int,
+        p: float,
+        device: torch.device,
+        low: float = 0.0,
+        high: float = 1.0,
+        transform: Callable[[Tensor], Tensor] | None = None,
+        neutral: float = 1.0,
+    ) -> Tensor:
+        """Per-sample parameters ``[B]``: ``transform(u)``, ``u`` uniform in ``[low, high)``, with probability
+        ``p``, else ``neutral``. Draws ``batch`` uniforms, then ``batch`` coins (the order is the stream)."""
+        u = self._uniform(batch, low, high, device)
+        return self._gate(u if transform is None else transform(u), p, neutral)
 
     def __getstate__(self) -> dict[str, Any]:
         # generators are device-bound runtime state: a copy / unpickled module re-creates them from the seed
@@ -347,16 +248,13 @@ class Gain(RandomAugment):
 
     def gains(self, batch: int, device: torch.device) -> Tensor:
         """Per-sample linear gain factors float32 ``[B]`` (1 where not applied)."""
-        db = self._uniform(batch, *self.db_range, device)
-        on = self._coin(batch, self.p, device)
-        return torch.where(on, torch.pow(10.0, db / 20.0), torch.ones_like(db))
+        return self._draw_per_sample(batch, self.p, device, *self.db_range, transform=AF.db_to_amplitude)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or not self.is_active:
             return x
         x = _wave_input(x, "Gain")
-        g = self.gains(x.shape[0], x.device)
-        return x * _per_sample(g, x).to(x.dtype)
+        return AF.apply_gain(x, self.gains(x.shape[0], x.device))
 
     def extra_repr(self) -> str:
         return f"db_range={self.db_range}, p={self.p}, seed={self.seed}"
@@ -384,9 +282,7 @@ class Polarity(RandomAugment):
         if not self.training or not self.is_active:
             return x
         x = _wave_input(x, "Polarity")
-        flip = self._coin(x.shape[0], self.p, x.device)
-        sign = 1.0 - 2.0 * flip.to(torch.float32)  # (B,) in {+1, -1}
-        return x * _per_sample(sign, x).to(x.dtype)
+        return AF.invert_polarity(x, self._coin(x.shape[0], self.p, x.device))
 
     def extra_repr(self) -> str:
         return f"p={self.p}, seed={self.seed}"
@@ -435,45 +331,23 @@ class TimeShift(RandomAugment):
     def shifts(self, batch: int, num_samples: int, device: torch.device) -> Tensor:
         """Per-sample shifts int64 ``[B]`` in ``[-m, m]`` (0 where not applied)."""
         m = self.max_shift(num_samples)
-        u = self._rand(batch, device)
-        s = torch.floor(u * (2 * m + 1)).long().clamp_(max=2 * m) - m
-        on = self._coin(batch, self.p, device)
-        return torch.where(on, s, torch.zeros_like(s))
+
+        def to_shift(u: Tensor) -> Tensor:  # uniform in [0, 1) -> integer uniform in [-m, m]
+            return torch.floor(u * (2 * m + 1)).long().clamp_(max=2 * m) - m
+
+        return self._draw_per_sample(batch, self.p, device, transform=to_shift, neutral=0)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or not self.is_active:
             return x
         x = _wave_input(x, "TimeShift")
-        n = x.shape[-1]
-        s = self.shifts(x.shape[0], n, x.device)
-        # (B, 1.., T) source index of each output sample: a per-sample circular roll as one gather
-        idx = torch.remainder(torch.arange(n, device=x.device) - s[:, None], n)
-        idx = idx.reshape(x.shape[0], *([1] * (x.dim() - 2)), n).expand_as(x)
-        return torch.gather(x, -1, idx)
+        return AF.circular_shift(x, self.shifts(x.shape[0], x.shape[-1], x.device))
 
     def extra_repr(self) -> str:
         return (
             f"sample_rate={self.sample_rate}, max_seconds={self.max_seconds}, "
             f"max_fraction={self.max_fraction}, p={self.p}, seed={self.seed}"
         )
-
-
-def _shaped_noise(shape: torch.Size, pink: Tensor | None, gen: torch.Generator, dtype: torch.dtype) -> Tensor:
-    """Gaussian noise ``[B, ..., T]`` drawn in the frequency domain, no DC.
-
-    ``pink`` bool ``[B]`` selects per sample a 1/f power spectrum (amplitude ``1/sqrt(f)``) instead of a
-    flat one; a single complex draw + one inverse FFT serves both colours, so no white->pink forward FFT.
-    """
-    n = shape[-1]
-    k = n // 2 + 1
-    device = pink.device
-    z = torch.view_as_complex(torch.randn((*shape[:-1], k, 2), generator=gen, device=device, dtype=dtype))
-    f = torch.arange(k, device=device, dtype=dtype)
-    flat = (f > 0).to(dtype)
-    one_over_sqrt_f = flat * torch.rsqrt(f.clamp(min=1.0))
-    bshape = (shape[0], *([1] * (len(shape) - 1)))
-    amp = torch.where(pink.reshape(bshape), one_over_sqrt_f, flat)  # (B, 1.., K)
-    return torch.fft.irfft(z * amp, n=n, dim=-1)
 
 
 @AUGMENTATIONS.register("noise")
@@ -516,7 +390,7 @@ class AddNoise(RandomAugment):
             return x
         x = _wave_input(x, "AddNoise")
         b, dev = x.shape[0], x.device
-        wd = _work_dtype(x.dtype)
+        wd = AF.work_dtype(x.dtype)
         gen = self.generator(dev)
         snr = self._uniform(b, *self.snr_db, dev)
         on = self._coin(b, self.p, dev)
@@ -528,14 +402,8 @@ class AddNoise(RandomAugment):
                 if self.color == "both"
                 else torch.ones(b, dtype=torch.bool, device=dev)
             )
-            noise = _shaped_noise(x.shape, pink, gen, wd)
-        dims = tuple(range(1, x.dim()))
-        xw = x.detach().to(wd)
-        p_sig = xw.square().mean(dim=dims)  # (B,) signal power: a random parameter, not differentiated
-        p_noise = noise.square().mean(dim=dims).clamp_min(torch.finfo(wd).tiny)
-        scale = torch.sqrt(p_sig / p_noise * torch.pow(10.0, -snr.to(wd) / 10.0))
-        scale = torch.where(on, scale, torch.zeros_like(scale))
-        return (x.to(wd) + noise * _per_sample(scale, x)).to(x.dtype)
+            noise = AF.colored_noise(x.shape, pink, gen, wd)
+        return AF.add_noise(x, noise, snr, on)
 
     def extra_repr(self) -> str:
         return f"snr_db={self.snr_db}, color={self.color!r}, p={self.p}, seed={self.seed}"
@@ -587,34 +455,6 @@ class WaveAugment(_Chain):
 # ---------------------------------------------------------------------------------------- spectrogram
 
 
-def _interp_axis(x: Tensor, pos: Tensor, dim: int, wrap: bool) -> Tensor:
-    """Linear interpolation of ``x [B, C, F, N]`` at per-sample fractional positions along ``dim``.
-
-    ``pos [B, M]`` are input indices (float) for each output index along ``dim`` (-1 = frames, -2 = bins);
-    returns ``[B, C, F, M]`` or ``[B, C, M, N]``. Out-of-range positions wrap around (``wrap``) or clamp to
-    the edge. An integer position returns the input value exactly.
-    """
-    n = x.shape[dim]
-    i0 = torch.floor(pos)
-    w = (pos - i0).to(x.dtype)
-    i0 = i0.long()
-    i1 = i0 + 1
-    if wrap:
-        i0, i1 = torch.remainder(i0, n), torch.remainder(i1, n)
-    else:
-        i0, i1 = i0.clamp(0, n - 1), i1.clamp(0, n - 1)
-    b, m = pos.shape
-    shape = (b, 1, 1, m) if dim == -1 else (b, 1, m, 1)
-    out_shape = list(x.shape)
-    out_shape[dim] = m
-    i0 = i0.reshape(shape).expand(out_shape)
-    i1 = i1.reshape(shape).expand(out_shape)
-    w = w.reshape(shape)
-    x0 = torch.gather(x, dim, i0)
-    x1 = torch.gather(x, dim, i1)
-    return x0 + w * (x1 - x0)
-
-
 @AUGMENTATIONS.register("time_stretch")
 class SpecTimeStretch(RandomAugment):
     """Resample a spectrogram along time by a per-sample rate, keeping the frame count.
@@ -656,22 +496,15 @@ class SpecTimeStretch(RandomAugment):
     def rates(self, batch: int, device: torch.device) -> Tensor:
         """Per-sample rates float32 ``[B]`` (1 where not applied)."""
         lo, hi = math.log(self.rate_range[0]), math.log(self.rate_range[1])
-        r = torch.exp(self._uniform(batch, lo, hi, device))
-        on = self._coin(batch, self.p, device)
-        return torch.where(on, r, torch.ones_like(r))
+        return self._draw_per_sample(batch, self.p, device, lo, hi, transform=torch.exp)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or not self.is_active:
             return x
         _check_spec(x, "SpecTimeStretch")
-        b, n, dev = x.shape[0], x.shape[-1], x.device
-        r = self.rates(b, dev)
-        u = self._rand(b, dev)
-        offset = u * (n - 1) * (1.0 - r).clamp(min=0.0)  # (B,) random window start when stretching longer
-        t = torch.arange(n, device=dev, dtype=torch.float32)
-        pos = offset[:, None] + t[None, :] * r[:, None]  # (B, frames) input frame of each output frame
-        out = _interp_axis(x.to(_work_dtype(x.dtype)), pos, -1, wrap=self.pad == "wrap").to(x.dtype)
-        return torch.where(_per_sample(r != 1.0, x), out, x)
+        rates = self.rates(x.shape[0], x.device)
+        offset_fraction = self._rand(x.shape[0], x.device)  # where the kept window starts when slowing down
+        return AF.spec_time_stretch(x, rates, offset_fraction, self.pad)
 
     def extra_repr(self) -> str:
         return f"rate_range={self.rate_range}, p={self.p}, pad={self.pad!r}, seed={self.seed}"
@@ -709,20 +542,13 @@ class SpecPitchShift(RandomAugment):
 
     def factors(self, batch: int, device: torch.device) -> Tensor:
         """Per-sample frequency factors ``2 ** (s / 12)`` float32 ``[B]`` (1 where not applied)."""
-        s = self._uniform(batch, *self.semitones, device)
-        on = self._coin(batch, self.p, device)
-        return torch.where(on, torch.pow(2.0, s / 12.0), torch.ones_like(s))
+        return self._draw_per_sample(batch, self.p, device, *self.semitones, transform=AF.semitones_to_ratio)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or not self.is_active:
             return x
         _check_spec(x, "SpecPitchShift")
-        b, nf, dev = x.shape[0], x.shape[-2], x.device
-        k = self.factors(b, dev)
-        f = torch.arange(nf, device=dev, dtype=torch.float32)
-        pos = f[None, :] / k[:, None]  # (B, F) input bin of each output bin
-        out = _interp_axis(x.to(_work_dtype(x.dtype)), pos, -2, wrap=False).to(x.dtype)
-        return torch.where(_per_sample(k != 1.0, x), out, x)
+        return AF.spec_pitch_shift(x, self.factors(x.shape[0], x.device))
 
     def extra_repr(self) -> str:
         return f"semitones={self.semitones}, p={self.p}, seed={self.seed}"
@@ -763,26 +589,16 @@ class _Mask(RandomAugment):
 
     def masks(self, batch: int, size: int, device: torch.device) -> Tensor:
         """bool ``[B, size]``: True where masked (union of ``count`` intervals per sample)."""
-        wmax = self.width_limit(size)
         u = self._rand(2 * batch * self.count, device).view(2, batch, self.count)
-        width = torch.floor(u[0] * (wmax + 1)).clamp_(max=wmax)  # (B, count) in {0..wmax}
-        start = torch.floor(u[1] * (size - width + 1)).clamp_(max=size - width)  # (B, count)
-        i = torch.arange(size, device=device, dtype=torch.float32)
-        inside = (i >= start[..., None]) & (i < (start + width)[..., None])  # (B, count, size)
-        return inside.any(dim=1)
+        start, width = AF.intervals_from_uniforms(u[0], u[1], size, self.width_limit(size))
+        return AF.interval_mask(start, width, size)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or not self.is_active:
             return x
         _check_spec(x, type(self).__name__)
         m = self.masks(x.shape[0], x.shape[self.dim], x.device)
-        m = m[:, None, None, :] if self.dim == -1 else m[:, None, :, None]
-        if self.value == "zero":
-            fill = torch.zeros((), dtype=x.dtype, device=x.device)
-        else:
-            fill = x.detach().to(_work_dtype(x.dtype)).mean(dim=(1, 2, 3)).to(x.dtype)
-            fill = _per_sample(fill, x)
-        return torch.where(m, fill, x)
+        return AF.mask_along(x, m, self.dim, self.value)
 
     def extra_repr(self) -> str:
         return (
@@ -872,9 +688,7 @@ class Mixup(RandomAugment):
         gen = self.generator(device)
         conc = torch.full((2, batch), self.alpha, device=device, dtype=torch.float32)
         g = torch._standard_gamma(conc, generator=gen)  # (2, B)
-        lam = g[0] / (g[0] + g[1]).clamp_min(torch.finfo(torch.float32).tiny)
-        on = self._coin(batch, self.p, device)
-        lam = torch.where(on, lam, torch.ones_like(lam))
+        lam = self._gate(g[0] / (g[0] + g[1]).clamp_min(torch.finfo(torch.float32).tiny), self.p)
         perm = torch.randperm(batch, generator=gen, device=device)
         return lam, perm
 
@@ -895,13 +709,7 @@ class Mixup(RandomAugment):
         if targets.shape[0] != x.shape[0]:
             raise ValueError(f"Mixup: batch sizes differ: x {tuple(x.shape)}, targets {tuple(targets.shape)}")
         lam, perm = self.params(x.shape[0], x.device)
-        wd = _work_dtype(x.dtype)
-        lx = _per_sample(lam, x).to(wd)
-        xm = (lx * x.to(wd) + (1.0 - lx) * x[perm].to(wd)).to(x.dtype)
-        lt = lam.to(device=targets.device, dtype=_work_dtype(targets.dtype))[:, None]
-        perm_t = perm.to(targets.device)
-        tm = (lt * targets + (1.0 - lt) * targets[perm_t]).to(targets.dtype)
-        return xm, tm
+        return AF.mixup(x, targets, lam, perm)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, p={self.p}, seed={self.seed}"
@@ -919,7 +727,6 @@ def build_augment(cfg: AugmentConfig, sample_rate: int) -> tuple[WaveAugment, Sp
 __all__ = [
     "AUGMENTATIONS",
     "AddNoise",
-    "AugmentConfig",
     "FreqMask",
     "Gain",
     "Mixup",

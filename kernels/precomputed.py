@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from kernels.augment import AugmentConfig
+from kernels.augment_config import AugmentConfig
 from kernels.features import PRECOMPUTED, FrontendConfig
 
 __all__ = [

@@ -34,7 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from engine.config import ConfigError, from_dict, to_dict
-from kernels.augment import AugmentConfig, build_augment, reseed_all
+from kernels.augment import build_augment, reseed_all
+from kernels.augment_config import AugmentConfig
 from kernels.features import FrontendConfig, build_frontend
 from kernels.precomputed import PrecomputedFrontend, is_precomputed, sequence_augment_config
 from registry import Registry

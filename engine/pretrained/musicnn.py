@@ -41,7 +41,7 @@ from engine.config import to_dict
 from engine.models import GenreModel, ModelConfig, build_model
 from engine.pretrained import PretrainedError, cache_dir
 from engine.pretrained.tf_bundle import BundleError, read_index, read_tensor
-from kernels.augment import AugmentConfig
+from kernels.augment_config import AugmentConfig
 from kernels.features import FrontendConfig
 from kernels.musicnn_input import MUSICNN_RATE
 

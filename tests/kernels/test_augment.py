@@ -13,7 +13,6 @@ from engine.config import ConfigError, from_dict, to_dict
 from kernels.augment import (
     AUGMENTATIONS,
     AddNoise,
-    AugmentConfig,
     FreqMask,
     Gain,
     Mixup,
@@ -27,6 +26,7 @@ from kernels.augment import (
     build_augment,
     reseed_all,
 )
+from kernels.augment_config import AugmentConfig
 
 SR = 8000
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.models import ModelConfig, build_model
-from kernels.augment import AugmentConfig
+from kernels.augment_config import AugmentConfig
 from kernels.features import FrontendConfig, build_frontend
 from kernels.precomputed import PrecomputedFrontend, estimate_sequence_stats, sequence_augment_config
 
