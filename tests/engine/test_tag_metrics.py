@@ -10,6 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from engine.tag_metrics import (
@@ -160,3 +162,23 @@ def test_accumulator_with_identity_gather_equals_metrics_of_the_whole_set(fixed)
     assert rows["n"] == 40 and rows["roc_auc_macro"] == pytest.approx(tag_metrics(_t(s), _t(y), TAGS)["roc_auc_macro"])
     with pytest.raises(ValueError, match="every batch or for none"):
         acc.update(_t(s[:2]), _t(y[:2]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(2, 30).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, -2.0, 3.5]), min_size=n, max_size=n),
+            st.lists(st.integers(0, 1), min_size=n, max_size=n),
+        )
+    )
+)
+def test_any_tied_scores_give_sklearns_auc_and_ap(pair):
+    s, y = np.asarray(pair[0])[:, None], np.asarray(pair[1])[:, None]
+    auc = float(roc_auc_per_tag(_t(s), _t(y))[0])
+    ap = float(average_precision_per_tag(_t(s), _t(y))[0])
+    if y.min() == y.max():
+        assert math.isnan(auc) and math.isnan(ap)
+    else:
+        assert auc == pytest.approx(roc_auc_score(y[:, 0], s[:, 0]), abs=1e-12)
+        assert ap == pytest.approx(average_precision_score(y[:, 0], s[:, 0]), abs=1e-12)
