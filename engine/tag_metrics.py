@@ -103,15 +103,15 @@ def _binary_ap(score: Tensor, target: Tensor) -> float:
 def roc_auc_per_tag(scores: Tensor, targets: Tensor) -> Tensor:
     """ROC-AUC of each tag, float64 ``[K]``; NaN for a tag without positives or without negatives."""
     s, t = _check(scores, targets)
-    return torch.tensor([_binary_auc(s[:, j], t[:, j]) if s.shape[0] else math.nan
-                         for j in range(s.shape[1])], dtype=torch.float64)  # fmt: skip
+    per_tag = [_binary_auc(s[:, j], t[:, j]) if s.shape[0] else math.nan for j in range(s.shape[1])]
+    return torch.tensor(per_tag, dtype=torch.float64)
 
 
 def average_precision_per_tag(scores: Tensor, targets: Tensor) -> Tensor:
     """Average precision of each tag, float64 ``[K]``; NaN for a tag without positives or negatives."""
     s, t = _check(scores, targets)
-    return torch.tensor([_binary_ap(s[:, j], t[:, j]) if s.shape[0] else math.nan
-                         for j in range(s.shape[1])], dtype=torch.float64)  # fmt: skip
+    per_tag = [_binary_ap(s[:, j], t[:, j]) if s.shape[0] else math.nan for j in range(s.shape[1])]
+    return torch.tensor(per_tag, dtype=torch.float64)
 
 
 def micro_roc_auc(scores: Tensor, targets: Tensor) -> float:
@@ -222,10 +222,14 @@ def tag_metrics(
         "f1_micro": f1["micro"],
     }
     per_tag = {
-        name: {"roc_auc": float(auc[j]), "ap": float(ap[j]), "support": int(support[j]),
-               "f1": float(f1["per_tag"][j])}
+        name: {
+            "roc_auc": float(auc[j]),
+            "ap": float(ap[j]),
+            "support": int(support[j]),
+            "f1": float(f1["per_tag"][j]),
+        }
         for j, name in enumerate(tag_names)
-    }  # fmt: skip
+    }
     if thresholds is not None:
         tuned = f1_scores(s, t, thresholds)
         out["f1_macro_tuned"], out["f1_micro_tuned"] = tuned["macro"], tuned["micro"]
@@ -264,13 +268,18 @@ def pool_by_track(
     if window_targets is None:
         return track_ids, pooled, None
     if window_targets.shape != window_scores.shape:
-        raise ValueError(f"window_targets must be {tuple(window_scores.shape)}, got {tuple(window_targets.shape)}")
+        raise ValueError(
+            f"window_targets must be {tuple(window_scores.shape)}, got {tuple(window_targets.shape)}"
+        )
     wt = window_targets.detach().cpu()
     track_targets = torch.zeros(n, k, dtype=wt.dtype)
     track_targets[inverse] = wt
     bad = (track_targets[inverse] != wt).any(dim=1)  # (W,) a window disagreeing with its track's row
     if bool(bad.any()):
-        raise ValueError(f"windows of the same track carry different targets (tracks {track_ids[inverse[bad]].unique().tolist()[:5]})")
+        raise ValueError(
+            "windows of the same track carry different targets "
+            f"(tracks {track_ids[inverse[bad]].unique().tolist()[:5]})"
+        )
     return track_ids, pooled, track_targets
 
 

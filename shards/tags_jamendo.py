@@ -68,7 +68,9 @@ def read_jamendo_tsv(path: str | Path, subset: str = "all") -> list[JamendoTrack
             if cols == [""]:
                 continue
             if len(cols) < 6:
-                raise ValueError(f"{path}:{lineno}: expected 6 or more tab-separated columns, got {len(cols)}")
+                raise ValueError(
+                    f"{path}:{lineno}: expected 6 or more tab-separated columns, got {len(cols)}"
+                )
             try:
                 duration = float(cols[4])
             except ValueError:
@@ -116,6 +118,10 @@ def jamendo_split_files(data_dir: str | Path, split: int = 0, subset: str = "gen
     return out
 
 
-def read_jamendo_split(data_dir: str | Path, split: int = 0, subset: str = "genre") -> dict[str, list[JamendoTrack]]:
+def read_jamendo_split(
+    data_dir: str | Path, split: int = 0, subset: str = "genre"
+) -> dict[str, list[JamendoTrack]]:
     """The official split ``split`` of ``subset``: ``{"train": [...], "valid": [...], "test": [...]}``."""
-    return {name: read_jamendo_tsv(p, subset) for name, p in jamendo_split_files(data_dir, split, subset).items()}
+    return {
+        name: read_jamendo_tsv(p, subset) for name, p in jamendo_split_files(data_dir, split, subset).items()
+    }

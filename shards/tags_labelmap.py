@@ -49,7 +49,8 @@ class LabelMap:
             value = str(canon).strip() if canon is not None and str(canon).strip() else None
             if k in self._map and self._map[k] != value:
                 raise ValueError(
-                    f"label map lists {seen[k]!r} -> {self._map[k]!r} and {raw!r} -> {value!r} (case-insensitive)"
+                    f"label map lists {seen[k]!r} -> {self._map[k]!r} and {raw!r} -> {value!r} "
+                    "(matched case-insensitively)"
                 )
             self._map[k], seen[k] = value, str(raw)
 

@@ -66,7 +66,9 @@ def read_mtat(path: str | Path, top_n: int | None = 50, drop_untagged: bool = Fa
         rows = csv.reader(f, delimiter="\t", quotechar='"')
         header = next(rows, None)
         if not header or header[0] != "clip_id" or header[-1] != "mp3_path":
-            raise ValueError(f"{path}: not a MagnaTagATune annotations file (header must be clip_id ... mp3_path)")
+            raise ValueError(
+                f"{path}: not a MagnaTagATune annotations file (header must be clip_id ... mp3_path)"
+            )
         names = header[1:-1]
         raw: list[tuple[str, str, list[bool]]] = []
         counts = [0] * len(names)

@@ -109,9 +109,10 @@ def test_chosen_thresholds_reach_the_best_f1_of_every_cut(fixed):
         best = max(f1_score(y[:, j], (s[:, j] >= c).astype(int), zero_division=0) for c in np.unique(s[:, j]))
         assert tuned[j] == pytest.approx(best, abs=1e-12)
         # same predictions with > as with >=: the threshold lies between two scores
-        assert f1_score(y[:, j], (s[:, j] > thr[j]).astype(int), zero_division=0) == pytest.approx(
-            tuned[j]
-        ) or thr[j] == s[:, j].min()
+        assert (
+            f1_score(y[:, j], (s[:, j] > thr[j]).astype(int), zero_division=0) == pytest.approx(tuned[j])
+            or thr[j] == s[:, j].min()
+        )
     m = tag_metrics(_t(s), _t(y), TAGS, thresholds=thr)
     assert m["f1_macro_tuned"] >= m["f1_macro"] - 1e-12 and m["per_tag"]["rock"]["threshold"] == thr[0]
 
@@ -159,7 +160,9 @@ def test_accumulator_with_identity_gather_equals_metrics_of_the_whole_set(fixed)
     assert got["n"] == 20
     assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
     rows = acc.compute(TAGS, track_level=False)
-    assert rows["n"] == 40 and rows["roc_auc_macro"] == pytest.approx(tag_metrics(_t(s), _t(y), TAGS)["roc_auc_macro"])
+    assert rows["n"] == 40 and rows["roc_auc_macro"] == pytest.approx(
+        tag_metrics(_t(s), _t(y), TAGS)["roc_auc_macro"]
+    )
     with pytest.raises(ValueError, match="every batch or for none"):
         acc.update(_t(s[:2]), _t(y[:2]))
 

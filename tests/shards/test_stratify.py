@@ -1,6 +1,7 @@
 """Iterative stratification: every tag is spread over the folds in the ratios (within one item of the
 desired count when ungrouped, within a stated share when grouped), groups are never split, sizes follow the
-ratios, the result is a function of inputs and seed, and single-label input is split like a stratified split."""
+ratios, the result is a function of inputs and seed, and single-label input is split like a stratified
+split."""
 
 from __future__ import annotations
 
@@ -91,7 +92,9 @@ def test_grouped_bins_never_split_a_group_and_stay_stratified(dataset, ratios):
         assert abs(sizes[b] - r[b] * N) <= largest  # tolerance: one group
         for t in total:  # tolerance: 1.5 times the most tracks of the tag one artist holds
             assert abs(per_bin[b][t] - r[b] * total[t]) <= 1.5 * most[t]
-    assert _deviation(labels, bins, ratios)[1] <= 0.05  # every tag's share within 5 points of its overall share
+    assert (
+        _deviation(labels, bins, ratios)[1] <= 0.05
+    )  # every tag's share within 5 points of its overall share
 
 
 def test_grouped_stratification_spreads_tags_far_better_than_random_groups(dataset):
@@ -111,7 +114,10 @@ def test_stratified_beats_a_random_split_on_tag_spread(dataset):
     labels, _ = dataset
     rng = random.Random(0)
     random_bins = [rng.randrange(5) for _ in labels]
-    assert _deviation(labels, iterative_kfold(labels, 5, 0), [1] * 5)[0] < _deviation(labels, random_bins, [1] * 5)[0]
+    assert (
+        _deviation(labels, iterative_kfold(labels, 5, 0), [1] * 5)[0]
+        < _deviation(labels, random_bins, [1] * 5)[0]
+    )
 
 
 def test_same_inputs_and_seed_give_the_same_bins_and_another_seed_differs(dataset):

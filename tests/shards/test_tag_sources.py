@@ -42,9 +42,19 @@ def _write_jamendo(root: Path) -> Path:
 def test_jamendo_tsv_gives_ids_path_duration_and_tags_in_order_without_repeats(tmp_path):
     data = _write_jamendo(tmp_path)
     tracks = read_jamendo_tsv(data / "autotagging.tsv")
-    assert [t.track_id for t in tracks] == ["track_0000214", "track_0000215", "track_0000216", "track_0000217"]
+    assert [t.track_id for t in tracks] == [
+        "track_0000214",
+        "track_0000215",
+        "track_0000216",
+        "track_0000217",
+    ]
     t = tracks[1]
-    assert (t.artist_id, t.album_id, t.path, t.duration) == ("artist_000014", "album_000031", "15/215.mp3", 162.6)
+    assert (t.artist_id, t.album_id, t.path, t.duration) == (
+        "artist_000014",
+        "album_000031",
+        "15/215.mp3",
+        162.6,
+    )
     assert t.tags == ("genre---metal", "instrument---guitar", "mood/theme---energetic")
     assert tracks[3].tags == ("genre---rock", "genre---pop")
 
@@ -158,8 +168,12 @@ def tagged(tmp_path_factory) -> dict[str, Path]:
         out[name] = p
         return p
 
-    for name, text, version in [("mp3_multi", ["Rock", "Electronic"], 4), ("mp3_paren", ["(17)"], 3),
-                                ("mp3_number", ["17"], 3), ("mp3_two_refs", ["(8)(32)"], 3)]:  # fmt: skip
+    for name, text, version in [
+        ("mp3_multi", ["Rock", "Electronic"], 4),
+        ("mp3_paren", ["(17)"], 3),
+        ("mp3_number", ["17"], 3),
+        ("mp3_two_refs", ["(8)(32)"], 3),
+    ]:
         p = mp3(name)
         tags = ID3()
         tags.add(TCON(encoding=3, text=text))
@@ -171,7 +185,15 @@ def tagged(tmp_path_factory) -> dict[str, Path]:
     for name, genre_byte in (("mp3_v1_only", 8), ("mp3_v1_none", 255)):  # ID3v1: 128 bytes at the end
         p = mp3(name)
         ID3(p).delete(p)  # FFmpeg writes an ID3v2 header: remove it so only ID3v1 is left
-        v1 = b"TAG" + b"Title".ljust(30, b"\0") + bytes(30) + bytes(30) + b"2001" + bytes(30) + bytes([genre_byte])
+        v1 = (
+            b"TAG"
+            + b"Title".ljust(30, b"\0")
+            + bytes(30)
+            + bytes(30)
+            + b"2001"
+            + bytes(30)
+            + bytes([genre_byte])
+        )
         with open(p, "ab") as f:
             f.write(v1)
     sf.write(root / "multi.flac", music_like(0.5, 44100), 44100)
@@ -232,7 +254,9 @@ def test_unreadable_files_give_a_reason_instead_of_raising(tagged, name):
 # ------------------------------------------------------------------------------------------ label maps
 def test_yaml_label_map_is_many_to_one_case_insensitive_and_drops_null(tmp_path):
     p = tmp_path / "map.yaml"
-    p.write_text('Hip-Hop: hiphop\nRap: hiphop\n"Alt. Rock": rock\nRock: rock\nPodcast: ~\nSpoken: ""\n', "utf-8")
+    p.write_text(
+        'Hip-Hop: hiphop\nRap: hiphop\n"Alt. Rock": rock\nRock: rock\nPodcast: ~\nSpoken: ""\n', "utf-8"
+    )
     m = LabelMap.load(p)
     assert len(m) == 6 and m.canonical_tags == ["hiphop", "rock"]
     assert m.apply(["hip-hop", " RAP ", "alt. rock", "Podcast", "Spoken", "Polka"]) == ["hiphop", "rock"]
@@ -241,9 +265,16 @@ def test_yaml_label_map_is_many_to_one_case_insensitive_and_drops_null(tmp_path)
 
 def test_csv_label_map_with_header_comments_and_empty_values(tmp_path):
     p = tmp_path / "map.csv"
-    p.write_text('raw,canonical\n# comment\nHip-Hop,hiphop\n"Rock, Alternative",rock\nPodcast,\n\nrap,hiphop\n', "utf-8")
+    p.write_text(
+        'raw,canonical\n# comment\nHip-Hop,hiphop\n"Rock, Alternative",rock\nPodcast,\n\nrap,hiphop\n',
+        "utf-8",
+    )
     m = LabelMap.load(p)
-    assert m.map_tag("rock, alternative") == "rock" and m.map_tag("PODCAST") is None and m.map_tag("Rap") == "hiphop"
+    assert (
+        m.map_tag("rock, alternative") == "rock"
+        and m.map_tag("PODCAST") is None
+        and m.map_tag("Rap") == "hiphop"
+    )
 
 
 def test_conflicting_label_map_entries_raise(tmp_path):
