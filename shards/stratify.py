@@ -81,9 +81,8 @@ def iterative_stratification(
     """
     ratio = _normalised(ratios)
     units = _units(len(label_sets), groups)
-    counts = [
-        Counter(lab for i in u for lab in set(label_sets[i])) for u in units
-    ]  # per unit: label -> tracks
+    # per unit: label -> how many of its tracks carry it
+    counts = [Counter(lab for i in u for lab in set(label_sets[i])) for u in units]
     sizes = [len(u) for u in units]
     rng = random.Random(seed)
     order = list(range(len(units)))
