@@ -1,0 +1,218 @@
+"""Compute a model's front-end features once per clip and reuse them: for recipes that train only what sits
+after a fixed front end (a linear probe or the ``stats`` head on MFCC / chroma, a head on a frozen front end).
+
+:class:`GenreModel` runs ``wave -> WaveAugment -> front end -> SpecAugment -> Mixup -> backbone``
+(:meth:`GenreModel.features` is the first three). The backbone input ``[B, C, F, frames]`` of a clip is
+therefore a fixed function of its samples exactly when
+
+* the front end holds no parameter with ``requires_grad`` (``features.trainable: false``, or frozen),
+* the front end holds no BatchNorm (``features.norm: batchnorm`` standardises each batch by its own
+  statistics in training and updates running statistics: stateful, and trainable when affine),
+* wave and spectrogram augmentation are inactive (every ``*_p`` = 0 and no masks, or ``augment.enabled:
+  false``, or :meth:`GenreModel.strip_augmentation`): they redraw per call in training mode.
+
+Mixup does not prevent caching: it mixes backbone inputs *after* the front end, so :func:`backbone_logits`
+applies it to cached features as :meth:`GenreModel.forward` would. :func:`uncacheable_reason` says which
+rule a model breaks; :class:`FeatureCache` refuses such a model.
+
+:class:`FeatureCache` maps a :class:`ClipKey` (track key, crop start and length, in input samples: audio
+samples, or frames for a precomputed-feature model) to the features of that crop, computed by
+``model.features`` under ``no_grad``; in memory, and optionally as ``.npy`` files under
+``<directory>/<fingerprint>/`` where the fingerprint hashes the front-end config and sample rate (a changed
+front end never reads stale files). ``computed`` counts the clips it computed, ``memory_hits`` /
+``disk_hits`` the clips it served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from engine.config import to_dict
+from engine.models.base import GenreModel
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ClipKey",
+    "FeatureCache",
+    "NotCacheableError",
+    "backbone_logits",
+    "frontend_fingerprint",
+    "uncacheable_reason",
+]
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+class NotCacheableError(ValueError):
+    """The model's backbone input is not a fixed function of the clip (the message says why)."""
+
+
+class ClipKey(NamedTuple):
+    """One crop of one track: ``track`` (its key in the shard set), ``start`` and ``length`` in input
+    samples (frames for a precomputed-feature model)."""
+
+    track: str
+    start: int
+    length: int
+
+
+def uncacheable_reason(model: GenreModel) -> str | None:
+    """Why ``model``'s front-end output cannot be cached (every rule broken, joined), or None if it can."""
+    reasons = []
+    trainable = [n for n, p in model.frontend.named_parameters() if p.requires_grad]
+    if trainable:
+        reasons.append(f"the front end has trainable parameters ({', '.join(trainable)})")
+    norms = [n or "frontend" for n, m in model.frontend.named_modules() if isinstance(m, _NORMS)]
+    if norms or model.cfg.features.norm == "batchnorm":
+        reasons.append(f"the front end normalises by batch statistics (norm: batchnorm: {', '.join(norms)})")
+    for stage in ("wave_aug", "spec_aug"):
+        chain = getattr(model, stage)
+        if getattr(chain, "is_active", False):
+            parts = ", ".join(getattr(chain, "parts", {}).keys())
+            reasons.append(f"{stage} is active in training ({parts}): features are redrawn every call")
+    return "; ".join(reasons) or None
+
+
+def backbone_logits(model: GenreModel, feats: Tensor, targets: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """The rest of :meth:`GenreModel.forward` from its backbone input ``feats [B, C, F, frames]``: mixup
+    (training, with float targets ``[B, K]``), channels-last, backbone. Returns logits ``[B, K]`` or
+    ``(logits, targets)`` as ``forward`` does.
+
+    Mirrors the tail of ``GenreModel.forward`` line for line until the model exposes it itself (proposed:
+    ``GenreModel.head(x, targets=None)``, with ``forward = head(features(wave), targets)``).
+    """
+    x = feats
+    if targets is not None:
+        if targets.shape != (x.shape[0], model.num_classes):
+            raise ValueError(
+                f"targets must be [B, K] = [{x.shape[0]}, {model.num_classes}], got {tuple(targets.shape)}"
+            )
+        x, targets = model.mixup(x, targets.to(x.dtype))
+    if model.cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    logits = model.backbone(x)
+    return logits if targets is None else (logits, targets)
+
+
+def frontend_fingerprint(model: GenreModel) -> str:
+    """16 hex digits naming the front end: its config, input kind and sample rate."""
+    spec = {"features": to_dict(model.cfg.features), "input_kind": model.input_kind, "sample_rate": model.sample_rate}
+    text = json.dumps(spec, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+WaveSource = Tensor | Callable[[list[int]], Tensor]
+
+
+class FeatureCache:
+    """Front-end features per :class:`ClipKey` for one model (see the module docstring).
+
+    Args:
+        model: a cacheable :class:`GenreModel` (else :class:`NotCacheableError` with the reason).
+        directory: optional root for ``.npy`` files (``<directory>/<fingerprint>/<hash>.npy``, float32 as
+            computed); None keeps everything in memory only.
+        store_device: where the in-memory copies live (default CPU; a GPU keeps a small set there).
+    """
+
+    def __init__(
+        self, model: GenreModel, directory: str | Path | None = None, store_device: torch.device | str = "cpu"
+    ) -> None:
+        reason = uncacheable_reason(model)
+        if reason:
+            raise NotCacheableError(f"front-end features of this model cannot be cached: {reason}")
+        self.model = model
+        self.fingerprint = frontend_fingerprint(model)
+        self.directory = Path(directory) / self.fingerprint if directory is not None else None
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self.store_device = torch.device(store_device)
+        self._memory: dict[ClipKey, Tensor] = {}
+        self.computed = 0
+        self.memory_hits = 0
+        self.disk_hits = 0
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+    def __contains__(self, key: ClipKey) -> bool:
+        return key in self._memory or (self._path(key) is not None and self._path(key).exists())
+
+    def _path(self, key: ClipKey) -> Path | None:
+        if self.directory is None:
+            return None
+        name = hashlib.sha1(f"{key.track}\0{key.start}\0{key.length}".encode()).hexdigest()
+        return self.directory / f"{name}.npy"
+
+    def _from_disk(self, key: ClipKey) -> Tensor | None:
+        path = self._path(key)
+        if path is None or not path.exists():
+            return None
+        return torch.from_numpy(np.load(path))
+
+    def _to_disk(self, key: ClipKey, feats: Tensor) -> None:
+        path = self._path(key)
+        if path is None:
+            return
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, feats.detach().cpu().numpy())
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
+
+    @torch.no_grad()
+    def _compute(self, wave: Tensor) -> Tensor:
+        # model.features is wave_aug -> front end -> spec_aug; both augmentations are inactive here (checked),
+        # and the front end has no mode-dependent part, so train / eval mode give the same values
+        return self.model.features(wave)
+
+    def features(self, keys: Sequence[ClipKey], wave: WaveSource, device: torch.device | str | None = None) -> Tensor:
+        """Backbone input ``[B, C, F, frames]`` for ``keys`` (one per row), computing only the missing ones.
+
+        ``wave``: the batch's input ``[B, T]`` (``[B, frames, D]`` for a precomputed-feature model), or a
+        callable that returns the rows for a list of indices into ``keys`` (so audio is only decoded for
+        clips not in the cache). Rows of one call must share a shape (one crop length). Returned on
+        ``device`` (default: the model's device).
+        """
+        device = torch.device(device) if device is not None else next(self.model.parameters()).device
+        out: list[Tensor | None] = [None] * len(keys)
+        missing: list[int] = []
+        for i, key in enumerate(keys):
+            hit = self._memory.get(key)
+            if hit is not None:
+                self.memory_hits += 1
+            else:
+                hit = self._from_disk(key)
+                if hit is not None:
+                    self.disk_hits += 1
+                    self._memory[key] = hit.to(self.store_device)
+            if hit is None:
+                missing.append(i)
+            out[i] = hit
+        if missing:
+            rows = wave(missing) if callable(wave) else wave[missing]
+            feats = self._compute(rows.to(device))
+            self.computed += len(missing)
+            for j, i in enumerate(missing):
+                one = feats[j].clone()  # its own storage: keep no view of the whole batch alive
+                self._memory[keys[i]] = one.to(self.store_device)
+                self._to_disk(keys[i], one)
+                out[i] = one
+        return torch.stack([t.to(device) for t in out if t is not None])
+
+    def counts(self) -> dict[str, int]:
+        """``{"computed", "memory_hits", "disk_hits", "stored"}``: for logs."""
+        return {
+            "computed": self.computed,
+            "memory_hits": self.memory_hits,
+            "disk_hits": self.disk_hits,
+            "stored": len(self._memory),
+        }
