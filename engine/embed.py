@@ -247,9 +247,24 @@ def _check_identity(out: Path, ident: dict[str, Any]) -> None:
         raise EmbedError(f"--out {out} is not empty and holds no embedding run; choose another --out")
 
 
-def _build_manifest(source: dict[str, Any], out: Path, jobs: list[_ShardJob], ident: dict[str, Any], dim: int,
-                    command: str) -> dict[str, Any]:  # fmt: skip
-    """The feature-set manifest of every split whose shards are all complete."""
+def _record_identity(out: Path, ident: dict[str, Any], main: bool) -> DoneRecords:
+    """The run's done-records; the main process saves the run's identity (``embed.json``) and makes their folder."""
+    done = DoneRecords(out, STATE_DIR)
+    if main:
+        done.mkdir()
+        atomic_write_json(out / STATE_DIR / "embed.json", ident)
+    return done
+
+
+def _build_manifest(source: dict[str, Any], done: DoneRecords, jobs: list[_ShardJob], wanted: list[str],
+                    ident: dict[str, Any], dim: int, command: str) -> dict[str, Any]:  # fmt: skip
+    """The feature-set manifest of every split whose shards are all complete (each done-record verified against
+    its file); raises :class:`EmbedError` when a shard of the ``wanted`` splits has none."""
+    for job in jobs:
+        job.stats = done.verified(job.name) or {}
+    missing = [j.name for j in jobs if j.split in wanted and not j.stats]
+    if missing:
+        raise EmbedError(f"shards not embedded (see the errors above): {', '.join(missing[:8])}")
     labels = list(source["labels"])
     splits: dict[str, Any] = {}
     skipped = list(source.get("skipped", []))
@@ -343,10 +358,7 @@ def embed(
 
     _check_identity(out, ident)  # on every rank, so none waits in a barrier for one that raised
     state.wait_for_everyone()
-    done = DoneRecords(out, STATE_DIR)
-    if state.is_main_process:
-        done.mkdir()
-        atomic_write_json(out / STATE_DIR / "embed.json", ident)
+    done = _record_identity(out, ident, state.is_main_process)
     state.wait_for_everyone()
 
     jobs = [_ShardJob(split, Path(url).name, url, n) for split in source["splits"]
@@ -381,14 +393,8 @@ def embed(
               "tracks": tracks, "elapsed_s": elapsed, "windows_per_s": windows / max(elapsed, 1e-9),
               "embedding": name, "feature_dim": dim, "world_size": world, "rank": rank}  # fmt: skip
     if state.is_main_process:
-        for job in jobs:
-            job.stats = done.verified(job.name) or {}
-        missing = [j.name for j in jobs if j.split in wanted and not j.stats]
-        if missing:
-            raise EmbedError(f"shards not embedded (see the errors above): {', '.join(missing[:8])}")
-        manifest = _build_manifest(source, out, jobs, ident, dim, command)
-        atomic_write_json(out / fmt.MANIFEST_NAME, manifest)
-        result["manifest"] = manifest
+        result["manifest"] = _build_manifest(source, done, jobs, wanted, ident, dim, command)
+        atomic_write_json(out / fmt.MANIFEST_NAME, result["manifest"])
     state.wait_for_everyone()
     return result
 
