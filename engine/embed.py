@@ -53,10 +53,10 @@ from engine.distributed import autocast
 from engine.models import GenreModel, build_model
 from engine.validate import AUTOCAST_DTYPES, PRECISIONS
 from shards import format as fmt
-from shards.ingest import _atomic_write_json
+from shards.resumable import DoneRecords, atomic_write_json, identity_diff
 from shards.tarstream import ShardReadError, iter_samples, sample_meta
 from shards.windows import fill_window, window_starts
-from shards.writer import ShardWriter, sha256_file, shard_matches
+from shards.writer import ShardWriter, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -218,20 +218,6 @@ def _embed_shard(
             "seconds": seconds, "windows": windows, "skipped": skipped}  # fmt: skip
 
 
-def _done_record(out: Path, name: str) -> dict[str, Any] | None:
-    """The completion record of output shard ``name`` if the file on disk matches it (size and sha256)."""
-    path = out / STATE_DIR / "done" / f"{name}.json"
-    try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    info = rec.get("shard")
-    if info is None or shard_matches(out / name, info["bytes"], info["sha256"]):
-        return rec
-    logger.warning("%s does not match its completion record: embedding it again", out / name)
-    return None
-
-
 # ------------------------------------------------------------------------------------------------- job
 def _identity(spec: str, path: Path, name: str, shards: Path, segment: int, hop: int, precision: str) -> dict[str, Any]:
     return {
@@ -251,7 +237,7 @@ def _check_identity(out: Path, ident: dict[str, Any]) -> None:
     path = out / STATE_DIR / "embed.json"
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        diff = [k for k in ident if k != "checkpoint" and old.get(k) != ident[k]]
+        diff = identity_diff(old, ident, keys=[k for k in ident if k != "checkpoint"])  # the spec may be renamed
         if diff:
             raise EmbedError(
                 f"{out} holds embeddings made with other settings ({', '.join(f'{k}: {old.get(k)!r}' for k in diff)}); "
@@ -261,9 +247,24 @@ def _check_identity(out: Path, ident: dict[str, Any]) -> None:
         raise EmbedError(f"--out {out} is not empty and holds no embedding run; choose another --out")
 
 
-def _build_manifest(source: dict[str, Any], out: Path, jobs: list[_ShardJob], ident: dict[str, Any], dim: int,
-                    command: str) -> dict[str, Any]:  # fmt: skip
-    """The feature-set manifest of every split whose shards are all complete."""
+def _record_identity(out: Path, ident: dict[str, Any], main: bool) -> DoneRecords:
+    """The run's done-records; the main process saves the run's identity (``embed.json``) and makes their folder."""
+    done = DoneRecords(out, STATE_DIR)
+    if main:
+        done.mkdir()
+        atomic_write_json(out / STATE_DIR / "embed.json", ident)
+    return done
+
+
+def _build_manifest(source: dict[str, Any], done: DoneRecords, jobs: list[_ShardJob], wanted: list[str],
+                    ident: dict[str, Any], dim: int, command: str) -> dict[str, Any]:  # fmt: skip
+    """The feature-set manifest of every split whose shards are all complete (each done-record verified against
+    its file); raises :class:`EmbedError` when a shard of the ``wanted`` splits has none."""
+    for job in jobs:
+        job.stats = done.verified(job.name) or {}
+    missing = [j.name for j in jobs if j.split in wanted and not j.stats]
+    if missing:
+        raise EmbedError(f"shards not embedded (see the errors above): {', '.join(missing[:8])}")
     labels = list(source["labels"])
     splits: dict[str, Any] = {}
     skipped = list(source.get("skipped", []))
@@ -357,15 +358,13 @@ def embed(
 
     _check_identity(out, ident)  # on every rank, so none waits in a barrier for one that raised
     state.wait_for_everyone()
-    if state.is_main_process:
-        (out / STATE_DIR / "done").mkdir(parents=True, exist_ok=True)
-        _atomic_write_json(out / STATE_DIR / "embed.json", ident)
+    done = _record_identity(out, ident, state.is_main_process)
     state.wait_for_everyone()
 
     jobs = [_ShardJob(split, Path(url).name, url, n) for split in source["splits"]
             for url, n in fmt.split_shards(source, split, shards)]  # fmt: skip
     mine = [j for i, j in enumerate(k for k in jobs if k.split in wanted) if i % world == rank]
-    todo = [j for j in mine if _done_record(out, j.name) is None]
+    todo = [j for j in mine if done.verified(j.name) is None]
     runner = _Runner(model, name, dev, precision, channels_last)
     bar = None
     if progress and state.is_main_process:
@@ -381,7 +380,7 @@ def embed(
         for job in todo:
             rec = _embed_shard(job, out, runner, segment, hop, dim, batch_size, bar)
             rec["rank"] = rank
-            _atomic_write_json(out / STATE_DIR / "done" / f"{job.name}.json", rec)
+            done.write(job.name, rec)
             windows += rec["windows"]
             tracks += rec["shard"]["samples"] if rec["shard"] else 0
     finally:
@@ -394,14 +393,8 @@ def embed(
               "tracks": tracks, "elapsed_s": elapsed, "windows_per_s": windows / max(elapsed, 1e-9),
               "embedding": name, "feature_dim": dim, "world_size": world, "rank": rank}  # fmt: skip
     if state.is_main_process:
-        for job in jobs:
-            job.stats = _done_record(out, job.name) or {}
-        missing = [j.name for j in jobs if j.split in wanted and not j.stats]
-        if missing:
-            raise EmbedError(f"shards not embedded (see the errors above): {', '.join(missing[:8])}")
-        manifest = _build_manifest(source, out, jobs, ident, dim, command)
-        _atomic_write_json(out / fmt.MANIFEST_NAME, manifest)
-        result["manifest"] = manifest
+        result["manifest"] = _build_manifest(source, done, jobs, wanted, ident, dim, command)
+        atomic_write_json(out / fmt.MANIFEST_NAME, result["manifest"])
     state.wait_for_everyone()
     return result
 

@@ -12,7 +12,7 @@ and the seed (never on input order).
 from __future__ import annotations
 
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from importlib import resources
 
@@ -123,10 +123,3 @@ def gtzan_filtered_lists() -> dict[str, str]:
                 out[line] = split
     return out
 
-
-def split_summary(splits: Sequence[str], labels: Sequence[str]) -> dict[str, Counter]:
-    """``{split: Counter(label -> tracks)}`` (handy for logs and tests)."""
-    out: dict[str, Counter] = {s: Counter() for s in SPLITS}
-    for s, lab in zip(splits, labels):
-        out[s][lab] += 1
-    return out

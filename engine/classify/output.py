@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from shards.resumable import atomic_write_text, identity_diff
 from shards.writer import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -227,7 +228,7 @@ def check_output_identity(
         # a CSV's header fixes top-k and the timeline column; JSONL lines carry their own fields
         keys = ("model_sha256", "format", "top_k", "timeline") if fmt == "csv" else ("model_sha256", "format")
         keys += ("kind", "tags", "pad")  # pad: how a short file's window is filled changes its scores
-        diff = [k for k in keys if old.get(k, _IDENTITY_DEFAULTS.get(k)) != ident[k]]
+        diff = identity_diff(old, ident, keys, _IDENTITY_DEFAULTS)
         if diff:
             what = "another model (" + old.get("model", "?") + ")" if "model_sha256" in diff else ", ".join(
                 f"{k}={old.get(k)!r}" for k in diff
@@ -237,9 +238,7 @@ def check_output_identity(
                 "Choose another --out, or delete the file (and its .run.json) to start over."
             )
     if write:
-        tmp = meta_path + ".tmp"
-        Path(tmp).write_text(json.dumps(ident, indent=2))
-        os.replace(tmp, meta_path)
+        atomic_write_text(meta_path, json.dumps(ident, indent=2))
 
 
 def record_ignored(out: str, counts: dict[str, int]) -> None:
@@ -253,9 +252,7 @@ def record_ignored(out: str, counts: dict[str, int]) -> None:
     meta = json.loads(Path(meta_path).read_text()) if os.path.isfile(meta_path) else {}
     meta["ignored"] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     meta["ignored_files"] = sum(counts.values())
-    tmp = meta_path + ".tmp"
-    Path(tmp).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
-    os.replace(tmp, meta_path)
+    atomic_write_text(meta_path, json.dumps(meta, indent=2, ensure_ascii=False))
 
 
 def part_files(out: str) -> list[str]:

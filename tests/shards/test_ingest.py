@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 
 from shards.format import SAMPLE_META_FIELDS
-from shards.ingest import IngestConfig, IngestError, parse_shard_size, run_ingest
+from shards.ingest import IngestConfig, IngestError, run_ingest
+from shards.ingest_config import parse_shard_size
 from shards.splits import gtzan_filtered_lists
 
 

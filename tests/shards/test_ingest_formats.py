@@ -16,9 +16,9 @@ from pathlib import Path
 
 from shards.audio import ignored_summary, load_audio
 from shards.format import encode_pcm
-from shards.ingest import IngestConfig, _Mapper, run_ingest
+from shards.ingest import IngestConfig, run_ingest
 from shards.layouts import scan_source
-from shards.procs import crash_reason
+from shards.procs import Mapper, crash_reason
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "make_shards.py"
@@ -141,7 +141,7 @@ def _square_or_die(x: int) -> int:
 
 
 def test_a_task_that_kills_its_worker_neither_hangs_the_pool_nor_costs_other_tasks():
-    mapper = _Mapper(2)
+    mapper = Mapper(2)
     try:
         for window in (None, 8):
             got = list(mapper.imap(_square_or_die, range(40), chunksize=3, window=window, on_crash=crash_reason))

@@ -7,16 +7,24 @@ from collections import Counter, defaultdict
 
 import pytest
 
+from shards.format import SPLITS
 from shards.splits import (
     assign_bins,
     gtzan_filtered_lists,
     kfold,
     parse_ratios,
-    split_summary,
     stratified_splits,
 )
 
 RATIOS = (0.7, 0.15, 0.15)
+
+
+def split_summary(splits, labels) -> dict[str, Counter]:
+    """``{split: Counter(label -> tracks)}``."""
+    out: dict[str, Counter] = {s: Counter() for s in SPLITS}
+    for s, lab in zip(splits, labels):
+        out[s][lab] += 1
+    return out
 
 
 def _tracks(per_label: dict[str, int]) -> tuple[list[str], list[str]]:
