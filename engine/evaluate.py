@@ -38,7 +38,7 @@ from engine.distributed import make_accelerator
 from engine.evaluation_loop import WindowResults, evaluate_stream
 from engine.logs import setup_logging
 from engine.metrics import TRACK_AGGREGATES, aggregate_tracks
-from engine.models.inputs import check_input_kind, input_kind
+from engine.models.inputs import check_data_fits_model, input_kind
 from engine.scoring import PRECISIONS
 
 logger = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ def _check_shards_fit(
             "trained on the same kind"
         )
 
-    check_input_kind(input_kind(model), kind, error)
+    check_data_fits_model(input_kind(model), kind, error)
     if kind == "audio" and int(manifest["sample_rate"]) != sample_rate:
         raise ValueError(
             f"shard set {shards} is at {manifest['sample_rate']} Hz but the checkpoint {checkpoint} was trained "

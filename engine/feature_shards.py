@@ -7,7 +7,7 @@ settled here, once, from the manifest:
   (:func:`engine.models.inputs.model_input`);
 * the model must be a precomputed-feature model (``model.features.features: [precomputed]``) and an audio
   model must not be trained on feature shards (:func:`check_model_fits_shards`, a clear ConfigError;
-  the rule is :func:`engine.models.inputs.check_input_kind`);
+  the rule is :func:`engine.models.inputs.check_data_fits_model`);
 * ``model.features.feature_dim`` comes from the manifest, and the per-dimension normalisation statistics
   (``norm_mean`` / ``norm_std``) are computed from training crops when missing, so the saved config (and every
   checkpoint) carries them (:func:`prepare_model_config`).
@@ -24,7 +24,7 @@ from typing import Any
 
 from engine.config import ConfigError
 from engine.models import ModelConfig
-from engine.models.inputs import check_input_kind, input_kind
+from engine.models.inputs import check_data_fits_model, input_kind
 from kernels.precomputed import estimate_sequence_stats
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def check_model_fits_shards(model_cfg: ModelConfig, manifest: dict[str, Any], sh
             f"holds {kind}: choose waveform features (logmel, mfcc, chroma, cqt)"
         )
 
-    check_input_kind(input_kind(model_cfg), manifest.get("kind", "audio"), error)
+    check_data_fits_model(input_kind(model_cfg), manifest.get("kind", "audio"), error)
 
 
 def prepare_model_config(

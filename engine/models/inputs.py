@@ -2,9 +2,9 @@
 
 A model takes ``"wave"`` (int16 or float ``[B, T]``) unless its feature stack is ``["precomputed"]``, when it
 takes ``"features"`` (``[B, frames, D]``: MSD or embedding shards). Data is a shard set's manifest ``kind``
-(``"audio"`` or ``"features"``); audio files to classify are ``"audio"``. :func:`check_input_kind` is the one
-rule of which data a model can read; every caller (training's config check, ``evaluate``, ``classify``,
-``export``) raises its own error with its own explanation.
+(``"audio"`` or ``"features"``); audio files to classify are ``"audio"``. :func:`check_data_fits_model` is
+the one rule of which data a model can read; each caller (training's config check, ``evaluate``,
+``classify`` / ``export``) raises its own error with its own explanation.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import Tensor
 
 from kernels.precomputed import PRECOMPUTED
 
-__all__ = ["check_input_kind", "input_kind", "model_input"]
+__all__ = ["check_data_fits_model", "input_kind", "model_input"]
 
 
 def model_input(batch: dict[str, Tensor]) -> Tensor:
@@ -42,7 +42,7 @@ def input_kind(model: Any) -> str:
     return "features" if isinstance(names, (list, tuple)) and PRECOMPUTED in names else "wave"
 
 
-def check_input_kind(model_kind: str, data_kind: str, error: Callable[[str, str], Exception]) -> None:
+def check_data_fits_model(model_kind: str, data_kind: str, error: Callable[[str, str], Exception]) -> None:
     """Raise ``error(model_kind, data_kind)`` unless a model reading ``model_kind`` (:func:`input_kind`) can read
     data of ``data_kind`` (a manifest's ``kind``: ``"audio"`` or ``"features"``): a feature-sequence model reads
     feature shards only, a waveform model audio only."""
