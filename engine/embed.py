@@ -38,7 +38,7 @@ import logging
 import os
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,13 +49,11 @@ import torch
 from engine.checkpoint import SELF_RESAMPLING_FEATURES, CheckpointError, load_checkpoint, model_config_from
 from engine.cli import HelpFormatter
 from engine.config import ConfigError
-from engine.distributed import autocast
 from engine.models import GenreModel, build_model
-from engine.validate import AUTOCAST_DTYPES, PRECISIONS
+from engine.scoring import AUTOCAST_DTYPES, PRECISIONS, ScoredTrack, WindowScorer, forward
 from shards import format as fmt
 from shards.resumable import DoneRecords, atomic_write_json, identity_diff
 from shards.tarstream import ShardReadError, iter_samples, sample_meta
-from shards.windows import fill_window, window_starts
 from shards.writer import ShardWriter, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -111,8 +109,9 @@ def _embedding_name(model: GenreModel, name: str | None, spec: str) -> tuple[str
 
 
 class _Runner:
-    """int16 windows ``[n, T]`` -> float32 embeddings ``[n, D]`` on the host: the eval-mode front end in float32,
-    the backbone's named output under ``precision`` autocast."""
+    """int16 windows ``[n, T]`` -> float32 embeddings ``[n, D]`` on the host (the score function of the
+    :class:`~engine.scoring.WindowScorer`): the eval-mode front end in float32, the backbone's named output
+    under ``precision`` autocast."""
 
     def __init__(
         self, model: GenreModel, name: str, device: torch.device, precision: str, channels_last: bool = True
@@ -125,20 +124,14 @@ class _Runner:
     @torch.inference_mode()
     def __call__(self, windows: torch.Tensor) -> np.ndarray:
         x = self.model.features(windows.to(self.device, non_blocking=True))  # (n, C, F, frames), float32
-        with autocast(self.device, self.dtype):
-            out = self.model.backbone.outputs(x)[self.name]  # (n, D)
-        return out.float().cpu().numpy()
+        out = forward(self._embedding, x, self.device, self.dtype)  # (n, D)
+        return out.cpu().numpy()
+
+    def _embedding(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.backbone.outputs(x)[self.name]
 
 
 # ------------------------------------------------------------------------------------------------- shards
-@dataclass
-class _Track:
-    meta: dict[str, Any]
-    starts: np.ndarray  # window starts, samples
-    rows: np.ndarray  # (n, D) float32
-    filled: int = 0
-
-
 @dataclass
 class _ShardJob:
     split: str
@@ -148,39 +141,35 @@ class _ShardJob:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+class _ShardOutput:
+    """The output shard of one job: each embedded track's rows and metadata, and the shard's counts."""
+
+    def __init__(self, path: Path, bar: Any) -> None:
+        self.writer, self.bar = ShardWriter(path), bar
+        self.per_label: Counter[str] = Counter()
+        self.seconds, self.windows = 0.0, 0
+
+    def write(self, tracks: list[ScoredTrack]) -> None:
+        for track in tracks:
+            meta = {**track.info, "num_samples": len(track.starts), "window_starts": track.starts}
+            feats = fmt.encode_feats(track.rows())  # float16 (n_windows, D)
+            self.writer.add(meta["key"], {fmt.FEATS_EXT: feats, fmt.META_EXT: fmt.encode_meta(meta)})
+            self.per_label[meta["label"]] += 1
+            self.seconds += float(meta.get("duration") or 0.0)
+            self.windows += len(track.starts)
+            if self.bar is not None:
+                self.bar.update(1)
+
+
 def _embed_shard(
-    job: _ShardJob, out: Path, runner: _Runner, segment: int, hop: int, dim: int, batch_size: int, bar: Any
+    job: _ShardJob, out: Path, runner: _Runner, segment: int, hop: int, batch_size: int, bar: Any
 ) -> dict[str, Any]:
     """Embed one source shard into ``out/<name>``; returns its completion record."""
-    buf = torch.zeros((batch_size, segment), dtype=torch.int16, pin_memory=runner.device.type == "cuda")
-    owners: list[tuple[_Track, int]] = []
-    pending: deque[_Track] = deque()
-    per_label: Counter[str] = Counter()
+    # every track's windows, as evaluate scores them (a short track looped to fill its one window)
+    scorer = WindowScorer(runner, batch_size, segment, runner.device)
     skipped: list[dict[str, str]] = []
-    seconds, windows, read = 0.0, 0, 0
-    writer = ShardWriter(out / job.name)
-
-    def run_batch() -> None:
-        if not owners:
-            return
-        rows = runner(buf[: len(owners)])
-        for (track, j), row in zip(owners, rows):
-            track.rows[j] = row
-            track.filled += 1
-        owners.clear()
-
-    def write_done() -> None:
-        nonlocal seconds, windows
-        while pending and pending[0].filled == len(pending[0].starts):
-            track = pending.popleft()
-            meta = {**track.meta, "num_samples": len(track.starts), "window_starts": track.starts.tolist()}
-            writer.add(meta["key"], {fmt.FEATS_EXT: fmt.encode_feats(track.rows), fmt.META_EXT: fmt.encode_meta(meta)})
-            per_label[meta["label"]] += 1
-            seconds += float(meta.get("duration") or 0.0)
-            windows += len(track.starts)
-            if bar is not None:
-                bar.update(1)
-
+    read = 0
+    shard = _ShardOutput(out / job.name, bar)
     try:
         try:
             for sample in iter_samples(job.url, range(1 << 62)):
@@ -191,31 +180,20 @@ def _embed_shard(
                     skipped.append({"path": f"{job.name}:{sample.key}", "reason": f"embed: {why}"})
                     logger.error("%s: %s", job.url, why)
                     continue
-                x = sample.data  # int16 (T,), a view of a reused buffer: copied into buf below
-                x = fill_window(np.asarray(x), segment, "loop")  # a short track's one window, as evaluation fills it
-                starts = window_starts(len(x), segment, hop=hop)  # the windows evaluate scores
-                track = _Track(meta, starts, np.empty((len(starts), dim), dtype=np.float32))
-                pending.append(track)
-                for j, s in enumerate(starts.tolist()):
-                    w = torch.from_numpy(np.asarray(x[s : s + segment]))
-                    buf[len(owners)].copy_(w)  # every window is whole: fill_window above, window_starts
-                    owners.append((track, j))
-                    if len(owners) == batch_size:
-                        run_batch()
-                        write_done()
+                # sample.data: int16 (T,), a view of a reused buffer, copied into the scorer's batch here
+                shard.write(scorer.add_track(read, sample.data, hop=hop, pad="loop", info=meta))
         except ShardReadError as err:
             logger.error("%s; the rest of this shard is not embedded", err)
             skipped.append({"path": job.name, "reason": f"embed: unreadable after {read} tracks ({err})"})
-        run_batch()
-        write_done()
-        info = writer.close().to_dict() if writer.samples else None
+        shard.write(scorer.flush())
+        info = shard.writer.close().to_dict() if shard.writer.samples else None
         if info is None:
-            writer.abort()
+            shard.writer.abort()
     except BaseException:
-        writer.abort()
+        shard.writer.abort()
         raise
-    return {"shard": info, "split": job.split, "source_samples": job.samples, "per_label": dict(per_label),
-            "seconds": seconds, "windows": windows, "skipped": skipped}  # fmt: skip
+    return {"shard": info, "split": job.split, "source_samples": job.samples, "per_label": dict(shard.per_label),
+            "seconds": shard.seconds, "windows": shard.windows, "skipped": skipped}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------- job
@@ -378,7 +356,7 @@ def embed(
     windows = tracks = 0
     try:
         for job in todo:
-            rec = _embed_shard(job, out, runner, segment, hop, dim, batch_size, bar)
+            rec = _embed_shard(job, out, runner, segment, hop, batch_size, bar)
             rec["rank"] = rank
             done.write(job.name, rec)
             windows += rec["windows"]

@@ -28,15 +28,18 @@ import logging
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from engine.distributed import make_accelerator
+from engine.evaluation_loop import WindowResults, evaluate_stream
 from engine.logs import setup_logging
 from engine.metrics import TRACK_AGGREGATES, aggregate_tracks
-from engine.validate import PRECISIONS, evaluate_stream
+from engine.models.inputs import check_data_fits_model, input_kind
+from engine.scoring import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -156,11 +159,67 @@ def evaluate_checkpoint(
         (``world_size``, ``tracks_expected``, ``tracks_missing``, ``unmapped_classes``,
         ``model_classes_absent``, ``label_map``, ...). Identical on every process.
     """
-    from engine.checkpoint import load_model
-    from engine.report import write_evaluation
-    from shards.format import load_manifest
-    from shards.reader import ShardStream, make_loader
+    from shards.reader import make_loader
 
+    _check_arguments(precision, batch_size, track_aggregate, segment_seconds)
+    t0 = time.perf_counter()
+    manifest = _load_manifest(shards, fold)  # fail fast before loading a model
+    if isinstance(label_map, (str, Path)):
+        label_map = load_label_map(label_map)
+    accelerator = accelerator or make_accelerator()
+    setup = _load_setup(checkpoint, shards, manifest, accelerator.device, label_map,
+                        segment_seconds=segment_seconds, hop_seconds=hop_seconds, track_aggregate=track_aggregate)  # fmt: skip
+    stream = _window_stream(shards, split, setup, batch_size, accelerator, fold)
+    result = evaluate_stream(
+        setup.model, make_loader(stream, num_workers=num_workers), accelerator, len(setup.labels),
+        precision=precision, label_index=torch.tensor(setup.index, dtype=torch.long),
+        progress=f"evaluate {split}" if progress else None,
+    )  # fmt: skip
+    metrics = result.metrics(setup.labels, setup.track_aggregate)  # the figures training's validation computes
+    tracks = _track_coverage(stream, setup, result, manifest, split, fold)
+    metrics.update(_run_facts(checkpoint, shards, split, fold, setup, result, tracks, accelerator, precision))
+    metrics["seconds"] = time.perf_counter() - t0
+    if out is not None and accelerator.is_main_process:
+        from engine.report import write_evaluation
+
+        write_evaluation(out, metrics, _predictions(stream, setup, result, tracks), setup.labels)
+        logger.info("wrote the evaluation report to %s", out)
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+@dataclass
+class _Setup:
+    """The model and how the shard set's windows and classes meet it."""
+
+    model: torch.nn.Module
+    ckpt: dict[str, Any]
+    labels: list[str]  # the model's classes
+    shard_labels: list[str]  # the shard set's classes
+    index: list[int]  # shard class -> model class (-1: not evaluated)
+    mapping: dict[str, str]  # {shard label: model label} of the mapped classes
+    sample_rate: int  # Hz
+    segment: int  # evaluation window, samples
+    hop: int | None  # window hop, samples (None: one window)
+    track_aggregate: str
+
+
+@dataclass
+class _Coverage:
+    """Which tracks of the split were evaluated, and the per-track results of those that were."""
+
+    keys: list[str]  # every track of the stream, by track index
+    shard_labels_of: list[int]  # shard class of every track
+    unmapped: dict[str, int]  # shard classes without a model class -> their tracks in this split
+    expected: set[int]  # tracks of mapped classes
+    missing: list[int]  # expected tracks without a readable window
+    unreadable: int  # tracks the manifest lists that the scan could not read
+    track_ids: torch.Tensor  # (N,) evaluated tracks, sorted
+    track_probs: torch.Tensor  # (N, K) their aggregated probabilities
+    vote: torch.Tensor  # (N,) their majority-vote class
+
+
+def _check_arguments(precision: str, batch_size: int, track_aggregate: str | None, segment_seconds: float | None) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if batch_size <= 0:
@@ -169,17 +228,28 @@ def evaluate_checkpoint(
         raise ValueError(f"track_aggregate must be one of {TRACK_AGGREGATES}, got {track_aggregate!r}")
     if segment_seconds is not None and segment_seconds <= 0:
         raise ValueError(f"segment_seconds must be > 0, got {segment_seconds}")
-    t0 = time.perf_counter()
-    manifest = load_manifest(shards)  # fail fast before loading a model
+
+
+def _load_manifest(shards: str | Path, fold: int | None) -> dict[str, Any]:
+    from shards.format import load_manifest
+
+    manifest = load_manifest(shards)
     if fold is not None and not 0 <= int(fold) < int(manifest.get("folds") or 0):
         raise ValueError(
             f"fold {fold} does not exist: shard set {shards} has {int(manifest.get('folds') or 0)} folds "
             "(folds are 0-based; make shards with --folds K for cross-validation)"
         )
-    if isinstance(label_map, (str, Path)):
-        label_map = load_label_map(label_map)
-    accelerator = accelerator or make_accelerator()
-    device = accelerator.device
+    return manifest
+
+
+def _load_setup(
+    checkpoint: str | Path, shards: str | Path, manifest: dict[str, Any], device: torch.device,
+    label_map: dict[str, str | None] | None, *, segment_seconds: float | None, hop_seconds: float | None,
+    track_aggregate: str | None,
+) -> _Setup:  # fmt: skip
+    """Load the model, check that the shard set fits it, settle the windows and the class mapping."""
+    from engine.checkpoint import load_model
+
     model, ckpt = load_model(checkpoint, device)
     model_labels = [str(x) for x in ckpt["labels"]]
     sample_rate = int(ckpt["sample_rate"])
@@ -187,24 +257,8 @@ def evaluate_checkpoint(
     if segment_seconds is not None:
         segment = max(1, int(round(segment_seconds * sample_rate)))
     if track_aggregate is None:
-        track_aggregate = str(
-            (ckpt["config"].get("eval") or {}).get("track_aggregate") or TRACK_AGGREGATES[0]
-        )
-    kind = manifest.get("kind", "audio")
-    model_kind = "features" if getattr(model, "input_kind", "wave") == "features" else "audio"
-    if model_kind != kind:  # a waveform model on MSD feature shards, or an MSD model on audio shards
-        raise ValueError(
-            f"checkpoint {checkpoint} takes {'precomputed feature sequences' if model_kind == 'features' else 'audio'}"
-            f" but shard set {shards} holds {'feature sequences' if kind == 'features' else 'audio'} "
-            f"(kind {kind!r}): evaluate {'MSD-feature' if kind == 'features' else 'audio'} shards with a model "
-            "trained on the same kind"
-        )
-    if kind == "audio" and int(manifest["sample_rate"]) != sample_rate:
-        raise ValueError(
-            f"shard set {shards} is at {manifest['sample_rate']} Hz but the checkpoint {checkpoint} was trained "
-            f"at {sample_rate} Hz: re-shard the source at {sample_rate} Hz "
-            f"(python tools/make_shards.py SOURCE --out DIR --sample-rate {sample_rate})"
-        )
+        track_aggregate = str((ckpt["config"].get("eval") or {}).get("track_aggregate") or TRACK_AGGREGATES[0])
+    _check_shards_fit(model, sample_rate, manifest, checkpoint, shards)
     shard_labels = [str(x) for x in manifest["labels"]]
     index, mapping = resolve_label_map(shard_labels, model_labels, label_map)
     hop = None
@@ -212,114 +266,122 @@ def evaluate_checkpoint(
         if hop_seconds <= 0:
             raise ValueError(f"hop_seconds must be > 0, got {hop_seconds}")
         hop = max(1, int(round(hop_seconds * sample_rate)))
+    return _Setup(model, ckpt, model_labels, shard_labels, index, mapping, sample_rate, segment, hop, track_aggregate)
 
-    stream = ShardStream(
-        str(shards),
-        split,
-        train=False,
-        segment_samples=segment,
-        batch_size=batch_size,
-        hop_samples=hop,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-        holdout_fold=-1 if fold is None else int(fold),
-        folds="only" if fold is not None else "exclude",
-    )
-    loader = make_loader(stream, num_workers=num_workers)
-    result = evaluate_stream(
-        model, loader, accelerator, len(model_labels), precision=precision,
-        label_index=torch.tensor(index, dtype=torch.long), progress=f"evaluate {split}" if progress else None,
+
+def _check_shards_fit(
+    model: torch.nn.Module, sample_rate: int, manifest: dict[str, Any], checkpoint: str | Path, shards: str | Path
+) -> None:
+    """ValueError for a waveform model on feature shards (or the reverse), or audio at another rate."""
+    kind = manifest.get("kind", "audio")
+
+    def error(model_kind: str, kind: str) -> ValueError:
+        return ValueError(
+            f"checkpoint {checkpoint} takes {'precomputed feature sequences' if model_kind == 'features' else 'audio'}"
+            f" but shard set {shards} holds {'feature sequences' if kind == 'features' else 'audio'} "
+            f"(kind {kind!r}): evaluate {'MSD-feature' if kind == 'features' else 'audio'} shards with a model "
+            "trained on the same kind"
+        )
+
+    check_data_fits_model(input_kind(model), kind, error)
+    if kind == "audio" and int(manifest["sample_rate"]) != sample_rate:
+        raise ValueError(
+            f"shard set {shards} is at {manifest['sample_rate']} Hz but the checkpoint {checkpoint} was trained "
+            f"at {sample_rate} Hz: re-shard the source at {sample_rate} Hz "
+            f"(python tools/make_shards.py SOURCE --out DIR --sample-rate {sample_rate})"
+        )
+
+
+def _window_stream(
+    shards: str | Path, split: str, setup: _Setup, batch_size: int, accelerator: Any, fold: int | None
+) -> Any:
+    """This process's share of the split as evaluation batches (every track cut into windows)."""
+    from shards.reader import ShardStream
+
+    return ShardStream(
+        str(shards), split, train=False, segment_samples=setup.segment, batch_size=batch_size,
+        hop_samples=setup.hop, rank=accelerator.process_index, world_size=accelerator.num_processes,
+        holdout_fold=-1 if fold is None else int(fold), folds="only" if fold is not None else "exclude",
     )  # fmt: skip
-    metrics = result.metrics(model_labels, track_aggregate)  # the figures training's validation computes
 
-    # which tracks should have been evaluated, which could not be
-    keys = stream.track_keys()
-    track_shard_labels = stream.track_labels()
+
+def _track_coverage(
+    stream: Any, setup: _Setup, result: WindowResults, manifest: dict[str, Any], split: str, fold: int | None
+) -> _Coverage:
+    """Per-track results, and which tracks should have been evaluated and could not be (logged)."""
+    keys, labels_of, index = stream.track_keys(), stream.track_labels(), setup.index
     unmapped: dict[str, int] = {}
-    for lab in track_shard_labels:
+    for lab in labels_of:
         if index[lab] < 0:
-            unmapped[shard_labels[lab]] = unmapped.get(shard_labels[lab], 0) + 1
-    for i, name in enumerate(shard_labels):  # unmapped classes with no track in this split: 0
+            unmapped[setup.shard_labels[lab]] = unmapped.get(setup.shard_labels[lab], 0) + 1
+    for i, name in enumerate(setup.shard_labels):  # unmapped classes with no track in this split: 0
         if index[i] < 0:
             unmapped.setdefault(name, 0)
-    expected = {t for t, lab in enumerate(track_shard_labels) if index[lab] >= 0}
-    track_ids, track_probs, vote = aggregate_tracks(result.probs, result.tracks, aggregate=track_aggregate)
-    got = set(track_ids.tolist())
-    missing = sorted(expected - got)
+    expected = {t for t, lab in enumerate(labels_of) if index[lab] >= 0}
+    track_ids, track_probs, vote = aggregate_tracks(result.probs, result.tracks, aggregate=setup.track_aggregate)
+    missing = sorted(expected - set(track_ids.tolist()))
     if missing:
-        logger.error(
-            "%d of %d tracks produced no readable window and are not in the metrics (e.g. %s)",
-            len(missing),
-            len(expected),
-            ", ".join(keys[t] for t in missing[:5]),
-        )
+        logger.error("%d of %d tracks produced no readable window and are not in the metrics (e.g. %s)",
+                     len(missing), len(expected), ", ".join(keys[t] for t in missing[:5]))  # fmt: skip
     if unmapped:
-        logger.warning(
-            "unmapped classes: %s (%d tracks not evaluated)",
-            ", ".join(unmapped),
-            sum(unmapped.values()),
-        )
+        logger.warning("unmapped classes: %s (%d tracks not evaluated)", ", ".join(unmapped), sum(unmapped.values()))
     unreadable = 0
     if fold is None:  # tracks the manifest lists but the scan could not read (logged by the reader)
         unreadable = max(0, int(manifest["splits"][split].get("tracks", len(keys))) - len(keys))
         if unreadable:
-            logger.error(
-                "%d tracks of the manifest's %s split are unreadable and not evaluated", unreadable, split
-            )
-    present = set(mapping.values())
-    metrics.update(
-        {
-            "checkpoint": str(checkpoint),
-            "shards": str(shards),
-            "split": split,
-            "fold": fold,
-            "labels": model_labels,
-            "shard_labels": shard_labels,
-            "label_map": mapping,
-            "unmapped_classes": unmapped,
-            "model_classes_absent": [n for n in model_labels if n not in present],
-            "sample_rate": sample_rate,
-            "segment_samples": segment,  # the evaluation window
-            "segment_seconds": segment / sample_rate,
-            "train_segment_samples": int(ckpt["segment_samples"]),
-            "hop_seconds": (hop or segment) / sample_rate,
-            "windows": int(result.tracks.numel()),
-            "tracks_expected": len(expected),
-            "tracks_missing": [keys[t] for t in missing],
-            "tracks_unreadable": unreadable,
-            "world_size": accelerator.num_processes,
-            "precision": precision,
-            "device": str(device.type),
-            "seconds": time.perf_counter() - t0,
-        }
-    )
+            logger.error("%d tracks of the manifest's %s split are unreadable and not evaluated", unreadable, split)
+    return _Coverage(keys, labels_of, unmapped, expected, missing, unreadable, track_ids, track_probs, vote)
 
-    if out is not None and accelerator.is_main_process:
-        paths = dict(zip(keys, stream.track_paths()))
-        labels_of = torch.tensor([index[lab] for lab in track_shard_labels], dtype=torch.long)
-        counts = torch.bincount(torch.searchsorted(track_ids, result.tracks), minlength=track_ids.numel())
-        predictions = []
-        for row, (t, p, v) in enumerate(zip(track_ids.tolist(), track_probs, vote.tolist())):
-            true = int(labels_of[t])
-            top2 = p.topk(min(2, p.numel())).indices.tolist()
-            pred = int(p.argmax())
-            predictions.append(
-                {
-                    "key": keys[t],
-                    "path": paths.get(keys[t], ""),
-                    "true_label": model_labels[true],
-                    "predicted_label": model_labels[pred],
-                    "correct": pred == true,
-                    "top2_correct": true in top2,
-                    "vote_label": model_labels[v],
-                    "windows": int(counts[row]),
-                    "probs": p.tolist(),
-                }
-            )
-        write_evaluation(out, metrics, predictions, model_labels)
-        logger.info("wrote the evaluation report to %s", out)
-    accelerator.wait_for_everyone()
-    return metrics
+
+def _run_facts(
+    checkpoint: str | Path, shards: str | Path, split: str, fold: int | None, setup: _Setup, result: WindowResults,
+    tracks: _Coverage, accelerator: Any, precision: str,
+) -> dict[str, Any]:  # fmt: skip
+    """The run's facts that go into metrics.json next to the figures (``seconds`` is added last)."""
+    present = set(setup.mapping.values())
+    rate, segment = setup.sample_rate, setup.segment
+    return {
+        "checkpoint": str(checkpoint),
+        "shards": str(shards),
+        "split": split,
+        "fold": fold,
+        "labels": setup.labels,
+        "shard_labels": setup.shard_labels,
+        "label_map": setup.mapping,
+        "unmapped_classes": tracks.unmapped,
+        "model_classes_absent": [n for n in setup.labels if n not in present],
+        "sample_rate": rate,
+        "segment_samples": segment,  # the evaluation window
+        "segment_seconds": segment / rate,
+        "train_segment_samples": int(setup.ckpt["segment_samples"]),
+        "hop_seconds": (setup.hop or segment) / rate,
+        "windows": int(result.tracks.numel()),
+        "tracks_expected": len(tracks.expected),
+        "tracks_missing": [tracks.keys[t] for t in tracks.missing],
+        "tracks_unreadable": tracks.unreadable,
+        "world_size": accelerator.num_processes,
+        "precision": precision,
+        "device": str(accelerator.device.type),
+    }
+
+
+def _predictions(stream: Any, setup: _Setup, result: WindowResults, tracks: _Coverage) -> list[dict[str, Any]]:
+    """One row per evaluated track for predictions.csv."""
+    keys, labels = tracks.keys, setup.labels
+    paths = dict(zip(keys, stream.track_paths()))
+    labels_of = torch.tensor([setup.index[lab] for lab in tracks.shard_labels_of], dtype=torch.long)
+    counts = torch.bincount(torch.searchsorted(tracks.track_ids, result.tracks), minlength=tracks.track_ids.numel())
+    rows = []
+    for row, (t, p, v) in enumerate(zip(tracks.track_ids.tolist(), tracks.track_probs, tracks.vote.tolist())):
+        true = int(labels_of[t])
+        top2 = p.topk(min(2, p.numel())).indices.tolist()
+        pred = int(p.argmax())
+        rows.append({
+            "key": keys[t], "path": paths.get(keys[t], ""), "true_label": labels[true],
+            "predicted_label": labels[pred], "correct": pred == true, "top2_correct": true in top2,
+            "vote_label": labels[v], "windows": int(counts[row]), "probs": p.tolist(),
+        })  # fmt: skip
+    return rows
 
 
 def build_parser() -> argparse.ArgumentParser:

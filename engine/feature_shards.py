@@ -3,9 +3,11 @@
 The training loop, evaluation, cross-validation and comparison are the same as for audio; what differs is
 settled here, once, from the manifest:
 
-* the batch holds ``"feats"`` float16 ``[B, frames, D]`` instead of ``"wave"`` (:func:`model_input`);
+* the batch holds ``"feats"`` float16 ``[B, frames, D]`` instead of ``"wave"``
+  (:func:`engine.models.inputs.model_input`);
 * the model must be a precomputed-feature model (``model.features.features: [precomputed]``) and an audio
-  model must not be trained on feature shards (:func:`check_model_fits_shards`, a clear ConfigError);
+  model must not be trained on feature shards (:func:`check_model_fits_shards`, a clear ConfigError;
+  the rule is :func:`engine.models.inputs.check_data_fits_model`);
 * ``model.features.feature_dim`` comes from the manifest, and the per-dimension normalisation statistics
   (``norm_mean`` / ``norm_std``) are computed from training crops when missing, so the saved config (and every
   checkpoint) carries them (:func:`prepare_model_config`).
@@ -20,39 +22,35 @@ import dataclasses
 import logging
 from typing import Any
 
-import torch
-
 from engine.config import ConfigError
 from engine.models import ModelConfig
-from kernels.precomputed import estimate_sequence_stats, is_precomputed
+from engine.models.inputs import check_data_fits_model, input_kind
+from kernels.precomputed import estimate_sequence_stats
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STATS_MAX_BATCHES", "check_model_fits_shards", "model_input", "prepare_model_config"]
+__all__ = ["STATS_MAX_BATCHES", "check_model_fits_shards", "prepare_model_config"]
 
 #: Training batches read to estimate the normalisation statistics (e.g. 64 x 32 crops x 120 frames).
 STATS_MAX_BATCHES = 64
 
 
-def model_input(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The model's input of a reader batch: ``"wave"`` int16 ``[B, T]`` or ``"feats"`` float16 ``[B, N, D]``."""
-    return batch["wave"] if "wave" in batch else batch["feats"]
-
-
 def check_model_fits_shards(model_cfg: ModelConfig, manifest: dict[str, Any], shards: str) -> None:
     """ConfigError when the model's input (waveform vs precomputed features) does not match the shard set."""
-    kind = manifest.get("kind", "audio")
-    if kind == "features" and not is_precomputed(model_cfg.features):
-        raise ConfigError(
-            f"{shards} holds precomputed feature sequences (kind 'features', D={manifest.get('feature_dim')}, "
-            f"layout {manifest.get('layout')!r}), not audio: set model.features.features=[precomputed] "
-            f"(compare: --features precomputed; got {model_cfg.features.features})"
-        )
-    if kind != "features" and is_precomputed(model_cfg.features):
-        raise ConfigError(
+
+    def error(model_kind: str, kind: str) -> ConfigError:
+        if kind == "features":
+            return ConfigError(
+                f"{shards} holds precomputed feature sequences (kind 'features', D={manifest.get('feature_dim')}, "
+                f"layout {manifest.get('layout')!r}), not audio: set model.features.features=[precomputed] "
+                f"(compare: --features precomputed; got {model_cfg.features.features})"
+            )
+        return ConfigError(
             f"model.features.features=[precomputed] needs feature shards (e.g. --layout msd), but {shards} "
             f"holds {kind}: choose waveform features (logmel, mfcc, chroma, cqt)"
         )
+
+    check_data_fits_model(input_kind(model_cfg), manifest.get("kind", "audio"), error)
 
 
 def prepare_model_config(

@@ -50,12 +50,13 @@ from engine.checkpoint import CheckpointError, init_from, save_checkpoint
 from engine.config import ConfigError, from_dict, load_config, to_dict
 from engine.distributed import make_accelerator
 from engine.ema import EMA
-from engine.feature_shards import model_input, prepare_model_config
+from engine.evaluation_loop import evaluate_stream
+from engine.feature_shards import prepare_model_config
 from engine.logs import setup_logging
 from engine.metrics import TRACK_AGGREGATES
 from engine.models import ModelConfig, build_model, count_parameters
+from engine.models.inputs import model_input
 from engine.optim import Freezer, ddp_kwargs, param_groups
-from engine.validate import evaluate_stream
 from kernels.augment import augment_rng_state, reseed_all, set_augment_rng_state
 from shards.format import ManifestError, load_manifest
 from shards.reader import ShardStream, make_loader

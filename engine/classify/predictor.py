@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.distributed import autocast
+from engine.models.inputs import check_data_fits_model, input_kind
 from engine.pretrained import resolve_checkpoint
+from engine.scoring import forward
 from shards.format import PCM_SCALE
 
 logger = logging.getLogger(__name__)
@@ -39,15 +40,14 @@ class CheckpointInputError(ValueError):
     """A model file that cannot classify audio (e.g. trained on precomputed MSD features)."""
 
 
-def _features_marker(cfg: Any) -> str | None:
-    """Why a checkpoint's config (``config["model"]["features"]``, the ModelConfig contract) describes a
-    feature-input (MSD) model, or None for a waveform model."""
-    model = cfg.get("model") if isinstance(cfg, dict) else None
-    feats = model.get("features") if isinstance(model, dict) else None
-    names = feats.get("features") if isinstance(feats, dict) else None
-    if isinstance(names, (list, tuple)) and "precomputed" in names:
-        return 'model.features.features == ["precomputed"]'
-    return None
+def _check_reads_audio(path: str, config: Any) -> None:
+    """:class:`CheckpointInputError` when a checkpoint's config (``config["model"]["features"]``, the
+    ModelConfig contract) describes a feature-input (MSD) model: it cannot read audio files."""
+
+    def error(model_kind: str, data_kind: str) -> CheckpointInputError:
+        return CheckpointInputError(_msd_message(path, 'model.features.features == ["precomputed"]'))
+
+    check_data_fits_model(input_kind(config), "audio", error)
 
 
 def _msd_message(path: str, reason: str) -> str:
@@ -69,9 +69,7 @@ def check_input_kind(path: str | os.PathLike) -> None:
     except Exception:  # not a checkpoint at all: load_model says why
         return
     if isinstance(ckpt, dict):
-        reason = _features_marker(ckpt.get("config"))
-        if reason:
-            raise CheckpointInputError(_msd_message(os.fspath(path), reason))
+        _check_reads_audio(os.fspath(path), ckpt.get("config"))
 
 
 def _zip_names(path: str | os.PathLike) -> list[str] | None:
@@ -190,9 +188,7 @@ def _exported_meta(path: str, text: str, what: str) -> dict[str, Any]:
             f"{path} is a {what} file without genre-engine metadata; export it with `python -m engine export`"
         )
     meta = json.loads(text)
-    reason = _features_marker(meta.get("config"))
-    if reason:
-        raise CheckpointInputError(_msd_message(path, reason))
+    _check_reads_audio(path, meta.get("config"))
     return meta
 
 
@@ -281,13 +277,11 @@ class Predictor:
     @torch.inference_mode()
     def __call__(self, windows: torch.Tensor) -> np.ndarray:
         """``windows`` int16 ``(B, segment_samples)`` (pinned when on CUDA) -> probabilities ``(B, K)``."""
-        x = windows.to(self.device, non_blocking=True)
-        if self.exported:
-            probs = self.model(x.float() / PCM_SCALE)  # exported graphs take float [-1, 1], give probabilities
+        if self.exported:  # exported graphs take float [-1, 1], give probabilities
+            probs = self.model(windows.to(self.device, non_blocking=True).float() / PCM_SCALE)
         else:
-            with autocast(self.device, self.dtype):
-                logits = self.model(x)
-            probs = torch.sigmoid(logits.float()) if self.multi_label else torch.softmax(logits.float(), dim=-1)
+            logits = forward(self.model, windows, self.device, self.dtype)  # (B, K) float32
+            probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
         if self.columns is not None:
             probs = probs[:, self.columns]
         return probs.float().cpu().numpy()

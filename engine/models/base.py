@@ -34,10 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from engine.config import ConfigError, from_dict, to_dict
+from engine.models.inputs import input_kind
 from kernels.augment import build_augment, reseed_all
 from kernels.augment_config import AugmentConfig
 from kernels.features import FrontendConfig, build_frontend
-from kernels.precomputed import PrecomputedFrontend, is_precomputed, sequence_augment_config
+from kernels.precomputed import PrecomputedFrontend, sequence_augment_config
 from registry import Registry
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ class GenreModel(nn.Module):
         self.sample_rate = int(sample_rate)
         self.segment_samples = int(segment_samples)
 
-        self.input_kind = "features" if is_precomputed(cfg.features) else "wave"
+        self.input_kind = input_kind(cfg)  # "features" (feature sequences) or "wave"
         augment = cfg.augment
         self.frontend: nn.Module
         try:  # the front ends (f_max, CQT range) and the augmentation config check with plain ValueError

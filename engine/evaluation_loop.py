@@ -1,6 +1,9 @@
 """The one evaluation loop: a model over an evaluation stream -> every window's probabilities, gathered once.
 
-Validation during training (:mod:`engine.train`) and ``python -m engine evaluate`` both call
+The batches of an evaluation :class:`shards.reader.ShardStream` are windows of many tracks packed by the
+window rule (:mod:`shards.windows`), each row with its track; they are scored by the forward pass every job
+shares (:func:`engine.scoring.forward`). Validation during training (:mod:`engine.train`) and
+``python -m engine evaluate`` both call
 :func:`evaluate_stream`, so the figures training logs for a checkpoint are the figures ``evaluate`` reports
 for it on the same split: the same windows (the reader's evaluation batches), the same forward pass, the
 same gathering across processes (:class:`engine.metrics.Accumulator`; the loss sums with
@@ -17,15 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.distributed import autocast
-from engine.feature_shards import model_input
 from engine.metrics import Accumulator, track_and_segment_metrics
+from engine.models.inputs import model_input
+from engine.scoring import AUTOCAST_DTYPES, PRECISIONS, forward
 
-__all__ = ["AUTOCAST_DTYPES", "PRECISIONS", "WindowResults", "evaluate_stream"]
-
-PRECISIONS = ("no", "fp16", "bf16")
-#: Autocast dtype of the forward pass per precision name (train's ``run.precision``, evaluate's ``--precision``).
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+__all__ = ["WindowResults", "evaluate_stream"]
 
 
 @dataclass
@@ -84,19 +83,17 @@ def evaluate_stream(
 
         batches = tqdm(loader, total=len(loader), desc=progress, unit="batch")  # type: ignore[arg-type]
     for batch in batches:
-        x = model_input(batch).to(device, non_blocking=True)  # wave (B, T) or feats (B, N, D)
         y = batch["label"].to(device, non_blocking=True)  # (B,)
         ok = batch["valid"].to(device, non_blocking=True)  # (B,) False: padding rows
         if to_model is not None:
             y = to_model[y.clamp_min(0)]  # (B,) model class or -1
             ok = ok & (y >= 0)
             y = y.clamp_min(0)
-        with autocast(device, dtype):
-            logits = model(x)  # (B, K)
-        loss = F.cross_entropy(logits.float(), y, weight=weight, reduction="none")  # (B,)
+        logits = forward(model, model_input(batch), device, dtype)  # wave (B, T) or feats (B, N, D) -> (B, K)
+        loss = F.cross_entropy(logits, y, weight=weight, reduction="none")  # (B,)
         loss_sum += (loss * ok).sum()
         weight_sum += ((weight[y] if weight is not None else 1.0) * ok).sum()
-        acc.update(torch.softmax(logits.float(), dim=1), y, batch["track"].to(device, non_blocking=True), ok)
+        acc.update(torch.softmax(logits, dim=1), y, batch["track"].to(device, non_blocking=True), ok)
     windows = acc.compute(num_classes=num_classes)  # every process's windows, on every process
     sums = accelerator.reduce(torch.stack([loss_sum, weight_sum]).double(), "sum")
     return WindowResults(
