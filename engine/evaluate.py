@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
-from engine.distributed import make_accelerator
+from engine.distributed import PRECISIONS, canonical_precision, check_precision, make_accelerator
 from engine.logs import setup_logging
 from engine.metrics import TRACK_AGGREGATES, aggregate_tracks
-from engine.validate import PRECISIONS, evaluate_stream
+from engine.validate import evaluate_stream
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def evaluate_checkpoint(
     track_aggregate: str | None = None,
     label_map: dict[str, str | None] | str | Path | None = None,
     num_workers: int | None = None,
-    precision: str = "no",
+    precision: str = "fp32",
     accelerator: Any = None,
     fold: int | None = None,
     progress: bool = True,
@@ -143,7 +143,8 @@ def evaluate_checkpoint(
             ``track`` figures (default: the checkpoint's ``eval.track_aggregate``, else ``"mean_prob"``).
         label_map: ``{shard label: model label | None}`` or a YAML/JSON file of it (cross-dataset).
         num_workers: DataLoader workers (default :func:`shards.reader.default_num_workers`).
-        precision: ``"no"``, ``"fp16"`` or ``"bf16"`` autocast of the forward pass.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast of the forward pass (the old ``"no"``:
+            ``"fp32"``).
         accelerator: an ``accelerate.Accelerator`` to reuse (default: a new one; it picks up the
             process group of ``accelerate launch`` / ``torchrun``).
         fold: evaluate only the tracks of this k-fold fold (cross-validation); None: every track.
@@ -161,8 +162,7 @@ def evaluate_checkpoint(
     from shards.format import load_manifest
     from shards.reader import ShardStream, make_loader
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = check_precision(precision)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
     if track_aggregate is not None and track_aggregate not in TRACK_AGGREGATES:
@@ -361,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="YAML/JSON {shard label: model label or null} for a shard set whose label names differ",
     )
-    p.add_argument("--precision", choices=PRECISIONS, default="no", help="autocast of the forward pass")
+    p.add_argument("--precision", type=canonical_precision, choices=PRECISIONS, default="fp32",
+                   help="autocast of the forward pass (the old 'no': fp32)")  # fmt: skip
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: automatic)")
     p.add_argument("--fold", type=int, default=None, help="evaluate only the tracks of this k-fold fold")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -17,15 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.distributed import autocast
+from engine.distributed import AUTOCAST_DTYPES, autocast, check_precision
 from engine.feature_shards import model_input
 from engine.metrics import Accumulator, track_and_segment_metrics
 
-__all__ = ["AUTOCAST_DTYPES", "PRECISIONS", "WindowResults", "evaluate_stream"]
-
-PRECISIONS = ("no", "fp16", "bf16")
-#: Autocast dtype of the forward pass per precision name (train's ``run.precision``, evaluate's ``--precision``).
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+__all__ = ["WindowResults", "evaluate_stream"]
 
 
 @dataclass
@@ -50,7 +46,7 @@ def evaluate_stream(
     accelerator: Any,
     num_classes: int,
     *,
-    precision: str = "no",
+    precision: str = "fp32",
     label_index: Tensor | None = None,
     weight: Tensor | None = None,
     progress: str | None = None,
@@ -63,16 +59,15 @@ def evaluate_stream(
             ``"label"``, ``"track"``, ``"valid"``), this process's share.
         accelerator: the job's ``accelerate.Accelerator`` (device, process group).
         num_classes: K.
-        precision: ``"no"``, ``"fp16"`` or ``"bf16"`` autocast of the forward pass.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast of the forward pass
+            (:data:`engine.distributed.PRECISIONS`; the old ``"no"`` reads as ``"fp32"``).
         label_index: ``(C,)`` long, shard class -> model class (-1: not evaluated) for a shard set whose
             classes differ from the model's (cross-dataset); None: the same classes.
         weight: ``(K,)`` class weights of the loss (training with ``optim.class_weights``); None: plain mean.
         progress: description of a progress bar on the local main process; None: no bar.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    dtype = AUTOCAST_DTYPES[check_precision(precision)]
     device = accelerator.device
-    dtype = AUTOCAST_DTYPES[precision]
     to_model = label_index.to(device) if label_index is not None else None
     model.eval()
     acc = Accumulator()

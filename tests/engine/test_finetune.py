@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoint import CheckpointError, init_from, load_checkpoint
+from engine.checkpoint import init_from, load_checkpoint
+from engine.checkpoint_format import CheckpointError
 from engine.config import ConfigError, from_dict, load_config
 from engine.models import ModelConfig, build_model
 from engine.optim import Freezer, param_groups
