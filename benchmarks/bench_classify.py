@@ -48,7 +48,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.checkpoint import load_model, save_checkpoint  # noqa: E402
+from engine.checkpoint import load_model  # noqa: E402
+from engine.checkpoint_format import save_checkpoint  # noqa: E402
 from engine.classify import classify  # noqa: E402
 from engine.config import from_dict, to_dict  # noqa: E402
 from engine.models import ModelConfig, build_model  # noqa: E402

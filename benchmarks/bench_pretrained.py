@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--file-rate", type=int, default=16000, help="Hz of the WAV files (16000: no resampling)")
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (both sides' graph runs)")
     p.add_argument("--device", default="cpu", help="the engine's device (the original runs on the CPU)")
-    p.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"], help="engine autocast")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="engine autocast")
     p.add_argument("--quick", action="store_true", help="4 files")
     p.add_argument("--skip-tf", action="store_true")
     p.add_argument("--tf-worker", action="store_true", help=argparse.SUPPRESS)

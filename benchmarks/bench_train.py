@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.config import from_dict, load_yaml  # noqa: E402
+from engine.distributed import AUTOCAST_DTYPES, PRECISIONS, canonical_precision  # noqa: E402
 from engine.models import ModelConfig, build_model  # noqa: E402
 from shards import format as fmt  # noqa: E402
 from shards.reader import ShardStream, make_loader  # noqa: E402
@@ -86,7 +87,7 @@ def bench_arch(arch: str, shards: Path, args: argparse.Namespace, device: torch.
     torch.manual_seed(0)
     model = build_model(model_config(arch), 10, sr, seg).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    dtype = AUTOCAST_DTYPES[args.precision]
 
     def step(wave: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         targets = F.one_hot(y, 10).float()
@@ -142,7 +143,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="cnn,rnn,crnn,resnet")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", choices=["no", "bf16", "fp16"], default="no")
+    p.add_argument("--precision", type=canonical_precision, choices=PRECISIONS, default="fp32")  # the old "no": fp32
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: by core count)")

@@ -6,13 +6,12 @@ imports only the one that runs (so ``--help`` of one command does not pay for th
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("engine.demo", "synthetic corpus -> shards -> train -> evaluate -> classify, in one go"),
-    "train": ("engine.train", "train a model on a shard set (also: accelerate launch -m engine.train)"),
+    "train": ("engine.train.cli", "train a model on a shard set (also: accelerate launch -m engine.train)"),
     "evaluate": ("engine.evaluate", "metrics, report and confusion matrix of a checkpoint on a split"),
     "cv": ("engine.cv", "k-fold cross-validation over the shards' folds"),
     "compare": ("engine.compare", "train and evaluate several architectures under the same budget"),
@@ -26,17 +25,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "export a checkpoint to torch.export (.pt2), ONNX or TorchScript (waveform in, probabilities out)",
     ),
 }
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends ``(default: X)`` to an option's help unless the help already states its default, the
-    option is required, or the default is None (argparse's own formatter prints ``(default: None)``)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.required or action.default is None:
-            return text
-        return super()._get_help_string(action) or text
 
 
 def usage() -> str:

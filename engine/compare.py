@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from engine.checkpoint import CheckpointError
+from engine.checkpoint_format import CheckpointError
 from engine.config import ConfigError, config_json, from_dict, load_yaml
 from engine.cv import cross_validate, evaluate_best, flatten_metrics
 from engine.models import ModelConfig

@@ -21,7 +21,7 @@ from typing import Any
 
 from accelerate.logging import get_logger
 
-from engine.checkpoint import CheckpointError
+from engine.checkpoint_format import CheckpointError
 from engine.config import ConfigError
 from engine.train import TrainConfig, config_from_args, print_config, saved_state_dir, train
 from shards.format import ManifestError, load_manifest

@@ -46,11 +46,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.checkpoint import SELF_RESAMPLING_FEATURES, CheckpointError, load_checkpoint, model_config_from
-from engine.cli import HelpFormatter
+from engine.checkpoint import SELF_RESAMPLING_FEATURES, load_checkpoint, model_config_from
+from engine.checkpoint_format import CheckpointError
+from engine.cli_help import HelpFormatter
 from engine.config import ConfigError
+from engine.distributed import AUTOCAST_DTYPES, PRECISIONS, canonical_precision, check_precision
 from engine.models import GenreModel, build_model
-from engine.scoring import AUTOCAST_DTYPES, PRECISIONS, ScoredTrack, WindowScorer, forward
+from engine.scoring import ScoredTrack, WindowScorer, forward
 from shards import format as fmt
 from shards.resumable import DoneRecords, atomic_write_json, identity_diff
 from shards.tarstream import ShardReadError, iter_samples, sample_meta
@@ -117,7 +119,7 @@ class _Runner:
         self, model: GenreModel, name: str, device: torch.device, precision: str, channels_last: bool = True
     ) -> None:
         self.model, self.name, self.device = model.to(device), name, device
-        self.dtype = AUTOCAST_DTYPES[precision]
+        self.dtype = AUTOCAST_DTYPES[check_precision(precision)]
         if channels_last:  # NHWC conv weights: ~1.3x on CPU for musicnn, same numbers (as classify does)
             model.backbone.to(memory_format=torch.channels_last)
 
@@ -215,6 +217,8 @@ def _check_identity(out: Path, ident: dict[str, Any]) -> None:
     path = out / STATE_DIR / "embed.json"
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
+        if "precision" in old:  # a run from before the shared precision names wrote accelerate's "no" for fp32
+            old["precision"] = canonical_precision(old["precision"])
         diff = identity_diff(old, ident, keys=[k for k in ident if k != "checkpoint"])  # the spec may be renamed
         if diff:
             raise EmbedError(
@@ -286,7 +290,7 @@ def embed(
     splits: list[str] | None = None,
     hop_seconds: float | None = None,
     batch_size: int = 32,
-    precision: str = "no",
+    precision: str = "fp32",
     device: str | None = None,
     channels_last: bool = True,
     progress: bool = True,
@@ -297,7 +301,8 @@ def embed(
     ``checkpoint`` is a checkpoint file or a pretrained name (``musicnn:MSD_musicnn``); ``embedding`` a name of
     the backbone's :attr:`EMBEDDINGS` (default its ``DEFAULT_EMBEDDING``); ``hop_seconds`` the window hop
     (default one window); ``batch_size`` windows per forward pass; ``precision`` the backbone's autocast
-    (``no`` / ``bf16`` / ``fp16``; the front end is always float32); ``channels_last`` runs the backbone's convs
+    (``fp32`` / ``bf16`` / ``fp16``, :data:`engine.distributed.PRECISIONS`; the old ``no``: fp32; the front end
+    is always float32); ``channels_last`` runs the backbone's convs
     NHWC. Under ``accelerate launch`` every process
     embeds its share of the source shards. Returns ``{"out", "manifest" (main process), "written", "resumed",
     "windows", "tracks", "elapsed_s", "windows_per_s", "world_size", "rank"}`` (this process's counts).
@@ -307,8 +312,7 @@ def embed(
     spec, shards, out = os.fspath(checkpoint), Path(shards), Path(out)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    precision = check_precision(precision)  # the identity records the current name: "no" -> "fp32"
     if hop_seconds is not None and hop_seconds <= 0:
         raise ValueError(f"hop_seconds must be > 0, got {hop_seconds}")
     source = fmt.load_manifest(shards)
@@ -403,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", default=None, help="comma-separated splits to embed (default: all)")
     p.add_argument("--hop-seconds", type=float, default=None, help="window hop (default: one window, as evaluate)")
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
-    p.add_argument("--precision", choices=PRECISIONS, default="no", help="autocast of the backbone")
+    p.add_argument("--precision", type=canonical_precision, choices=PRECISIONS, default="fp32",
+                   help="autocast of the backbone (the old 'no': fp32)")  # fmt: skip
     p.add_argument("--device", default=None, help="torch device (default: this process's accelerate device)")
     p.add_argument(
         "--no-channels-last", action="store_true", help="keep the backbone's conv weights NCHW (default: NHWC)"

@@ -34,12 +34,11 @@ from typing import Any
 
 import torch
 
-from engine.distributed import make_accelerator
+from engine.distributed import PRECISIONS, canonical_precision, check_precision, make_accelerator
 from engine.evaluation_loop import WindowResults, evaluate_stream
 from engine.logs import setup_logging
 from engine.metrics import TRACK_AGGREGATES, aggregate_tracks
 from engine.models.inputs import check_data_fits_model, input_kind
-from engine.scoring import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ def evaluate_checkpoint(
     track_aggregate: str | None = None,
     label_map: dict[str, str | None] | str | Path | None = None,
     num_workers: int | None = None,
-    precision: str = "no",
+    precision: str = "fp32",
     accelerator: Any = None,
     fold: int | None = None,
     progress: bool = True,
@@ -146,7 +145,8 @@ def evaluate_checkpoint(
             ``track`` figures (default: the checkpoint's ``eval.track_aggregate``, else ``"mean_prob"``).
         label_map: ``{shard label: model label | None}`` or a YAML/JSON file of it (cross-dataset).
         num_workers: DataLoader workers (default :func:`shards.reader.default_num_workers`).
-        precision: ``"no"``, ``"fp16"`` or ``"bf16"`` autocast of the forward pass.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast of the forward pass (the old ``"no"``:
+            ``"fp32"``).
         accelerator: an ``accelerate.Accelerator`` to reuse (default: a new one; it picks up the
             process group of ``accelerate launch`` / ``torchrun``).
         fold: evaluate only the tracks of this k-fold fold (cross-validation); None: every track.
@@ -161,7 +161,8 @@ def evaluate_checkpoint(
     """
     from shards.reader import make_loader
 
-    _check_arguments(precision, batch_size, track_aggregate, segment_seconds)
+    precision = check_precision(precision)
+    _check_arguments(batch_size, track_aggregate, segment_seconds)
     t0 = time.perf_counter()
     manifest = _load_manifest(shards, fold)  # fail fast before loading a model
     if isinstance(label_map, (str, Path)):
@@ -219,9 +220,7 @@ class _Coverage:
     vote: torch.Tensor  # (N,) their majority-vote class
 
 
-def _check_arguments(precision: str, batch_size: int, track_aggregate: str | None, segment_seconds: float | None) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+def _check_arguments(batch_size: int, track_aggregate: str | None, segment_seconds: float | None) -> None:
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
     if track_aggregate is not None and track_aggregate not in TRACK_AGGREGATES:
@@ -423,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="YAML/JSON {shard label: model label or null} for a shard set whose label names differ",
     )
-    p.add_argument("--precision", choices=PRECISIONS, default="no", help="autocast of the forward pass")
+    p.add_argument("--precision", type=canonical_precision, choices=PRECISIONS, default="fp32",
+                   help="autocast of the forward pass (the old 'no': fp32)")  # fmt: skip
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: automatic)")
     p.add_argument("--fold", type=int, default=None, help="evaluate only the tracks of this k-fold fold")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

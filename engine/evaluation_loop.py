@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.distributed import AUTOCAST_DTYPES, check_precision
 from engine.metrics import Accumulator, track_and_segment_metrics
 from engine.models.inputs import model_input
-from engine.scoring import AUTOCAST_DTYPES, PRECISIONS, forward
+from engine.scoring import forward
 
 __all__ = ["WindowResults", "evaluate_stream"]
 
@@ -49,7 +50,7 @@ def evaluate_stream(
     accelerator: Any,
     num_classes: int,
     *,
-    precision: str = "no",
+    precision: str = "fp32",
     label_index: Tensor | None = None,
     weight: Tensor | None = None,
     progress: str | None = None,
@@ -62,16 +63,15 @@ def evaluate_stream(
             ``"label"``, ``"track"``, ``"valid"``), this process's share.
         accelerator: the job's ``accelerate.Accelerator`` (device, process group).
         num_classes: K.
-        precision: ``"no"``, ``"fp16"`` or ``"bf16"`` autocast of the forward pass.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast of the forward pass
+            (:data:`engine.distributed.PRECISIONS`; the old ``"no"`` reads as ``"fp32"``).
         label_index: ``(C,)`` long, shard class -> model class (-1: not evaluated) for a shard set whose
             classes differ from the model's (cross-dataset); None: the same classes.
         weight: ``(K,)`` class weights of the loss (training with ``optim.class_weights``); None: plain mean.
         progress: description of a progress bar on the local main process; None: no bar.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    dtype = AUTOCAST_DTYPES[check_precision(precision)]
     device = accelerator.device
-    dtype = AUTOCAST_DTYPES[precision]
     to_model = label_index.to(device) if label_index is not None else None
     model.eval()
     acc = Accumulator()

@@ -48,7 +48,7 @@ from engine.classify.predictor import (
     CheckpointInputError,
     check_input_kind,
 )
-from engine.cli import HelpFormatter
+from engine.cli_help import HelpFormatter
 from engine.logs import setup_logging
 
 logger = logging.getLogger(__name__)

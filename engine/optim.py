@@ -1,7 +1,10 @@
-"""Fine-tuning controls of the optimiser: learning-rate groups and freezing by epoch.
+"""The optimiser and its learning-rate schedule, and the fine-tuning controls: learning-rate groups and
+freezing by epoch.
 
-``engine.train`` builds its optimiser from :func:`param_groups` and calls a :class:`Freezer` at every epoch
-start; the settings (``OptimConfig`` / ``RunConfig`` in ``engine/train.py``)::
+``engine.train`` builds its optimiser with :func:`make_optimizer` (over :func:`param_groups`), its schedule with
+:func:`make_scheduler` (per optimiser step: :class:`WarmupCosine`, OneCycle; per epoch: ReduceLROnPlateau), and
+calls a :class:`Freezer` at every epoch start. The fine-tuning settings (``OptimConfig`` / ``RunConfig`` in
+``engine/train/config.py``)::
 
     run.init_from: musicnn:MSD_musicnn     # weights to start from (engine.checkpoint.init_from)
     run.freeze: [backbone.input_bn, backbone.timbral, backbone.temporal, backbone.midend]
@@ -27,17 +30,23 @@ start; the settings (``OptimConfig`` / ``RunConfig`` in ``engine/train.py``)::
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from engine.checkpoint import _freeze
 from engine.config import ConfigError
 
+if TYPE_CHECKING:
+    from engine.train.config import OptimConfig
+
 log = logging.getLogger(__name__)
 
-__all__ = ["Freezer", "ddp_kwargs", "param_groups"]
+__all__ = ["Freezer", "WarmupCosine", "ddp_kwargs", "make_optimizer", "make_scheduler", "param_groups", "total_steps"]
 
 
 def param_groups(model: nn.Module, cfg: Any, pretrained: Iterable[str] = ()) -> list[dict[str, Any]]:
@@ -111,3 +120,61 @@ class Freezer:
         if self.epochs and epoch == self.epochs:
             log.info("epoch %d: %d parameter tensors under %s unfrozen", epoch, len(self.params), self.prefixes)
         return frozen
+
+
+# ------------------------------------------------------------------------------------ optimiser and schedule
+def make_optimizer(
+    model: nn.Module, cfg: OptimConfig, pretrained: list[str] | tuple[str, ...] = ()
+) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` (adam, adamw or sgd with Nesterov momentum) over :func:`param_groups` (every parameter,
+    frozen ones too; ``pretrained``: the tensor names ``run.init_from`` loaded)."""
+    params = param_groups(model, cfg, pretrained)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+
+
+@dataclass
+class WarmupCosine:
+    """``LambdaLR`` factor of optimiser step ``step`` (0-based): linear warmup ``(step + 1) / warmup`` over the
+    first ``warmup`` steps, then a cosine from 1 down to ``floor`` (= min_lr / lr) at step ``total``
+    (``cosine=False``: constant 1 after the warmup). A plain object, so the scheduler state saves it."""
+
+    warmup: int
+    total: int
+    floor: float = 0.0
+    cosine: bool = True
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if not self.cosine:
+            return 1.0
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def total_steps(cfg: OptimConfig, steps_per_epoch: int) -> int:
+    """Optimiser steps of the whole run: ``optim.max_steps``, else epochs x optimiser steps per epoch."""
+    return cfg.max_steps or max(1, cfg.epochs * steps_per_epoch)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int) -> tuple[Any, str]:
+    """(scheduler or None, when it steps: 'step' (each optimiser step) | 'plateau' (each epoch) | 'none').
+    ``steps_per_epoch`` counts optimiser steps."""
+    total = total_steps(cfg, steps_per_epoch)
+    warmup = cfg.warmup_steps or int(round(cfg.warmup_fraction * total))
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+        ), "plateau"
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup, total, cfg.min_lr / cfg.lr)), "step"
+    if cfg.schedule == "onecycle":
+        max_lr = [g["lr"] for g in opt.param_groups]  # per group: keeps optim.pretrained_lr_scale
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total), "step"
+    if warmup:
+        return torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup, total, cosine=False)), "step"
+    return None, "none"

@@ -13,7 +13,7 @@ Every job that runs a model over whole tracks scores windows the same way:
   the DataLoader workers, each row with its track), and gathers the per-window outputs of every process
   before the per-track figures (:mod:`engine.metrics`).
 
-All of them run the model through :func:`forward`: host batch -> device -> autocast (:data:`PRECISIONS`) ->
+All of them run the model through :func:`forward`: host batch -> device -> autocast (:data:`engine.distributed.PRECISIONS`) ->
 float32 output.
 """
 
@@ -30,12 +30,7 @@ from torch import Tensor
 from engine.distributed import autocast
 from shards.windows import fill_window, window_starts
 
-__all__ = ["AUTOCAST_DTYPES", "PRECISIONS", "ScoredTrack", "WindowScorer", "forward"]
-
-PRECISIONS = ("no", "fp16", "bf16")
-#: Autocast dtype of the forward pass per precision name (train's ``run.precision``, evaluate's and embed's
-#: ``--precision``).
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+__all__ = ["ScoredTrack", "WindowScorer", "forward"]
 
 
 def forward(fn: Callable[[Tensor], Tensor], x: Tensor, device: torch.device, dtype: torch.dtype | None) -> Tensor:

@@ -1,6 +1,7 @@
 """The dependency rules of ARCHITECTURE.md, read from the source with ``ast`` (nothing is imported):
 engine -> shards, kernels, registry; kernels/ and shards/ never import engine (nor each other); no import
-cycles among our packages."""
+cycles among our packages -- counting the imports made by name at run time (``importlib.import_module("...")``,
+tables of module names such as ``engine/cli.py``'s ``COMMANDS``)."""
 
 from __future__ import annotations
 
@@ -29,10 +30,23 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
+def _named_modules(tree: ast.AST, modules: dict[str, Path]) -> set[str]:
+    """Our modules named by a string literal anywhere in ``tree`` (``importlib.import_module("engine.x")``, a
+    ``{"cmd": "engine.x"}`` table): imported by name at run time, so an edge wherever the literal stands. Only
+    dotted names count: a bare ``"shards"`` is as likely a manifest key as the package."""
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value
+        and node.value in modules
+    }
+
+
 def _imports(name: str, path: Path, modules: dict[str, Path], top_level_only: bool) -> set[str]:
     """Our modules that ``name`` imports: every import statement, or only those that run at import time
-    (module level, outside functions and ``if TYPE_CHECKING``). ``from pkg import sub`` counts as ``pkg.sub``
-    when ``sub`` is a module, else as ``pkg``; the implicit import of a parent package is not an edge."""
+    (module level, outside functions and ``if TYPE_CHECKING``), and in both cases the modules it names in string
+    literals (:func:`_named_modules`). ``from pkg import sub`` counts as ``pkg.sub`` when ``sub`` is a module,
+    else as ``pkg``; the implicit import of a parent package is not an edge."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     is_pkg = path.name == "__init__.py"
     found: set[str] = set()
@@ -70,6 +84,7 @@ def _imports(name: str, path: Path, modules: dict[str, Path], top_level_only: bo
                         ])
 
     visit(tree.body)
+    found |= _named_modules(tree, modules)
     return {m for m in found if m in modules}
 
 
@@ -87,8 +102,9 @@ def test_kernels_and_shards_never_import_engine_or_each_other():
     assert not offenders, "dependencies must point one way (engine -> shards, kernels):\n" + "\n".join(offenders)
 
 
-def test_no_import_cycles_among_our_packages():
-    modules = _modules()
+def _cycles(modules: dict[str, Path]) -> list[list[str]]:
+    """The import cycles among ``modules`` (import-time imports and modules named in strings), each as a path
+    that ends where it starts."""
     graph = {name: _imports(name, path, modules, top_level_only=True) - {name} for name, path in modules.items()}
     cycles: list[list[str]] = []
     state: dict[str, int] = {}  # 1: on the stack, 2: done
@@ -108,6 +124,11 @@ def test_no_import_cycles_among_our_packages():
     for node in sorted(graph):
         if node not in state:
             dfs(node)
+    return cycles
+
+
+def test_no_import_cycles_among_our_packages():
+    cycles = _cycles(_modules())
     assert not cycles, "import cycles (registration belongs in the package __init__):\n" + "\n".join(
         " -> ".join(c) for c in cycles
     )
@@ -119,4 +140,20 @@ def test_the_graph_reader_sees_the_imports_it_must_judge():
     assert "kernels.functional" in _imports("kernels.features", modules["kernels.features"], modules, True)
     assert "shards.audio" in _imports("shards.ingest", modules["shards.ingest"], modules, True)
     assert "registry" in _imports("shards.layouts", modules["shards.layouts"], modules, True)
-    assert "engine.config" in _imports("engine.train", modules["engine.train"], modules, True)
+    assert "engine.config" in _imports("engine.train.config", modules["engine.train.config"], modules, True)
+    # modules imported by name at run time: the command table, the pretrained converters
+    assert "engine.train.cli" in _imports("engine.cli", modules["engine.cli"], modules, True)
+    assert "engine.pretrained.musicnn" in _imports("engine.pretrained", modules["engine.pretrained"], modules, True)
+
+
+def test_a_cycle_through_a_module_named_by_string_is_a_cycle(tmp_path):
+    """``importlib.import_module("...")`` and a table of module names close a cycle as an import does."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "table.py").write_text('TABLE = {"x": "pkg.command"}\n')
+    (pkg / "lazy.py").write_text('import importlib\n\ndef load():\n    return importlib.import_module("pkg.command")\n')
+    (pkg / "command.py").write_text("from pkg.table import TABLE\nfrom pkg.lazy import load\n")
+    modules = {"pkg": pkg / "__init__.py", **{f"pkg.{n}": pkg / f"{n}.py" for n in ("table", "lazy", "command")}}
+    cycles = {" -> ".join(c) for c in _cycles(modules)}
+    assert cycles == {"pkg.command -> pkg.lazy -> pkg.command", "pkg.command -> pkg.table -> pkg.command"}

@@ -11,7 +11,8 @@ from typing import Any
 from engine.classify.decode import DEFAULT_CHUNK_SECONDS
 from engine.classify.predictor import CheckpointInputError
 from engine.classify.run import classify
-from engine.cli import HelpFormatter
+from engine.cli_help import HelpFormatter
+from engine.distributed import PRECISIONS, canonical_precision
 from engine.logs import setup_logging
 from shards.audio import ignored_summary
 
@@ -75,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=["auto", "bf16", "fp16", "fp32"],
+        type=canonical_precision,
+        choices=["auto", *PRECISIONS],
         default="auto",
-        help="autocast dtype (auto: bf16 on GPU, fp32 on CPU)",
+        help="autocast dtype (auto: bf16 on GPU, fp32 on CPU; the old 'no': fp32)",
     )
     p.add_argument(
         "--num-workers",

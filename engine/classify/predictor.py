@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.distributed import autocast_dtype, precision_name
 from engine.models.inputs import check_data_fits_model, input_kind
 from engine.pretrained import resolve_checkpoint
 from engine.scoring import forward
@@ -200,17 +201,6 @@ _LOADERS: dict[str, Callable[[str, torch.device, bool], Loaded]] = {
 }
 
 
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
-    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in table:
-        raise ValueError(f"precision {precision!r} is not one of auto, bf16, fp16, fp32")
-    return table[precision]
-
-
 class Predictor:
     """``int16 windows [B, T]`` -> ``float32 probabilities [B, K]`` on the host, from a model file of any
     kind (:func:`model_file_kind`) or a pretrained name (``musicnn:MSD_musicnn``, resolved to its converted
@@ -256,7 +246,7 @@ class Predictor:
         if tags is not None:
             self.columns = self._tag_columns(tags, extra.get("tag_groups"))
             self.labels = [self.labels[i] for i in self.columns]
-        self.dtype = _autocast_dtype(precision, self.device)
+        self.dtype = autocast_dtype(precision, self.device)
         if self.exported and self.dtype is not None:
             logger.info("%s model: running in float32 (autocast does not apply to exported graphs)", self.kind)
             self.dtype = None
@@ -272,7 +262,7 @@ class Predictor:
 
     @property
     def precision(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        return precision_name(self.dtype)
 
     @torch.inference_mode()
     def __call__(self, windows: torch.Tensor) -> np.ndarray:

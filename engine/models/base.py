@@ -145,13 +145,6 @@ class TemporalPool(nn.Module):
         return (weights * x).sum(dim=1)
 
 
-def pooled_size(size: int, pools: list[int]) -> int:
-    """Size of an axis after ``MaxPool(p, ceil_mode=True)`` for each ``p`` (never below 1)."""
-    for p in pools:
-        size = max(1, -(-size // p))
-    return size
-
-
 def clamp_pool(size: int, p: int) -> tuple[int, int]:
     """A pool size that does not exceed the (statically known) axis ``size``; returns (pool, new size)."""
     p = max(1, min(p, size))

@@ -7,8 +7,9 @@ opens a checkpoint (``train --init-from``, ``classify``, ``evaluate``, ``embed``
 ``engine.checkpoint.load_checkpoint``, which calls it; anything that is not ``SCHEME:NAME`` with a known
 scheme is returned unchanged as a path.
 
-This package imports its converters lazily: ``engine.checkpoint`` imports it, and the converters import
-``engine.checkpoint``.
+A converter is imported when its scheme is first resolved (the package itself stays light: ``engine.checkpoint``
+imports it). Converters write with :mod:`engine.checkpoint_format` and share :mod:`engine.pretrained.cache`,
+so nothing they import leads back here.
 """
 
 from __future__ import annotations
@@ -17,26 +18,12 @@ import importlib
 import os
 from pathlib import Path
 
+from engine.pretrained.cache import PretrainedError, cache_dir
+
 __all__ = ["SCHEMES", "PretrainedError", "cache_dir", "is_pretrained_spec", "resolve_checkpoint"]
 
 SCHEMES = {"musicnn": "engine.pretrained.musicnn"}
 """Scheme -> converter module; each module has ``NAMES`` and ``ensure_checkpoint(name) -> Path``."""
-
-CACHE_ENV = "GENRE_ENGINE_CACHE"
-
-
-class PretrainedError(FileNotFoundError):
-    """A pretrained model that cannot be provided (unknown name, source package missing, bad source file)."""
-
-
-def cache_dir() -> Path:
-    """Where converted pretrained checkpoints live: ``$GENRE_ENGINE_CACHE/pretrained`` if the variable is set,
-    else ``$XDG_CACHE_HOME/genre-engine/pretrained`` (default ``~/.cache/genre-engine/pretrained``)."""
-    root = os.environ.get(CACHE_ENV)
-    if root:
-        return Path(root).expanduser() / "pretrained"
-    xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(xdg).expanduser() / "genre-engine" / "pretrained"
 
 
 def is_pretrained_spec(spec: str | os.PathLike) -> bool:

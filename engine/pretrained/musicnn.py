@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.checkpoint import CheckpointError, save_checkpoint
+from engine.checkpoint_format import CheckpointError, save_checkpoint
 from engine.config import to_dict
 from engine.models import GenreModel, ModelConfig, build_model
-from engine.pretrained import PretrainedError, cache_dir
+from engine.pretrained.cache import PretrainedError, cache_dir
 from engine.pretrained.tf_bundle import BundleError, read_index, read_tensor
 from kernels.augment_config import AugmentConfig
 from kernels.features import FrontendConfig
@@ -317,7 +317,7 @@ def convert(name: str, wheel: str | os.PathLike | None = None) -> Conversion:
 
 
 def checkpoint_path(name: str) -> Path:
-    """Cache file of converted ``name`` (see :func:`engine.pretrained.cache_dir`)."""
+    """Cache file of converted ``name`` (see :func:`engine.pretrained.cache.cache_dir`)."""
     _check_name(name)
     return cache_dir() / f"musicnn-{name}-v{CONVERTER_VERSION}.pt"
 

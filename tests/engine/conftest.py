@@ -34,7 +34,7 @@ def tiny_checkpoint(path: Path, labels: list[str], sample_rate: int, segment_sam
     plumbing tests compare against this model's own eager outputs, not against genres."""
     import torch
 
-    from engine.checkpoint import save_checkpoint
+    from engine.checkpoint_format import save_checkpoint
     from engine.config import from_dict, to_dict
     from engine.models import ModelConfig, build_model
 

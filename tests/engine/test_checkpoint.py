@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoint import (
-    FORMAT_VERSION,
-    CheckpointError,
-    init_from,
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-)
+from engine.checkpoint import init_from, load_checkpoint, load_model
+from engine.checkpoint_format import FORMAT_VERSION, CheckpointError, save_checkpoint
 from engine.config import ConfigError, from_dict, to_dict
 from engine.models import ModelConfig, build_model
 

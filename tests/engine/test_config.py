@@ -274,6 +274,21 @@ def test_the_training_config_round_trips_through_yaml_and_json():
     assert from_dict(TrainConfig, json.loads(json.dumps(config_json(cfg), allow_nan=False))) == cfg
 
 
+@pytest.mark.parametrize("written", ["no", '"no"', "fp32"])
+def test_run_precision_no_of_older_configs_reads_as_fp32(tmp_path, written):
+    """``run.precision`` takes the shared names (fp32/bf16/fp16); accelerate's ``no`` that configs, run
+    directories and checkpoints written before hold still loads, as fp32."""
+    from engine.train import TrainConfig
+
+    path = tmp_path / "old.yaml"
+    path.write_text(f"data:\n  shards: s\nrun:\n  precision: {written}\n")
+    assert load_config(TrainConfig, path).run.precision == "fp32"
+    assert load_config(TrainConfig, None, ["data.shards=s", f"run.precision={written}"]).run.precision == "fp32"
+    assert load_config(TrainConfig, None, ["data.shards=s", "run.precision=bf16"]).run.precision == "bf16"
+    with pytest.raises(ConfigError, match="run.precision: 'fp8' is not one of"):
+        load_config(TrainConfig, None, ["data.shards=s", "run.precision=fp8"])
+
+
 # ------------------------------------------------------------------------------ shipped configs/*.yaml
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 

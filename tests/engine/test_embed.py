@@ -136,6 +136,20 @@ def test_rerun_skips_verified_shards_redoes_a_damaged_one_and_refuses_other_sett
         embed(make_tiny_checkpoint(tmp_path / "u.pt", list(GENRES), 8000, 8000), source, tmp_path / "u", progress=False)
 
 
+def test_a_run_that_recorded_precision_no_resumes_as_the_fp32_run_it_was(emb, source: Path, tmp_path: Path) -> None:
+    """Runs from before the shared precision names recorded accelerate's ``no`` for fp32: the same run."""
+    out = tmp_path / "emb"
+    shutil.copytree(emb[0], out)
+    state = out / ".embed" / "embed.json"
+    ident = json.loads(state.read_text())
+    assert ident["precision"] == "fp32"
+    state.write_text(json.dumps({**ident, "precision": "no"}))
+    res = embed(SPEC, source, out, batch_size=16, progress=False)
+    assert (res["written"], res["resumed"]) == (0, 3)
+    res = embed(SPEC, source, out, batch_size=16, precision="no", progress=False)  # the old name is still taken
+    assert (res["written"], res["resumed"]) == (0, 3)
+
+
 def test_two_gloo_processes_each_write_their_shards_and_equal_one_process(emb, source: Path, tmp_path: Path) -> None:
     out = tmp_path / "emb2"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoint import load_model, save_checkpoint
+from engine.checkpoint import load_model
+from engine.checkpoint_format import save_checkpoint
 from engine.config import from_dict, to_dict
 from engine.evaluate import evaluate_checkpoint, main, resolve_label_map
 from engine.metrics import classification_metrics

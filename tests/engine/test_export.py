@@ -189,7 +189,7 @@ def test_torch_export_program_equals_eager_and_loads_with_plain_pytorch(tmp_path
 def test_torch_export_refuses_a_front_end_it_cannot_trace_and_leaves_no_file(tmp_path: Path) -> None:
     # chroma with per-clip tuning estimation takes a median over a data-dependent number of peaks:
     # torch.export cannot trace it (nor can torch.jit.trace or either ONNX exporter)
-    from engine.checkpoint import save_checkpoint
+    from engine.checkpoint_format import save_checkpoint
     from engine.config import from_dict, to_dict
     from engine.models import ModelConfig, build_model
 

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoint import CheckpointError, init_from, load_checkpoint
+from engine.checkpoint import init_from, load_checkpoint
+from engine.checkpoint_format import CheckpointError
 from engine.config import ConfigError, from_dict, load_config
 from engine.models import ModelConfig, build_model
-from engine.optim import Freezer, param_groups
+from engine.optim import Freezer, make_optimizer, make_scheduler, param_groups
 from engine.pretrained.musicnn import model_config
-from engine.train import OptimConfig, TrainConfig, make_optimizer, make_scheduler, train
+from engine.train import OptimConfig, TrainConfig, train
 
 SPEC = "musicnn:MSD_musicnn"
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoint import load_model, save_checkpoint
+from engine.checkpoint import load_model
+from engine.checkpoint_format import save_checkpoint
 from engine.classify import CheckpointInputError, check_input_kind
 from engine.compare import inference_clips_per_s
 from engine.config import ConfigError, load_config

@@ -15,7 +15,8 @@ import torch
 
 from engine.config import ConfigError, load_config
 from engine.ema import EMA
-from engine.train import OptimConfig, TrainConfig, make_scheduler, train
+from engine.optim import make_scheduler
+from engine.train import OptimConfig, TrainConfig, train
 from tests.engine.test_evaluate import _free_port
 from tests.engine.test_train import quick_config
 

@@ -230,7 +230,8 @@ def test_two_gloo_processes_train_and_validate_like_one_process_evaluation(tmp_p
 #: state at (epoch, epoch_step) = argv[1:3] -- a kill at a precise point, not a race against progress.
 KILL_AFTER_SAVE = """
 import os, signal, sys
-import engine.train as t
+import engine.train.loop as t
+from engine.train import main
 at = tuple(map(int, sys.argv[1:3]))
 real_save = t.save_train_state
 def save_then_die(accelerator, run_dir, state, net):
@@ -238,7 +239,7 @@ def save_then_die(accelerator, run_dir, state, net):
     if (state.epoch, state.epoch_step) == at:
         os.kill(os.getpid(), signal.SIGKILL)
 t.save_train_state = save_then_die
-sys.exit(t.main(sys.argv[3:]))
+sys.exit(main(sys.argv[3:]))
 """
 
 
@@ -294,7 +295,7 @@ def test_class_weighted_validation_loss_is_the_weighted_mean(tmp_path, synthetic
     import torch.nn.functional as F
 
     from engine.checkpoint import load_model
-    from engine.train import class_weight_tensor
+    from engine.train.loss import class_weight_tensor
     from shards.reader import ShardStream
 
     shards = tmp_path / "shards"
@@ -331,7 +332,7 @@ def test_crash_mid_epoch_resumes_from_the_mid_epoch_state_to_the_uninterrupted_r
     """``run.save_every_steps``: a run that dies right after saving at batch 2 of epoch 1 resumes there (data
     position, optimiser, schedule, EMA, dropout and augmentation streams) and ends exactly as the run that
     never stopped."""
-    import engine.train as train_module
+    import engine.train.loop as train_module
 
     extra = ["optim.epochs=3", "optim.max_steps_per_epoch=4", "model.augment.mixup_p=0.5", "model.augment.noise_p=0.5",
              "run.save_every_steps=2", "optim.schedule=cosine", *recipe]  # fmt: skip

@@ -1,0 +1,228 @@
+"""The training loop, top to bottom, with Hugging Face Accelerate: :func:`train`.
+
+Accelerate places the model, wraps it in DDP and runs mixed precision. Each epoch: train
+(:func:`train_epoch`), evaluate on the validation split (:func:`evaluate_epoch`: segment- and track-level
+accuracy and macro F1, gathered once across ranks), log, step the schedule, write ``last.pt`` / ``best.pt``
+and the history (:class:`~engine.train.records.RunRecords`) and the training state
+(:func:`~engine.train.state.save_train_state`), so ``--resume`` continues exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from accelerate.logging import get_logger
+from tqdm.auto import tqdm
+
+from engine.distributed import accelerate_precision, make_accelerator
+from engine.evaluation_loop import evaluate_stream
+from engine.metrics import TRACK_AGGREGATES
+from engine.models.inputs import model_input
+from engine.optim import ddp_kwargs
+from engine.train.config import TrainConfig
+from engine.train.data import Loaders, make_loaders, open_shard_set
+from engine.train.learner import Learner, build_learner
+from engine.train.loss import class_weight_tensor, soft_cross_entropy
+from engine.train.records import RunRecords
+from engine.train.state import (
+    TrainState,
+    epoch_seed,
+    open_run_dir,
+    resume_train_state,
+    save_train_state,
+    seed_everything,
+)  # fmt: skip
+from kernels.augment import reseed_all
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+logger = get_logger(__name__)
+
+__all__ = ["TrainedEpoch", "evaluate_epoch", "train", "train_epoch"]
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train a model as ``cfg`` says; returns ``{run_dir, best_checkpoint, last_checkpoint, history, best, ...}``."""
+    accelerator = make_accelerator(
+        mixed_precision=accelerate_precision(cfg.run.precision), gradient_accumulation_steps=cfg.optim.grad_accum,
+        cpu=cfg.run.cpu, kwargs_handlers=ddp_kwargs(cfg.optim.freeze_epochs),
+    )  # fmt: skip
+    cfg, shards = open_shard_set(cfg)  # checked before any work; the model config completed from the manifest
+    run_dir, state_dir = open_run_dir(cfg, accelerator)  # the same on every rank; config.yaml written
+    data = make_loaders(cfg, shards, accelerator.process_index, accelerator.num_processes)
+    learner = build_learner(cfg, shards, data.optim_steps_per_epoch, accelerator)
+    state = resume_train_state(accelerator, state_dir, learner.net) if cfg.run.resume else TrainState()
+    weight = None  # class weights of the loss, [K]
+    if cfg.optim.class_weights:
+        weight = class_weight_tensor(shards.manifest, cfg.data.train_split, shards.labels).to(accelerator.device)
+    records = RunRecords(run_dir, cfg, shards, learner, accelerator)
+    log_start(cfg, accelerator, learner, data)
+
+    while state.epoch < data.epochs:
+        epoch = state.epoch
+        trained = train_epoch(cfg, accelerator, learner, data, state, weight, run_dir)
+        metrics = evaluate_epoch(learner.eval_net, data.valid_loader, accelerator, shards.labels, weight,
+                                 cfg.run.precision, cfg.eval.track_aggregate)  # fmt: skip
+        row = {
+            "epoch": epoch, "step": state.step, "lr": learner.optimizer.param_groups[0]["lr"],
+            "train_loss": trained.loss, "train_acc": trained.acc, **metrics,
+            "train_clips_per_s": trained.clips_per_s, "epoch_seconds": time.perf_counter() - trained.started,
+        }  # fmt: skip
+        improved = end_epoch(state, row, learner)
+        log_epoch(epoch, row)
+        records.epoch_end(epoch, row, improved, state.history)
+        save_train_state(accelerator, run_dir, state, learner.net)
+        if cfg.optim.early_stop_patience and state.bad_epochs >= cfg.optim.early_stop_patience:
+            logger.info(f"early stop: no validation-loss improvement for {state.bad_epochs} epochs", main_process_only=True)
+            break
+
+    summary = records.finish(state)
+    accelerator.wait_for_everyone()
+    # no accelerator.end_training(): it destroys the process group, and cv/compare train again in-process
+    return summary
+
+
+@dataclass
+class TrainedEpoch:
+    """The training half of an epoch's history row (every rank agrees)."""
+
+    loss: float  # mean batch loss, averaged over ranks
+    acc: float  # training accuracy on the (mixed) batches, over every rank's clips
+    clips_per_s: float  # training clips per second, all ranks, this session's batches only
+    started: float  # time.perf_counter() when the epoch started
+
+
+def train_epoch(
+    cfg: TrainConfig, accelerator: Accelerator, learner: Learner, data: Loaders, state: TrainState,
+    weight: torch.Tensor | None, run_dir: Path,
+) -> TrainedEpoch:  # fmt: skip
+    """Train epoch ``state.epoch`` from batch ``state.epoch_step`` (> 0: resuming mid-epoch) to its end (or
+    ``optim.max_steps``); counts ``state.step`` and saves the state every ``run.save_every_steps`` batches."""
+    model, net, world = learner.model, learner.net, accelerator.num_processes
+    epoch, done, rank = state.epoch, state.epoch_step, accelerator.process_index
+    if not done:
+        seed_everything(epoch_seed(cfg.run.seed, epoch, rank))  # dropout, mixup, ...
+        reseed_all(net, epoch_seed(cfg.run.seed, epoch, rank))
+    data.train_stream.set_epoch(epoch, start_batch=done)  # the first `done` items: {} placeholders, nothing read
+    model.train()
+    learner.freezer.apply(epoch)  # run.freeze for this epoch (a function of the epoch: resumes exactly)
+    t0, seen, n_steps = time.perf_counter(), state.epoch_seen, done
+    seen0 = seen  # clips trained before a mid-epoch stop: not this session's throughput
+    loss_sum = torch.full((), state.epoch_loss, device=accelerator.device)
+    correct = torch.full((), state.epoch_correct if accelerator.is_main_process else 0.0, device=accelerator.device)
+    bar = tqdm(total=data.steps_per_epoch, initial=done, desc=f"epoch {epoch}", disable=not (cfg.run.progress and accelerator.is_main_process), leave=False)
+    rng = torch.get_rng_state()
+    batches = iter(data.train_loader)
+    torch.set_rng_state(rng)  # making the iterator draws a seed: keep the restored stream exactly where it was
+    for i, batch in enumerate(batches):
+        if i < done:
+            continue  # trained before the stop; batches i >= done are those of the uninterrupted epoch
+        if i >= data.steps_per_epoch or (cfg.optim.max_steps and state.step >= cfg.optim.max_steps):
+            break
+        wave = model_input(batch).to(accelerator.device, non_blocking=True)  # wave [B, T] or feats [B, N, D]
+        y = batch["label"].to(accelerator.device, non_blocking=True)
+        with accelerator.accumulate(model):
+            targets = F.one_hot(y, learner.num_classes).float()
+            with accelerator.autocast():
+                logits, mixed = model(wave, targets)
+            loss = soft_cross_entropy(logits, mixed, cfg.optim.label_smoothing, weight)
+            accelerator.backward(loss)
+            if cfg.optim.grad_clip and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            learner.optimizer.step()
+            learner.optimizer.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients:
+                state.step += 1
+                if learner.sched_kind == "step":
+                    learner.scheduler.step()
+                if learner.ema is not None:
+                    learner.ema.update(net)
+        loss_sum += loss.detach()
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += y.shape[0]
+        n_steps += 1
+        bar.update(1)
+        if n_steps % cfg.run.log_every == 0:  # the only host syncs of the step loop
+            bar.set_postfix(loss=f"{loss_sum.item() / n_steps:.3f}", clips_s=f"{(seen - seen0) * world / (time.perf_counter() - t0):.0f}")
+        every = cfg.run.save_every_steps
+        if every and n_steps % every == 0 and n_steps % cfg.optim.grad_accum == 0 and n_steps < data.steps_per_epoch:
+            state.epoch_step, state.epoch_seen = n_steps, seen
+            state.epoch_loss = float(accelerator.reduce(loss_sum.clone(), "mean"))
+            state.epoch_correct = float(accelerator.reduce(correct.clone(), "sum"))
+            save_train_state(accelerator, run_dir, state, net)
+    bar.close()
+    state.epoch_step, state.epoch_loss, state.epoch_correct, state.epoch_seen = 0, 0.0, 0.0, 0
+    train_time = time.perf_counter() - t0
+    return TrainedEpoch(
+        loss=float(accelerator.reduce(loss_sum, "mean")) / max(1, n_steps),
+        acc=float(accelerator.reduce(correct, "sum")) / max(1, seen * world),
+        clips_per_s=(seen - seen0) * world / max(train_time, 1e-9),
+        started=t0,
+    )
+
+
+def evaluate_epoch(
+    model: torch.nn.Module,
+    loader: Any,
+    accelerator: Accelerator,
+    label_names: list[str],
+    weight: torch.Tensor | None,
+    precision: str = "fp32",
+    aggregate: str = "mean_prob",
+) -> dict[str, float]:
+    """The epoch's validation figures: loss, segment- and track-level accuracy and macro F1, every track counted
+    once -- the figures of ``python -m engine evaluate`` (:func:`engine.evaluation_loop.evaluate_stream`), so the two
+    never disagree on a checkpoint. ``valid_track_*`` use the ``aggregate`` of windows; the track accuracy
+    of both aggregates is reported too."""
+    result = evaluate_stream(model, loader, accelerator, len(label_names), precision=precision, weight=weight)
+    m = result.metrics(label_names, aggregate)
+    return {
+        "valid_loss": result.loss,
+        "valid_acc": m["segment"]["accuracy"],
+        "valid_f1": m["segment"]["macro_f1"],
+        "valid_track_acc": m["track"]["accuracy"],
+        "valid_track_f1": m["track"]["macro_f1"],
+        **{f"valid_track_acc_{a}": m[f"track_{a}"]["accuracy"] for a in TRACK_AGGREGATES},
+        "valid_windows": int(m["segment"]["n"]),
+        "valid_tracks": int(m["track"]["n"]),
+    }
+
+
+def end_epoch(state: TrainState, row: dict[str, Any], learner: Learner) -> bool:
+    """Close the epoch of ``row``: history, the plateau schedule, the best loss and patience; ``state.epoch``
+    moves on. Returns whether the validation loss improved."""
+    state.history.append(row)
+    if learner.sched_kind == "plateau":
+        learner.scheduler.step(row["valid_loss"])
+    improved = row["valid_loss"] < state.best_loss
+    if improved:
+        state.best_loss, state.best_epoch, state.bad_epochs = row["valid_loss"], row["epoch"], 0
+    else:
+        state.bad_epochs += 1
+    state.epoch = row["epoch"] + 1
+    return improved
+
+
+def log_start(cfg: TrainConfig, accelerator: Accelerator, learner: Learner, data: Loaders) -> None:
+    logger.info(
+        f"training {cfg.model.arch} ({learner.n_params:,} parameters) on {accelerator.num_processes} process(es), "
+        f"{accelerator.device}, {learner.num_classes} classes, {data.steps_per_epoch} steps/epoch x {cfg.data.batch_size} x "
+        f"{accelerator.num_processes}, {data.epochs} epochs"
+        + (f" ({cfg.optim.max_steps} optimiser steps)" if cfg.optim.max_steps else ""),
+        main_process_only=True,
+    )
+
+
+def log_epoch(epoch: int, row: dict[str, Any]) -> None:
+    logger.info(
+        f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | valid loss {row['valid_loss']:.4f} "
+        f"acc {row['valid_acc']:.3f} track acc {row['valid_track_acc']:.3f} f1 {row['valid_track_f1']:.3f} "
+        f"| {row['train_clips_per_s']:.0f} clips/s",
+        main_process_only=True,
+    )

@@ -1,0 +1,98 @@
+"""What a run writes for people and for ``evaluate`` / ``classify`` (main process only): ``last.pt`` and
+``best.pt`` each epoch (model checkpoints with the whole config, enough to rebuild the model), ``history.jsonl``
+/ ``history.csv``, ``curves.png``, TensorBoard scalars and, at the end, ``summary.json``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.checkpoint_format import save_checkpoint
+from engine.config import to_dict
+from engine.train.config import TrainConfig
+from engine.train.data import ShardSet
+from engine.train.learner import Learner
+from engine.train.state import TrainState
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+__all__ = ["RunRecords", "write_history"]
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    with open(run_dir / "history.jsonl", "w") as f:
+        for row in history:
+            f.write(json.dumps(row) + "\n")
+    if history:
+        keys = list(history[0])
+        with open(run_dir / "history.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(history)
+
+
+def _plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    # matplotlib is imported when the first epoch ends, not at start
+    from engine.plots import training_curves_png
+
+    training_curves_png(history, run_dir / "curves.png")
+
+
+class RunRecords:
+    """The run directory's records of ``learner``'s training on ``shards`` (written on the main process)."""
+
+    def __init__(
+        self, run_dir: Path, cfg: TrainConfig, shards: ShardSet, learner: Learner, accelerator: Accelerator
+    ) -> None:
+        self.run_dir, self.main, self.model = run_dir, accelerator.is_main_process, learner.eval_net
+        self.world, self.labels, self.n_params = accelerator.num_processes, shards.labels, learner.n_params
+        self.tb = None
+        if cfg.run.tensorboard and self.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        self.config = to_dict(cfg)
+        self.weights = "ema" if learner.ema is not None else "raw"
+        window = shards.eval_samples if shards.eval_samples != shards.segment_samples else None
+        self.ckpt_meta = dict(labels=shards.labels, sample_rate=shards.sample_rate, segment_samples=shards.segment_samples,
+                              window_samples=window, extra={"weights": self.weights})  # fmt: skip
+
+    def epoch_end(self, epoch: int, row: dict[str, Any], improved: bool, history: list[dict[str, Any]]) -> None:
+        """``last.pt`` (and ``best.pt`` when the validation loss ``improved``), history, TensorBoard, curves."""
+        if not self.main:
+            return
+        meta = dict(model=self.model, config=self.config, epoch=epoch, metrics=row, **self.ckpt_meta)
+        save_checkpoint(self.run_dir / "last.pt", **meta)
+        if improved:
+            save_checkpoint(self.run_dir / "best.pt", **meta)
+        write_history(self.run_dir, history)
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.tb.add_scalar(k, v, epoch)
+            self.tb.flush()
+        _plot_curves(self.run_dir, history)
+
+    def finish(self, state: TrainState) -> dict[str, Any]:
+        """The run's summary (``summary.json`` without the history); closes TensorBoard."""
+        best = next((r for r in state.history if r["epoch"] == state.best_epoch), state.history[-1] if state.history else {})
+        summary = {
+            "run_dir": str(self.run_dir),
+            "best_checkpoint": str(self.run_dir / "best.pt"),
+            "last_checkpoint": str(self.run_dir / "last.pt"),
+            "best_epoch": state.best_epoch,
+            "best": best,
+            "history": state.history,
+            "parameters": self.n_params,
+            "weights": self.weights,
+            "world_size": self.world,
+            "labels": self.labels,
+        }
+        if self.main:
+            (self.run_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+        if self.tb is not None:
+            self.tb.close()
+        return summary
