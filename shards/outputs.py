@@ -24,6 +24,7 @@ name is not valid UTF-8 with ``\\xNN`` escapes (safe for JSON, terminals and log
 
 from __future__ import annotations
 
+import codecs
 import errno
 import functools
 import os
@@ -147,13 +148,14 @@ def decode_utf8(data: bytes, path: PathLike, *, bom: bool = True) -> str:
     offset and line of the first byte that is not UTF-8. ``bom``: drop a leading UTF-8 byte-order mark.
 
     No fallback encoding is guessed: a Latin-1 file read as something else gives names that do not exist."""
+    skip = len(codecs.BOM_UTF8) if bom and data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return data.decode("utf-8-sig" if bom else "utf-8")
+        return data[skip:].decode("utf-8")
     except UnicodeDecodeError as err:
-        line = _line_of(data, err.start)
+        at = err.start + skip  # an offset into the file, BOM included
         raise InputError(
             path,
-            f"not UTF-8 text (byte 0x{data[err.start:err.start + 1].hex()} at offset {err.start}, line {line})",
+            f"not UTF-8 text (byte 0x{data[at:at + 1].hex()} at offset {at}, line {_line_of(data, at)})",
             "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
         ) from None
 

@@ -393,12 +393,18 @@ def _check_folds(cfg: IngestConfig, tracks: list[Track], which: str) -> None:
 def _empty_split_warnings(cfg: IngestConfig, splits: list[str]) -> list[str]:
     """A split that ``--split-ratios`` gives a share but that got no track (too few tracks or artists)."""
     counts = Counter(splits)
-    return [
+    out = [
         f"the {name} split is empty although --split-ratios gives it {ratio:.3g} of {len(splits)} tracks "
         f"(too few tracks or artists); set its ratio to 0 to mean it, or add tracks"
         for name, ratio in zip(SPLITS, cfg.split_ratios)
         if ratio > 0 and counts[name] == 0
     ]
+    if cfg.split_ratios[1] == 0 and not cfg.folds:
+        out.append(
+            "no valid split (--split-ratios gives it 0): `engine train` needs one to pick its checkpoint; fine "
+            "for a set only to evaluate on, else give valid a share or add --folds K for cross-validation"
+        )
+    return out
 
 
 def _assign_folds(cfg: IngestConfig, tracks: list[Track], keys: list[str], groups: list[str | None]) -> list[int]:
