@@ -11,7 +11,7 @@ overrides it) with hop ``--hop-seconds`` (default = one window: non-overlapping)
 window; a track's prediction is the argmax of its mean window probability (``--track-aggregate
 mean_logprob``: of its mean log-probability; the run's ``eval.track_aggregate`` by default; both are
 reported). Each process evaluates its share of the tracks
-(:class:`shards.reader.ShardStream` with its rank), the per-window results are gathered once at the end,
+(:class:`shards.window_stream.WindowStream` with its rank), the per-window results are gathered once at the end,
 and only the main process writes files: the figures are the same on CPU or GPU, with one process or many.
 
 Cross-dataset evaluation: when the shard set's label names differ from the model's, ``--label-map FILE``
@@ -159,7 +159,8 @@ def evaluate_checkpoint(
     from engine.checkpoint import load_model
     from engine.report import write_evaluation
     from shards.format import load_manifest
-    from shards.reader import ShardStream, make_loader
+    from shards.reader import make_loader
+    from shards.window_stream import WindowStream
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -213,11 +214,10 @@ def evaluate_checkpoint(
             raise ValueError(f"hop_seconds must be > 0, got {hop_seconds}")
         hop = max(1, int(round(hop_seconds * sample_rate)))
 
-    stream = ShardStream(
+    stream = WindowStream(
         str(shards),
         split,
-        train=False,
-        segment_samples=segment,
+        window_samples=segment,
         batch_size=batch_size,
         hop_samples=hop,
         rank=accelerator.process_index,

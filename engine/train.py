@@ -57,8 +57,10 @@ from engine.models import ModelConfig, build_model, count_parameters
 from engine.optim import Freezer, ddp_kwargs, param_groups
 from engine.validate import evaluate_stream
 from kernels.augment import augment_rng_state, reseed_all, set_augment_rng_state
+from shards.crop_stream import CropStream
 from shards.format import ManifestError, load_manifest
-from shards.reader import ShardStream, make_loader
+from shards.reader import make_loader
+from shards.window_stream import WindowStream
 
 logger = get_logger(__name__)
 
@@ -489,14 +491,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         (run_dir / "config.yaml").write_text(yaml_dump(to_dict(cfg)))
     accelerator.wait_for_everyone()
 
-    train_stream = ShardStream(
-        cfg.data.shards, cfg.data.train_split, train=True, segment_samples=segment_samples,
+    train_stream = CropStream(
+        cfg.data.shards, cfg.data.train_split, crop_samples=segment_samples,
         batch_size=cfg.data.batch_size, seed=cfg.run.seed, shuffle_buffer=cfg.data.shuffle_buffer,
         rank=rank, world_size=world, holdout_fold=cfg.data.holdout_fold, folds="exclude",
         crops_per_track=cfg.data.crops_per_track,
     )  # fmt: skip
-    valid_stream = ShardStream(
-        cfg.data.shards, cfg.data.valid_split, train=False, segment_samples=eval_samples,
+    valid_stream = WindowStream(
+        cfg.data.shards, cfg.data.valid_split, window_samples=eval_samples,
         hop_samples=hop_samples, batch_size=cfg.data.eval_batch_size, rank=rank, world_size=world,
     )  # fmt: skip
     workers = None if cfg.data.num_workers < 0 else cfg.data.num_workers

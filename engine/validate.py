@@ -59,7 +59,7 @@ def evaluate_stream(
 
     Args:
         model: a waveform/feature batch -> logits ``(B, K)`` module (unwrapped from DDP).
-        loader: batches of an evaluation :class:`shards.reader.ShardStream` (``"wave"`` or ``"feats"``,
+        loader: batches of an evaluation :class:`shards.window_stream.WindowStream` (``"wave"`` or ``"feats"``,
             ``"label"``, ``"track"``, ``"valid"``), this process's share.
         accelerator: the job's ``accelerate.Accelerator`` (device, process group).
         num_classes: K.
