@@ -3,7 +3,7 @@
 Writes its own data set (synthetic 30-s tracks), then in one run measures, all from a warm page cache:
 
 (a) raw sequential read rate of the tar shards (8 MB chunks),
-(b) ShardStream + DataLoader: 3-s training crops (batch 32) with 0, 1, 2 workers, both with
+(b) CropStream + DataLoader: 3-s training crops (batch 32) with 0, 1, 2 workers, both with
     ``partial_reads`` on (only the crop's bytes are read: the default) and off (whole tracks read),
 (c) ``librosa.load(sr=22050, mono=True)`` of the same clips stored as 44.1 kHz stereo MP3 + a random crop.
 
@@ -31,7 +31,8 @@ import numpy as np
 import soundfile as sf
 
 from shards import format as fmt
-from shards.reader import ShardStream, make_loader
+from shards.crop_stream import CropStream
+from shards.reader import make_loader
 
 SR = 22050
 
@@ -108,8 +109,8 @@ def loader_run(
     shard_dir: Path, workers: int, partial: bool, epochs: int, seg: int, bs: int
 ) -> dict[str, float]:
     """Whole epochs through ``make_loader`` (worker start-up and shuffle-buffer fill included)."""
-    stream = ShardStream(
-        shard_dir, "train", train=True, segment_samples=seg, batch_size=bs, partial_reads=partial
+    stream = CropStream(
+        shard_dir, "train", crop_samples=seg, batch_size=bs, partial_reads=partial
     )
     clips = 0
     first = 0.0

@@ -34,7 +34,8 @@ from engine.config import from_dict, load_yaml  # noqa: E402
 from engine.distributed import AUTOCAST_DTYPES, PRECISIONS, canonical_precision  # noqa: E402
 from engine.models import ModelConfig, build_model  # noqa: E402
 from shards import format as fmt  # noqa: E402
-from shards.reader import ShardStream, make_loader  # noqa: E402
+from shards.crop_stream import CropStream  # noqa: E402
+from shards.reader import make_loader  # noqa: E402
 
 
 def write_random_shards(out: Path, tracks: int, seconds: float, sr: int, per_shard: int, classes: int = 10) -> Path:
@@ -99,7 +100,7 @@ def bench_arch(arch: str, shards: Path, args: argparse.Namespace, device: torch.
         opt.zero_grad(set_to_none=True)
         return loss
 
-    stream = ShardStream(str(shards), "train", train=True, segment_samples=seg, batch_size=args.batch_size, seed=0)
+    stream = CropStream(str(shards), "train", crop_samples=seg, batch_size=args.batch_size, seed=0)
     loader = make_loader(stream, num_workers=args.workers)
     # in-memory step
     batch = next(iter(loader))

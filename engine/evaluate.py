@@ -11,7 +11,7 @@ overrides it) with hop ``--hop-seconds`` (default = one window: non-overlapping)
 window; a track's prediction is the argmax of its mean window probability (``--track-aggregate
 mean_logprob``: of its mean log-probability; the run's ``eval.track_aggregate`` by default; both are
 reported). Each process evaluates its share of the tracks
-(:class:`shards.reader.ShardStream` with its rank), the per-window results are gathered once at the end,
+(:class:`shards.window_stream.WindowStream` with its rank), the per-window results are gathered once at the end,
 and only the main process writes files: the figures are the same on CPU or GPU, with one process or many.
 
 Cross-dataset evaluation: when the shard set's label names differ from the model's, ``--label-map FILE``
@@ -295,10 +295,10 @@ def _window_stream(
     shards: str | Path, split: str, setup: _Setup, batch_size: int, accelerator: Any, fold: int | None
 ) -> Any:
     """This process's share of the split as evaluation batches (every track cut into windows)."""
-    from shards.reader import ShardStream
+    from shards.window_stream import WindowStream
 
-    return ShardStream(
-        str(shards), split, train=False, segment_samples=setup.segment, batch_size=batch_size,
+    return WindowStream(
+        str(shards), split, window_samples=setup.segment, batch_size=batch_size,
         hop_samples=setup.hop, rank=accelerator.process_index, world_size=accelerator.num_processes,
         holdout_fold=-1 if fold is None else int(fold), folds="only" if fold is not None else "exclude",
     )  # fmt: skip

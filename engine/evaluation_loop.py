@@ -1,6 +1,6 @@
 """The one evaluation loop: a model over an evaluation stream -> every window's probabilities, gathered once.
 
-The batches of an evaluation :class:`shards.reader.ShardStream` are windows of many tracks packed by the
+The batches of an evaluation :class:`shards.window_stream.WindowStream` are windows of many tracks packed by the
 window rule (:mod:`shards.windows`), each row with its track; they are scored by the forward pass every job
 shares (:func:`engine.scoring.forward`). Validation during training (:mod:`engine.train`) and
 ``python -m engine evaluate`` both call
@@ -59,7 +59,7 @@ def evaluate_stream(
 
     Args:
         model: a waveform/feature batch -> logits ``(B, K)`` module (unwrapped from DDP).
-        loader: batches of an evaluation :class:`shards.reader.ShardStream` (``"wave"`` or ``"feats"``,
+        loader: batches of an evaluation :class:`shards.window_stream.WindowStream` (``"wave"`` or ``"feats"``,
             ``"label"``, ``"track"``, ``"valid"``), this process's share.
         accelerator: the job's ``accelerate.Accelerator`` (device, process group).
         num_classes: K.

@@ -69,7 +69,7 @@ def prepare_model_config(
     completed with ``feature_dim`` and per-dimension normalisation statistics of ``split``.
 
     Statistics are estimated from up to ``max_batches`` training crops of ``segment_frames`` frames, read by a
-    single-process :class:`~shards.reader.ShardStream` with ``seed`` (so every rank, and a resumed run, gets
+    single-process :class:`~shards.crop_stream.CropStream` with ``seed`` (so every rank, and a resumed run, gets
     the same numbers). They are computed unless ``norm_mean`` is already set or ``norm="batchnorm"``; ``norm``
     becomes ``"stats"``. Audio shards return ``model_cfg`` unchanged.
     """
@@ -89,10 +89,10 @@ def prepare_model_config(
             f"model.features.norm_mean has {len(feats.norm_mean)} values but {shards} holds D={dim} features"
         )
     if not feats.norm_mean and feats.norm != "batchnorm":
-        from shards.reader import ShardStream
+        from shards.crop_stream import CropStream
 
-        stream = ShardStream(
-            shards, split, train=True, segment_samples=segment_frames, batch_size=batch_size, seed=seed,
+        stream = CropStream(
+            shards, split, crop_samples=segment_frames, batch_size=batch_size, seed=seed,
             rank=0, world_size=1, holdout_fold=holdout_fold, folds="exclude",
         )  # fmt: skip
         limit = min(len(stream), max_batches)

@@ -9,7 +9,7 @@ Every job that runs a model over whole tracks scores windows the same way:
   by the window rule of :mod:`shards.windows` (:meth:`WindowScorer.add_track`), or arrive already cut
   (classify's decode workers: :meth:`WindowScorer.add_windows`).
 * the evaluation loop (:mod:`engine.evaluation_loop`) scores the batches of an evaluation
-  :class:`shards.reader.ShardStream`, which arrive packed the same way (windows cut by the same rule in
+  :class:`shards.window_stream.WindowStream`, which arrive packed the same way (windows cut by the same rule in
   the DataLoader workers, each row with its track), and gathers the per-window outputs of every process
   before the per-track figures (:mod:`engine.metrics`).
 

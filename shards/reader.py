@@ -1,41 +1,20 @@
 """Streaming shard reader: tar shards -> int16 (or float16 feature) batches, exact under DDP x workers.
 
 Stages, as WebDataset has them: :mod:`shards.tarstream` (tar shard -> samples of the wanted ordinals),
-:mod:`shards.batching` (samples -> shuffled training batches / evaluation window batches) and this module,
-which plans what each rank and DataLoader worker reads (:class:`ShardStream`) and builds the loader.
+:mod:`shards.batching` (samples -> shuffled training batches / evaluation window batches) and the two passes
+over a split, which plan what each rank and DataLoader worker reads:
 
-Design (see ARCHITECTURE.md, "Reader"):
+* :class:`shards.crop_stream.CropStream` (training): random crops of every track, shuffled, the same batch
+  count on every rank, resumable mid-epoch (``set_epoch(epoch, start_batch)``) without decoding the batches
+  before the start.
+* :class:`shards.window_stream.WindowStream` (evaluation): every window of every track once, in order, with
+  each row's ``track`` and ``valid``.
 
-* **One global item sequence per epoch.** Training permutes the split's shards from ``(seed, epoch)`` and
-  concatenates their samples into one sequence of tracks (counts from the manifest, or from a scan of the
-  ``.json`` members when fold filtering is on); each track stands for ``crops_per_track`` consecutive items
-  (its crops), ``N`` items in all. Rank ``r`` of ``R`` takes the ``nb = ceil(ceil(N / R) / batch_size)``
-  batches that start at item ``r * ceil(N / R)``, reading indices modulo ``N`` (wrap-around: nothing is
-  lost and every batch is full); a track whose crops straddle two ranks (or workers) is read by both, each
-  adding its own crops. The rank's batches are split contiguously over the DataLoader workers, so each
-  worker opens only the shards overlapping its range and skips the members before it. The per-rank batch
-  count is a pure function of ``(N, R, batch_size)`` -- independent of the number of workers and of shard
-  sizes -- so DDP never hangs, even with 1 shard and 2 ranks x 2 workers.
-* **Reproducible randomness.** The crop offset of an item is a hash of ``(seed, epoch, k)`` where ``k`` is
-  its position in the epoch's (unwrapped) sequence (with several crops per track, stratified: crop ``c``
-  from the ``c``-th equal part of the track's possible starts, so a track's crops are distinct); the
-  shuffle buffer of a worker is seeded from ``(seed, epoch, start of its range)``. Same ``(seed, epoch,
-  world size, workers)`` -> same batches, whatever ran before (resume at an epoch boundary with
-  ``set_epoch``); the crops a rank sees (track and offset) do not even depend on the number of workers,
-  only their grouping into batches does.
-* **Mid-epoch start.** Which sample lands in which batch depends only on the sample order and the shuffle
-  RNG, not on the data, so ``set_epoch(epoch, start_batch=k)`` passes over the samples that only batches
-  ``< k`` hold without reading their PCM (headers and ``.json`` only) and yields batches ``k, ...`` exactly
-  as a full pass does (after ``k`` empty placeholders, so loader position ``i`` stays batch ``i``).
-* **Evaluation** scans the split once (``.json`` members only; ``.pcm`` data is skipped with a seek) to learn
-  each track's length, cuts every track into windows of ``segment_samples`` with hop ``hop_samples`` (last
-  the tail covered by a window aligned to the track's end, short tracks filled to one window as training
-  fills a short crop: looped by default), splits the window sequence over ranks
-  by contiguous track ranges (floor split: every track on exactly one rank) and over workers by batches.
-  Rows that only fill a batch (or equalise the batch count across ranks) have ``valid=False``, ``track=-1``.
-* **Speed.** A minimal tar parser (:mod:`shards.tarstream`) reads member bytes straight into a reused buffer and ``np.frombuffer``
-  views it: no decoding, no float conversion, no torch ops per sample. In training, a seekable local shard
-  reads only the crop's bytes of each ``.pcm`` member (``partial_reads=True``).
+This module holds what both share -- :class:`SplitStream`: the split's shards (from ``manifest.json`` or a url
+list), this process's rank / world size, fold filtering, the per-track index (keys, paths, labels, lengths)
+from one scan of the split's ``.json`` members, the contiguous split of a rank's batches over DataLoader
+workers -- and builds the loader (:func:`make_loader`, :func:`default_num_workers`). See ARCHITECTURE.md,
+"Reader".
 
 Errors: an unreadable or corrupt shard (missing file, bad tar header checksum, truncated member, a pipe
 command that fails) is logged with its URL and reason and the rest of that shard is skipped; the worker then
@@ -45,52 +24,22 @@ a bad shard never desynchronises ranks.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
-import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import format as fmt
-from .batching import EvalBatcher, TrainBatcher
-from .tarstream import Sample, ShardReadError, iter_samples, sample_meta
-from .windows import fit_length, window_starts
+from .batching import Batch
+from .tarstream import ShardReadError, iter_samples, sample_meta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ShardStream", "ShardReadError", "default_num_workers", "make_loader"]
-
-_M64 = (1 << 64) - 1
-
-Batch = dict[str, torch.Tensor]
-
-
-class _Diverged(Exception):
-    """A read error while passing over the batches before a start batch: they would not be the same."""
-
-
-# --------------------------------------------------------------------------------------------- hashing
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-    return x ^ (x >> 31)
-
-
-def _hash(*values: int) -> int:
-    """Stateless 64-bit hash of a tuple of ints (a counter-based RNG: one draw per sample, ~1 us)."""
-    h = 0x6A09E667F3BCC908
-    for v in values:
-        h = _splitmix64(h ^ (v & _M64))
-    return h
+__all__ = ["ShardReadError", "SplitStream", "default_num_workers", "make_loader"]
 
 
 # ----------------------------------------------------------------------------------------- split index
@@ -161,8 +110,10 @@ def _resolve_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-class ShardStream(IterableDataset):
-    """Batches from a split of a shard set, partitioned over ranks and DataLoader workers.
+class SplitStream(IterableDataset):
+    """One pass over a split of a shard set, partitioned over ranks and DataLoader workers: what the training
+    pass (:class:`~shards.crop_stream.CropStream`) and the evaluation pass
+    (:class:`~shards.window_stream.WindowStream`) share. Not iterated itself.
 
     Args:
         shards: a shard-set directory (its ``manifest.json`` gives the split's shards and counts), or an
@@ -170,74 +121,47 @@ class ShardStream(IterableDataset):
             (e.g. ``pipe:aws s3 cp s3://b/train-000000.tar -``) or anything ``webdataset.gopen`` opens.
             Brace patterns must be expanded by the caller (``braceexpand``).
         split: ``"train"``, ``"valid"`` or ``"test"`` (used with a directory).
-        train: random crops, shuffled; else every window of every track once, in order.
-        segment_samples: crop / window length in samples at the shard set's sample rate (frames for feature
-            shards).
         batch_size: rows per batch; every batch has exactly this many rows.
-        hop_samples: evaluation window hop (default ``segment_samples``: non-overlapping).
-        seed: base of every random choice (shard order, shuffle buffer, crop offsets).
-        shuffle_buffer: samples held by each worker's shuffle buffer (<= 1: no sample shuffling).
         rank, world_size: this process's place in DDP; default from ``torch.distributed`` when
             initialised, else env ``RANK`` / ``WORLD_SIZE``, else 0 / 1.
         holdout_fold: with ``folds="exclude"`` drop tracks of this fold (cross-validation training), with
             ``folds="only"`` keep only them (cross-validation evaluation); -1 keeps every track.
         folds: ``"exclude"`` or ``"only"``.
-        pad_mode: tracks shorter than the segment: ``"loop"`` (tile; training crops from a random phase,
+        pad_mode: tracks shorter than a crop / window: ``"loop"`` (tile; training crops from a random phase,
             the one evaluation window from the start) or ``"zero"`` (zero-pad at the end).
-        partial_reads: in training, read only the crop's bytes of a ``.pcm`` member of a seekable local
-            shard (10x less I/O for 3-s crops of 30-s tracks); pipes always read whole members.
-        crops_per_track: training crops drawn from each track per epoch (distinct, one from each of that
-            many equal parts of the track); the track is read once and its crops all enter the shuffle
-            buffer. An epoch is then ``crops_per_track x tracks`` crops. Evaluation ignores it.
 
-    Yields dicts: training ``{"wave": int16 [B, T], "label": int64 [B]}``; evaluation adds ``"track":
-    int64 [B]`` (index into :meth:`track_keys`, -1 for padding rows) and ``"valid": bool [B]`` (False for
-    rows that only fill a batch). Feature shards give ``"feats": float16 [B, T_frames, D]`` instead of
-    ``"wave"``.
-
-    Fold filtering and evaluation need each track's fold / length, which the manifest's per-shard counts do
-    not give: the stream then scans the split's ``.json`` members once at construction (local shards:
-    headers and JSON only, PCM seeked over; pipes: the whole shard is read once). Training without folds
-    needs no scan. The scan result travels with the object to DataLoader workers.
+    Fold filtering (and a pass with ``scans_split``) needs each track's fold / length, which the manifest's
+    per-shard counts do not give: the stream then scans the split's ``.json`` members once at construction
+    (local shards: headers and JSON only, PCM seeked over; pipes: the whole shard is read once). The scan
+    result travels with the object to DataLoader workers.
 
     Do not pass the DataLoader through ``accelerator.prepare``: the stream already shards by rank.
     """
+
+    #: the pass needs every track's length before reading (evaluation): scan the split at construction
+    scans_split: bool = False
 
     def __init__(
         self,
         shards: str | os.PathLike[str] | Sequence[tuple[str, int]],
         split: str,
         *,
-        train: bool,
-        segment_samples: int,
         batch_size: int,
-        hop_samples: int | None = None,
-        seed: int = 0,
-        shuffle_buffer: int = 512,
         rank: int | None = None,
         world_size: int | None = None,
         holdout_fold: int = -1,
         folds: str = "exclude",
         pad_mode: str = "loop",
-        partial_reads: bool = True,
-        crops_per_track: int = 1,
     ):
         super().__init__()
-        if segment_samples <= 0:
-            raise ValueError(f"segment_samples must be > 0, got {segment_samples}")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
-        hop = segment_samples if hop_samples is None else hop_samples
-        if hop <= 0:
-            raise ValueError(f"hop_samples must be > 0, got {hop_samples}")
         if folds not in ("exclude", "only"):
             raise ValueError(f"folds must be 'exclude' or 'only', got {folds!r}")
         if pad_mode not in ("loop", "zero"):
             raise ValueError(f"pad_mode must be 'loop' or 'zero', got {pad_mode!r}")
         if folds == "only" and holdout_fold < 0:
             raise ValueError("folds='only' needs holdout_fold >= 0")
-        if crops_per_track < 1:
-            raise ValueError(f"crops_per_track must be >= 1, got {crops_per_track}")
 
         self.manifest: dict[str, Any] | None = None
         if isinstance(shards, (str, os.PathLike)):
@@ -254,23 +178,15 @@ class ShardStream(IterableDataset):
                 f"split {split!r} of {shards if self.manifest else 'the url list'} has no shards"
             )
         self.split = split
-        self.train = train
-        self.segment_samples = int(segment_samples)
-        self.hop_samples = int(hop)
         self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.shuffle_buffer = int(shuffle_buffer)
         self.rank, self.world_size = _resolve_world(rank, world_size)
         self.holdout_fold = int(holdout_fold)
         self.folds = folds
         self.pad_mode = pad_mode
-        self.partial_reads = partial_reads
-        self.crops_per_track = int(crops_per_track) if train else 1
         self.epoch = 0
-        self.start_batch = 0
         self._index: _Index | None = None
         self._selected: list[int] | None = None  # index rows of the split's tracks after fold filtering
-        if self.holdout_fold >= 0 or not self.train:
+        if self.holdout_fold >= 0 or self.scans_split:
             self._build_index()
         self._kept_by_shard = self._kept_ordinals()
         total = sum(self._shard_counts())
@@ -288,21 +204,9 @@ class ShardStream(IterableDataset):
     def labels(self) -> list[str] | None:
         return list(self.manifest["labels"]) if self.manifest else None
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch whose shard order, shuffle and crops the next iteration produces.
-
-        ``start_batch`` (training; a mid-epoch resume): the first ``start_batch`` items the stream yields (as
-        seen through a DataLoader, whatever its number of workers) are empty dicts ``{}``, and the items
-        after them are exactly batches ``start_batch, ...`` of a full pass: item ``i`` is always batch ``i``
-        of the epoch. The data of the samples that only the skipped batches hold is not read (their
-        ``.json`` and tar headers are). Placeholders rather than nothing because a DataLoader takes its
-        workers' batches in turn starting from the first worker, so each worker yields its own share of the
-        skipped positions.
-        """
-        if start_batch < 0 or (start_batch and not self.train):
-            raise ValueError(f"start_batch must be >= 0 and is for training streams only, got {start_batch}")
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch the next iteration reads (before iterating; each epoch re-forks the workers)."""
         self.epoch = int(epoch)
-        self.start_batch = int(start_batch)
 
     def _build_index(self) -> _Index:
         if self._index is None:
@@ -351,35 +255,13 @@ class ShardStream(IterableDataset):
         idx = self._build_index()
         return [idx.labels[i] for i in self._selected or []]
 
-    def num_windows(self) -> list[int]:
-        """Evaluation windows per track, in track order."""
-        idx = self._build_index()
-        seg, hop = self.segment_samples, self.hop_samples
-        return [len(window_starts(idx.lengths[i], seg, hop=hop)) for i in self._selected or []]
-
     # -- partition
-    def _train_layout(self) -> tuple[int, int, int]:
-        """``(N items (crops) per epoch, items per rank before rounding up, batches per rank)``."""
-        n_total = sum(self._shard_counts()) * self.crops_per_track
-        per_rank = -(-n_total // self.world_size)
-        return n_total, per_rank, -(-per_rank // self.batch_size)
-
-    def _eval_layout(self) -> tuple[list[int], list[int], int]:
-        """``(window offsets per track (M+1), track offsets per rank (R+1), batches per rank)``."""
-        win_start = [0]
-        for w in self.num_windows():
-            win_start.append(win_start[-1] + w)
-        m = len(win_start) - 1
-        rank_tracks = [r * m // self.world_size for r in range(self.world_size + 1)]
-        batches = max(
-            -(-(win_start[rank_tracks[r + 1]] - win_start[rank_tracks[r]]) // self.batch_size)
-            for r in range(self.world_size)
-        )
-        return win_start, rank_tracks, batches
-
     def __len__(self) -> int:
         """Batches this rank yields per epoch (the same on every rank)."""
-        return self._train_layout()[2] if self.train else self._eval_layout()[2]
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Batch]:
+        raise NotImplementedError
 
     @staticmethod
     def _worker_batches(num_batches: int) -> tuple[int, int]:
@@ -387,261 +269,6 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         return wid * num_batches // nw, (wid + 1) * num_batches // nw
-
-    def _worker_skip(self, num_batches: int) -> int:
-        """How many of this worker's batches come before ``start_batch`` of the loader: a DataLoader takes
-        one batch from each worker in turn, passing over the workers that are done."""
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        counts = [(w + 1) * num_batches // nw - w * num_batches // nw for w in range(nw)]
-        taken = [0] * nw
-        left = min(self.start_batch, num_batches)
-        turn = 0
-        while left:
-            for w in range(nw):
-                if left and counts[w] > turn:
-                    taken[w] += 1
-                    left -= 1
-            turn += 1
-        return taken[wid]
-
-    def __iter__(self) -> Iterator[Batch]:
-        if self.train:
-            return self._iter_train()
-        return self._iter_eval()
-
-    # -- training
-    def _shard_order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.shards)))
-        random.Random(_hash(self.seed, epoch, 0x5A4D)).shuffle(order)
-        return order
-
-    def _train_segments(self, epoch: int, a: int, b: int) -> list[tuple[int, int, int, int]]:
-        """Virtual indices ``[a, b)`` of the epoch's sequence -> ``[(shard, lo, hi, k_lo)]``: samples
-        ``[lo, hi)`` (in the shard's kept-sample numbering) that carry indices ``k_lo, k_lo + 1, ...``."""
-        order = self._shard_order(epoch)
-        counts = self._shard_counts()
-        cum = [0]
-        for s in order:
-            cum.append(cum[-1] + counts[s])
-        n_total = cum[-1]
-        out = []
-        k = a
-        while k < b:
-            p = k % n_total
-            i = bisect.bisect_right(cum, p) - 1
-            lo = p - cum[i]
-            take = min(counts[order[i]] - lo, b - k)
-            out.append((order[i], lo, lo + take, k))
-            k += take
-        return out
-
-    def _iter_train(self) -> Iterator[Batch]:
-        _, _, num_batches = self._train_layout()
-        b0, b1 = self._worker_batches(num_batches)
-        if b1 <= b0:
-            return
-        skip = self._worker_skip(num_batches)
-        for _ in range(skip):  # this worker's share of the positions before start_batch: read nothing
-            yield {}
-        if skip:
-            try:
-                yield from self._train_pass(b0, b1, skip)
-                return
-            except _Diverged as e:
-                log.warning("%s: reading the %d batches before the start batch in full", e, skip)
-        for i, batch in enumerate(self._train_pass(b0, b1)):
-            if i >= skip:
-                yield batch
-
-    def _items(self, p: int, a: int, b: int) -> range:
-        """The items (crops) of the track at unwrapped position ``p`` of the epoch that lie in ``[a, b)``."""
-        k = self.crops_per_track
-        return range(max(a, p * k), min(b, (p + 1) * k))
-
-    def _crop_start(self, n: int, item: int) -> int:
-        """Start sample of crop ``item`` in a track of ``n`` samples (frames); for a track shorter than the
-        segment, the phase of its loop.
-
-        Crop ``c = item % crops_per_track`` of a track is drawn from the ``c``-th of ``crops_per_track`` equal
-        parts of the possible starts (stratified), at a hashed ``(seed, epoch, item)`` position in it: the
-        crops of a track are distinct whenever it has at least ``crops_per_track`` possible starts, and spread
-        over it. One crop per track draws from all starts (``hash % (n - segment + 1)``).
-        """
-        seg, k = self.segment_samples, self.crops_per_track
-        span = n - seg + 1 if n >= seg else n  # possible starts (or loop phases)
-        if span <= 0:
-            return 0
-        c = item % k
-        lo, hi = c * span // k, (c + 1) * span // k
-        return lo + _hash(self.seed, self.epoch, item) % (hi - lo) if hi > lo else lo
-
-    def _train_pass(self, b0: int, b1: int, skip: int = 0) -> Iterator[Batch]:
-        """The rank's batches ``[b0, b1)`` (this worker's share), without the first ``skip`` of them.
-
-        The epoch is a sequence of items, ``crops_per_track`` consecutive items per track: a track's data is
-        read once and all its crops that fall in this worker's range enter the shuffle buffer.
-        Which item lands in which batch is known before reading (:meth:`TrainBatcher.plan`), so the tracks
-        whose crops are drawn only into the skipped batches are passed over with their ``.json`` and member
-        headers: no PCM is read or cropped. Their readability is still checked: a read error before the first
-        batch is yielded would have changed those batches, so it raises :class:`_Diverged` (the caller then
-        reads the skipped part in full, as an uninterrupted epoch would have).
-        """
-        seg, bs, kc = self.segment_samples, self.batch_size, self.crops_per_track
-        _, per_rank, _ = self._train_layout()
-        a = self.rank * per_rank + b0 * bs  # first item (crop) of this worker, unwrapped
-        b = a + (b1 - b0) * bs
-        planned = b - a
-        rng = random.Random(_hash(self.seed, self.epoch, a, 0xB0F))
-        batcher = TrainBatcher(min(max(1, self.shuffle_buffer), planned), bs, rng, skip=skip)
-        batch_of = batcher.plan(planned) if skip else None  # by item - a
-        strict = skip > 0  # until the first batch is out: any read error diverges from the full pass
-        produced = 0  # items added
-        kept = self._kept_by_shard
-        partial = self.partial_reads
-
-        for shard, lo, hi, p_lo in self._train_segments(self.epoch, a // kc, -(-b // kc)):
-            url = self.shards[shard][0]
-            wanted: Sequence[int] = range(lo, hi) if kept is None else kept[shard][lo:hi]
-            # ordinal -> its items in this worker's range
-            items = {o: self._items(p_lo + j, a, b) for j, o in enumerate(wanted)}
-            if batch_of is None:
-                needed, unread = items, set()
-            else:
-                needed = {o: [i for i in its if batch_of[i - a] >= skip] for o, its in items.items()}
-                unread = {o for o, its in needed.items() if not its}
-
-            def crop_range(ordinal: int, n: int, needed=needed) -> tuple[int, int]:
-                if n <= seg or not partial:
-                    return 0, n
-                starts = [self._crop_start(n, i) for i in needed[ordinal]]  # the crops read: one span
-                return min(starts), max(starts) + seg - min(starts)
-
-            got = 0
-            try:
-                for sample in iter_samples(url, wanted, crop_range, unread):
-                    meta = sample_meta(sample)
-                    if meta is None:
-                        log.error("%s: skipping sample %d: %s", url, sample.ordinal, sample.error)
-                        if strict:
-                            raise _Diverged(f"{url}: sample {sample.ordinal} unreadable")
-                        continue
-                    got += 1
-                    x = sample.data
-                    for i in items[sample.ordinal]:
-                        produced += 1
-                        if batch_of is not None and batch_of[i - a] < skip:
-                            out = batcher.add(None, meta["label_index"])  # drawn into a skipped batch
-                        else:
-                            start = self._crop_start(sample.length, i)
-                            out = batcher.add(
-                                lambda row, s=sample, start=start: self._train_crop(s, start, row),
-                                meta["label_index"],
-                                (seg, *x.shape[1:]),  # type: ignore[union-attr]
-                                x.dtype,  # type: ignore[union-attr]
-                            )
-                        if out is not None:
-                            strict = False
-                            yield out
-            except ShardReadError as e:
-                log.error("%s; skipping the rest of this shard", e)
-                if strict:
-                    raise _Diverged(str(e)) from e
-            if got < len(wanted):
-                log.error("%s: read %d of the %d samples expected", url, got, len(wanted))
-                if strict:
-                    raise _Diverged(f"{url}: {len(wanted) - got} samples unreadable")
-        yield from batcher.drain()
-        if produced < planned:
-            log.error("rank %d: re-using samples to fill %d unreadable ones", self.rank, planned - produced)
-            if not batcher.can_refill():
-                raise RuntimeError(
-                    f"rank {self.rank}: none of the {planned} training samples of this worker could be read "
-                    "(see the errors above)"
-                )
-            yield from batcher.refill(planned - produced)
-
-    def _train_crop(self, sample: Sample, start: int, out: np.ndarray) -> None:
-        """Write the ``segment_samples`` crop at ``start`` of the track (:meth:`_crop_start`) into ``out``
-        (looped from phase ``start`` / zero-padded if the track is short)."""
-        seg, n, x = self.segment_samples, sample.length, sample.data
-        assert x is not None
-        if n < seg:
-            if n == 0:
-                log.warning("%s: empty track, yielding silence", sample.key)
-            out[:] = fit_length(x, seg, self.pad_mode, start)
-            return
-        off = start - sample.start  # data may hold only the crops' span (partial read)
-        out[:] = x[off : off + seg]
-
-    # -- evaluation
-    def _iter_eval(self) -> Iterator[Batch]:
-        idx = self._build_index()
-        sel = self._selected or []
-        seg, hop, bs = self.segment_samples, self.hop_samples, self.batch_size
-        win_start, rank_tracks, num_batches = self._eval_layout()
-        b0, b1 = self._worker_batches(num_batches)
-        if b1 <= b0:
-            return
-        r_lo = win_start[rank_tracks[self.rank]]
-        r_hi = win_start[rank_tracks[self.rank + 1]]
-        w_lo, w_hi = min(r_lo + b0 * bs, r_hi), min(r_lo + b1 * bs, r_hi)  # real windows of this worker
-        dim = idx.feature_dim
-        if dim is None and self.manifest is not None:
-            dim = self.manifest.get("feature_dim")
-        is_feats = self.kind == "features" or (self.kind is None and dim is not None)
-        batcher = EvalBatcher(
-            bs, (seg, dim) if is_feats else (seg,), np.float16 if is_feats else np.int16, pad=self.pad_mode
-        )
-        for t, x in self._eval_tracks(w_lo, w_hi, win_start):
-            starts = window_starts(idx.lengths[sel[t]], seg, hop=hop)  # the window policy classify uses
-            w_a = max(w_lo, win_start[t]) - win_start[t]  # this worker's windows of the track
-            w_b = min(w_hi, win_start[t + 1]) - win_start[t]
-            yield from batcher.add_track(t, idx.labels[sel[t]], x, starts[w_a:w_b])
-        yield from batcher.pad_to((b1 - b0) * bs)  # fill the last batch / equalise batches across ranks
-
-    def _eval_tracks(
-        self, w_lo: int, w_hi: int, win_start: list[int]
-    ) -> Iterator[tuple[int, np.ndarray | None]]:
-        """``(track, its samples or frames)`` of the tracks holding windows ``[w_lo, w_hi)``, in order; None
-        for a track that could not be read (logged). The data views a reused buffer: valid until the next."""
-        if w_hi <= w_lo:
-            return
-        idx, sel = self._build_index(), self._selected or []
-        t_first = bisect.bisect_right(win_start, w_lo) - 1
-        t_last = bisect.bisect_right(win_start, w_hi - 1) - 1
-        groups: list[tuple[int, list[int]]] = []  # tracks by shard (contiguous: tracks are in manifest order)
-        for t in range(t_first, t_last + 1):
-            s = idx.shard[sel[t]]
-            if not groups or groups[-1][0] != s:
-                groups.append((s, []))
-            groups[-1][1].append(t)
-        for s, tracks in groups:
-            url = self.shards[s][0]
-            by_ordinal = {idx.ordinal[sel[t]]: t for t in tracks}
-            pending = iter(tracks)
-            samples = iter_samples(url, [idx.ordinal[sel[t]] for t in tracks])
-            while True:
-                try:
-                    sample = next(samples, None)
-                except ShardReadError as e:
-                    log.error("%s; its remaining tracks are marked valid=False", e)
-                    sample = None
-                got_t = by_ordinal[sample.ordinal] if sample is not None else None
-                for t in pending:  # tracks before got_t (or all remaining at the end) were not read
-                    x = None
-                    if t == got_t:
-                        if sample_meta(sample) is None:  # type: ignore[arg-type]
-                            log.error("%s: track %d unreadable: %s", url, t, sample.error)  # type: ignore[union-attr]
-                        else:
-                            x = sample.data  # type: ignore[union-attr]
-                    elif got_t is None or t < got_t:
-                        log.error("%s: track %d (%s) missing", url, t, idx.keys[sel[t]])
-                    yield t, x
-                    if t == got_t:
-                        break
-                if sample is None:
-                    break
 
 
 # ----------------------------------------------------------------------------------------------- loader
@@ -674,7 +301,7 @@ def default_num_workers(processes: int = 1, *, decode: bool = False) -> int:
 
 
 def make_loader(
-    stream: ShardStream,
+    stream: SplitStream,
     num_workers: int | None = None,
     pin_memory: bool | None = None,
     prefetch_factor: int = 4,

@@ -15,8 +15,10 @@ from typing import Any
 from engine.config import ConfigError
 from engine.feature_shards import prepare_model_config
 from engine.train.config import DataConfig, TrainConfig
+from shards.crop_stream import CropStream
 from shards.format import load_manifest
-from shards.reader import ShardStream, make_loader
+from shards.reader import make_loader
+from shards.window_stream import WindowStream
 
 __all__ = ["Loaders", "ShardSet", "check_shards", "make_loaders", "open_shard_set"]
 
@@ -37,7 +39,7 @@ class ShardSet:
 class Loaders:
     """This process's batches and the run's length in them."""
 
-    train_stream: ShardStream
+    train_stream: CropStream
     train_loader: Any
     valid_loader: Any
     steps_per_epoch: int  # training batches per process per epoch (whole accumulation cycles)
@@ -93,14 +95,14 @@ def make_loaders(cfg: TrainConfig, shards: ShardSet, rank: int, world: int) -> L
     """Training and validation loaders of process ``rank`` of ``world``, and the run's length: epochs of whole
     accumulation cycles (``optim.max_steps_per_epoch`` caps them; ``optim.max_steps`` sets the epoch count)."""
     data = cfg.data
-    train_stream = ShardStream(
-        data.shards, data.train_split, train=True, segment_samples=shards.segment_samples,
+    train_stream = CropStream(
+        data.shards, data.train_split, crop_samples=shards.segment_samples,
         batch_size=data.batch_size, seed=cfg.run.seed, shuffle_buffer=data.shuffle_buffer,
         rank=rank, world_size=world, holdout_fold=data.holdout_fold, folds="exclude",
         crops_per_track=data.crops_per_track,
     )  # fmt: skip
-    valid_stream = ShardStream(
-        data.shards, data.valid_split, train=False, segment_samples=shards.eval_samples,
+    valid_stream = WindowStream(
+        data.shards, data.valid_split, window_samples=shards.eval_samples,
         hop_samples=shards.hop_samples, batch_size=data.eval_batch_size, rank=rank, world_size=world,
     )  # fmt: skip
     workers = None if data.num_workers < 0 else data.num_workers

@@ -22,8 +22,8 @@ from engine.evaluate import evaluate_checkpoint
 from engine.models import build_model
 from engine.train import TrainConfig, train
 from shards import format as fmt
-from shards.reader import ShardStream
 from shards.tarstream import iter_samples
+from shards.window_stream import WindowStream
 from shards.windows import window_starts
 
 SPEC = "musicnn:MSD_musicnn"
@@ -74,7 +74,7 @@ def test_rows_are_the_pretrained_models_outputs_on_evaluates_windows(emb, source
         assert (got["tracks"], got["per_label"]) == (entry["tracks"], entry["per_label"])
         assert [s["name"] for s in got["shards"]] == [s["name"] for s in entry["shards"]]
         # the evaluation stream evaluate reads: its windows, run through outputs() directly
-        stream = ShardStream(str(source), split, train=False, segment_samples=seg, batch_size=5, rank=0, world_size=1)
+        stream = WindowStream(str(source), split, window_samples=seg, batch_size=5, rank=0, world_size=1)
         want: dict[int, list[np.ndarray]] = {}
         with torch.no_grad():
             for batch in stream:

@@ -296,7 +296,7 @@ def test_class_weighted_validation_loss_is_the_weighted_mean(tmp_path, synthetic
 
     from engine.checkpoint import load_model
     from engine.train.loss import class_weight_tensor
-    from shards.reader import ShardStream
+    from shards.window_stream import WindowStream
 
     shards = tmp_path / "shards"
     shutil.copytree(synthetic_shards, shards)
@@ -306,7 +306,7 @@ def test_class_weighted_validation_loss_is_the_weighted_mean(tmp_path, synthetic
     summary = train(quick_config(shards, tmp_path / "w", "optim.class_weights=true", "optim.epochs=1",
                                  "optim.max_steps_per_epoch=2"))  # fmt: skip
     model, ckpt = load_model(summary["last_checkpoint"])
-    stream = ShardStream(str(shards), "valid", train=False, segment_samples=ckpt["segment_samples"], batch_size=64)
+    stream = WindowStream(str(shards), "valid", window_samples=ckpt["segment_samples"], batch_size=64)
     weight = class_weight_tensor(manifest, "train", ckpt["labels"])
     assert weight.max() / weight.min() > 4
     logits, labels = [], []

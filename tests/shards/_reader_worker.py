@@ -1,5 +1,5 @@
 """Subprocess body for the multi-rank reader tests: one DDP rank (RANK / WORLD_SIZE from the environment)
-iterates a ShardStream through a real multi-worker DataLoader and dumps what it saw as JSON.
+iterates a CropStream and a WindowStream through a real multi-worker DataLoader and dumps what it saw as JSON.
 
 Usage: python _reader_worker.py SHARD_DIR OUT.json NUM_WORKERS BATCH_SIZE SEGMENT [CROPS_PER_TRACK]
 """
@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import sys
 
-from shards.reader import ShardStream, make_loader
+from shards.crop_stream import CropStream
+from shards.reader import make_loader
+from shards.window_stream import WindowStream
 
 
 def main() -> None:
@@ -18,11 +20,10 @@ def main() -> None:
     crops = int(sys.argv[6]) if len(sys.argv) > 6 else 1
     result: dict[str, object] = {}
 
-    train = ShardStream(
+    train = CropStream(
         shard_dir,
         "train",
-        train=True,
-        segment_samples=segment,
+        crop_samples=segment,
         batch_size=batch_size,
         shuffle_buffer=4,
         crops_per_track=crops,
@@ -37,7 +38,7 @@ def main() -> None:
         # track id of every crop (the tests encode it as value // 1024)
         result[f"train_tracks_{epoch}"] = sorted(int(v) // 1024 for b in batches for v in b["wave"][:, 0])
 
-    ev = ShardStream(shard_dir, "train", train=False, segment_samples=segment, batch_size=batch_size)
+    ev = WindowStream(shard_dir, "train", window_samples=segment, batch_size=batch_size)
     result["eval_len"] = len(ev)
     batches = list(make_loader(ev, num_workers=num_workers))
     result["eval_batches"] = len(batches)

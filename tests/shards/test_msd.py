@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from shards.audio import AudioError
+from shards.crop_stream import CropStream
 from shards.format import decode_feats, decode_meta, load_manifest
 from shards.ingest import IngestConfig, IngestError, main, run_ingest
 from shards.layouts import LayoutError, LayoutOptions, detect_layout, scan_source
@@ -21,7 +22,7 @@ from shards.msd import (
     read_msd_features,
     write_msd_file,
 )
-from shards.reader import ShardStream
+from shards.window_stream import WindowStream
 from shards.windows import window_starts
 
 GENRES = ("Rock", "Jazz", "Electronic")
@@ -155,7 +156,7 @@ def test_msd_shards_stream_as_feature_batches(msd_tree, tmp_path):
                             split_ratios=(1.0, 0.0, 0.0), progress=False))  # fmt: skip
     manifest = load_manifest(tmp_path / "out")
     assert manifest["splits"]["train"]["tracks"] == 12
-    stream = ShardStream(tmp_path / "out", "train", train=False, segment_samples=40, batch_size=4)
+    stream = WindowStream(tmp_path / "out", "train", window_samples=40, batch_size=4)
     keys = stream.track_keys()
     windows = 0
     for batch in stream:
@@ -165,7 +166,7 @@ def test_msd_shards_stream_as_feature_batches(msd_tree, tmp_path):
                 windows += 1
     expect = sum(len(window_starts(w["feats"].shape[0], 40)) for w in written.values())  # evaluation's windows
     assert windows == expect and len(keys) == 12
-    train = ShardStream(tmp_path / "out", "train", train=True, segment_samples=30, batch_size=4, seed=0)
+    train = CropStream(tmp_path / "out", "train", crop_samples=30, batch_size=4, seed=0)
     batch = next(iter(train))
     assert batch["feats"].shape == (4, 30, 25) and batch["label"].shape == (4,)
 

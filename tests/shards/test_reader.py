@@ -1,4 +1,4 @@
-"""ShardStream on real tar shard sets written here (tarfile + shards.format), real pipes, real processes.
+"""CropStream and WindowStream on real tar shard sets written here (tarfile + shards.format), real pipes, real processes.
 
 Every track's PCM encodes its identity: sample ``i`` of track ``t`` is ``t * 1024 + i`` (tracks are shorter
 than 1024 samples), so any crop or window can be traced back to its track and offset.
@@ -21,7 +21,9 @@ import pytest
 import torch
 
 from shards import format as fmt
-from shards.reader import ShardStream, make_loader
+from shards.crop_stream import CropStream
+from shards.reader import SplitStream, make_loader
+from shards.window_stream import WindowStream
 from shards.windows import window_starts
 
 LABELS = ["blues", "jazz", "rock"]
@@ -119,7 +121,7 @@ def tracks_of(row: np.ndarray) -> tuple[int, int]:
     return v // 1024, v % 1024
 
 
-def drain(stream: ShardStream, num_workers: int = 0) -> list[dict]:
+def drain(stream: SplitStream, num_workers: int = 0) -> list[dict]:
     return list(make_loader(stream, num_workers=num_workers, pin_memory=False))
 
 
@@ -137,7 +139,7 @@ def uneven_set(root: Path, **kw) -> tuple[Path, list[dict]]:
 def test_train_crops_have_shape_dtype_and_trace_to_their_track(tmp_path, json_first):
     root, tracks = uneven_set(tmp_path / "set", json_first=json_first)
     seg, bs = 32, 4
-    stream = ShardStream(root, "train", train=True, segment_samples=seg, batch_size=bs, seed=3)
+    stream = CropStream(root, "train", crop_samples=seg, batch_size=bs, seed=3)
     batches = drain(stream)
     assert len(batches) == len(stream) == 4  # ceil(16 / 4)
     seen = set()
@@ -157,11 +159,26 @@ def test_train_crops_have_shape_dtype_and_trace_to_their_track(tmp_path, json_fi
     assert len(set(offsets)) > 8  # random crop offsets, not all at 0
 
 
+def test_training_and_evaluation_are_separate_stream_types_without_a_train_flag(tmp_path):
+    root, _ = uneven_set(tmp_path / "set")
+    crops = CropStream(root, "train", crop_samples=16, batch_size=4)
+    windows = WindowStream(root, "train", window_samples=16, hop_samples=8, batch_size=4)
+    assert isinstance(crops, SplitStream) and isinstance(windows, SplitStream)
+    assert not isinstance(crops, WindowStream) and not isinstance(windows, CropStream)
+    assert crops.track_keys() == windows.track_keys()  # one shared index of the split
+    with pytest.raises(TypeError, match="train"):
+        CropStream(root, "train", train=True, crop_samples=16, batch_size=4)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="segment_samples"):
+        WindowStream(root, "train", segment_samples=16, batch_size=4)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="hop_samples"):
+        CropStream(root, "train", crop_samples=16, hop_samples=8, batch_size=4)  # type: ignore[call-arg]
+
+
 def test_partial_reads_and_whole_reads_give_identical_crops(tmp_path):
     root, _ = uneven_set(tmp_path / "set")
-    kw = dict(train=True, segment_samples=50, batch_size=5, seed=1)
-    a = drain(ShardStream(root, "train", partial_reads=True, **kw))
-    b = drain(ShardStream(root, "train", partial_reads=False, **kw))
+    kw = dict(crop_samples=50, batch_size=5, seed=1)
+    a = drain(CropStream(root, "train", partial_reads=True, **kw))
+    b = drain(CropStream(root, "train", partial_reads=False, **kw))
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x["wave"], y["wave"]) and torch.equal(x["label"], y["label"])
 
@@ -170,8 +187,8 @@ def test_epochs_reshuffle_reproducibly(tmp_path):
     root, _ = uneven_set(tmp_path / "set")
 
     def epoch_rows(epoch: int, seed: int = 7) -> list[tuple[int, int]]:
-        s = ShardStream(
-            root, "train", train=True, segment_samples=20, batch_size=4, seed=seed, shuffle_buffer=8
+        s = CropStream(
+            root, "train", crop_samples=20, batch_size=4, seed=seed, shuffle_buffer=8
         )
         s.set_epoch(epoch)
         return [tracks_of(r) for b in drain(s) for r in b["wave"].numpy()]
@@ -188,7 +205,10 @@ def test_epochs_reshuffle_reproducibly(tmp_path):
 def test_len_matches_batches_with_two_workers(tmp_path):
     root, _ = uneven_set(tmp_path / "set")
     for train, bs in [(True, 3), (True, 16), (True, 40), (False, 3), (False, 7)]:
-        s = ShardStream(root, "train", train=train, segment_samples=64, batch_size=bs, shuffle_buffer=2)
+        if train:
+            s: SplitStream = CropStream(root, "train", crop_samples=64, batch_size=bs, shuffle_buffer=2)
+        else:
+            s = WindowStream(root, "train", window_samples=64, batch_size=bs)
         batches = drain(s, num_workers=2)
         assert len(batches) == len(s), (train, bs)
         assert all(b["wave"].shape[0] == bs for b in batches)
@@ -198,7 +218,7 @@ def test_eval_fills_a_short_track_like_training_looped_or_zero_padded(tmp_path):
     pcm = track(0, 10)["pcm"]
     root = write_set(tmp_path / "set", {"valid": [[track(0, 10)]]})
     for pad, want in [("loop", np.resize(pcm, 64)), ("zero", np.concatenate([pcm, np.zeros(54, np.int16)]))]:
-        s = ShardStream(root, "valid", train=False, segment_samples=64, batch_size=1, pad_mode=pad)
+        s = WindowStream(root, "valid", window_samples=64, batch_size=1, pad_mode=pad)
         (b,) = drain(s)
         np.testing.assert_array_equal(b["wave"][0].numpy(), want)
 
@@ -208,7 +228,7 @@ def test_eval_yields_every_window_once_with_track_index_and_padding(tmp_path):
     tracks = [track(t, n) for t, n in enumerate(lengths)]
     root = write_set(tmp_path / "set", {"valid": [tracks[:4], tracks[4:]]})
     seg, hop, bs = 64, 48, 5
-    s = ShardStream(root, "valid", train=False, segment_samples=seg, hop_samples=hop, batch_size=bs)
+    s = WindowStream(root, "valid", window_samples=seg, hop_samples=hop, batch_size=bs)
     assert s.track_keys() == [t["key"] for t in tracks]
     assert s.track_labels() == [t["label_index"] for t in tracks]
     assert s.track_paths() == [f"{t['key']}.wav" for t in tracks]
@@ -246,11 +266,10 @@ def test_short_tracks_are_looped_or_zero_padded(tmp_path, pad_mode):
     tracks = [track(t, n) for t, n in enumerate([5, 17, 30])]
     root = write_set(tmp_path / "set", {"train": [tracks]})
     seg = 40
-    s = ShardStream(
+    s = CropStream(
         root,
         "train",
-        train=True,
-        segment_samples=seg,
+        crop_samples=seg,
         batch_size=3,
         pad_mode=pad_mode,
         seed=2,
@@ -272,22 +291,22 @@ def test_short_tracks_are_looped_or_zero_padded(tmp_path, pad_mode):
 def test_fold_filtering_excludes_or_keeps_only_the_holdout_fold(tmp_path):
     root, tracks = uneven_set(tmp_path / "set")
     fold_of = {t["t"]: t["fold"] for t in tracks}
-    train = ShardStream(root, "train", train=True, segment_samples=16, batch_size=2, holdout_fold=1)
+    train = CropStream(root, "train", crop_samples=16, batch_size=2, holdout_fold=1)
     seen = [tracks_of(r)[0] for b in drain(train, num_workers=2) for r in b["wave"].numpy()]
     kept = sorted(t for t, f in fold_of.items() if f != 1)
     # 11 kept tracks, batch 2: ceil(11 / 2) = 6 full batches, the wrap-around repeats one kept track
     assert len(kept) == 11 and len(train) == 6 and len(seen) == 12
     assert set(seen) == set(kept)
 
-    ev = ShardStream(
-        root, "train", train=False, segment_samples=2000, batch_size=4, holdout_fold=1, folds="only"
+    ev = WindowStream(
+        root, "train", window_samples=2000, batch_size=4, holdout_fold=1, folds="only"
     )
     only = [t for t, f in fold_of.items() if f == 1]
     assert ev.track_keys() == [tracks[t]["key"] for t in only]
     got = [int(t) for b in drain(ev) for t, ok in zip(b["track"], b["valid"]) if ok]
     assert got == list(range(len(only)))  # track indices index the filtered track list
     with pytest.raises(ValueError, match="holdout_fold"):
-        ShardStream(root, "train", train=False, segment_samples=8, batch_size=2, folds="only")
+        WindowStream(root, "train", window_samples=8, batch_size=2, folds="only")
 
 
 def test_pipe_url_reads_like_the_local_path(tmp_path):
@@ -296,10 +315,12 @@ def test_pipe_url_reads_like_the_local_path(tmp_path):
     piped = [(f"pipe:cat {p}", n) for p, n in local]
     for train, rank in [(True, 0), (False, 0), (True, 1), (False, 1)]:
         # rank 0 of 2 stops inside a shard: the pipe command is killed early, output still identical
-        kw = dict(train=train, segment_samples=24, batch_size=4, seed=5, rank=rank, world_size=2)
-        a = drain(ShardStream(local, "train", **kw))
-        b = drain(ShardStream(piped, "train", **kw))
-        c = drain(ShardStream(root, "train", **kw))
+        kw = dict(batch_size=4, rank=rank, world_size=2)
+        kw.update(dict(crop_samples=24, seed=5) if train else dict(window_samples=24))
+        stream = CropStream if train else WindowStream
+        a = drain(stream(local, "train", **kw))
+        b = drain(stream(piped, "train", **kw))
+        c = drain(stream(root, "train", **kw))
         assert len(a) == len(b) == len(c) > 0
         for x, y, z in zip(a, b, c):
             assert x.keys() == y.keys() == z.keys()
@@ -314,21 +335,21 @@ def test_failing_pipe_and_corrupt_shard_are_reported_and_counts_hold(tmp_path, c
     data = bytearray(bad.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 2048] = b"\xff" * 2048
     bad.write_bytes(bytes(data))
-    caplog.set_level(logging.WARNING, logger="shards.reader")
-    s = ShardStream(root, "train", train=True, segment_samples=16, batch_size=4)
+    caplog.set_level(logging.WARNING, logger="shards")
+    s = CropStream(root, "train", crop_samples=16, batch_size=4)
     batches = drain(s)
     assert len(batches) == len(s) == 4
     assert any(str(bad) in r.getMessage() and "checksum" in r.getMessage() for r in caplog.records)
 
     caplog.clear()
-    ev = ShardStream(root, "train", train=False, segment_samples=2000, batch_size=4)
+    ev = WindowStream(root, "train", window_samples=2000, batch_size=4)
     assert 7 <= len(ev.track_keys()) < 16  # the scan dropped the unreadable part, and said so
     assert any(str(bad) in r.getMessage() for r in caplog.records)
     assert sum(int(b["valid"].sum()) for b in drain(ev)) == len(ev.track_keys())
 
     caplog.clear()
     missing = [(f"pipe:cat {tmp_path}/nope.tar", 3), (str(root / fmt.shard_name("train", 0)), 2)]
-    s = ShardStream(missing, "train", train=True, segment_samples=16, batch_size=5)
+    s = CropStream(missing, "train", crop_samples=16, batch_size=5)
     batches = drain(s)
     assert len(batches) == len(s) == 1
     assert {tracks_of(r)[0] for r in batches[0]["wave"].numpy()} <= {0, 1}  # re-used readable samples
@@ -338,7 +359,7 @@ def test_failing_pipe_and_corrupt_shard_are_reported_and_counts_hold(tmp_path, c
 def test_feature_shards_yield_float16_frame_crops(tmp_path):
     tracks = [track(t, n) for t, n in enumerate([50, 80, 120])]
     root = write_set(tmp_path / "set", {"train": [tracks]}, kind="features")
-    s = ShardStream(root, "train", train=True, segment_samples=30, batch_size=3)
+    s = CropStream(root, "train", crop_samples=30, batch_size=3)
     (b,) = drain(s)
     assert set(b) == {"feats", "label"}
     assert b["feats"].dtype == torch.float16 and tuple(b["feats"].shape) == (3, 30, 2)
@@ -346,7 +367,7 @@ def test_feature_shards_yield_float16_frame_crops(tmp_path):
         t, off = x[0]
         assert (x[:, 0] == t).all() and off + 30 <= len(tracks[t]["pcm"])
         np.testing.assert_array_equal(x[:, 1], off + np.arange(30))
-    ev = ShardStream(root, "train", train=False, segment_samples=64, batch_size=4)
+    ev = WindowStream(root, "train", window_samples=64, batch_size=4)
     batches = drain(ev)
     assert tuple(batches[0]["feats"].shape) == (4, 64, 2)
     assert sum(int(b["valid"].sum()) for b in batches) == 1 + 1 + 2  # 80: a 16-frame tail is left out
@@ -356,7 +377,7 @@ def test_long_unicode_keys_in_pax_headers(tmp_path):
     key = "ä" * 80 + "_long_key_that_needs_a_pax_header" * 3
     tracks = [track(0, 100, key=key), track(1, 100)]
     root = write_set(tmp_path / "set", {"test": [tracks]})
-    s = ShardStream(root, "test", train=False, segment_samples=100, batch_size=2)
+    s = WindowStream(root, "test", window_samples=100, batch_size=2)
     assert s.track_keys() == [key, "trk001"]
     (b,) = drain(s)
     assert b["track"].tolist() == [0, 1] and b["valid"].all()
@@ -410,10 +431,10 @@ def test_two_ranks_two_workers_see_each_track_once_and_equal_batches(tmp_path, l
 
 def test_crops_do_not_depend_on_the_number_of_workers(tmp_path):
     root, _ = uneven_set(tmp_path / "set")
-    kw = dict(train=True, segment_samples=40, batch_size=3, seed=11, shuffle_buffer=4)
+    kw = dict(crop_samples=40, batch_size=3, seed=11, shuffle_buffer=4)
     rows = {}
     for workers in (0, 2):
-        s = ShardStream(root, "train", **kw)
+        s = CropStream(root, "train", **kw)
         s.set_epoch(2)
         rows[workers] = sorted(tracks_of(r) for b in drain(s, workers) for r in b["wave"].numpy())
     # the same (track, crop offset) multiset: offsets hash (seed, epoch, position), not the worker
@@ -426,12 +447,12 @@ def test_in_process_rank_partition_is_exact_for_any_world_size(tmp_path, world):
     seg, bs = 64, 5
     train_rows, windows, lens = [], [], set()
     for rank in range(world):
-        kw = dict(segment_samples=seg, batch_size=bs, rank=rank, world_size=world, shuffle_buffer=3)
-        tr = ShardStream(root, "train", train=True, **kw)
+        kw = dict(batch_size=bs, rank=rank, world_size=world)
+        tr = CropStream(root, "train", crop_samples=seg, shuffle_buffer=3, **kw)
         batches = drain(tr)
         lens.add((len(tr), len(batches)))
         train_rows += [tracks_of(r)[0] for b in batches for r in b["wave"].numpy()]
-        ev = ShardStream(root, "train", train=False, **kw)
+        ev = WindowStream(root, "train", window_samples=seg, **kw)
         batches = drain(ev)
         lens.add(("eval", len(ev), len(batches)))
         for b in batches:
@@ -450,7 +471,7 @@ def test_in_process_rank_partition_is_exact_for_any_world_size(tmp_path, world):
 
 def _read_from(root, kw: dict, start: int) -> tuple[list[dict], int]:
     """Epoch 0 of a training stream from batch ``start``: its batches and the bytes this process read."""
-    s = ShardStream(root, "train", **kw)
+    s = CropStream(root, "train", **kw)
     s.set_epoch(0, start_batch=start)
     before = _bytes_read()
     batches = drain(s)
@@ -469,13 +490,13 @@ def _bytes_read() -> int:
 def test_start_batch_yields_exactly_the_rest_of_a_full_pass(tmp_path, num_workers):
     root, _ = uneven_set(tmp_path / "set")
     # a shuffle buffer smaller than a worker's share: batches hold samples drawn at random from it
-    kw = dict(train=True, segment_samples=24, batch_size=3, seed=9, shuffle_buffer=4)
-    full_stream = ShardStream(root, "train", **kw)
+    kw = dict(crop_samples=24, batch_size=3, seed=9, shuffle_buffer=4)
+    full_stream = CropStream(root, "train", **kw)
     full_stream.set_epoch(1)
     full = drain(full_stream, num_workers)
     assert len(full) == 6
     for k in range(len(full) + 1):
-        s = ShardStream(root, "train", **kw)
+        s = CropStream(root, "train", **kw)
         s.set_epoch(1, start_batch=k)
         got = drain(s, num_workers)
         assert len(got) == len(s) == len(full)
@@ -484,8 +505,8 @@ def test_start_batch_yields_exactly_the_rest_of_a_full_pass(tmp_path, num_worker
             assert torch.equal(a["wave"], b["wave"]) and torch.equal(a["label"], b["label"]), k
         s.set_epoch(2)  # the next epoch starts at its first batch again
         assert len(drain(s, num_workers)) == len(full)
-    with pytest.raises(ValueError, match="start_batch"):
-        ShardStream(root, "train", train=False, segment_samples=24, batch_size=3).set_epoch(0, start_batch=1)
+    with pytest.raises(TypeError, match="start_batch"):  # evaluation has no mid-epoch start
+        WindowStream(root, "train", window_samples=24, batch_size=3).set_epoch(0, start_batch=1)
 
 
 def test_start_batch_does_not_read_the_pcm_of_the_batches_before_it(tmp_path):
@@ -497,7 +518,7 @@ def test_start_batch_does_not_read_the_pcm_of_the_batches_before_it(tmp_path):
         for t in range(n)
     ]  # fmt: skip
     root = write_set(tmp_path / "set", {"train": [tracks[:5], tracks[5:]]})
-    kw = dict(train=True, segment_samples=seg, batch_size=bs, seed=3, shuffle_buffer=5)
+    kw = dict(crop_samples=seg, batch_size=bs, seed=3, shuffle_buffer=5)
     crop_bytes = 2 * seg
 
     def read(start: int) -> tuple[list[dict], int]:
@@ -520,11 +541,11 @@ def test_start_batch_after_an_unreadable_sample_still_matches_the_full_pass(tmp_
     data = bytearray(bad.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 2048] = b"\xff" * 2048  # a bad header checksum mid-shard
     bad.write_bytes(bytes(data))
-    kw = dict(train=True, segment_samples=16, batch_size=3, seed=1, shuffle_buffer=4)
-    full = drain(ShardStream(root, "train", **kw))
-    caplog.set_level(logging.WARNING, logger="shards.reader")
+    kw = dict(crop_samples=16, batch_size=3, seed=1, shuffle_buffer=4)
+    full = drain(CropStream(root, "train", **kw))
+    caplog.set_level(logging.WARNING, logger="shards")
     for k in range(len(full) + 1):
-        s = ShardStream(root, "train", **kw)
+        s = CropStream(root, "train", **kw)
         s.set_epoch(0, start_batch=k)
         got = drain(s)
         assert len(got) == len(full) and got[:k] == [{}] * k
@@ -543,8 +564,8 @@ def _crops(batches: list[dict]) -> list[tuple[int, int]]:
 def test_crops_per_track_gives_k_distinct_crops_of_every_track_per_epoch(tmp_path, partial_reads):
     root, tracks = uneven_set(tmp_path / "set")
     k, seg, bs = 3, 32, 4
-    kw = dict(train=True, segment_samples=seg, batch_size=bs, seed=5, shuffle_buffer=10, crops_per_track=k)
-    s = ShardStream(root, "train", partial_reads=partial_reads, **kw)
+    kw = dict(crop_samples=seg, batch_size=bs, seed=5, shuffle_buffer=10, crops_per_track=k)
+    s = CropStream(root, "train", partial_reads=partial_reads, **kw)
     assert len(s) == 16 * k // bs == 12  # an epoch is k crops of each of the 16 tracks
     for epoch in (0, 1):
         s.set_epoch(epoch)
@@ -569,7 +590,7 @@ def test_crops_per_track_gives_k_distinct_crops_of_every_track_per_epoch(tmp_pat
     e0 = _crops(drain(s))
     s.set_epoch(1)
     assert sorted(e0) != sorted(_crops(drain(s)))
-    other = ShardStream(root, "train", partial_reads=not partial_reads, **kw)
+    other = CropStream(root, "train", partial_reads=not partial_reads, **kw)
     assert _crops(drain(other)) == e0
 
 
@@ -581,7 +602,7 @@ def test_crops_per_track_gives_equal_batch_counts_on_every_rank(tmp_path, world)
     for rank in range(world):
         by_workers = []
         for workers in (0, 2):
-            s = ShardStream(root, "train", train=True, segment_samples=24, batch_size=bs, seed=2, shuffle_buffer=6,
+            s = CropStream(root, "train", crop_samples=24, batch_size=bs, seed=2, shuffle_buffer=6,
                             rank=rank, world_size=world, crops_per_track=k)  # fmt: skip
             batches = drain(s, workers)
             lens.add((len(s), len(batches)))
@@ -599,13 +620,13 @@ def test_crops_per_track_gives_equal_batch_counts_on_every_rank(tmp_path, world)
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_crops_per_track_start_batch_yields_exactly_the_rest_of_a_full_pass(tmp_path, num_workers):
     root, _ = uneven_set(tmp_path / "set")
-    kw = dict(train=True, segment_samples=24, batch_size=3, seed=4, shuffle_buffer=5, crops_per_track=3)
-    full_stream = ShardStream(root, "train", **kw)
+    kw = dict(crop_samples=24, batch_size=3, seed=4, shuffle_buffer=5, crops_per_track=3)
+    full_stream = CropStream(root, "train", **kw)
     full_stream.set_epoch(1)
     full = drain(full_stream, num_workers)
     assert len(full) == 16
     for k in (1, 5, 9, 15, 16):
-        s = ShardStream(root, "train", **kw)
+        s = CropStream(root, "train", **kw)
         s.set_epoch(1, start_batch=k)
         got = drain(s, num_workers)
         assert len(got) == len(full) and got[:k] == [{}] * k
@@ -622,7 +643,7 @@ def test_crops_per_track_reads_each_track_once_and_skips_the_pcm_before_the_star
         for t in range(n)
     ]  # fmt: skip
     root = write_set(tmp_path / "set", {"train": [tracks]})
-    kw = dict(train=True, segment_samples=seg, batch_size=bs, seed=3, shuffle_buffer=4, crops_per_track=k)
+    kw = dict(crop_samples=seg, batch_size=bs, seed=3, shuffle_buffer=4, crops_per_track=k)
 
     def read(start: int) -> tuple[list[dict], int]:
         return _read_from(root, kw, start)
