@@ -16,6 +16,7 @@ from torch import nn
 from engine.checkpoint_format import CheckpointError, read_checkpoint, unwrap_model
 from engine.config import ConfigError, from_dict, to_dict
 from engine.models import HEAD_NAME, GenreModel, ModelConfig, build_model
+from engine.optim import freeze_parameters
 from engine.pretrained import resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def init_from(model: GenreModel, ckpt_path: str | Path, *, freeze: list[str] | N
         head = getattr(net.backbone, HEAD_NAME, None)
         if isinstance(head, nn.Module) and hasattr(head, "reset_parameters"):
             head.reset_parameters()
-    frozen = _freeze(net, freeze)
+    frozen = freeze_parameters(net, freeze)
     log.info(
         "init_from %s: %d tensors loaded, head %s (%d -> %d classes), %d front-end tensors kept, %d frozen",
         ckpt_path,
@@ -159,20 +160,3 @@ def init_from(model: GenreModel, ckpt_path: str | Path, *, freeze: list[str] | N
         len(frozen),
     )
     return {"loaded": loaded, "reinitialised": reinit, "skipped": skipped, "frozen": frozen}
-
-
-def _freeze(model: nn.Module, prefixes: list[str]) -> list[str]:
-    params = dict(model.named_parameters())
-    frozen = []
-    for prefix in prefixes:
-        hits = [n for n in params if n == prefix or n.startswith(prefix.rstrip(".") + ".")]
-        if not hits:
-            tops = sorted({n.rsplit(".", 2)[0] for n in params})
-            raise ConfigError(
-                f"freeze: no parameter name starts with {prefix!r}; e.g. {', '.join(tops[:12])}"
-                + (" ..." if len(tops) > 12 else "")
-            )
-        for n in hits:
-            params[n].requires_grad_(False)
-        frozen.extend(hits)
-    return frozen

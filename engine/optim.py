@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from engine.checkpoint import _freeze
 from engine.config import ConfigError
 
 if TYPE_CHECKING:
@@ -96,7 +95,7 @@ class Freezer:
         self.model, self.prefixes, self.epochs = model, list(prefixes), int(epochs)
         params = dict(model.named_parameters())
         was = {n: p.requires_grad for n, p in params.items()}
-        self.names = _freeze(model, self.prefixes) if self.prefixes else []  # checks the prefixes
+        self.names = freeze_parameters(model, self.prefixes) if self.prefixes else []  # checks the prefixes
         if self.epochs:  # temporary: nothing frozen before apply()
             for n, p in params.items():
                 p.requires_grad_(was[n])
@@ -178,3 +177,22 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch
     if warmup:
         return torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup, total, cosine=False)), "step"
     return None, "none"
+
+
+def freeze_parameters(model: nn.Module, prefixes: list[str]) -> list[str]:
+    """Set ``requires_grad=False`` on every parameter named ``prefix`` or under ``prefix.``; returns their names.
+    A prefix that names no parameter is a :class:`ConfigError` (with examples of the names there are)."""
+    params = dict(model.named_parameters())
+    frozen = []
+    for prefix in prefixes:
+        hits = [n for n in params if n == prefix or n.startswith(prefix.rstrip(".") + ".")]
+        if not hits:
+            tops = sorted({n.rsplit(".", 2)[0] for n in params})
+            raise ConfigError(
+                f"freeze: no parameter name starts with {prefix!r}; e.g. {', '.join(tops[:12])}"
+                + (" ..." if len(tops) > 12 else "")
+            )
+        for n in hits:
+            params[n].requires_grad_(False)
+        frozen.extend(hits)
+    return frozen
