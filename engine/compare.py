@@ -32,10 +32,11 @@ import torch
 
 from engine.checkpoint_format import CheckpointError
 from engine.config import ConfigError, config_json, from_dict, load_yaml
-from engine.cv import cross_validate, evaluate_best, flatten_metrics
-from engine.models import ModelConfig
+from engine.cv import check_folds, cross_validate, evaluate_best, flatten_metrics
+from engine.models import ARCHS, ModelConfig
 from engine.train import TrainConfig, config_from_args, saved_state_dir, train
 from shards.format import ManifestError, load_manifest
+from shards.outputs import cli_errors, prepare_output_dir
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 COLUMNS = (
@@ -82,7 +83,10 @@ def parse_models(text: str | list[str]) -> list[RowSpec]:
     if len(set(names)) != len(names):
         raise ConfigError(f"--models: row names must be distinct, got {names}")
     if not rows:
-        raise ConfigError("--models: no rows")
+        raise ConfigError(
+            f"--models {text!r}: no rows; give architectures ({', '.join(ARCHS.names())}) or NAME=CONFIG.yaml, "
+            "comma-separated"
+        )
     return rows
 
 
@@ -168,8 +172,7 @@ def compare(
 ) -> list[dict[str, Any]]:
     """Train and evaluate every row (:func:`parse_models`) on the same data; ``cv``: cross-validate each over
     the shard set's folds. Returns the table's rows, the ``stats`` baseline first (see the module docstring)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_output_dir(out_dir)
     specs = models if models and isinstance(models, list) and isinstance(models[0], RowSpec) else parse_models(models)
     # validate every row's config before hours of training
     configs = row_configs(cfg, specs, features, overrides, baseline)
@@ -177,6 +180,9 @@ def compare(
         folds = {n: int(load_manifest(c.data.shards).get("folds") or 0) for n, c in configs.items()}
         if len(set(folds.values())) != 1:
             raise ConfigError(f"--cv needs the same number of folds in every row's shard set, got {folds}")
+        for row_cfg in {c.data.shards: c for c in configs.values()}.values():  # each shard set once
+            check_folds(row_cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, row_cfg in configs.items():
         done = out_dir / name / "result.json"
@@ -275,6 +281,7 @@ def cv_comparison_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@cli_errors("python -m engine compare")
 def main(argv: list[str] | None = None) -> int:
     from engine.train import build_parser
 

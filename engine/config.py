@@ -16,6 +16,9 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from registry.fields import check_bounds
+from shards.outputs import decode_utf8
+
 C = TypeVar("C")
 
 
@@ -103,7 +106,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
-    """Build dataclass ``cls`` from a nested dict; unknown keys and wrong types raise :class:`ConfigError`."""
+    """Build dataclass ``cls`` from a nested dict; unknown keys, wrong types, values out of a field's range
+    (:func:`registry.fields.check_bounds`) and the dataclass's own ``validate()`` raise :class:`ConfigError`."""
     data = dict(data or {})
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -118,7 +122,11 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
     obj = cls(**kwargs)
-    check = getattr(obj, "validate", None)
+    try:
+        check_bounds(obj, where)  # every field's range (registry.fields), named by its dotted path
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    check = getattr(obj, "validate", None)  # then the checks that involve several fields
     if callable(check):
         try:
             check()
@@ -202,11 +210,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a dict: :class:`ConfigError` when it is missing, not a mapping or not YAML;
+    :class:`shards.outputs.InputError` (one line naming the file and the byte) when it is not UTF-8 text."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(decode_utf8(path.read_bytes(), path)) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):

@@ -16,6 +16,7 @@ import json
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from engine.checkpoint_format import CheckpointError
 from engine.config import ConfigError
 from engine.train import TrainConfig, config_from_args, print_config, saved_state_dir, train
 from shards.format import ManifestError, load_manifest
+from shards.outputs import cli_errors, prepare_output_dir
+from shards.window_stream import WindowStream
 
 logger = get_logger(__name__)
 
@@ -73,19 +76,56 @@ def mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     }
 
 
+def check_folds(cfg: TrainConfig, folds: int | None = None) -> int:
+    """The number of folds to run, checked before any work: ``folds`` (``--folds``; None: the shard set's) must
+    be the shard set's fold count K >= 2, and every fold must hold tracks of the training split (each fold's
+    model trains on the others and is tested on it). Raises :class:`ConfigError` naming the fix."""
+    manifest = load_manifest(cfg.data.shards)
+    k_available = int(manifest.get("folds") or 0)
+    remake = "python tools/make_shards.py SOURCE --out DIR --folds K"
+    if folds is not None and folds < 2:
+        raise ConfigError(
+            f"--folds {folds}: cross-validation needs K >= 2 folds; leave --folds out to use the shard set's "
+            f"({k_available or 'none'})"
+        )
+    if k_available < 2:
+        raise ConfigError(
+            f"{cfg.data.shards} has no fold assignment; make the shards with --folds K (K >= 2): `{remake}`"
+        )
+    if folds is not None and folds != k_available:
+        raise ConfigError(
+            f"--folds {folds} but the shard set was made with {k_available} folds; leave --folds out or remake "
+            f"the shards (`{remake}`)"
+        )
+    if cfg.data.train_split not in manifest["splits"]:
+        raise ConfigError(
+            f"{cfg.data.shards}: no {cfg.data.train_split!r} split (has {sorted(manifest['splits'])}); set data.train_split"
+        )
+    tracks = int(manifest["splits"][cfg.data.train_split]["tracks"])
+    if tracks < k_available:
+        raise ConfigError(
+            f"{cfg.data.shards}: {k_available} folds but split {cfg.data.train_split!r} holds {tracks} tracks, so some "
+            f"folds are empty; remake the shards with at most {tracks} folds (`{remake}`)"
+        )
+    stream = WindowStream(cfg.data.shards, cfg.data.train_split, window_samples=1, batch_size=1)
+    per_fold = Counter(stream.track_folds())
+    empty = [f for f in range(k_available) if not per_fold.get(f)]
+    if empty:
+        raise ConfigError(
+            f"{cfg.data.shards}: fold(s) {', '.join(map(str, empty))} of {k_available} hold no track of split "
+            f"{cfg.data.train_split!r} (more folds than groups of tracks); remake the shards with fewer folds "
+            f"(`{remake}`)"
+        )
+    return k_available
+
+
 def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = None) -> dict[str, Any]:
     """Train and evaluate one model per fold; returns ``{folds: [...], summary: {metric: {mean, std}},
     train_seconds_total}``. Each fold's row has its test metrics (flat, :func:`flatten_metrics`), ``best_epoch``,
     ``parameters`` and ``train_seconds`` (wall seconds of ``train`` for that fold, validation included; a fold
     resumed after an interruption counts only the resumed part). std is the population std over folds."""
-    manifest = load_manifest(cfg.data.shards)
-    k_available = int(manifest.get("folds") or 0)
-    if k_available < 2:
-        raise ConfigError(f"{cfg.data.shards} has no fold assignment; make the shards with --folds K (K >= 2)")
-    k = folds or k_available
-    if k != k_available:
-        raise ConfigError(f"--folds {k} but the shard set was made with {k_available} folds")
-    out_dir = Path(out_dir)
+    k = check_folds(cfg, folds)
+    out_dir = prepare_output_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for fold in range(k):
@@ -154,6 +194,7 @@ def cv_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@cli_errors("python -m engine cv")
 def main(argv: list[str] | None = None) -> int:
     from engine.train import build_parser
 

@@ -14,8 +14,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.config import apply_overrides, config_json, from_dict
+from engine.checkpoint_format import CheckpointError
+from engine.config import ConfigError, apply_overrides, config_json, from_dict
 from engine.train import TrainConfig, saved_state_dir, train
+from shards.format import ManifestError
+from shards.outputs import cli_errors, prepare_output_dir
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,11 @@ def run_demo(args: argparse.Namespace) -> dict:
     from shards.synthetic import GENRES, make_corpus
 
     size = SIZES[args.size]
-    out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = prepare_output_dir(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    epochs = size.epochs if args.epochs is None else args.epochs
+    demo_config(out / "shards", out / "run", epochs, args.arch, args.set or [])  # a config mistake: before any work
+    if args.source and not Path(args.source).is_dir():
+        raise ConfigError(f"--source {args.source}: not a folder; give your music folder, or leave --source out")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     genres = list(GENRES[: size.genres])
@@ -83,8 +90,8 @@ def run_demo(args: argparse.Namespace) -> dict:
     manifest = json.loads((shards / "manifest.json").read_text())
     # 3. train
     run_dir = out / "run"
-    print(f"[3/5] training a {args.arch} for {size.epochs if args.epochs is None else args.epochs} epochs")
-    cfg = demo_config(shards, run_dir, size.epochs if args.epochs is None else args.epochs, args.arch, args.set or [])
+    print(f"[3/5] training a {args.arch} for {epochs} epochs")
+    cfg = demo_config(shards, run_dir, epochs, args.arch, args.set or [])
     cfg.run.resume = saved_state_dir(run_dir) is not None
     cfg.run.progress = not args.quiet
     summary = train(cfg)
@@ -131,6 +138,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     return report
 
 
+@cli_errors("python -m engine demo")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m engine demo",
@@ -145,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="training config overrides, e.g. optim.lr=1e-3")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    run_demo(args)
+    try:
+        run_demo(args)
+    except (ConfigError, CheckpointError, ManifestError) as err:
+        print(f"python -m engine demo: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from kernels import functional as KF
 from registry import Registry
+from registry.fields import bounded, check_bounds
 
 __all__ = [
     "FEATURES",
@@ -73,34 +74,36 @@ class FrontendConfig:
     """
 
     features: list[str] = field(default_factory=lambda: ["logmel"])
-    n_fft: int = 2048  # samples per STFT frame
-    hop_length: int = 512  # samples between frames
-    win_length: int | None = None  # Hann window length in samples (None = n_fft)
-    n_mels: int = 128
-    f_min: float = 0.0  # Hz, lowest mel edge
-    f_max: float | None = None  # Hz, highest mel edge (None = sample_rate / 2)
-    top_db: float | None = 80.0  # dB below each clip's max to clip at (None = no clipping)
-    n_mfcc: int = 20
-    deltas: int = 0  # 0, 1 or 2: MFCC channels static, delta, delta-delta
-    delta_width: int = 9  # frames in the Savitzky-Golay window (odd, >= 3)
-    chroma_norm: float | None = math.inf  # per-frame norm of chroma (inf = max; None = none)
-    tuning: float = 0.0  # chroma tuning offset in fractions of a bin, in [-0.5, 0.5)
+    n_fft: int = bounded(2048, ge=16)  # samples per STFT frame
+    hop_length: int = bounded(512, ge=1)  # samples between frames
+    win_length: int | None = bounded(None, ge=1, none="n_fft")  # Hann window length in samples (None = n_fft)
+    n_mels: int = bounded(128, ge=1)
+    f_min: float = bounded(0.0, ge=0, unit="Hz")  # Hz, lowest mel edge
+    f_max: float | None = bounded(None, gt=0, unit="Hz", none="sample_rate / 2")  # Hz, highest mel edge (None = sample_rate / 2)
+    top_db: float | None = bounded(80.0, gt=0, unit="dB", none="no clipping")  # dB below each clip's max to clip at (None = no clipping)
+    n_mfcc: int = bounded(20, ge=1)
+    deltas: int = bounded(0, ge=0, le=2)  # 0, 1 or 2: MFCC channels static, delta, delta-delta
+    delta_width: int = bounded(9, ge=3, note="odd")  # frames in the Savitzky-Golay window (odd, >= 3)
+    chroma_norm: float | None = bounded(math.inf, gt=0, finite=False, note="inf = max", none="none")  # per-frame norm of chroma (inf = max; None = none)
+    tuning: float = bounded(0.0, ge=-0.5, lt=0.5, unit="bins")  # chroma tuning offset in fractions of a bin, in [-0.5, 0.5)
     estimate_tuning: bool = False  # estimate tuning per clip (librosa chroma_stft's default)
-    cqt_bins_per_octave: int = 12
-    cqt_n_bins: int = 84
-    cqt_fmin: float = 32.70  # Hz (C1)
+    cqt_bins_per_octave: int = bounded(12, ge=1)
+    cqt_n_bins: int = bounded(84, ge=1)
+    cqt_fmin: float = bounded(32.70, gt=0, unit="Hz")  # Hz (C1)
     cqt_variant: str = "1992v2"  # nnAudio CQT1992v2 (direct) or CQT2010v2 (octave downsampling, faster)
     backend: str = "auto"  # STFT: "torch" (torch.stft), "nnaudio" (conv STFT), "auto" (fastest per device)
     stack: str = "freq"  # combine features along frequency or as channels
     norm: str = "none"  # "none" | "batchnorm" (per band) | "stats" (fixed per-band mean/std below)
-    norm_mean: list[float] = field(default_factory=list)  # per band, length F or C*F (channel-major)
-    norm_std: list[float] = field(default_factory=list)
+    norm_mean: list[float] = bounded(default_factory=list)  # per band, length F or C*F (channel-major)
+    norm_std: list[float] = bounded(default_factory=list, gt=0)
     trainable: bool = False  # make mel / chroma / DCT matrices learnable parameters
-    cpu_chunk_frames: int = 2048  # on CPU, feed the batch in sub-batches of about this many frames (0 = off)
-    feature_dim: int = 0  # features=[precomputed] only: D of the [B, frames, D] input (kernels.precomputed)
+    cpu_chunk_frames: int = bounded(2048, ge=0, note="0 = off")  # on CPU, feed the batch in sub-batches of about this many frames (0 = off)
+    feature_dim: int = bounded(0, ge=0, note="0 = from the shard set")  # features=[precomputed] only: D of the [B, frames, D] input (kernels.precomputed)
 
     def validate(self) -> None:
-        """Raise ``ValueError`` with a specific message for any value that cannot be right."""
+        """Raise ``ValueError`` with a specific message for any value that cannot be right: a number out of its
+        field's range (:func:`registry.fields.check_bounds`), then the checks across fields."""
+        check_bounds(self, "frontend")
         valid = sorted([*FEATURES.names(), PRECOMPUTED])
         if not self.features:
             raise ValueError(f"frontend.features is empty; choose from {valid}")
@@ -114,38 +117,14 @@ class FrontendConfig:
             )
         if len(set(self.features)) != len(self.features):
             raise ValueError(f"frontend.features lists a feature twice: {self.features}")
-        if self.n_fft < 16:
-            raise ValueError(f"frontend.n_fft must be >= 16, got {self.n_fft}")
-        if self.hop_length < 1:
-            raise ValueError(f"frontend.hop_length must be >= 1, got {self.hop_length}")
-        if self.win_length is not None and not 1 <= self.win_length <= self.n_fft:
+        if self.win_length is not None and self.win_length > self.n_fft:
             raise ValueError(f"frontend.win_length must be in [1, n_fft={self.n_fft}], got {self.win_length}")
-        if self.n_mels < 1:
-            raise ValueError(f"frontend.n_mels must be >= 1, got {self.n_mels}")
-        if self.f_min < 0:
-            raise ValueError(f"frontend.f_min must be >= 0 Hz, got {self.f_min}")
         if self.f_max is not None and self.f_max <= self.f_min:
             raise ValueError(f"frontend.f_max ({self.f_max} Hz) must be above f_min ({self.f_min} Hz)")
-        if self.top_db is not None and self.top_db <= 0:
-            raise ValueError(f"frontend.top_db must be > 0 dB or null, got {self.top_db}")
-        if not 1 <= self.n_mfcc <= self.n_mels:
+        if self.n_mfcc > self.n_mels:
             raise ValueError(f"frontend.n_mfcc must be in [1, n_mels={self.n_mels}], got {self.n_mfcc}")
-        if self.cpu_chunk_frames < 0:
-            raise ValueError(f"frontend.cpu_chunk_frames must be >= 0 (0 = off), got {self.cpu_chunk_frames}")
-        if self.deltas not in (0, 1, 2):
-            raise ValueError(f"frontend.deltas must be 0, 1 or 2, got {self.deltas}")
-        if self.delta_width < 3 or self.delta_width % 2 == 0:
+        if self.delta_width % 2 == 0:
             raise ValueError(f"frontend.delta_width must be odd and >= 3, got {self.delta_width}")
-        if self.chroma_norm is not None and not self.chroma_norm > 0:
-            raise ValueError(f"frontend.chroma_norm must be > 0 (inf = max) or null, got {self.chroma_norm}")
-        if not -0.5 <= self.tuning < 0.5:
-            raise ValueError(f"frontend.tuning must be in [-0.5, 0.5) bins, got {self.tuning}")
-        if self.feature_dim < 0:
-            raise ValueError(f"frontend.feature_dim must be >= 0, got {self.feature_dim}")
-        if self.cqt_bins_per_octave < 1 or self.cqt_n_bins < 1:
-            raise ValueError("frontend.cqt_bins_per_octave and cqt_n_bins must be >= 1")
-        if self.cqt_fmin <= 0:
-            raise ValueError(f"frontend.cqt_fmin must be > 0 Hz, got {self.cqt_fmin}")
         for name, value, valid in (
             ("cqt_variant", self.cqt_variant, CQT_VARIANTS),
             ("backend", self.backend, BACKENDS),
@@ -160,8 +139,6 @@ class FrontendConfig:
                     "frontend.norm='stats' needs norm_mean and norm_std of equal, non-zero length "
                     f"(got {len(self.norm_mean)} and {len(self.norm_std)}); see kernels.features.estimate_norm_stats"
                 )
-            if any(not s > 0 for s in self.norm_std):
-                raise ValueError("frontend.norm_std must be all > 0")
         elif self.norm_mean or self.norm_std:
             raise ValueError(
                 f"frontend.norm_mean / norm_std are set but norm={self.norm!r}; use norm='stats'"

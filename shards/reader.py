@@ -255,6 +255,17 @@ class SplitStream(IterableDataset):
         idx = self._build_index()
         return [idx.labels[i] for i in self._selected or []]
 
+    def track_lengths(self) -> list[int]:
+        """Length of each of the split's tracks (after fold filtering), in track order: samples, or frames for
+        feature shards. A training stream without folds scans the split for it (once)."""
+        idx = self._build_index()
+        return [idx.lengths[i] for i in self._selected or []]
+
+    def track_folds(self) -> list[int]:
+        """Fold of each of the split's tracks (after fold filtering; -1: none assigned), in track order."""
+        idx = self._build_index()
+        return [idx.folds[i] for i in self._selected or []]
+
     # -- partition
     def __len__(self) -> int:
         """Batches this rank yields per epoch (the same on every rank)."""

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from engine.config import ConfigError
 from engine.models.base import ARCHS, InputNorm, clamp_pool
+from registry.fields import bounded, check_bounds
 
 
 @ARCHS.register("cnn")
@@ -22,22 +23,19 @@ class CNN(nn.Module):
 
     @dataclass
     class Config:
-        channels: tuple[int, ...] = (32, 64, 128)
-        kernel_size: int = 3
-        hidden: int = 128
-        dropout: float = 0.5
+        channels: tuple[int, ...] = bounded((32, 64, 128), ge=1)
+        kernel_size: int = bounded(3, ge=1, note="odd")
+        hidden: int = bounded(128, ge=1)
+        dropout: float = bounded(0.5, ge=0, lt=1)
         pool: Literal["avg", "max", "avgmax"] = "avg"
         input_norm: Literal["channel", "bin", "none"] = "none"
 
         def validate(self) -> None:
-            if not self.channels or min(self.channels) < 1:
-                raise ConfigError(
-                    f"cnn: channels must be a non-empty list of positive ints, got {self.channels}"
-                )
-            if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            check_bounds(self, "model.params")  # direct callers (from_dict has checked, naming the architecture)
+            if not self.channels:
+                raise ConfigError(f"cnn: channels must be a non-empty list of positive ints, got {self.channels}")
+            if self.kernel_size % 2 == 0:
                 raise ConfigError(f"cnn: kernel_size must be odd and positive, got {self.kernel_size}")
-            if not 0.0 <= self.dropout < 1.0:
-                raise ConfigError(f"cnn: dropout must be in [0, 1), got {self.dropout}")
 
     def __init__(self, cfg: Config, in_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()

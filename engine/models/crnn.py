@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from engine.config import ConfigError
 from engine.models.base import ARCHS, InputNorm, TemporalPool, clamp_pool
+from registry.fields import bounded, check_bounds
 
 
 @ARCHS.register("crnn")
@@ -24,31 +25,26 @@ class CRNN(nn.Module):
 
     @dataclass
     class Config:
-        channels: tuple[int, ...] = (32, 64, 64, 64)
+        channels: tuple[int, ...] = bounded((32, 64, 64, 64), ge=1)
         # (frequency, time) max-pool per conv block; frequency is clamped to the bins left
-        pools: tuple[tuple[int, int], ...] = ((2, 2), (2, 2), (4, 1), (4, 1))
-        kernel_size: int = 3
-        rnn_hidden: int = 64
-        rnn_layers: int = 2
+        pools: tuple[tuple[int, int], ...] = bounded(((2, 2), (2, 2), (4, 1), (4, 1)), ge=1)
+        kernel_size: int = bounded(3, ge=1, note="odd")
+        rnn_hidden: int = bounded(64, ge=1)
+        rnn_layers: int = bounded(2, ge=1)
         pool: Literal["last", "mean", "attention"] = "attention"
-        dropout: float = 0.3
+        dropout: float = bounded(0.3, ge=0, lt=1)
         input_norm: Literal["channel", "bin", "none"] = "channel"
 
         def validate(self) -> None:
+            check_bounds(self, "model.params")  # direct callers (from_dict has checked, naming the architecture)
             if len(self.channels) != len(self.pools):
                 raise ConfigError(
                     f"crnn: channels ({len(self.channels)} blocks) and pools ({len(self.pools)}) differ in length"
                 )
-            if not self.channels or min(self.channels) < 1:
+            if not self.channels:
                 raise ConfigError(f"crnn: channels must be positive, got {self.channels}")
-            if any(p < 1 for pair in self.pools for p in pair):
-                raise ConfigError(f"crnn: pool sizes must be positive, got {self.pools}")
-            if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            if self.kernel_size % 2 == 0:
                 raise ConfigError(f"crnn: kernel_size must be odd and positive, got {self.kernel_size}")
-            if self.rnn_hidden < 1 or self.rnn_layers < 1:
-                raise ConfigError("crnn: rnn_hidden and rnn_layers must be positive")
-            if not 0.0 <= self.dropout < 1.0:
-                raise ConfigError(f"crnn: dropout must be in [0, 1), got {self.dropout}")
 
     def __init__(self, cfg: Config, in_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()

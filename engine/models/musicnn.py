@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from engine.config import ConfigError
 from engine.models.base import ARCHS
+from registry.fields import bounded, check_bounds
 
 TF_BN_EPS = 1e-3  # tf.compat.v1.layers.batch_normalization's default epsilon
 TF_BN_MOMENTUM = 0.01  # TF momentum 0.99 (weight of the old value) = PyTorch momentum 0.01
@@ -114,10 +115,10 @@ class Musicnn(nn.Module):
 
     @dataclass
     class Config:
-        frontend_filters: float = 1.6  # filter multiplier: timbral int(1.6 * 128) = 204, temporal int(1.6 * 32) = 51
-        midend_filters: int = 64  # filters of each mid-end conv (MSD_musicnn_big: 512)
-        backend_units: int = 200  # penultimate dense layer (MSD_musicnn_big: 500)
-        dropout: float = 0.5  # before the penultimate and the output dense layers (training only)
+        frontend_filters: float = bounded(1.6, gt=0)  # filter multiplier: timbral int(1.6 * 128) = 204, temporal int(1.6 * 32) = 51
+        midend_filters: int = bounded(64, ge=1)  # filters of each mid-end conv (MSD_musicnn_big: 512)
+        backend_units: int = bounded(200, ge=1)  # penultimate dense layer (MSD_musicnn_big: 500)
+        dropout: float = bounded(0.5, ge=0, lt=1)  # before the penultimate and the output dense layers (training only)
         # what the classifier reads: "penultimate" (the shipped tag models: Dense 200 -> 50 tags) or "meanmax"
         # (for fine-tuning a genre head: the standardised 1,506 mean+max pool, which the measurement puts
         # 10-16 points above the penultimate layer for linear probes; the Dense 200 then stays as loaded, frozen,
@@ -125,13 +126,7 @@ class Musicnn(nn.Module):
         head_input: str = "penultimate"
 
         def validate(self) -> None:
-            if self.frontend_filters <= 0 or self.midend_filters < 1 or self.backend_units < 1:
-                raise ConfigError(
-                    "musicnn: frontend_filters must be > 0 and midend_filters / backend_units >= 1, got "
-                    f"{self.frontend_filters} / {self.midend_filters} / {self.backend_units}"
-                )
-            if not 0.0 <= self.dropout < 1.0:
-                raise ConfigError(f"musicnn: dropout must be in [0, 1), got {self.dropout}")
+            check_bounds(self, "model.params")  # direct callers (from_dict has checked, naming the architecture)
             if self.head_input not in HEAD_INPUTS:
                 raise ConfigError(f"musicnn: head_input must be one of {HEAD_INPUTS}, got {self.head_input!r}")
 

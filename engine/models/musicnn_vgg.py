@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from engine.config import ConfigError
 from engine.models.base import ARCHS
 from engine.models.musicnn import tf_batchnorm
+from registry.fields import bounded, check_bounds
 
 _POOLS = ((4, 1, 2, 2), (2, 2, 2, 2), (2, 2, 2, 2), (2, 2, 2, 2), (4, 4, 4, 4))  # (kT, kF, sT, sF), valid
 
@@ -45,16 +46,12 @@ class MusicnnVGG(nn.Module):
 
     @dataclass
     class Config:
-        filters: int = 128  # every conv layer (the checkpoints: 128)
-        conv_dropout: float = 0.25  # before conv layers 2-5 (training only)
-        dropout: float = 0.5  # before the classifier
+        filters: int = bounded(128, ge=1)  # every conv layer (the checkpoints: 128)
+        conv_dropout: float = bounded(0.25, ge=0, lt=1)  # before conv layers 2-5 (training only)
+        dropout: float = bounded(0.5, ge=0, lt=1)  # before the classifier
 
         def validate(self) -> None:
-            if self.filters < 1:
-                raise ConfigError(f"musicnn_vgg: filters must be >= 1, got {self.filters}")
-            for name, p in (("conv_dropout", self.conv_dropout), ("dropout", self.dropout)):
-                if not 0.0 <= p < 1.0:
-                    raise ConfigError(f"musicnn_vgg: {name} must be in [0, 1), got {p}")
+            check_bounds(self, "model.params")  # direct callers (from_dict has checked, naming the architecture)
 
     @staticmethod
     def check_input(cfg: Config, in_shape: tuple[int, int, int]) -> None:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from engine.config import ConfigError
 from engine.models.base import ARCHS, InputNorm, clamp_pool
+from registry.fields import bounded, check_bounds
 
 
 class ResBlock(nn.Module):
@@ -47,19 +48,15 @@ class ShortChunkResNet(nn.Module):
 
     @dataclass
     class Config:
-        channels: int = 64
-        width_multipliers: tuple[int, ...] = (1, 1, 2, 2, 2, 2, 4)
-        dropout: float = 0.5
+        channels: int = bounded(64, ge=1)
+        width_multipliers: tuple[int, ...] = bounded((1, 1, 2, 2, 2, 2, 4), ge=1)
+        dropout: float = bounded(0.5, ge=0, lt=1)
         input_norm: Literal["channel", "bin", "none"] = "channel"
 
         def validate(self) -> None:
-            if self.channels < 1 or not self.width_multipliers or min(self.width_multipliers) < 1:
-                raise ConfigError(
-                    f"resnet: channels and width_multipliers must be positive, got "
-                    f"{self.channels}, {self.width_multipliers}"
-                )
-            if not 0.0 <= self.dropout < 1.0:
-                raise ConfigError(f"resnet: dropout must be in [0, 1), got {self.dropout}")
+            check_bounds(self, "model.params")  # direct callers (from_dict has checked, naming the architecture)
+            if not self.width_multipliers:
+                raise ConfigError("resnet: width_multipliers must list at least one block's multiplier")
 
     def __init__(self, cfg: Config, in_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()

@@ -13,8 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from engine.config import ConfigError
 from engine.models.base import ARCHS, InputNorm, TemporalPool
+from registry.fields import bounded, check_bounds
 
 
 @ARCHS.register("rnn")
@@ -24,20 +24,15 @@ class RNN(nn.Module):
     @dataclass
     class Config:
         cell: Literal["gru", "lstm"] = "gru"
-        hidden: int = 128
-        layers: int = 2
+        hidden: int = bounded(128, ge=1)
+        layers: int = bounded(2, ge=1)
         bidirectional: bool = True
         pool: Literal["last", "mean", "attention"] = "attention"
-        dropout: float = 0.3
+        dropout: float = bounded(0.3, ge=0, lt=1)
         input_norm: Literal["channel", "bin", "none"] = "bin"
 
         def validate(self) -> None:
-            if self.hidden < 1 or self.layers < 1:
-                raise ConfigError(
-                    f"rnn: hidden and layers must be positive, got {self.hidden}, {self.layers}"
-                )
-            if not 0.0 <= self.dropout < 1.0:
-                raise ConfigError(f"rnn: dropout must be in [0, 1), got {self.dropout}")
+            check_bounds(self, "model.params")  # direct callers (from_dict has checked, naming the architecture)
 
     def __init__(self, cfg: Config, in_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from engine.config import ConfigError
 from engine.models.base import ARCHS
+from registry.fields import bounded, check_bounds
 
 STATISTICS = ("mean", "std", "min", "max")
 
@@ -65,12 +66,13 @@ class Stats(nn.Module):
     @dataclass
     class Config:
         stats: tuple[str, ...] = ("mean", "std")  # statistics over frames, per channel and bin
-        hidden: int = 0  # 0 = linear classifier (logistic regression); > 0 = one hidden ReLU layer
-        dropout: float = 0.0  # on the standardised statistics (and after the hidden layer)
+        hidden: int = bounded(0, ge=0, note="0 = linear")  # 0 = linear classifier (logistic regression); > 0 = one hidden ReLU layer
+        dropout: float = bounded(0.0, ge=0, lt=1)  # on the standardised statistics (and after the hidden layer)
         norm: bool = True  # standardise the pooled vector (BatchNorm1d without affine parameters)
-        norm_momentum: float | None = None  # BatchNorm running-stat momentum; None = cumulative average
+        norm_momentum: float | None = bounded(None, gt=0, le=1, none="cumulative average")  # BatchNorm running-stat momentum; None = cumulative average
 
         def validate(self) -> None:
+            check_bounds(self, "model.params")  # direct callers (from_dict has checked, naming the architecture)
             if not self.stats:
                 raise ConfigError(f"stats: stats must list at least one of {', '.join(STATISTICS)}")
             bad = [s for s in self.stats if s not in STATISTICS]
@@ -78,12 +80,6 @@ class Stats(nn.Module):
                 raise ConfigError(
                     f"stats: stats must be distinct names from {', '.join(STATISTICS)}, got {list(self.stats)}"
                 )
-            if self.hidden < 0:
-                raise ConfigError(f"stats: hidden must be >= 0 (0 = linear), got {self.hidden}")
-            if not 0.0 <= self.dropout < 1.0:
-                raise ConfigError(f"stats: dropout must be in [0, 1), got {self.dropout}")
-            if self.norm_momentum is not None and not 0.0 < self.norm_momentum <= 1.0:
-                raise ConfigError(f"stats: norm_momentum must be in (0, 1] or null, got {self.norm_momentum}")
 
     def __init__(self, cfg: Config, in_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()

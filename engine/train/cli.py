@@ -15,6 +15,7 @@ from engine.logs import setup_logging
 from engine.train.config import TrainConfig, yaml_dump
 from engine.train.loop import train
 from shards.format import ManifestError
+from shards.outputs import cli_errors
 
 __all__ = ["build_parser", "config_from_args", "main", "print_config"]
 
@@ -58,7 +59,10 @@ def print_config(args: argparse.Namespace) -> int:
     return 0
 
 
+@cli_errors("python -m engine train")
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 0; 2 for a mistake (a config error, an unusable --out or input file: one line on stderr,
+    nothing written); 3 when out of memory."""
     setup_logging()
     args = build_parser().parse_intermixed_args(argv)  # key=value overrides before and after options
     if args.print_config:

@@ -1,6 +1,8 @@
 """The training config: ``TrainConfig`` and its sections ``data``, ``model``, ``optim``, ``eval``, ``run``.
 
-Loaded from YAML with ``section.key=value`` overrides (:func:`engine.config.load_config`), strict; the resolved
+Loaded from YAML with ``section.key=value`` overrides (:func:`engine.config.load_config`), strict; every numeric
+field declares its range with :func:`registry.fields.bounded` (checked by ``from_dict`` before the cross-field
+checks of each section's ``validate``); the resolved
 config is what ``run.out_dir/config.yaml`` and every checkpoint hold (:func:`yaml_dump`).
 """
 
@@ -14,6 +16,7 @@ import yaml
 from engine.config import ConfigError
 from engine.distributed import canonical_precision
 from engine.models import ModelConfig
+from registry.fields import bounded, check_bounds
 
 __all__ = ["DataConfig", "EvalConfig", "OptimConfig", "RunConfig", "TrainConfig", "yaml_dump"]
 
@@ -25,31 +28,21 @@ class DataConfig:
     shards: str = ""  # shard-set directory (with manifest.json)
     train_split: str = "train"
     valid_split: str = "valid"
-    segment_seconds: float = 3.0  # training crop (and evaluation window unless eval_segment_seconds), seconds
-    crops_per_track: int = 1  # distinct random crops of each track per epoch (all enter the shuffle buffer)
-    eval_segment_seconds: float | None = None  # evaluation window, seconds; None = segment_seconds. Longer
+    segment_seconds: float = bounded(3.0, gt=0, unit="s")  # training crop (and evaluation window unless eval_segment_seconds), seconds
+    crops_per_track: int = bounded(1, ge=1)  # distinct random crops of each track per epoch (all enter the shuffle buffer)
+    eval_segment_seconds: float | None = bounded(
+        None, gt=0, unit="s", none="the training crop; for whole-track evaluation give the clip length, e.g. 30"
+    )  # evaluation window, seconds; None = segment_seconds. Longer
     # windows (e.g. 30 = a whole 30-s clip) suit models that pool globally; lower eval_batch_size with them
-    eval_hop_seconds: float | None = None  # evaluation window hop; None = the evaluation window
-    batch_size: int = 32  # per process
-    eval_batch_size: int = 64
-    num_workers: int = -1  # DataLoader workers per process; -1 = by core count
-    shuffle_buffer: int = 512
-    holdout_fold: int = -1  # >= 0: cross-validation, train on the other folds of train_split (this one is the test fold)
+    eval_hop_seconds: float | None = bounded(None, gt=0, unit="s", none="the evaluation window")  # evaluation window hop; None = the evaluation window
+    batch_size: int = bounded(32, ge=1)  # per process
+    eval_batch_size: int = bounded(64, ge=1)
+    num_workers: int = bounded(-1, ge=-1, note="-1 = by core count, 0 = in the training process")  # DataLoader workers per process; -1 = by core count
+    shuffle_buffer: int = bounded(512, ge=1, note="1 = no shuffling of samples")  # samples per worker
+    holdout_fold: int = bounded(-1, ge=-1, note="-1 = no cross-validation")  # >= 0: cross-validation, train on the other folds of train_split (this one is the test fold)
 
     def validate(self) -> None:
-        if self.segment_seconds <= 0:
-            raise ConfigError(f"data.segment_seconds must be > 0, got {self.segment_seconds}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
-        if self.eval_hop_seconds is not None and self.eval_hop_seconds <= 0:
-            raise ConfigError(f"data.eval_hop_seconds must be > 0 (or null: one window), got {self.eval_hop_seconds}")
-        if self.crops_per_track < 1:
-            raise ConfigError(f"data.crops_per_track must be >= 1, got {self.crops_per_track}")
-        if self.eval_segment_seconds is not None and self.eval_segment_seconds <= 0:
-            raise ConfigError(
-                f"data.eval_segment_seconds must be > 0 (or null: the training crop), got {self.eval_segment_seconds}; "
-                "for whole-track evaluation give the clip length (e.g. 30)"
-            )
+        check_bounds(self, "data")  # from_dict checked them already, naming the full path; direct callers too
 
 
 @dataclass
@@ -57,49 +50,38 @@ class OptimConfig:
     """Optimiser, schedule (:mod:`engine.optim`), run length, loss and fine-tuning settings."""
 
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
+    lr: float = bounded(1e-3, gt=0)
+    weight_decay: float = bounded(0.0, ge=0)
+    momentum: float = bounded(0.9, ge=0, lt=1)  # sgd only
     schedule: Literal["plateau", "cosine", "onecycle", "none"] = "plateau"  # cosine, onecycle: per optimiser step
-    plateau_factor: float = 0.5
-    plateau_patience: int = 2  # epochs without validation-loss improvement before the lr drops
-    min_lr: float = 0.0  # cosine: the lr the decay ends at
-    warmup_steps: int = 0  # cosine / none: linear warmup over this many optimiser steps
-    warmup_fraction: float = 0.0  # ... or over this fraction of the run's optimiser steps (not both)
-    epochs: int = 30
-    max_steps: int = 0  # > 0: train this many optimiser steps (epochs = ceil(max_steps / steps per epoch))
-    max_steps_per_epoch: int = 0  # 0 = the whole epoch; > 0 caps it (quick runs, benchmarks)
-    early_stop_patience: int = 6  # epochs without validation-loss improvement; 0 = off
-    label_smoothing: float = 0.0
-    grad_clip: float = 0.0  # max gradient norm; 0 = off
-    grad_accum: int = 1
+    plateau_factor: float = bounded(0.5, gt=0, lt=1, note="the lr is multiplied by it")
+    plateau_patience: int = bounded(2, ge=0)  # epochs without validation-loss improvement before the lr drops
+    min_lr: float = bounded(0.0, ge=0)  # cosine: the lr the decay ends at
+    warmup_steps: int = bounded(0, ge=0, together=("max_steps",))  # cosine / none: linear warmup over this many optimiser steps
+    warmup_fraction: float = bounded(0.0, ge=0, lt=1)  # ... or over this fraction of the run's optimiser steps (not both)
+    epochs: int = bounded(30, ge=1)
+    max_steps: int = bounded(0, ge=0, together=("warmup_steps",))  # > 0: train this many optimiser steps (epochs = ceil(max_steps / steps per epoch))
+    max_steps_per_epoch: int = bounded(0, ge=0, note="0 = the whole epoch")  # 0 = the whole epoch; > 0 caps it (quick runs, benchmarks)
+    early_stop_patience: int = bounded(6, ge=0, note="0 = off")  # epochs without validation-loss improvement; 0 = off
+    label_smoothing: float = bounded(0.0, ge=0, lt=1)
+    grad_clip: float = bounded(0.0, ge=0, note="0 = off")  # max gradient norm; 0 = off
+    grad_accum: int = bounded(1, ge=1)
     class_weights: bool = False  # weight the loss by inverse training-class frequency (imbalanced sets)
-    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights (e.g. 0.999), validate,
+    ema_decay: float = bounded(0.0, ge=0, lt=1, note="0 = off; e.g. 0.999")  # > 0: keep an exponential moving average of the weights (e.g. 0.999), validate,
     # early-stop on and save it (best.pt / last.pt hold the average); 0 = off
-    freeze_epochs: int = 0  # run.freeze prefixes are frozen for this many epochs, then trained; 0 = the whole run
-    pretrained_lr_scale: float = 1.0  # lr factor of the weights loaded by run.init_from (the new head: optim.lr)
+    freeze_epochs: int = bounded(0, ge=0, note="0 = the whole run")  # run.freeze prefixes are frozen for this many epochs, then trained; 0 = the whole run
+    pretrained_lr_scale: float = bounded(1.0, gt=0)  # lr factor of the weights loaded by run.init_from (the new head: optim.lr)
 
     def validate(self) -> None:
-        if self.lr <= 0 or self.epochs < 1 or self.grad_accum < 1:
-            raise ConfigError("optim.lr must be > 0, optim.epochs and optim.grad_accum >= 1")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.max_steps < 0 or self.warmup_steps < 0:
-            raise ConfigError("optim.max_steps and optim.warmup_steps must be >= 0")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ConfigError(f"optim.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        check_bounds(self, "optim")
         if self.warmup_steps and self.warmup_fraction:
             raise ConfigError("give optim.warmup_steps or optim.warmup_fraction, not both")
         if (self.warmup_steps or self.warmup_fraction) and self.schedule not in ("cosine", "none"):
             raise ConfigError(
                 f"optim.warmup_* works with schedule cosine or none (onecycle warms up itself), not {self.schedule!r}"
             )
-        if not 0.0 <= self.min_lr <= self.lr:
+        if self.min_lr > self.lr:
             raise ConfigError(f"optim.min_lr must be in [0, optim.lr], got {self.min_lr}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"optim.ema_decay must be in [0, 1) (0 = off; e.g. 0.999), got {self.ema_decay}")
-        if self.freeze_epochs < 0 or self.pretrained_lr_scale <= 0:
-            raise ConfigError("optim.freeze_epochs must be >= 0 (0: whole run) and optim.pretrained_lr_scale > 0")
 
 
 @dataclass
@@ -111,20 +93,17 @@ class RunConfig:
     precision: Literal["fp32", "bf16", "fp16", "no"] = "fp32"  # autocast (engine.distributed.PRECISIONS); "no": fp32
     cpu: bool = False  # force CPU even when a GPU is there
     compile: bool = False  # torch.compile the model
-    log_every: int = 20  # steps between loss/throughput updates (the only .item() calls)
+    log_every: int = bounded(20, ge=1, note="steps between loss updates")  # steps between loss/throughput updates (the only .item() calls)
     resume: bool = False  # continue the run in out_dir from its last saved state
-    save_every_steps: int = 0  # also save the training state every N batches mid-epoch (0 = at epoch ends only)
+    save_every_steps: int = bounded(0, ge=0, note="0 = at epoch ends only")  # also save the training state every N batches mid-epoch (0 = at epoch ends only)
     init_from: str = ""  # checkpoint to start from (transfer learning)
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes to freeze (optim.freeze_epochs: how long)
     tensorboard: bool = True
     progress: bool = True
 
     def validate(self) -> None:
+        check_bounds(self, "run")
         self.precision = canonical_precision(self.precision)  # configs and checkpoints that say accelerate's "no"
-        if self.log_every < 1:
-            raise ConfigError(
-                f"run.log_every must be >= 1 (steps between loss updates), got {self.log_every}"
-            )
 
 
 @dataclass

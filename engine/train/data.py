@@ -8,6 +8,7 @@ number of batches, so DDP never waits on a rank that ran out.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,13 @@ from shards.format import load_manifest
 from shards.reader import make_loader
 from shards.window_stream import WindowStream
 
-__all__ = ["Loaders", "ShardSet", "check_shards", "make_loaders", "open_shard_set"]
+__all__ = ["LOOP_LIMIT", "Loaders", "ShardSet", "check_shards", "check_window_lengths", "make_loaders", "open_shard_set"]
+
+log = logging.getLogger(__name__)
+
+LOOP_LIMIT = 2.0
+"""A crop or evaluation window up to this many times the split's longest track is filled by looping the track
+(a 30-s window over 29.9-s clips); a longer one is refused: every window would be mostly repeats."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,11 @@ def check_shards(manifest: dict[str, Any], cfg: DataConfig) -> None:
         if split not in splits:
             raise ConfigError(f"{cfg.shards}: no {split!r} split (has {sorted(splits)}); set data.train_split/valid_split")
         if not splits[split]["tracks"]:
-            raise ConfigError(f"{cfg.shards}: split {split!r} is empty")
+            key = "data.train_split" if split == cfg.train_split else "data.valid_split"
+            raise ConfigError(
+                f"{cfg.shards}: split {split!r} ({key}) has no tracks; remake the shard set with a share for it "
+                "(make_shards.py --split-ratios, e.g. 0.7,0.15,0.15) or name another split"
+            )
     train_labels = {k for k, n in splits[cfg.train_split]["per_label"].items() if n > 0}
     for split in need[1:]:
         unseen = sorted(k for k, n in splits[split]["per_label"].items() if n > 0 and k not in train_labels)
@@ -118,6 +129,41 @@ def make_loaders(cfg: TrainConfig, shards: ShardSet, rank: int, world: int) -> L
             f"data.batch_size={data.batch_size} gives {len(train_stream)} batches per process per epoch, fewer "
             f"than one accumulation cycle (optim.grad_accum={cfg.optim.grad_accum}); lower either"
         )
+    check_window_lengths(cfg.data, shards, train_stream, valid_stream)
     optim_steps_per_epoch = steps_per_epoch // cfg.optim.grad_accum
     epochs = math.ceil(cfg.optim.max_steps / optim_steps_per_epoch) if cfg.optim.max_steps else cfg.optim.epochs
     return Loaders(train_stream, train_loader, valid_loader, steps_per_epoch, optim_steps_per_epoch, epochs)
+
+
+def _window_fits(what: str, key: str, window: int, split: str, lengths: list[int], rate: int) -> bool:
+    """Whether ``window`` (samples / frames) is no longer than the longest of ``lengths``; logs a longer one
+    that looping can fill, raises :class:`ConfigError` for one over :data:`LOOP_LIMIT` times the longest."""
+    longest = max(lengths, default=0)
+    if window <= longest:
+        return True
+    w_s, l_s = window / rate, longest / rate
+    if window > LOOP_LIMIT * longest:
+        raise ConfigError(
+            f"{key}: the {what} ({w_s:g} s) is more than {LOOP_LIMIT:g} times the longest track of split {split!r} "
+            f"({l_s:g} s): every {what} would be that track looped; set {key} <= {l_s:g} (or up to "
+            f"{LOOP_LIMIT * l_s:g} to loop short tracks)"
+        )
+    log.warning(
+        "%s: the %s (%g s) is longer than every track of split %r (longest %g s): tracks are looped to fill it",
+        key, what, w_s, split, l_s,
+    )  # fmt: skip
+    return False
+
+
+def check_window_lengths(cfg: DataConfig, shards: ShardSet, train: CropStream, valid: WindowStream) -> None:
+    """Refuse an evaluation window or training crop that no track of its split comes near (see
+    :data:`LOOP_LIMIT`). The validation stream has scanned its tracks already; the training split is scanned
+    only when the crop is longer than every validation track."""
+    eval_key = "data.eval_segment_seconds" if cfg.eval_segment_seconds else "data.segment_seconds"
+    rate = shards.sample_rate
+    valid_lengths = valid.track_lengths()
+    _window_fits("evaluation window", eval_key, shards.eval_samples, cfg.valid_split, valid_lengths, rate)
+    if shards.segment_samples > max(valid_lengths, default=0):
+        _window_fits(
+            "training crop", "data.segment_seconds", shards.segment_samples, cfg.train_split, train.track_lengths(), rate
+        )

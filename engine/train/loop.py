@@ -38,6 +38,7 @@ from engine.train.state import (
     seed_everything,
 )  # fmt: skip
 from kernels.augment import reseed_all
+from shards.outputs import prepare_output_dir
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -48,14 +49,18 @@ __all__ = ["TrainedEpoch", "evaluate_epoch", "train", "train_epoch"]
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train a model as ``cfg`` says; returns ``{run_dir, best_checkpoint, last_checkpoint, history, best, ...}``."""
+    """Train a model as ``cfg`` says; returns ``{run_dir, best_checkpoint, last_checkpoint, history, best, ...}``.
+
+    Everything that can be checked is checked before the run directory is made: the output folder
+    (:class:`shards.outputs.OutputError`), the shard set, the splits and the window lengths (:class:`ConfigError`)."""
+    prepare_output_dir(cfg.run.out_dir or "runs", flag="--out (run.out_dir)" if cfg.run.out_dir else None)
     accelerator = make_accelerator(
         mixed_precision=accelerate_precision(cfg.run.precision), gradient_accumulation_steps=cfg.optim.grad_accum,
         cpu=cfg.run.cpu, kwargs_handlers=ddp_kwargs(cfg.optim.freeze_epochs),
     )  # fmt: skip
     cfg, shards = open_shard_set(cfg)  # checked before any work; the model config completed from the manifest
+    data = make_loaders(cfg, shards, accelerator.process_index, accelerator.num_processes)  # checks the windows
     run_dir, state_dir = open_run_dir(cfg, accelerator)  # the same on every rank; config.yaml written
-    data = make_loaders(cfg, shards, accelerator.process_index, accelerator.num_processes)
     learner = build_learner(cfg, shards, data.optim_steps_per_epoch, accelerator)
     state = resume_train_state(accelerator, state_dir, learner.net) if cfg.run.resume else TrainState()
     weight = None  # class weights of the loss, [K]

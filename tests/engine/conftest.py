@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +23,17 @@ def make_synthetic_shards(root: Path, *, clips_per_genre: int, duration: float, 
     out = root / "shards"
     run_ingest(IngestConfig(source=corpus, out=out, layout="folder", seed=0, folds=folds, workers=1, progress=False))
     return out
+
+
+def shard_copy(src: Path, dst: Path, edit) -> Path:
+    """``src``'s shards linked into ``dst`` with ``edit(manifest)`` applied to its manifest."""
+    dst.mkdir()
+    for tar in src.glob("*.tar"):
+        os.symlink(tar, dst / tar.name)
+    manifest = json.loads((src / "manifest.json").read_text())
+    edit(manifest)
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
 
 
 @pytest.fixture(scope="session")
