@@ -157,6 +157,8 @@ def test_jamendo_without_split_files_is_stratified_by_artist_and_instrument_subs
     metas = _check_multilabel(shard_set_reader(tmp_path / "out"))
     assert m["labels"] == ["instrument---guitar", "instrument---piano"] and m["split_method"] == "stratified"
     assert m["group_by"] == "artist"
+    with pytest.raises(IngestError, match="--subset 'small': the jamendo layout takes genre"):
+        _ingest(tmp_path / "mtg", tmp_path / "o", layout="jamendo", subset="small")
     by_artist: dict[str, set] = {}
     for meta in metas.values():
         by_artist.setdefault(meta["artist"], set()).add(meta["split"])
