@@ -8,4 +8,5 @@ first. Importing ``shards`` never imports torch (ingest CLIs and their worker pr
 from __future__ import annotations
 
 from shards import layouts as layouts  # LAYOUTS: folder, gtzan, fma, csv
+from shards import layouts_tags as layouts_tags  # LAYOUTS: jamendo, mtat, tags (multi-label)
 from shards import msd as msd  # LAYOUTS: msd (Million Song Dataset HDF5 feature files)

@@ -9,6 +9,10 @@ tensor. Every batch has exactly ``batch_size`` rows, so every rank of a DDP job 
   which samples it need not read at all.
 * :class:`EvalBatcher`: consecutive windows of tracks, with ``track`` / ``valid`` per row; rows of tracks
   that could not be read and the rows that fill the last batch are ``valid=False``, ``track=-1``.
+
+Targets: a single-label batcher carries each row's class index (``"label": int64 [B]``); a multi-label one
+(``num_targets=K``) takes each row's tag indices and carries ``"targets": float32 [B, K]`` multi-hot instead
+(all zero on padding rows).
 """
 
 from __future__ import annotations
@@ -39,6 +43,33 @@ def _input_name(x: np.ndarray) -> str:
     return "feats" if x.ndim == 3 else "wave"
 
 
+Label = int | Sequence[int]  # a class index (single-label) or the tag indices of a row (multi-label)
+
+
+def _target_array(batch_size: int, num_targets: int | None) -> np.ndarray:
+    """Zeroed per-row targets: int64 ``[B]`` class indices, or float32 ``[B, K]`` multi-hot."""
+    if num_targets is None:
+        return np.zeros(batch_size, dtype=np.int64)
+    return np.zeros((batch_size, num_targets), dtype=np.float32)
+
+
+def _set_target(targets: np.ndarray, row: int, label: Label) -> None:
+    """Write one row's target: a class index, or tag indices (or a multi-hot row) as multi-hot."""
+    if targets.ndim == 1:
+        targets[row] = label  # type: ignore[assignment]
+        return
+    targets[row] = 0
+    lab = np.asarray(label)
+    if lab.ndim == 1 and lab.dtype.kind == "f" and lab.shape[0] == targets.shape[1]:
+        targets[row] = lab  # a multi-hot row (refill re-uses rows already assembled)
+    else:
+        targets[row, lab.astype(np.int64)] = 1
+
+
+def _target_name(targets: np.ndarray) -> str:
+    return "targets" if targets.ndim == 2 else "label"
+
+
 class TrainBatcher:
     """Shuffle buffer + batch assembly for training crops.
 
@@ -48,16 +79,19 @@ class TrainBatcher:
     (``write=None``) may sit in the buffer as long as it is drawn into one of them.
     """
 
-    def __init__(self, capacity: int, batch_size: int, rng: random.Random, skip: int = 0):
+    def __init__(
+        self, capacity: int, batch_size: int, rng: random.Random, skip: int = 0, num_targets: int | None = None
+    ):
         self.capacity, self.bs, self.rng, self.skip = capacity, batch_size, rng, skip
+        self.num_targets = num_targets  # K tags of a multi-label set; None: single-label
         self.slab: np.ndarray | None = None
         self.free = list(range(capacity - 1, -1, -1))
-        self.used: list[tuple[int, int]] = []  # (slot, label)
+        self.used: list[tuple[int, Label]] = []  # (slot, label)
         self.empty: set[int] = set()  # slots holding a sample added without data
         self.drawn = 0  # rows drawn so far, those of skipped batches included
         self.x: np.ndarray | None = None  # batch being filled (a view of self.xt)
         self.xt: torch.Tensor | None = None
-        self.labels = np.zeros(batch_size, dtype=np.int64)
+        self.labels = _target_array(batch_size, num_targets)
         self.last: tuple[np.ndarray, np.ndarray] | None = None  # last assembled batch (x, labels)
         self.trace: list[int] | None = None  # labels of the rows drawn, in order (plan's dry run only)
 
@@ -83,29 +117,29 @@ class TrainBatcher:
             batch_of[j] = pos // self.bs
         return batch_of
 
-    def _batch(self, x: np.ndarray | None, label: int) -> Batch | None:
+    def _batch(self, x: np.ndarray | None, label: Label) -> Batch | None:
         """Draw one row (``x``: its data; None only for a row of a skipped batch)."""
         if self.skipping:
             self.drawn += 1
             if self.trace is not None:
-                self.trace.append(label)
+                self.trace.append(int(label))  # type: ignore[arg-type]  # the dry run's labels are ints
             return None
         assert x is not None, "a sample added without data was drawn into a batch that is assembled"
         row = self.drawn % self.bs
         if row == 0:
             self.x, self.xt = batch_array((self.bs, *x.shape), x.dtype)
-            self.labels = np.empty(self.bs, dtype=np.int64)
+            self.labels = _target_array(self.bs, self.num_targets)
         assert self.x is not None and self.xt is not None
         self.x[row] = x
-        self.labels[row] = label
+        _set_target(self.labels, row, label)
         self.drawn += 1
         if row + 1 < self.bs:
             return None
         xb, xt, lb = self.x, self.xt, self.labels
         self.last, self.x = (xb, lb), None
-        return {_input_name(xb): xt, "label": torch.from_numpy(lb)}
+        return {_input_name(xb): xt, _target_name(lb): torch.from_numpy(lb)}
 
-    def _take(self, slot: int, label: int) -> Batch | None:
+    def _take(self, slot: int, label: Label) -> Batch | None:
         """Draw the sample in ``slot`` (its slot is then free to be overwritten)."""
         if slot in self.empty:
             self.empty.discard(slot)
@@ -115,24 +149,25 @@ class TrainBatcher:
     def add(
         self,
         write: Callable[[np.ndarray], None] | None,
-        label: int,
+        label: Label,
         row_shape: tuple[int, ...] = (),
         dtype: Any = None,
     ) -> Batch | None:
         """Store a crop (``write(row)`` fills a slab row of ``row_shape``; None: a sample whose data is not
         needed); returns a batch when one is complete. A full buffer first moves a random stored crop to
-        the batch, then reuses its slot."""
+        the batch, then reuses its slot. ``label``: the class index, or (multi-label) the tag indices."""
+        label = int(label) if self.num_targets is None else tuple(label)  # type: ignore[arg-type]
         if write is not None and self.slab is None:
             self.slab = np.empty((self.capacity, *row_shape), dtype=dtype)
         out = None
         if self.free:
             slot = self.free.pop()
-            self.used.append((slot, int(label)))
+            self.used.append((slot, label))
         else:
             j = self.rng.randrange(len(self.used))
             slot, old = self.used[j]
             out = self._take(slot, old)
-            self.used[j] = (slot, int(label))
+            self.used[j] = (slot, label)
         if write is None:
             self.empty.add(slot)
         else:
@@ -161,13 +196,13 @@ class TrainBatcher:
             pool_x, pool_l = self.x[:row].copy(), self.labels[:row].copy()
         for _ in range(n):
             i = self.rng.randrange(len(pool_l))
-            out = self._batch(pool_x[i], int(pool_l[i]))
+            out = self._batch(pool_x[i], pool_l[i] if self.num_targets is not None else int(pool_l[i]))
             if out is not None:
                 yield out
 
 
 class EvalBatcher:
-    """Evaluation windows -> batches ``{"wave" | "feats", "label", "track", "valid"}``.
+    """Evaluation windows -> batches ``{"wave" | "feats", "label" | "targets", "track", "valid"}``.
 
     Rows are filled in the order windows come; a window of a track that could not be read still takes its
     row (``valid=False``), so a worker yields its planned number of batches whatever it could read. A track
@@ -176,8 +211,16 @@ class EvalBatcher:
     model two-thirds silence that training never showed it (and drag pooled statistics towards silence).
     """
 
-    def __init__(self, batch_size: int, row_shape: tuple[int, ...], dtype: Any, pad: str = "loop"):
+    def __init__(
+        self,
+        batch_size: int,
+        row_shape: tuple[int, ...],
+        dtype: Any,
+        pad: str = "loop",
+        num_targets: int | None = None,
+    ):
         self.bs, self.row_shape, self.dtype, self.pad = batch_size, row_shape, dtype, pad
+        self.num_targets = num_targets  # K tags of a multi-label set; None: single-label
         self.segment = row_shape[0]  # window length, samples (or frames)
         self.rows = 0  # rows written so far, all batches
         self._new_batch()
@@ -185,21 +228,22 @@ class EvalBatcher:
     def _new_batch(self) -> None:
         self.x, self.xt = batch_array((self.bs, *self.row_shape), self.dtype, zero=True)
         self.track = np.full(self.bs, -1, dtype=np.int64)
-        self.label = np.zeros(self.bs, dtype=np.int64)
+        self.label = _target_array(self.bs, self.num_targets)
         self.valid = np.zeros(self.bs, dtype=bool)
 
-    def put(self, track: int, label: int, window: np.ndarray | None) -> Batch | None:
+    def put(self, track: int, label: Label, window: np.ndarray | None) -> Batch | None:
         """Write one window (None: a row of an unreadable track, or padding); returns a complete batch."""
         row = self.rows % self.bs
         if window is not None:
             self.x[row, : window.shape[0]] = window  # a window of add_track is never short
-            self.track[row], self.label[row], self.valid[row] = track, label, True
+            self.track[row], self.valid[row] = track, True
+            _set_target(self.label, row, label)
         self.rows += 1
         if row + 1 < self.bs:
             return None
         out = {
             _input_name(self.x): self.xt,
-            "label": torch.from_numpy(self.label),
+            _target_name(self.label): torch.from_numpy(self.label),
             "track": torch.from_numpy(self.track),
             "valid": torch.from_numpy(self.valid),
         }
@@ -207,7 +251,7 @@ class EvalBatcher:
         return out
 
     def add_track(
-        self, track: int, label: int, x: np.ndarray | None, starts: Sequence[int]
+        self, track: int, label: Label, x: np.ndarray | None, starts: Sequence[int]
     ) -> Iterator[Batch]:
         """The windows of ``track`` (``x``: the whole track, None when unreadable) starting at ``starts``."""
         if x is not None:
@@ -221,6 +265,6 @@ class EvalBatcher:
     def pad_to(self, rows: int) -> Iterator[Batch]:
         """``valid=False`` rows up to ``rows`` in all (fills the last batch, equalises ranks)."""
         while self.rows < rows:
-            out = self.put(-1, 0, None)
+            out = self.put(-1, 0, None)  # padding: no target written (zeros)
             if out is not None:
                 yield out

@@ -94,7 +94,8 @@ class CropStream(SplitStream):
             epoch is then ``crops_per_track x tracks`` crops.
 
     Yields dicts ``{"wave": int16 [B, T], "label": int64 [B]}`` (feature shards: ``"feats": float16
-    [B, T_frames, D]`` instead of ``"wave"``). Without fold filtering no scan of the split is needed.
+    [B, T_frames, D]`` instead of ``"wave"``; multi-label sets, :attr:`task` ``"multilabel"``: ``"targets":
+    float32 [B, K]`` multi-hot instead of ``"label"``). Without fold filtering no scan of the split is needed.
     """
 
     def __init__(
@@ -256,7 +257,9 @@ class CropStream(SplitStream):
         b = a + (b1 - b0) * bs
         planned = b - a
         rng = random.Random(_hash(self.seed, self.epoch, a, 0xB0F))
-        batcher = TrainBatcher(min(max(1, self.shuffle_buffer), planned), bs, rng, skip=skip)
+        batcher = TrainBatcher(
+            min(max(1, self.shuffle_buffer), planned), bs, rng, skip=skip, num_targets=self.num_targets
+        )
         batch_of = batcher.plan(planned) if skip else None  # by item - a
         strict = skip > 0  # until the first batch is out: any read error diverges from the full pass
         produced = 0  # items added
@@ -290,16 +293,16 @@ class CropStream(SplitStream):
                             raise _Diverged(f"{url}: sample {sample.ordinal} unreadable")
                         continue
                     got += 1
-                    x = sample.data
+                    x, target = sample.data, self._track_target(meta)
                     for i in items[sample.ordinal]:
                         produced += 1
                         if batch_of is not None and batch_of[i - a] < skip:
-                            out = batcher.add(None, meta["label_index"])  # drawn into a skipped batch
+                            out = batcher.add(None, target)  # drawn into a skipped batch
                         else:
                             start = self._crop_start(sample.length, i)
                             out = batcher.add(
                                 lambda row, s=sample, start=start: self._write_crop(s, start, row),
-                                meta["label_index"],
+                                target,
                                 (crop, *x.shape[1:]),  # type: ignore[union-attr]
                                 x.dtype,  # type: ignore[union-attr]
                             )

@@ -20,6 +20,13 @@ A feature-sequence sample (Million Song Dataset) has ``<key>.feats.npy`` (float1
 
 Keys are unique within a shard set and contain no dots (WebDataset splits key and extension at the
 first dot).
+
+Tasks (the manifest's ``task``, :func:`manifest_task`): a ``"singlelabel"`` set gives each track exactly one
+label (``label`` / ``label_index`` in its JSON); a ``"multilabel"`` set gives each track a set of tags
+(``labels``: tag names, ``label_indices``: sorted ints into the manifest's ``labels``, the tag vocabulary),
+and writes ``"label": null``, ``"label_index": -1``. Its split entries' ``per_label`` count, per tag, the
+tracks carrying it. A manifest without ``task`` (made before multi-label sets existed) is single-label.
+Single-label samples are byte-identical to those of sets made before ``task`` existed.
 """
 
 from __future__ import annotations
@@ -39,11 +46,15 @@ PCM_SCALE = 32768.0  # float [-1, 1) <-> int16
 FEATS_EXT = "feats.npy"
 META_EXT = "json"
 
+TASK_SINGLE = "singlelabel"
+TASK_MULTI = "multilabel"
+TASKS = (TASK_SINGLE, TASK_MULTI)
+
 #: Fields of every sample's JSON. ``artist`` and ``track_id`` may be null; ``fold`` is -1 without folds.
 SAMPLE_META_FIELDS = (
     "key",  # str, unique in the shard set
-    "label",  # str, label name
-    "label_index",  # int, index into manifest["labels"]
+    "label",  # str, label name (multi-label sets: null)
+    "label_index",  # int, index into manifest["labels"] (multi-label sets: -1)
     "path",  # str, source path relative to SOURCE
     "orig_sample_rate",  # int, Hz, of the source file
     "channels",  # int, of the source file
@@ -53,6 +64,12 @@ SAMPLE_META_FIELDS = (
     "artist",  # str | None
     "split",  # "train" | "valid" | "test"
     "fold",  # int, k-fold assignment (0..K-1), -1 when no folds were asked for
+)
+
+#: Extra fields of a multi-label sample's JSON (besides :data:`SAMPLE_META_FIELDS`).
+MULTILABEL_META_FIELDS = (
+    "labels",  # list[str], the track's tags (sorted as in manifest["labels"])
+    "label_indices",  # list[int], sorted indices of those tags into manifest["labels"]
 )
 
 
@@ -108,9 +125,11 @@ MANIFEST_REQUIRED = ("sample_rate", "labels", "splits")
 def load_manifest(shard_dir: str | Path) -> dict[str, Any]:
     """Read ``DIR/manifest.json``; a clear error if it is missing or not a shard set.
 
-    Manifest keys: ``format_version``, ``kind`` ("audio" | "features"), ``sample_rate`` (Hz),
-    ``labels`` (ordered list of names; label_index indexes it), ``splits`` ({split: {tracks, seconds,
-    per_label: {label: count}, shards: [{name, samples, bytes, sha256}]}}), ``skipped``
+    Manifest keys: ``format_version``, ``kind`` ("audio" | "features"), ``task`` ("singlelabel" |
+    "multilabel"; absent in sets made before it: single-label, see :func:`manifest_task`), ``sample_rate``
+    (Hz), ``labels`` (sorted list of class names / the tag vocabulary; label_index and label_indices index
+    it), ``splits`` ({split: {tracks, seconds, per_label: {label: tracks with it}, shards: [{name, samples,
+    bytes, sha256}]}}), ``skipped``
     ([{path, reason}]: audio files not stored, and why), ``ignored`` ({".jpg": n, ...}: the non-audio files
     the layout walked past, by ``shards.audio.ignored_key``), ``source``, ``layout``, ``command``, ``folds`` (K or 0), ``feature_dim``
     (features kind only).
@@ -134,6 +153,22 @@ def load_manifest(shard_dir: str | Path) -> dict[str, Any]:
     if missing:
         raise ManifestError(f"{path} lacks {', '.join(missing)}: an interrupted or hand-edited manifest?")
     return manifest
+
+
+def manifest_task(manifest: dict[str, Any]) -> str:
+    """``"singlelabel"`` or ``"multilabel"``: the manifest's ``task`` (absent: ``"singlelabel"``, the only
+    task of sets made before multi-label sets existed). Raises :class:`ManifestError` on another value."""
+    task = manifest.get("task", TASK_SINGLE)
+    if task not in TASKS:
+        raise ManifestError(f"manifest task {task!r}: this reader understands {', '.join(TASKS)}")
+    return task
+
+
+def multi_hot(label_indices: Any, num_labels: int, dtype: Any = np.uint8) -> np.ndarray:
+    """``[K]`` vector with 1 at each of ``label_indices`` (ints < ``num_labels``), 0 elsewhere."""
+    out = np.zeros(num_labels, dtype=dtype)
+    out[np.asarray(list(label_indices), dtype=np.int64)] = 1
+    return out
 
 
 def split_shards(manifest: dict[str, Any], split: str, shard_dir: str | Path) -> list[tuple[str, int]]:

@@ -45,6 +45,8 @@ from shards.format import (
     META_EXT,
     PCM_EXT,
     SPLITS,
+    TASK_MULTI,
+    TASK_SINGLE,
     add_shard_record,
     decode_meta,
     encode_meta,
@@ -56,7 +58,6 @@ from shards.layouts import (
     LAYOUTS,
     DecodeSettings,
     LayoutError,
-    LayoutOptions,
     detect_layout,
     scan_source,
 )
@@ -66,6 +67,8 @@ from shards.plan import PLAN_VERSION, build_plan, feature_layout, progress_bar, 
 from shards.procs import Mapper, crash_reason, pool_chunksize
 from shards.resumable import DoneRecords, atomic_write_json, identity_diff
 from shards.splits import parse_ratios
+from shards.tags_fma import FMA_LABEL_COLUMNS
+from shards.tags_jamendo import JAMENDO_SUBSETS
 from shards.writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -205,7 +208,7 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
     settings = cfg.settings(layout, shard_size)
     saved_plan, clear_first = _check_out(cfg, out, settings)
     try:
-        scan = scan_source(source, layout, LayoutOptions(subset=cfg.subset, labels=cfg.labels))
+        scan = scan_source(source, layout, cfg.layout_options(layout))
     except LayoutError as err:
         raise IngestError(str(err)) from None
     if not scan.tracks and not scan.skipped:
@@ -228,7 +231,9 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
             warnings.extend(plan.get("warnings", []))
             log.info("resuming the ingest planned in %s", out / STATE_DIR / _PLAN_FILE)
         else:
-            plan, plan_warnings = build_plan(cfg, layout, shard_size, scan.tracks, scan.skipped, mapper)
+            plan, plan_warnings = build_plan(
+                cfg, layout, shard_size, scan.tracks, scan.skipped, mapper, scan.task
+            )
             plan["settings"] = settings
             plan["scan_digest"] = digest
             warnings.extend(plan_warnings)
@@ -293,11 +298,14 @@ def _write_shards(
                     members, n, duration = res
                     # a non-audio layout may add fields to the JSON (MSD: tempo, artist id...)
                     extra = decode_meta(members.pop(META_EXT)) if META_EXT in members else {}
+                    tags = t.get("labels")  # multi-label: the track's tags (plan order: sorted)
+                    if tags is not None:
+                        extra.update(labels=tags, label_indices=sorted(label_index[x] for x in tags))
                     meta = {
                         **extra,
                         "key": t["key"],
                         "label": t["label"],
-                        "label_index": label_index[t["label"]],
+                        "label_index": label_index[t["label"]] if tags is None else -1,
                         "path": t["rel"],
                         "orig_sample_rate": t["orig_sample_rate"],
                         "channels": t["channels"],
@@ -311,7 +319,7 @@ def _write_shards(
                     if "augment" in t:  # an offline-augmented copy of the training track augment_of
                         meta.update(augment=t["augment"], augment_of=t["augment_of"])
                     writer.add(t["key"], {**members, META_EXT: encode_meta(meta)})
-                    per_label[t["label"]] += 1
+                    per_label.update([t["label"]] if tags is None else tags)
                     seconds += duration
                 info = writer.close()
             if info.samples == 0:
@@ -351,6 +359,7 @@ def _build_manifest(
         **extra,
         "format_version": FORMAT_VERSION,
         "kind": layout_cls.kind,
+        "task": plan.get("task", TASK_SINGLE),  # a plan of an interrupted run from before tasks: single-label
         # feature layouts store frames at a (nominal) frame rate: seconds-based settings map to frames
         "sample_rate": int(layout_cls.frame_rate or cfg.sample_rate),
         "labels": labels,
@@ -388,14 +397,22 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", *LAYOUTS.names()],
         help="collection layout; auto recognises it and says which it chose",
     )
-    p.add_argument("--subset", default="small", choices=list(FMA_SUBSETS), help="FMA subset (fma layout)")
+    p.add_argument(
+        "--subset",
+        default=None,
+        metavar="NAME",
+        help=f"fma layout: the FMA subset, one of {', '.join(FMA_SUBSETS)} (default small); jamendo layout: the "
+        f"tag subset, one of {', '.join(JAMENDO_SUBSETS)} (default genre)",
+    )
     p.add_argument(
         "--labels",
-        type=Path,
         default=None,
-        metavar="FILE",
-        help="msd layout: genre annotation file, TRACK_ID<TAB>genre lines (tagtraum CD1/CD2/CD2C, top-MAGD)",
+        metavar="FILE|NAME",
+        help="msd layout: genre annotation file, TRACK_ID<TAB>genre lines (tagtraum CD1/CD2/CD2C, top-MAGD); "
+        "fma layout: genre_top (one genre per track, the default), or genres / genres_all (every genre of the "
+        "track: a multi-label set)",
     )
+    _add_multilabel_arguments(p)
     p.add_argument("--sample-rate", type=int, default=22050, help="Hz of the stored audio")
     p.add_argument("--max-seconds", type=float, default=None, help="keep at most this many seconds per track")
     p.add_argument("--peak-normalize", action="store_true", help="scale each track to peak 0.99")
@@ -440,9 +457,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_multilabel_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the multi-label layouts (csv with a labels column, jamendo, mtat, fma genres, tags)."""
+    g = p.add_argument_group("multi-label sets (each track a set of tags)")
+    g.add_argument(
+        "--label-sep",
+        default=";",
+        metavar="SEP",
+        help="csv layout: separator of the tags in a 'labels' column (a 'labels' column instead of 'label' "
+        "makes a multi-label set)",
+    )
+    g.add_argument(
+        "--genre-ancestors",
+        action="store_true",
+        help="fma layout with --labels genres/genres_all: also tag each track with the parents of its genres "
+        "(fma_metadata/genres.csv)",
+    )
+    g.add_argument(
+        "--split-index", type=int, default=0, metavar="N",
+        help="jamendo layout: the official split data/splits/split-N",
+    )  # fmt: skip
+    g.add_argument(
+        "--top-tags", type=int, default=50, metavar="N", help="mtat layout: keep the N most frequent tags"
+    )
+    g.add_argument(
+        "--label-map",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="tags layout: YAML (raw: canonical) or CSV (raw,canonical) map of the raw genre tags, many to one; "
+        "an empty canonical drops the tag, unlisted tags are kept",
+    )
+    g.add_argument(
+        "--min-count", type=int, default=1, metavar="N",
+        help="tags layout: drop tags fewer than N files carry (files left without a tag are skipped)",
+    )  # fmt: skip
+
+
 def _summary(res: IngestResult, limit: int = 50) -> str:
     m = res.manifest
-    lines = [f"layout: {res.layout}", f"labels ({len(m['labels'])}): {', '.join(m['labels'])}"]
+    what = "tags" if m.get("task") == TASK_MULTI else "labels"
+    lines = [f"layout: {res.layout}", f"{what} ({len(m['labels'])}): {', '.join(m['labels'])}"]
     for s in SPLITS:
         e = m["splits"][s]
         lines.append(f"{s}: {e['tracks']} tracks, {e['seconds'] / 3600:.2f} h, {len(e['shards'])} shards")
@@ -491,7 +546,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         out=args.out,
         layout=args.layout,
         subset=args.subset,
-        labels=args.labels,
+        labels=(Path(args.labels) if args.labels not in FMA_LABEL_COLUMNS else args.labels) if args.labels else None,
+        label_sep=args.label_sep,
+        genre_ancestors=args.genre_ancestors,
+        split_index=args.split_index,
+        top_tags=args.top_tags,
+        label_map=args.label_map,
+        min_count=args.min_count,
         sample_rate=args.sample_rate,
         max_seconds=args.max_seconds,
         peak_normalize=args.peak_normalize,

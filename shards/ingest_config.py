@@ -6,6 +6,7 @@ command-line flag); :meth:`IngestConfig.settings` is the resume fingerprint save
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -13,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shards.layouts import FMA_SUBSETS, LAYOUTS
+from shards.layouts import FMA_SUBSETS, LAYOUTS, LayoutOptions
 from shards.offline_augment import OfflineAugment
 from shards.outputs import OutputError, is_utf8_path, prepare_output_dir, printable_path
+from shards.tags_fma import FMA_LABEL_COLUMNS
+from shards.tags_jamendo import JAMENDO_SUBSETS
 
 __all__ = [
     "GROUP_BY",
@@ -72,8 +75,8 @@ class IngestConfig:
     source: Path
     out: Path
     layout: str = "auto"
-    subset: str = "small"  # fma only
-    labels: Path | None = None  # msd only: genre annotation file (TRACK_ID<TAB>genre)
+    subset: str | None = None  # fma: small (default) | medium | large | full; jamendo: genre (default) | ...
+    labels: Path | str | None = None  # msd: genre annotation file (TRACK_ID<TAB>genre); fma: a FMA_LABEL_COLUMNS name
     sample_rate: int = 22050  # Hz of the stored audio
     max_seconds: float | None = None  # keep at most this many seconds from the start of each track
     peak_normalize: bool = False
@@ -89,6 +92,23 @@ class IngestConfig:
     overwrite: bool = False
     progress: bool | None = None  # None: tqdm decides (bars on a terminal only)
     command: str = ""
+    # multi-label layouts (each left at its default by every other layout)
+    label_sep: str = ";"  # csv: separator inside a ``labels`` cell
+    split_index: int = 0  # jamendo: the official split-N
+    top_tags: int = 50  # mtat: the N most frequent tags
+    genre_ancestors: bool = False  # fma --labels genres / genres_all: add each genre's parents
+    label_map: Path | None = None  # tags: raw genre -> canonical map (YAML / CSV)
+    min_count: int = 1  # tags: drop tags fewer files carry
+
+    #: layout -> the multi-label options it takes, with their defaults (any other layout refuses them)
+    _LAYOUT_ONLY = {  # noqa: RUF012 -- a constant, not a field (no annotation)
+        "label_sep": (";", ("csv",)),
+        "split_index": (0, ("jamendo",)),
+        "top_tags": (50, ("mtat",)),
+        "genre_ancestors": (False, ("fma",)),
+        "label_map": (None, ("tags",)),
+        "min_count": (1, ("tags",)),
+    }
 
     def validate(self) -> ShardSize:
         """Raise :class:`IngestError` on the first setting that cannot work; returns ``--shard-size`` parsed.
@@ -113,8 +133,11 @@ class IngestConfig:
         except OutputError as err:
             raise IngestError(str(err)) from None
         self._validate_numbers()
-        if self.subset not in FMA_SUBSETS:
-            raise IngestError(f"--subset {self.subset!r}: valid are {', '.join(FMA_SUBSETS)}")
+        if self.subset is not None and self.subset not in (*FMA_SUBSETS, *JAMENDO_SUBSETS):
+            raise IngestError(
+                f"--subset {self.subset!r}: valid are {', '.join(FMA_SUBSETS)} (fma) and "
+                f"{', '.join(JAMENDO_SUBSETS)} (jamendo)"
+            )
         if self.split is not None and self.split not in SPLIT_METHODS:
             raise IngestError(f"--split {self.split!r}: valid are {', '.join(SPLIT_METHODS)}")
         if self.group_by not in GROUP_BY:
@@ -157,6 +180,12 @@ class IngestConfig:
             raise IngestError(
                 f"--split-ratios {','.join(map(str, ratios))}: expected three non-negative numbers like 0.7,0.15,0.15"
             )
+        for flag, value, low in (("--split-index", self.split_index, 0), ("--top-tags", self.top_tags, 1),
+                                 ("--min-count", self.min_count, 1)):  # fmt: skip
+            if not _is_int(value) or value < low:
+                raise IngestError(f"{flag} {value!r}: must be an integer >= {low}")
+        if not isinstance(self.label_sep, str) or not self.label_sep.strip():
+            raise IngestError(f"--label-sep {self.label_sep!r}: must be a non-blank separator such as ';' or '|'")
         if ratios[0] == 0 and (self.folds or self.offline_augment):
             why = "--folds draws its folds from" if self.folds else "--offline-augment copies the tracks of"
             raise IngestError(
@@ -166,11 +195,58 @@ class IngestConfig:
 
     def validate_layout(self, layout: str) -> None:
         """Raise :class:`IngestError` when a setting does not fit ``layout`` (the resolved layout name)."""
-        if self.labels is not None and layout != "msd":
-            raise IngestError(f"--labels is for the msd layout (a genre annotation file); layout is {layout!r}")
+        if self.labels is not None and layout == "fma" and str(self.labels) not in FMA_LABEL_COLUMNS:
+            raise IngestError(f"--labels {self.labels}: the fma layout takes {', '.join(FMA_LABEL_COLUMNS)}")
+        if self.labels is not None and layout not in ("msd", "fma"):
+            raise IngestError(
+                f"--labels is for the msd layout (a genre annotation file) and the fma layout (genre_top, genres, "
+                f"genres_all); layout is {layout!r}"
+            )
+        if self.subset is not None and layout == "fma" and self.subset not in FMA_SUBSETS:
+            raise IngestError(f"--subset {self.subset!r}: the fma layout takes {', '.join(FMA_SUBSETS)}")
+        if self.subset is not None and layout == "jamendo" and self.subset not in JAMENDO_SUBSETS:
+            raise IngestError(f"--subset {self.subset!r}: the jamendo layout takes {', '.join(JAMENDO_SUBSETS)}")
+        for name, (default, layouts) in self._LAYOUT_ONLY.items():
+            if getattr(self, name) != default and layout not in layouts:
+                flag = "--" + name.replace("_", "-")
+                raise IngestError(f"{flag} is for the {' / '.join(layouts)} layout; layout is {layout!r}")
+        if self.genre_ancestors and str(self.labels or "genre_top") == "genre_top":
+            raise IngestError("--genre-ancestors adds parents to genre lists: use it with --labels genres or genres_all")
         kind = LAYOUTS.get(layout).kind
         if self.offline_augment and kind != "audio":
             raise IngestError(f"--offline-augment stretches audio; layout {layout!r} stores {kind}")
+
+    def layout_options(self, layout: str) -> LayoutOptions:
+        """What the resolved ``layout``'s scan is given."""
+        fma = layout == "fma"
+        return LayoutOptions(
+            subset=self.subset,
+            labels=None if fma or self.labels is None else Path(self.labels),
+            fma_labels=str(self.labels) if fma and self.labels is not None else "genre_top",
+            genre_ancestors=self.genre_ancestors,
+            label_sep=self.label_sep,
+            split_index=self.split_index,
+            top_tags=self.top_tags,
+            label_map=None if self.label_map is None else Path(self.label_map),
+            min_count=self.min_count,
+        )
+
+    def _multilabel_settings(self, layout: str) -> dict[str, Any]:
+        """The multi-label options that differ from their defaults (a set made without them keeps its
+        fingerprint), the label map by path and content digest."""
+        out: dict[str, Any] = {}
+        for name, (default, _) in self._LAYOUT_ONLY.items():
+            value = getattr(self, name)
+            if value != default:
+                out[name] = str(Path(value).resolve()) if name == "label_map" else value
+        if self.label_map is not None:
+            try:
+                out["label_map_sha256"] = hashlib.sha256(Path(self.label_map).read_bytes()).hexdigest()
+            except OSError:
+                out["label_map_sha256"] = None  # the scan reports the unreadable map
+        if layout == "jamendo":
+            out["subset"] = self.subset or "genre"
+        return out
 
     def settings(self, layout: str, shard_size: ShardSize) -> dict[str, Any]:
         """Everything that changes the output bytes (the resume fingerprint), for the resolved ``layout`` and
@@ -178,8 +254,10 @@ class IngestConfig:
         return {
             "source": str(Path(self.source).resolve()),
             "layout": layout,
-            "subset": self.subset if layout == "fma" else None,
-            "labels": str(Path(self.labels).resolve()) if self.labels else None,
+            "subset": (self.subset or "small") if layout == "fma" else None,
+            "labels": (
+                str(self.labels) if layout == "fma" else str(Path(self.labels).resolve())
+            ) if self.labels else None,
             "sample_rate": self.sample_rate,
             "max_seconds": self.max_seconds,
             "peak_normalize": self.peak_normalize,
@@ -192,4 +270,5 @@ class IngestConfig:
             "shard_size": list(shard_size),
             # only when used: shard sets made without it keep the fingerprint they were made with (resume)
             **({"offline_augment": [a.to_dict() for a in self.offline_augment]} if self.offline_augment else {}),
+            **self._multilabel_settings(layout),
         }

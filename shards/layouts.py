@@ -7,7 +7,9 @@ A layout is a class registered in :data:`LAYOUTS` with
 - ``__init__(source, options)`` and ``scan() -> Iterator[Track | Skipped]``: every candidate track, or a
   record of why a listed/found file cannot become one.
 
-``scan`` only enumerates (stat, and the first 4 KiB of files whose name is not an audio name; no decoding);
+A layout that gives tracks a *set* of tags (multi-label: ``Track.labels``) sets its instance's ``task`` to
+``"multilabel"`` (:data:`shards.format.TASK_MULTI`) before its first track; the ingest then writes a multi-label
+set. ``scan`` only enumerates (stat, and the first 4 KiB of files whose name is not an audio name; no decoding);
 decodability is checked later by the ingest. Every file a layout walks past without making it a track or a
 skip is counted in its ``ignored`` (:func:`shards.audio.ignored_key` -> count), for the manifest. Adding a layout
 (e.g. ``msd`` over HDF5 feature files) is one class with ``@LAYOUTS.register("msd")`` in its own module plus
@@ -29,7 +31,9 @@ from typing import ClassVar
 
 from registry import Registry
 from shards.audio import AUDIO_EXTENSIONS, ignored_key, is_audio_file
+from shards.format import TASK_MULTI, TASK_SINGLE
 from shards.outputs import InputError, decode_utf8, describe_os_error, is_utf8_path, printable_path
+from shards.tags_fma import FMA_LABEL_COLUMNS, FmaGenres, parse_genre_ids, read_fma_genres
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +44,18 @@ class Track:
 
     path: Path  # the file to decode (absolute, symlinks not resolved)
     rel: str  # path relative to SOURCE, posix separators (or as written in a CSV)
-    label: str
+    label: str  # the class of a single-label track ("" on a multi-label one)
     key_hint: str  # basis of the sample key (sanitized and de-duplicated by the ingest)
     track_id: str | None = None
     artist: str | None = None
     split: str | None = None  # official split of the collection, if it has one ("train"|"valid"|"test")
     fold: int | None = None
+    labels: tuple[str, ...] | None = None  # multi-label: the track's tags, sorted, no repeats (may be empty)
+
+    @property
+    def label_set(self) -> tuple[str, ...]:
+        """The track's tags (multi-label), or its one label."""
+        return self.labels if self.labels is not None else (self.label,)
 
 
 @dataclass
@@ -58,8 +68,15 @@ class Skipped:
 
 @dataclass
 class LayoutOptions:
-    subset: str = "small"  # fma: small | medium | large | full
+    subset: str | None = None  # fma: small (default) | medium | large | full; jamendo: see JAMENDO_SUBSETS
     labels: Path | None = None  # msd: genre annotation file (TRACK_ID<TAB>genre lines)
+    fma_labels: str = "genre_top"  # fma: genre_top (single-label) | genres | genres_all (multi-label)
+    genre_ancestors: bool = False  # fma genres: add each genre's parents
+    label_sep: str = ";"  # csv: separator inside a ``labels`` cell
+    split_index: int = 0  # jamendo: official split-N
+    top_tags: int = 50  # mtat: the N most frequent tags
+    label_map: Path | None = None  # tags: raw genre -> canonical (YAML / CSV), see shards.tags_labelmap
+    min_count: int = 1  # tags: drop tags carried by fewer tracks
 
 
 @dataclass(frozen=True)
@@ -104,9 +121,14 @@ class Layout:
         ``AudioError`` to skip the file with a reason. ``settings``: the ingest's decode options."""
         raise NotImplementedError(f"layout {cls.name!r} of kind {cls.kind!r} must implement decode_file")
 
+    #: the layout may give its tracks an official split (the default ``--split`` is then ``official`` when
+    #: some track has one)
+    official_split: ClassVar[bool] = False
+
     def __init__(self, source: Path, options: LayoutOptions | None = None) -> None:
         self.source = Path(source)
         self.options = options or LayoutOptions()
+        self.task = TASK_SINGLE  # TASK_MULTI when the tracks carry tag sets (Track.labels)
         self.warnings: list[str] = []
         self.ignored: Counter[str] = Counter()  # non-audio files scan() walked past, by ignored_key
 
@@ -417,21 +439,53 @@ def _not_utf8(path: Path, err: UnicodeDecodeError, line: int) -> LayoutError:
 class FMALayout(Layout):
     """Free Music Archive: ``fma_metadata/tracks.csv`` + ``fma_<subset>/<3-digit>/<6-digit>.mp3``.
 
-    Labels from (track, genre_top); official split from (set, split); subset from (set, subset) with
-    small ⊂ medium ⊂ large ⊂ full; artist from (artist, id). Under ``fma_<subset>/``, non-audio files
+    Labels from (track, genre_top); with ``--labels genres`` / ``genres_all`` every genre of the track instead
+    (the id lists of (track, genres) / (track, genres_all), named by ``fma_metadata/genres.csv``; with
+    ``--genre-ancestors`` each genre's parents too): a multi-label set. Official split from (set, split);
+    subset from (set, subset) with small ⊂ medium ⊂ large ⊂ full; artist from (artist, id). Under ``fma_<subset>/``, non-audio files
     (README.txt, checksums) are counted in ``ignored`` and an audio file no row of the subset names is
     skipped with the reason.
     """
 
     name = "fma"
     priority = 20
+    official_split = True
 
     @classmethod
     def detect(cls, source: Path) -> bool:
         return (source / "fma_metadata" / "tracks.csv").is_file()
 
+    def _genres(self) -> FmaGenres | None:
+        """``genres.csv`` when the labels are genre lists (multi-label), else None."""
+        which = self.options.fma_labels
+        if which not in FMA_LABEL_COLUMNS:
+            raise LayoutError(f"--labels {which!r}: the fma layout takes {', '.join(FMA_LABEL_COLUMNS)}")
+        if which == "genre_top":
+            return None
+        path = self.source / "fma_metadata" / "genres.csv"
+        if not path.is_file():
+            raise LayoutError(f"{self.source}: no fma_metadata/genres.csv (--labels {which} names genres by it)")
+        try:
+            return read_fma_genres(path)
+        except UnicodeDecodeError as err:
+            raise LayoutError(f"{printable_path(path)}: not UTF-8 text ({err.reason})") from None
+        except ValueError as err:
+            raise LayoutError(str(err)) from None
+
+    def _tags(self, genres: FmaGenres, cell: str) -> tuple[str, ...] | str:
+        """The genre titles of one row's id list, or why it has none."""
+        col = self.options.fma_labels
+        try:
+            ids = parse_genre_ids(cell)
+        except ValueError as err:
+            return f"track.{col}: {err}"
+        titles, unknown = genres.titles(ids, self.options.genre_ancestors)
+        if unknown:
+            self.warnings.append(f"track.{col} genre id(s) {unknown} are not in genres.csv (left out)")
+        return titles or f"no genre in track.{col}"
+
     def scan(self) -> Iterator[Track | Skipped]:
-        subset = self.options.subset
+        subset = self.options.subset or "small"
         if subset not in FMA_SUBSETS:
             raise LayoutError(f"unknown FMA subset {subset!r}; valid: {', '.join(FMA_SUBSETS)}")
         csv_path = self.source / "fma_metadata" / "tracks.csv"
@@ -440,9 +494,12 @@ class FMALayout(Layout):
         audio_dir = self.source / f"fma_{subset}"
         if not audio_dir.is_dir():
             raise LayoutError(f"{self.source}: no fma_{subset}/ audio folder for --subset {subset}")
+        genres = self._genres()
+        if genres is not None:
+            self.task = TASK_MULTI
         header, rows = read_fma_tracks(csv_path)
         need = {
-            "genre": ("track", "genre_top"),
+            "genre": FMA_LABEL_COLUMNS[self.options.fma_labels],
             "split": ("set", "split"),
             "subset": ("set", "subset"),
             "artist": ("artist", "id"),
@@ -475,6 +532,10 @@ class FMALayout(Layout):
             rel = f"fma_{subset}/{name[:3]}/{name}.mp3"
             named.add(rel)
             genre = get("genre")
+            tags = self._tags(genres, genre) if genres is not None else None
+            if isinstance(tags, str):
+                yield Skipped(rel, tags)
+                continue
             if not genre:
                 yield Skipped(rel, "no genre_top")
                 continue
@@ -483,7 +544,8 @@ class FMALayout(Layout):
             yield Track(
                 path=self.source / rel,
                 rel=rel,
-                label=genre,
+                label="" if tags is not None else genre,
+                labels=tags,
                 key_hint=f"fma_{name}",
                 track_id=str(tid),
                 artist=artist,
@@ -504,7 +566,8 @@ class CSVLayout(Layout):
     """A CSV file with columns ``path,label`` and optional ``split``, ``artist``, ``track_id``, ``fold``.
 
     Paths are relative to the CSV's folder, or absolute. ``split`` accepts train/valid/test (and
-    training/validation).
+    training/validation). A ``labels`` column instead of ``label`` makes a multi-label set: each cell lists the
+    track's tags separated by ``--label-sep`` (``;``: ``rock;indie``; an empty cell: a track without tags).
     """
 
     name = "csv"
@@ -531,7 +594,14 @@ class CSVLayout(Layout):
             raise LayoutError(str(err)) from None
         reader = csv.DictReader(io.StringIO(text, newline=""))
         fields = [f.strip() for f in (reader.fieldnames or [])]
-        missing = {"path", "label"} - set(fields)
+        if "labels" in fields:
+            if "label" in fields:
+                raise LayoutError(
+                    f"{self.source}: has both a 'label' column (single-label) and a 'labels' column "
+                    "(multi-label); keep one"
+                )
+            self.task = TASK_MULTI
+        missing = {"path", "labels" if self.task == TASK_MULTI else "label"} - set(fields)
         if missing:
             raise LayoutError(f"{self.source}: missing column(s) {sorted(missing)} (has {fields})")
         items = [(lineno, self._row(lineno, raw)) for lineno, raw in enumerate(reader, start=2)]
@@ -551,7 +621,8 @@ class CSVLayout(Layout):
         rows: dict[str, list[tuple[int, str]]] = {}
         for lineno, item in items:
             if isinstance(item, Track):
-                rows.setdefault(os.path.normpath(item.path), []).append((lineno, item.label))
+                shown = item.label if item.labels is None else self.options.label_sep.join(item.labels)
+                rows.setdefault(os.path.normpath(item.path), []).append((lineno, shown))
         out: dict[str, str] = {}
         for path, listed in rows.items():
             if len({label for _, label in listed}) > 1:
@@ -566,9 +637,12 @@ class CSVLayout(Layout):
         """One CSV row (``lineno``: 1-based, the header is line 1) as a track, or why it cannot be one."""
         row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         path_s, label = row.get("path", ""), row.get("label", "")
+        tags = None
+        if self.task == TASK_MULTI:  # a set of tags; none is a track without any (a negative for each)
+            tags = tuple(sorted({t.strip() for t in row.get("labels", "").split(self.options.label_sep)} - {""}))
         if not path_s:
             return Skipped(f"{self.source.name}:{lineno}", "empty path")
-        if not label:
+        if not label and tags is None:
             return Skipped(path_s, "no label")
         p = Path(path_s)
         p = p if p.is_absolute() else self.source.parent / p
@@ -590,6 +664,7 @@ class CSVLayout(Layout):
             path=p,
             rel=path_s,
             label=label,
+            labels=tags,
             key_hint=row.get("track_id") or path_s.rsplit(".", 1)[0],
             track_id=row.get("track_id") or None,
             artist=row.get("artist") or None,
@@ -620,6 +695,7 @@ class ScanResult:
     skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     ignored: dict[str, int] = field(default_factory=dict)  # non-audio files walked past, by ignored_key
+    task: str = TASK_SINGLE  # "singlelabel" | "multilabel" (the layout's, once scanned)
 
 
 def scan_source(source: Path, layout: str = "auto", options: LayoutOptions | None = None) -> ScanResult:
@@ -638,6 +714,7 @@ def scan_source(source: Path, layout: str = "auto", options: LayoutOptions | Non
         else:
             res.tracks.append(item)
     res.warnings.extend(inst.warnings)
+    res.task = inst.task
     res.ignored = dict(sorted((printable_path(k), n) for k, n in inst.ignored.items()))
     return res
 

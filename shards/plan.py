@@ -5,6 +5,10 @@ duplicates (same realpath, or same bytes: only files of equal size are hashed), 
 only, in parallel), fixes labels, sample keys, the split/fold of each track (:mod:`shards.splits`), the sample
 order (sorted by key, then shuffled with a generator seeded by ``(seed, split)``) and the partition into
 shards. The plan is plain JSON (``DIR/.ingest/plan.json``); the write phase (:mod:`shards.ingest`) follows it.
+
+Multi-label sets (the layout's ``task``, plan key ``task``): the classes are the union of the tracks' tags,
+each plan track carries ``labels`` (its sorted tags) and ``label`` None, and stratified splits and folds come
+from iterative stratification (:mod:`shards.stratify`, grouped, seeded). Single-label plans are unchanged.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from typing import Any, NamedTuple
 from tqdm import tqdm
 
 from shards import audio
-from shards.format import SPLITS, shard_name
+from shards.format import SPLITS, TASK_MULTI, TASK_SINGLE, shard_name
 from shards.ingest_config import SPLIT_METHODS, IngestConfig, IngestError, ShardSize
 from shards.layouts import LAYOUTS, Layout, Skipped, Track, gtzan_list_name
 from shards.offline_augment import OfflineAugment
 from shards.procs import Mapper, crash_reason, pool_chunksize
 from shards.splits import gtzan_filtered_lists, kfold, stratified_splits
+from shards.stratify import iterative_kfold, iterative_split
 
 __all__ = ["PLAN_VERSION", "build_plan", "feature_layout", "progress_bar", "scan_digest"]
 
@@ -128,7 +133,8 @@ def scan_digest(tracks: Iterable[Track], skipped: Iterable[Skipped]) -> str:
             sig = f"{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             sig = "missing"
-        h.update(f"T{t.rel}\0{t.label}\0{t.split}\0{t.artist}\0{sig}\n".encode())
+        tags = "" if t.labels is None else "\0" + ";".join(t.labels)  # single-label digests as before
+        h.update(f"T{t.rel}\0{t.label}\0{t.split}\0{t.artist}\0{sig}{tags}\n".encode())
     for s in skipped:
         h.update(f"S{s.path}\0{s.reason}\n".encode())
     return h.hexdigest()
@@ -214,9 +220,10 @@ def build_plan(
     tracks: list[Track],
     skipped: list[Skipped],
     mapper: Mapper,
+    task: str = TASK_SINGLE,
 ) -> tuple[dict[str, Any], list[str]]:
     """Dedupe, probe, assign splits/folds, order and partition into shards of ``shard_size`` (parsed
-    ``--shard-size``) for the resolved ``layout``. Returns ``(plan, warnings)``; the caller adds the plan's
+    ``--shard-size``) for the resolved ``layout`` and its ``task`` (``"singlelabel"`` | ``"multilabel"``). Returns ``(plan, warnings)``; the caller adds the plan's
     ``settings`` (the resume fingerprint) and ``scan_digest``.
 
     Every file that does not make it into the plan is added to the plan's ``skipped`` with the reason.
@@ -225,7 +232,7 @@ def build_plan(
     tracks, dup_skips = _dedupe(tracks, mapper, cfg.progress)
     skipped = skipped + dup_skips
     _check_folds(cfg, tracks, "")  # before the probe: a hopeless --folds costs no decoding
-    scanned_labels = sorted({t.label for t in tracks})
+    scanned_labels = sorted({lab for t in tracks for lab in t.label_set})
     tracks, infos = _probe(tracks, layout, mapper, skipped, cfg.progress)
     method = _split_method(cfg.split, layout, tracks)
     tracks, infos = _apply_split_method(method, tracks, infos, skipped)
@@ -234,7 +241,7 @@ def build_plan(
         detail = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(5)) or "no audio files found"
         raise IngestError(f"{cfg.source}: zero decodable tracks ({detail})")
 
-    labels = sorted({t.label for t in tracks})
+    labels = sorted({lab for t in tracks for lab in t.label_set})
     for lab in scanned_labels:
         if lab not in labels:
             warnings.append(
@@ -243,13 +250,15 @@ def build_plan(
     _check_folds(cfg, tracks, " with decodable audio")
     keys = _make_keys(tracks)
     group_by, groups = _grouping(cfg.group_by, tracks, warnings)
-    splits = _assign_splits(cfg, method, group_by, tracks, keys, groups, warnings)
+    multi = task == TASK_MULTI
+    splits = _assign_splits(cfg, method, group_by, tracks, keys, groups, warnings, multi)
     if method == "stratified":
         warnings.extend(_empty_split_warnings(cfg, splits))
-    folds = _assign_folds(cfg, tracks, keys, groups)
+    folds = _assign_folds(cfg, tracks, keys, groups, multi)
     plan_tracks, plan_shards = _partition(cfg, layout, shard_size, tracks, infos, keys, splits, folds)
     plan = {
         "plan_version": PLAN_VERSION,
+        "task": task,
         "split_method": method,
         "group_by": group_by,
         "labels": labels,
@@ -295,7 +304,8 @@ def _split_method(requested: str | None, layout: str, tracks: list[Track]) -> st
     """``--split``, or by default ``official`` for FMA or when every track has an official split."""
     method = requested
     if method is None:
-        method = "official" if tracks and (layout == "fma" or all(t.split for t in tracks)) else "stratified"
+        listed = layout == "fma" or (LAYOUTS.get(layout).official_split and any(t.split for t in tracks))
+        method = "official" if tracks and (listed or all(t.split for t in tracks)) else "stratified"
     if method not in SPLIT_METHODS:
         raise IngestError(f"--split {method!r}: valid are {', '.join(SPLIT_METHODS)}")
     return method
@@ -356,8 +366,12 @@ def _assign_splits(
     keys: list[str],
     groups: list[str | None],
     warnings: list[str],
+    multi: bool = False,
 ) -> list[str]:
-    """The split of each track: stratified by label (and grouped), or the official / listed one."""
+    """The split of each track: stratified by label (and grouped; multi-label: iterative stratification of
+    the tag sets), or the official / listed one."""
+    if method == "stratified" and multi:
+        return iterative_split([t.label_set for t in tracks], cfg.split_ratios, cfg.seed, groups)
     if method == "stratified":
         return stratified_splits(keys, [t.label for t in tracks], cfg.split_ratios, cfg.seed, groups)
     splits = [t.split for t in tracks]
@@ -407,12 +421,17 @@ def _empty_split_warnings(cfg: IngestConfig, splits: list[str]) -> list[str]:
     return out
 
 
-def _assign_folds(cfg: IngestConfig, tracks: list[Track], keys: list[str], groups: list[str | None]) -> list[int]:
-    """The fold of each track (the collection's own when every track has one), or -1 without ``--folds``."""
+def _assign_folds(
+    cfg: IngestConfig, tracks: list[Track], keys: list[str], groups: list[str | None], multi: bool = False
+) -> list[int]:
+    """The fold of each track (the collection's own when every track has one), or -1 without ``--folds``;
+    multi-label: iterative stratification of the tag sets (another seed stream than the split's)."""
     if not cfg.folds:
         return [-1] * len(tracks)
     if all(t.fold is not None for t in tracks):
         return [int(t.fold) for t in tracks]
+    if multi:
+        return iterative_kfold([t.label_set for t in tracks], cfg.folds, cfg.seed * 1_000_003 + 7919, groups)
     return kfold(keys, [t.label for t in tracks], cfg.folds, cfg.seed, groups)
 
 
@@ -491,7 +510,8 @@ def _partition(
                 "key": it.key,
                 "rel": t.rel,
                 "path": str(t.path),
-                "label": t.label,
+                "label": t.label if t.labels is None else None,
+                **({} if t.labels is None else {"labels": list(t.labels)}),
                 "track_id": t.track_id,
                 "artist": t.artist,
                 "split": split,

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -52,7 +53,8 @@ class _Index:
 
     keys: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)  # source file of each track ("" when not recorded)
-    labels: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)  # label_index (-1 on a multi-label set)
+    label_sets: list[tuple[int, ...]] = field(default_factory=list)  # label_indices (() on single-label sets)
     folds: list[int] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     shard: list[int] = field(default_factory=list)  # shard index (manifest order)
@@ -80,6 +82,7 @@ def _scan_split(shards: Sequence[tuple[str, int]]) -> _Index:
                 idx.keys.append(str(meta.get("key", sample.key)))
                 idx.paths.append(str(meta.get("path") or ""))
                 idx.labels.append(int(meta["label_index"]))
+                idx.label_sets.append(tuple(int(i) for i in meta.get("label_indices") or ()))
                 idx.folds.append(int(meta.get("fold", -1) if meta.get("fold") is not None else -1))
                 idx.lengths.append(sample.length)
                 idx.shard.append(s)
@@ -164,8 +167,10 @@ class SplitStream(IterableDataset):
             raise ValueError("folds='only' needs holdout_fold >= 0")
 
         self.manifest: dict[str, Any] | None = None
+        self.task = fmt.TASK_SINGLE  # "singlelabel" | "multilabel" (a url list: single-label)
         if isinstance(shards, (str, os.PathLike)):
             self.manifest = fmt.load_manifest(shards)
+            self.task = fmt.manifest_task(self.manifest)
             self.shards = fmt.split_shards(self.manifest, split, shards)
             self.kind: str | None = self.manifest.get("kind", "audio")
             if holdout_fold >= 0 and not self.manifest.get("folds"):
@@ -203,6 +208,14 @@ class SplitStream(IterableDataset):
     @property
     def labels(self) -> list[str] | None:
         return list(self.manifest["labels"]) if self.manifest else None
+
+    @property
+    def num_targets(self) -> int | None:
+        """K, the tag vocabulary's size, on a multi-label set (batches carry ``"targets"`` ``[B, K]``); None on a
+        single-label set (batches carry ``"label"``)."""
+        if self.task != fmt.TASK_MULTI or self.manifest is None:
+            return None
+        return len(self.manifest["labels"])
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch the next iteration reads (before iterating; each epoch re-forks the workers)."""
@@ -251,7 +264,8 @@ class SplitStream(IterableDataset):
         return [idx.paths[i] for i in self._selected or []]
 
     def track_labels(self) -> list[int]:
-        """Label indices (into the manifest's ``labels``) of the split's tracks, in track order."""
+        """Label indices (into the manifest's ``labels``) of the split's tracks, in track order (-1 on a
+        multi-label set: see :meth:`track_targets`)."""
         idx = self._build_index()
         return [idx.labels[i] for i in self._selected or []]
 
@@ -265,6 +279,28 @@ class SplitStream(IterableDataset):
         """Fold of each of the split's tracks (after fold filtering; -1: none assigned), in track order."""
         idx = self._build_index()
         return [idx.folds[i] for i in self._selected or []]
+
+    def track_targets(self) -> np.ndarray:
+        """Multi-hot tags of the split's tracks: uint8 ``[N, K]`` in track order (:meth:`track_keys`), K =
+        ``len(manifest["labels"])``. Multi-label sets only."""
+        k = self.num_targets
+        if k is None:
+            raise ValueError(
+                "track_targets() is for multi-label shard sets (manifest task 'multilabel'); "
+                "this one is single-label: use track_labels()"
+            )
+        idx = self._build_index()
+        sel = self._selected or []
+        out = np.zeros((len(sel), k), dtype=np.uint8)
+        for row, i in enumerate(sel):
+            out[row, list(idx.label_sets[i])] = 1
+        return out
+
+    def _track_target(self, meta: dict[str, Any]) -> int | tuple[int, ...]:
+        """What a batcher takes for one track: its class index, or (multi-label) its tag indices."""
+        if self.num_targets is None:
+            return int(meta["label_index"])
+        return tuple(int(i) for i in meta.get("label_indices") or ())
 
     # -- partition
     def __len__(self) -> int:

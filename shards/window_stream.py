@@ -40,7 +40,9 @@ class WindowStream(SplitStream):
 
     Yields dicts ``{"wave": int16 [B, T], "label": int64 [B], "track": int64 [B], "valid": bool [B]}``:
     ``track`` indexes :meth:`track_keys` (-1 for padding rows), ``valid`` is False for rows that only fill a
-    batch. Feature shards give ``"feats": float16 [B, T_frames, D]`` instead of ``"wave"``. The split is
+    batch. Feature shards give ``"feats": float16 [B, T_frames, D]`` instead of ``"wave"``; multi-label sets
+    (:attr:`task` ``"multilabel"``) ``"targets": float32 [B, K]`` multi-hot instead of ``"label"`` (all zero
+    on padding rows). The split is
     scanned once at construction (each track's length gives its windows).
     """
 
@@ -113,13 +115,19 @@ class WindowStream(SplitStream):
             dim = self.manifest.get("feature_dim")
         is_feats = self.kind == "features" or (self.kind is None and dim is not None)
         batcher = EvalBatcher(
-            bs, (window, dim) if is_feats else (window,), np.float16 if is_feats else np.int16, pad=self.pad_mode
+            bs,
+            (window, dim) if is_feats else (window,),
+            np.float16 if is_feats else np.int16,
+            pad=self.pad_mode,
+            num_targets=self.num_targets,
         )
+        multi = self.num_targets is not None
         for t, x in self._read_tracks(w_lo, w_hi, win_start):
             starts = window_starts(idx.lengths[sel[t]], window, hop=hop)  # the window policy classify uses
             w_a = max(w_lo, win_start[t]) - win_start[t]  # this worker's windows of the track
             w_b = min(w_hi, win_start[t + 1]) - win_start[t]
-            yield from batcher.add_track(t, idx.labels[sel[t]], x, starts[w_a:w_b])
+            target = idx.label_sets[sel[t]] if multi else idx.labels[sel[t]]
+            yield from batcher.add_track(t, target, x, starts[w_a:w_b])
         yield from batcher.pad_to((b1 - b0) * bs)  # fill the last batch / equalise batches across ranks
 
     def _read_tracks(

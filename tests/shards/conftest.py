@@ -112,6 +112,58 @@ def read_shard_set(out: str | Path) -> dict:
     return {"manifest": manifest, "samples": samples, "per_shard": per_shard}
 
 
+def write_tagged_audio(
+    path: str | Path,
+    genres: list[str] | None,
+    *,
+    id3_version: int = 4,
+    id3v1_genre: int | None = None,
+    seconds: float = 0.5,
+) -> Path:
+    """A real audio file whose container comes from the extension, with ``genres`` written by mutagen.
+
+    ``.mp3`` (FFmpeg's LAME; ID3v2.``id3_version`` ``TCON``, or with ``id3v1_genre`` only an ID3v1 tag with
+    that genre byte), ``.flac`` (libsndfile; Vorbis ``GENRE``), ``.opus`` (``genre``), ``.m4a`` (AAC; ``©gen``),
+    ``.wma`` (``WM/Genre``), ``.wav`` (no tags). ``genres`` None: no genre (an MP3 then gets a title only).
+    """
+    from mutagen.asf import ASF
+    from mutagen.flac import FLAC
+    from mutagen.id3 import ID3, TCON, TIT2
+    from mutagen.mp4 import MP4
+    from mutagen.oggopus import OggOpus
+
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext in (".flac", ".wav"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        seed = int(hashlib.sha1(str(path).encode()).hexdigest()[:8], 16)
+        rate = 44100 if ext == ".flac" else 22050
+        sf.write(path, music_like(seconds, rate, seed=seed), rate)
+    else:
+        codec = {".mp3": "mp3", ".opus": "opus", ".m4a": "aac", ".wma": "wma"}[ext]
+        write_av_clip(path, codec, seconds=seconds, channels=1)
+    if ext == ".mp3" and id3v1_genre is not None:  # ID3v1 only: 128 bytes at the end
+        ID3(path).delete(path)  # FFmpeg writes an ID3v2 header: remove it so only ID3v1 is left
+        v1 = b"TAG" + b"Title".ljust(30, b"\0") + bytes(60) + b"2001" + bytes(30) + bytes([id3v1_genre])
+        with open(path, "ab") as f:
+            f.write(v1)
+    elif ext == ".mp3":
+        tags = ID3()
+        tags.add(TCON(encoding=3, text=genres) if genres is not None else TIT2(encoding=3, text=["A song"]))
+        tags.save(path, v2_version=id3_version)
+    elif genres is not None and ext != ".wav":
+        f = {".flac": FLAC, ".opus": OggOpus, ".m4a": MP4, ".wma": ASF}[ext](path)
+        f[{".flac": "GENRE", ".opus": "genre", ".m4a": "\xa9gen", ".wma": "WM/Genre"}[ext]] = list(genres)
+        f.save()
+    return path
+
+
+@pytest.fixture
+def tagged_audio_writer():
+    """The :func:`write_tagged_audio` function."""
+    return write_tagged_audio
+
+
 @pytest.fixture
 def shard_set_reader():
     """The :func:`read_shard_set` function."""

@@ -59,8 +59,10 @@ def write_set(
     kind: str = "audio",
     folds: int = 0,
     json_first: bool = True,
+    multilabel: bool = False,
 ) -> Path:
-    """A shard set: ``splits[split][i]`` = the tracks of shard ``i``; returns ``root``."""
+    """A shard set: ``splits[split][i]`` = the tracks of shard ``i``; returns ``root``. ``multilabel``: a
+    multi-label set (task ``multilabel``) whose track ``t`` carries the tags :func:`tags_of` ``(t)``."""
     root.mkdir(parents=True, exist_ok=True)
     manifest: dict = {
         "format_version": fmt.FORMAT_VERSION,
@@ -91,6 +93,9 @@ def write_set(
                         "split": split,
                         "fold": tr["fold"],
                     }
+                    if multilabel:
+                        idx = tags_of(tr["t"])
+                        meta.update(label=None, label_index=-1, label_indices=idx, labels=[LABELS[i] for i in idx])
                     if kind == "audio":
                         data = (f"{tr['key']}.{fmt.PCM_EXT}", fmt.encode_pcm(tr["pcm"] / 32768.0))
                     else:  # features: [N, 2] frames = (track, frame index), exact in float16
@@ -111,8 +116,15 @@ def write_set(
         }
     if kind == "features":
         manifest["feature_dim"] = 2
+    if multilabel:
+        manifest["task"] = fmt.TASK_MULTI
     (root / fmt.MANIFEST_NAME).write_text(json.dumps(manifest))
     return root
+
+
+def tags_of(t: int) -> list[int]:
+    """The tag indices of track ``t`` in a multi-label test set: every subset of the 3 tags, the empty one too."""
+    return [i for i in range(len(LABELS)) if (t % 8) >> i & 1]
 
 
 def tracks_of(row: np.ndarray) -> tuple[int, int]:
@@ -656,3 +668,75 @@ def test_crops_per_track_reads_each_track_once_and_skips_the_pcm_before_the_star
     assert all(torch.equal(a["wave"], b["wave"]) for a, b in zip(rest[5:], full[5:], strict=True))
     # batch 5 holds 3 crops, of at most 3 tracks: those are read, the others only give their headers
     assert rest_bytes <= 3 * 2 * 200_000 + 20_000 < full_bytes
+
+
+# ------------------------------------------------------------------------------------------ multi-label
+
+
+def test_multilabel_crop_batches_carry_multi_hot_targets_of_their_tracks(tmp_path):
+    root, tracks = uneven_set(tmp_path / "s", multilabel=True)
+    stream = CropStream(root, "train", crop_samples=32, batch_size=4, seed=1)
+    assert stream.task == "multilabel" and stream.num_targets == 3
+    batches = drain(stream)
+    assert batches
+    for b in batches:
+        assert "label" not in b and b["targets"].dtype == torch.float32 and b["targets"].shape == (4, 3)
+        for row, target in zip(b["wave"].numpy(), b["targets"].numpy()):
+            t, _ = tracks_of(row)
+            assert target.tolist() == [float(i in tags_of(t)) for i in range(3)]
+
+
+def test_multilabel_crop_targets_survive_start_batch_and_refill(tmp_path):
+    root, _ = uneven_set(tmp_path / "s", multilabel=True)
+    full = drain(CropStream(root, "train", crop_samples=32, batch_size=3, seed=2, shuffle_buffer=4))
+    part = CropStream(root, "train", crop_samples=32, batch_size=3, seed=2, shuffle_buffer=4)
+    part.set_epoch(0, start_batch=2)
+    rest = [b for b in drain(part) if b]
+    assert len(rest) == len(full) - 2
+    for a, b in zip(full[2:], rest):
+        assert torch.equal(a["wave"], b["wave"]) and torch.equal(a["targets"], b["targets"])
+
+
+def test_multilabel_window_batches_and_track_targets(tmp_path):
+    root, tracks = uneven_set(tmp_path / "s", multilabel=True)
+    stream = WindowStream(root, "train", window_samples=100, batch_size=8)
+    targets = stream.track_targets()
+    keys = stream.track_keys()
+    assert targets.dtype == np.uint8 and targets.shape == (len(keys), 3)
+    by_key = {tr["key"]: tr["t"] for tr in tracks}
+    for key, row in zip(keys, targets):
+        assert row.tolist() == [int(i in tags_of(by_key[key])) for i in range(3)]
+    padding = 0
+    for b in drain(stream):
+        assert "label" not in b and b["targets"].shape == (8, 3) and b["targets"].dtype == torch.float32
+        for tr, ok, target in zip(b["track"].tolist(), b["valid"].tolist(), b["targets"].numpy()):
+            if not ok:
+                padding += 1
+                assert tr == -1 and not target.any()
+            else:
+                assert target.tolist() == targets[tr].astype(np.float32).tolist()
+    assert padding > 0
+
+
+def test_single_label_sets_keep_label_batches_and_refuse_track_targets(tmp_path):
+    root, _ = uneven_set(tmp_path / "s")
+    stream = WindowStream(root, "train", window_samples=100, batch_size=8)
+    assert stream.task == "singlelabel" and stream.num_targets is None  # a manifest without "task"
+    b = next(iter(drain(stream)))
+    assert "targets" not in b and b["label"].dtype == torch.int64
+    with pytest.raises(ValueError, match="single-label"):
+        stream.track_targets()
+
+
+def test_multilabel_rows_refilled_after_a_corrupt_shard_keep_their_own_targets(tmp_path, caplog):
+    root, _ = uneven_set(tmp_path / "s", multilabel=True)
+    big = root / fmt.shard_name("train", 2)
+    big.write_bytes(big.read_bytes()[:2000])  # truncated: most of its 9 tracks unreadable
+    stream = CropStream(root, "train", crop_samples=32, batch_size=4, seed=0)
+    with caplog.at_level(logging.ERROR):
+        batches = drain(stream)
+    assert len(batches) == len(stream) and "re-using samples" in caplog.text
+    for b in batches:
+        for row, target in zip(b["wave"].numpy(), b["targets"].numpy()):
+            t, _ = tracks_of(row)
+            assert target.tolist() == [float(i in tags_of(t)) for i in range(3)]

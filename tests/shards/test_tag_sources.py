@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from shards.tags_embedded import NO_GENRE, read_embedded_genres
 from shards.tags_jamendo import jamendo_split_files, read_jamendo_split, read_jamendo_tsv
 from shards.tags_labelmap import LabelMap, filter_min_count
 from shards.tags_mtat import mtat_split, read_mtat
-from tests.conftest import music_like, write_av_clip
+from tests.shards.conftest import write_tagged_audio
 
 # ------------------------------------------------------------------------------------------ MTG-Jamendo
 JAMENDO_LINES = [
@@ -154,68 +153,24 @@ def test_mtat_rejects_other_files_and_non_binary_cells(tmp_path):
 @pytest.fixture(scope="module")
 def tagged(tmp_path_factory) -> dict[str, Path]:
     """Real audio files with genre tags written by mutagen (encoded by FFmpeg through PyAV, or libsndfile)."""
-    from mutagen.asf import ASF
-    from mutagen.flac import FLAC
-    from mutagen.id3 import ID3, TCON, TIT2
-    from mutagen.mp4 import MP4
-    from mutagen.oggopus import OggOpus
-
     root = tmp_path_factory.mktemp("tagged")
     out: dict[str, Path] = {}
-
-    def mp3(name: str) -> Path:
-        p, _ = write_av_clip(root / f"{name}.mp3", "mp3", seconds=0.5, channels=1)
-        out[name] = p
-        return p
-
     for name, text, version in [
         ("mp3_multi", ["Rock", "Electronic"], 4),
         ("mp3_paren", ["(17)"], 3),
         ("mp3_number", ["17"], 3),
         ("mp3_two_refs", ["(8)(32)"], 3),
     ]:
-        p = mp3(name)
-        tags = ID3()
-        tags.add(TCON(encoding=3, text=text))
-        tags.save(p, v2_version=version)
-    p = mp3("mp3_title_only")
-    tags = ID3()
-    tags.add(TIT2(encoding=3, text=["A song"]))
-    tags.save(p)
-    for name, genre_byte in (("mp3_v1_only", 8), ("mp3_v1_none", 255)):  # ID3v1: 128 bytes at the end
-        p = mp3(name)
-        ID3(p).delete(p)  # FFmpeg writes an ID3v2 header: remove it so only ID3v1 is left
-        v1 = (
-            b"TAG"
-            + b"Title".ljust(30, b"\0")
-            + bytes(30)
-            + bytes(30)
-            + b"2001"
-            + bytes(30)
-            + bytes([genre_byte])
-        )
-        with open(p, "ab") as f:
-            f.write(v1)
-    sf.write(root / "multi.flac", music_like(0.5, 44100), 44100)
-    f = FLAC(root / "multi.flac")
-    f["GENRE"] = ["Jazz", "Blues", "jazz ", ""]
-    f.save()
-    out["flac_multi"] = root / "multi.flac"
-    out["opus"], _ = write_av_clip(root / "a.opus", "opus", seconds=0.5)
-    f = OggOpus(out["opus"])
-    f["genre"] = ["Ambient"]
-    f.save()
-    out["m4a"], _ = write_av_clip(root / "a.m4a", "aac", seconds=0.5)
-    f = MP4(out["m4a"])
-    f["\xa9gen"] = ["Hip-Hop", "Rap"]
-    f.save()
-    out["wma"], _ = write_av_clip(root / "a.wma", "wma", seconds=0.5)
-    f = ASF(out["wma"])
-    f["WM/Genre"] = ["Classical"]
-    f.save()
-    out["opus_untagged"], _ = write_av_clip(root / "b.opus", "opus", seconds=0.5)
-    sf.write(root / "plain.wav", music_like(0.5, 22050), 22050)
-    out["wav_untagged"] = root / "plain.wav"
+        out[name] = write_tagged_audio(root / f"{name}.mp3", text, id3_version=version)
+    out["mp3_title_only"] = write_tagged_audio(root / "mp3_title_only.mp3", None)
+    for name, genre_byte in (("mp3_v1_only", 8), ("mp3_v1_none", 255)):
+        out[name] = write_tagged_audio(root / f"{name}.mp3", None, id3v1_genre=genre_byte)
+    out["flac_multi"] = write_tagged_audio(root / "multi.flac", ["Jazz", "Blues", "jazz ", ""])
+    out["opus"] = write_tagged_audio(root / "a.opus", ["Ambient"])
+    out["m4a"] = write_tagged_audio(root / "a.m4a", ["Hip-Hop", "Rap"])
+    out["wma"] = write_tagged_audio(root / "a.wma", ["Classical"])
+    out["opus_untagged"] = write_tagged_audio(root / "b.opus", None)
+    out["wav_untagged"] = write_tagged_audio(root / "plain.wav", None)
     (root / "text.mp3").write_bytes(b"this is not audio at all, just words " * 20)
     out["not_audio_mp3"] = root / "text.mp3"
     out["missing"] = root / "gone.flac"
