@@ -61,6 +61,7 @@ from shards.layouts import (
     scan_source,
 )
 from shards.offline_augment import OfflineAugment
+from shards.outputs import cli_errors, printable_path
 from shards.plan import PLAN_VERSION, build_plan, feature_layout, progress_bar, scan_digest
 from shards.procs import Mapper, crash_reason, pool_chunksize
 from shards.resumable import DoneRecords, atomic_write_json, identity_diff
@@ -157,8 +158,6 @@ def _check_out(cfg: IngestConfig, out: Path, settings: dict[str, Any]) -> tuple[
     :class:`IngestError` when it holds something else. ``--overwrite`` clears only once the new plan stands
     (a failed scan loses nothing)."""
     plan_path = out / STATE_DIR / _PLAN_FILE
-    if out.exists() and not out.is_dir():
-        raise IngestError(f"--out {out} exists and is not a directory")
     if not (out.is_dir() and any(out.iterdir())):
         return None, False
     if cfg.overwrite:
@@ -168,7 +167,13 @@ def _check_out(cfg: IngestConfig, out: Path, settings: dict[str, Any]) -> tuple[
             f"--out {out} is not empty and holds no resumable ingest; pass --overwrite to start over "
             "(removes shards and manifest there), or use another --out"
         )
-    saved_plan = json.loads(plan_path.read_text(encoding="utf-8"))
+    try:
+        saved_plan = json.loads(plan_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise IngestError(
+            f"--out {out}: its {STATE_DIR}/{_PLAN_FILE} is damaged (not the JSON an ingest writes); pass "
+            "--overwrite to start over, or use another --out"
+        ) from None
     diff = identity_diff(saved_plan.get("settings", {}), settings)
     if diff or saved_plan.get("plan_version") != PLAN_VERSION:
         raise IngestError(
@@ -452,11 +457,11 @@ def _summary(res: IngestResult, limit: int = 50) -> str:
     for s in skipped[:limit]:
         lines.append(f"  {s['path']}: {s['reason']}")
     if len(skipped) > limit:
-        lines.append(f"  ... {len(skipped) - limit} more (see 'skipped' in {res.out / MANIFEST_NAME})")
+        lines.append(f"  ... {len(skipped) - limit} more (see 'skipped' in {printable_path(res.out / MANIFEST_NAME)})")
     lines.append(audio.ignored_summary(m.get("ignored", {})))
     for w in res.warnings:
         lines.append(f"warning: {w}")
-    lines.append(f"wrote {res.out / MANIFEST_NAME}")
+    lines.append(f"wrote {printable_path(res.out / MANIFEST_NAME)}")
     return "\n".join(lines)
 
 
@@ -466,8 +471,10 @@ def _reason_kind(reason: str) -> str:
     ).strip()
 
 
+@cli_errors("make_shards")
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (0 ok, 2 on a configuration/input error)."""
+    """CLI entry point; returns the exit status (0 ok, 2 on a configuration/input error: one line on stderr,
+    no traceback, nothing written)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -501,14 +508,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=False if args.no_progress else None,
         command=shlex.join(["make_shards.py", *argv]),
     )
-    if args.layout == "auto" and args.source.exists():
-        # detected here, once, to say which before the long scan; run_ingest takes it as the named layout
-        try:
-            cfg.layout = detect_layout(args.source)
-            print(f"layout: auto -> {cfg.layout}", file=sys.stderr)
-        except LayoutError:
-            pass  # run_ingest reports it after the configuration checks
     try:
+        cfg.validate()  # every refusal of the options before the layout detection reads SOURCE
+        if args.layout == "auto":
+            # detected here, once, to say which before the long scan; run_ingest takes it as the named layout
+            try:
+                cfg.layout = detect_layout(args.source)
+                print(f"layout: auto -> {cfg.layout}", file=sys.stderr)
+            except LayoutError:
+                pass  # run_ingest reports it after the configuration checks
         res = run_ingest(cfg)
     except IngestError as err:
         print(f"make_shards: error: {err}", file=sys.stderr)

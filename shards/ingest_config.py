@@ -6,6 +6,8 @@ command-line flag); :meth:`IngestConfig.settings` is the resume fingerprint save
 
 from __future__ import annotations
 
+import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +15,34 @@ from typing import Any
 
 from shards.layouts import FMA_SUBSETS, LAYOUTS
 from shards.offline_augment import OfflineAugment
+from shards.outputs import OutputError, is_utf8_path, prepare_output_dir, printable_path
+
+__all__ = [
+    "GROUP_BY",
+    "MAX_SAMPLE_RATE",
+    "MAX_WORKERS",
+    "MIN_SAMPLE_RATE",
+    "SPLIT_METHODS",
+    "IngestConfig",
+    "IngestError",
+    "ShardSize",
+    "parse_shard_size",
+]
 
 SPLIT_METHODS = ("stratified", "official", "gtzan-filtered")
+GROUP_BY = ("auto", "artist", "none")
+MIN_SAMPLE_RATE = 1000  # Hz: below, nothing of music is left
+MAX_SAMPLE_RATE = 384_000  # Hz: the highest rate audio files are made at
+MAX_WORKERS = 1024  # decode processes
 
-__all__ = ["SPLIT_METHODS", "IngestConfig", "IngestError", "ShardSize", "parse_shard_size"]
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
 
 ShardSize = tuple[str, int]  # ("bytes", max bytes per shard) or ("count", max samples per shard)
 
@@ -27,7 +53,7 @@ class IngestError(Exception):
 
 def parse_shard_size(text: str) -> ShardSize:
     """``"256MB"`` -> ``("bytes", 256_000_000)``; ``"1000"`` -> ``("count", 1000)``."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", text, flags=re.IGNORECASE)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", str(text), flags=re.IGNORECASE)
     if not m or float(m.group(1)) <= 0:
         raise IngestError(f"--shard-size {text!r}: expected a sample count like 1000 or a size like 256MB")
     num, unit = float(m.group(1)), (m.group(2) or "").upper()
@@ -36,6 +62,8 @@ def parse_shard_size(text: str) -> ShardSize:
             raise IngestError(f"--shard-size {text!r}: a sample count must be an integer")
         return "count", int(num)
     mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
+    if int(num * mult) < 1:
+        raise IngestError(f"--shard-size {text!r}: under one byte; use a size like 256MB")
     return "bytes", int(num * mult)
 
 
@@ -65,22 +93,32 @@ class IngestConfig:
     def validate(self) -> ShardSize:
         """Raise :class:`IngestError` on the first setting that cannot work; returns ``--shard-size`` parsed.
 
-        Only what is known before the layout is: :meth:`validate_layout` checks the rest once it is."""
+        ``out`` is checked with :func:`shards.outputs.prepare_output_dir` (nothing is created: the ingest
+        makes the folder and its missing parents when it first writes). Only what is known before the layout is: :meth:`validate_layout` checks the rest once it is. Each
+        message starts with the option (or SOURCE) and its value and says what would work."""
         source = Path(self.source)
+        if not is_utf8_path(source):
+            raise IngestError(
+                f"SOURCE {printable_path(source)}: the path is not valid UTF-8; rename it, or pass a UTF-8 "
+                "symbolic link to it"
+            )
         if not source.exists():
             raise IngestError(f"SOURCE {source} does not exist")
+        if source.is_dir() and not os.access(source, os.R_OK | os.X_OK):
+            raise IngestError(f"SOURCE {source}: cannot read this folder (permission denied); make it readable")
         if source.is_dir() and not any(p for p in source.iterdir() if not p.name.startswith(".")):
             raise IngestError(f"SOURCE {source} is empty")
-        if self.sample_rate <= 0:
-            raise IngestError(f"--sample-rate {self.sample_rate}: must be positive")
-        if self.max_seconds is not None and self.max_seconds <= 0:
-            raise IngestError(f"--max-seconds {self.max_seconds}: must be positive")
-        if self.folds < 0 or self.folds == 1:
-            raise IngestError(f"--folds {self.folds}: use 0 (no folds) or K >= 2")
+        try:  # before any work: a file, a read-only folder or a file in the way of a missing folder
+            prepare_output_dir(self.out, flag="--out")
+        except OutputError as err:
+            raise IngestError(str(err)) from None
+        self._validate_numbers()
         if self.subset not in FMA_SUBSETS:
             raise IngestError(f"--subset {self.subset!r}: valid are {', '.join(FMA_SUBSETS)}")
         if self.split is not None and self.split not in SPLIT_METHODS:
             raise IngestError(f"--split {self.split!r}: valid are {', '.join(SPLIT_METHODS)}")
+        if self.group_by not in GROUP_BY:
+            raise IngestError(f"--group-by {self.group_by!r}: valid are {', '.join(GROUP_BY)}")
         shard_size = parse_shard_size(self.shard_size)
         if self.offline_augment and self.folds:
             raise IngestError(
@@ -92,6 +130,39 @@ class IngestConfig:
         if self.layout != "auto" and self.layout not in LAYOUTS:
             raise IngestError(f"unknown layout {self.layout!r}; valid: auto, {', '.join(LAYOUTS.names())}")
         return shard_size
+
+    def _validate_numbers(self) -> None:
+        """The numeric options, each against its range (bounds in the module constants)."""
+        if not _is_int(self.sample_rate) or not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
+            raise IngestError(
+                f"--sample-rate {self.sample_rate}: must be an integer from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} "
+                "Hz (e.g. 22050)"
+            )
+        if self.max_seconds is not None and not (_is_finite(self.max_seconds) and self.max_seconds > 0):
+            raise IngestError(f"--max-seconds {self.max_seconds}: must be a positive number of seconds (e.g. 30)")
+        if self.trim_silence is not None and not (_is_finite(self.trim_silence) and self.trim_silence > 0):
+            raise IngestError(
+                f"--trim-silence {self.trim_silence}: must be a positive number of dB below the peak (e.g. 60)"
+            )
+        if not _is_int(self.folds) or self.folds < 0 or self.folds == 1:
+            raise IngestError(f"--folds {self.folds}: use 0 (no folds) or K >= 2")
+        if not _is_int(self.seed):
+            raise IngestError(f"--seed {self.seed!r}: must be an integer")
+        if self.workers is not None and (not _is_int(self.workers) or not 1 <= self.workers <= MAX_WORKERS):
+            raise IngestError(
+                f"--workers {self.workers}: must be from 1 to {MAX_WORKERS} (leave it out for one per CPU)"
+            )
+        ratios = tuple(self.split_ratios)
+        if len(ratios) != 3 or not all(_is_finite(r) and r >= 0 for r in ratios) or sum(ratios) <= 0:
+            raise IngestError(
+                f"--split-ratios {','.join(map(str, ratios))}: expected three non-negative numbers like 0.7,0.15,0.15"
+            )
+        if ratios[0] == 0 and (self.folds or self.offline_augment):
+            why = "--folds draws its folds from" if self.folds else "--offline-augment copies the tracks of"
+            raise IngestError(
+                f"--split-ratios {','.join(map(str, ratios))}: {why} the train split, which would be empty; "
+                "give train a share (e.g. 0.7,0.15,0.15)"
+            )
 
     def validate_layout(self, layout: str) -> None:
         """Raise :class:`IngestError` when a setting does not fit ``layout`` (the resolved layout name)."""

@@ -17,6 +17,7 @@ one import line in ``shards/__init__.py``, which registers every layout.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ from typing import ClassVar
 
 from registry import Registry
 from shards.audio import AUDIO_EXTENSIONS, ignored_key, is_audio_file
+from shards.outputs import InputError, decode_utf8, describe_os_error, is_utf8_path, printable_path
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +133,27 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def walk_files(root: Path) -> Iterator[Path]:
+@dataclass(frozen=True)
+class WalkError:
+    """A folder the walk met but could not list (``path``: as the walk names it, ``reason``: one line)."""
+
+    path: str
+    reason: str
+
+
+def _walk_error(path: str, err: OSError) -> WalkError:
+    problem = describe_os_error(err, path).split(": ", 1)[-1].split(";", 1)[0]
+    return WalkError(path, f"cannot read this folder ({problem}): the files in it are not included")
+
+
+def walk_files(root: Path, *, yield_errors: bool = False) -> Iterator[Path | WalkError]:
     """Every non-hidden file under ``root`` in sorted order, following directory symlinks (loops cut).
 
     Dangling symlinks are yielded too (the caller reports them); hidden files and directories are not.
+    ``yield_errors``: see :func:`walk_paths` (only then may a :class:`WalkError` come).
     """
-    for p in walk_paths(root):
-        yield Path(p)
+    for p in walk_paths(root, yield_errors=yield_errors):
+        yield p if isinstance(p, WalkError) else Path(p)
 
 
 def walk_paths(
@@ -146,7 +162,8 @@ def walk_paths(
     seen: set[tuple[int, int]] | None = None,
     file_dirs: Callable[[str], bool] | None = None,
     hidden_files: bool = False,
-) -> Iterator[str]:
+    yield_errors: bool = False,
+) -> Iterator[str | WalkError]:
     """:func:`walk_files` as strings: ``root`` as given joined with the entry names (``./a`` stays ``./a/x``).
 
     Lazy per folder (a folder is listed and sorted when the walk reaches it). ``seen`` holds the (device,
@@ -154,13 +171,20 @@ def walk_paths(
     ``file_dirs(name)`` True yields a directory as a file instead of entering it (``engine classify``: a
     folder named ``x.wav`` gets its own error line). ``hidden_files`` also yields hidden files
     (``.DS_Store``, ``._x.m4a``) so that a caller can count them; hidden folders are never entered.
+
+    A folder that cannot be listed (permission denied, I/O error) is logged and passed over; with
+    ``yield_errors`` it is also yielded, in walk order, as a :class:`WalkError` so that the caller records
+    it (the ingest's ``skipped``, an error line of ``classify``). Names that are not valid UTF-8 come as the
+    file system gives them (surrogate escapes; :func:`shards.outputs.printable_path` shows them).
     """
     seen = set() if seen is None else seen
 
-    def rec(d: str) -> Iterator[str]:
+    def rec(d: str) -> Iterator[str | WalkError]:
         try:
             st = os.stat(d)
-        except OSError:
+        except OSError as err:
+            if yield_errors and os.path.lexists(d):
+                yield _walk_error(d, err)
             return
         ident = (st.st_dev, st.st_ino)
         if ident in seen:  # a symlink loop or a directory linked twice
@@ -169,7 +193,9 @@ def walk_paths(
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name)
         except OSError as err:
-            log.warning("cannot list %s: %s", d, err)
+            log.warning("cannot list %s: %s", printable_path(d), err.strerror or err)
+            if yield_errors:
+                yield _walk_error(d, err)
             return
         for e in entries:
             try:
@@ -194,13 +220,15 @@ def walk_audio(
     *,
     seen: set[tuple[int, int]] | None = None,
     file_dirs: Callable[[str], bool] | None = None,
-) -> Iterator[str]:
+    yield_errors: bool = False,
+) -> Iterator[str | WalkError]:
     """The files under ``root`` whose name or content says audio (:func:`shards.audio.is_audio_file`), in
     :func:`walk_paths` order; every other file, hidden ones included, is counted in ``ignored`` under its
     :func:`shards.audio.ignored_key`. A dangling symlink or a ``file_dirs`` folder with an audio name is
-    yielded too (the caller reports it); hidden folders are neither entered nor counted."""
-    for p in walk_paths(root, seen=seen, file_dirs=file_dirs, hidden_files=True):
-        if is_audio_file(p):
+    yielded too (the caller reports it); hidden folders are neither entered nor counted. ``yield_errors``:
+    folders that cannot be listed come as :class:`WalkError` (see :func:`walk_paths`)."""
+    for p in walk_paths(root, seen=seen, file_dirs=file_dirs, hidden_files=True, yield_errors=yield_errors):
+        if isinstance(p, WalkError) or is_audio_file(p):
             yield p
         elif ignored is not None:
             ignored[ignored_key(p)] += 1
@@ -210,6 +238,11 @@ def _stem(rel: str) -> str:
     """``rel`` without an audio extension (a file that is audio by content keeps its whole name)."""
     base, ext = os.path.splitext(rel)
     return base if ext.lower() in AUDIO_EXTENSIONS else rel
+
+
+def walk_skip(err: WalkError, root: Path) -> Skipped:
+    """A folder the walk could not list, as a skip of the scan (path relative to ``root``)."""
+    return Skipped(_rel(Path(err.path), root), err.reason)
 
 
 def _dangling(p: Path) -> Skipped | None:
@@ -232,7 +265,10 @@ class FolderLayout(Layout):
 
     def scan(self) -> Iterator[Track | Skipped]:
         root = self.source
-        for found in walk_audio(root, self.ignored):
+        for found in walk_audio(root, self.ignored, yield_errors=True):
+            if isinstance(found, WalkError):
+                yield walk_skip(found, root)
+                continue
             p = Path(found)
             rel = _rel(p, root)
             bad = _dangling(p)
@@ -251,7 +287,9 @@ _GTZAN_NAME = re.compile(r"^(?P<genre>[^/.]+)\.(?P<num>\d{5})\.[A-Za-z0-9]+$")
 
 
 def _gtzan_root(source: Path) -> Path | None:
-    """The folder holding ``<genre>/<genre>.000NN.wav`` (SOURCE, or genres_original/ or genres/ in it)."""
+    """The folder holding ``<genre>/<genre>.000NN.wav`` (SOURCE, or genres_original/ or genres/ in it).
+
+    A folder that cannot be listed is passed over here (the scan's walk reports it)."""
     for cand in (
         source / "genres_original",
         source / "genres",
@@ -260,11 +298,19 @@ def _gtzan_root(source: Path) -> Path | None:
     ):
         if not cand.is_dir():
             continue
-        for sub in sorted(cand.iterdir()):
+        try:
+            subs = sorted(cand.iterdir())
+        except OSError:
+            continue
+        for sub in subs:
             if not sub.is_dir() or _is_hidden(sub.name):
                 continue
-            for f in sub.iterdir():
-                m = _GTZAN_NAME.match(f.name)
+            try:
+                names = [f.name for f in sub.iterdir()]
+            except OSError:
+                continue
+            for name in names:
+                m = _GTZAN_NAME.match(name)
                 if m and m.group("genre") == sub.name:
                     return cand
     return None
@@ -294,7 +340,10 @@ class GTZANLayout(Layout):
             )
         genres = {d.name for d in root.iterdir() if d.is_dir() and not _is_hidden(d.name)}
         where = _rel(root, self.source) if root != self.source else "SOURCE"
-        for found in walk_audio(self.source, self.ignored):
+        for found in walk_audio(self.source, self.ignored, yield_errors=True):
+            if isinstance(found, WalkError):
+                yield walk_skip(found, self.source)
+                continue
             p = Path(found)
             rel = _rel(p, self.source)
             try:
@@ -338,6 +387,9 @@ def read_fma_tracks(csv_path: Path) -> tuple[list[tuple[str, str]], Iterator[lis
     except StopIteration:
         fh.close()
         raise LayoutError(f"{csv_path}: fewer than three header rows; not FMA's tracks.csv") from None
+    except UnicodeDecodeError as err:
+        fh.close()
+        raise _not_utf8(csv_path, err, reader.line_num) from None
     if not third or third[0] != "track_id":
         fh.close()
         raise LayoutError(f"{csv_path}: third header row must start with 'track_id' (got {third[:1]})")
@@ -345,9 +397,20 @@ def read_fma_tracks(csv_path: Path) -> tuple[list[tuple[str, str]], Iterator[lis
 
     def rows() -> Iterator[list[str]]:
         with fh:
-            yield from reader
+            try:
+                yield from reader
+            except UnicodeDecodeError as err:
+                raise _not_utf8(csv_path, err, reader.line_num) from None
 
     return header, rows()
+
+
+def _not_utf8(path: Path, err: UnicodeDecodeError, line: int) -> LayoutError:
+    """A streamed CSV that is not UTF-8 (the offset of a streamed read is not the file's: name the line)."""
+    return LayoutError(
+        f"{printable_path(path)}: not UTF-8 text (byte 0x{err.object[err.start:err.start + 1].hex()} after "
+        f"line {line}); save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+    )
 
 
 @LAYOUTS.register("fma")
@@ -426,7 +489,10 @@ class FMALayout(Layout):
                 artist=artist,
                 split=split,
             )
-        for found in walk_audio(audio_dir, self.ignored):
+        for found in walk_audio(audio_dir, self.ignored, yield_errors=True):
+            if isinstance(found, WalkError):
+                yield walk_skip(found, self.source)
+                continue
             rel = _rel(Path(found), self.source)
             if rel not in named:
                 yield Skipped(rel, f"not a track of --subset {subset} in fma_metadata/tracks.csv")
@@ -459,51 +525,77 @@ class CSVLayout(Layout):
     def scan(self) -> Iterator[Track | Skipped]:
         if not self.source.is_file():
             raise LayoutError(f"{self.source}: the csv layout needs SOURCE to be a .csv file")
-        base = self.source.parent
-        with open(self.source, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            fields = [f.strip() for f in (reader.fieldnames or [])]
-            missing = {"path", "label"} - set(fields)
-            if missing:
-                raise LayoutError(f"{self.source}: missing column(s) {sorted(missing)} (has {fields})")
-            for lineno, raw in enumerate(reader, start=2):
-                row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-                path_s, label = row.get("path", ""), row.get("label", "")
-                if not path_s:
-                    yield Skipped(f"{self.source.name}:{lineno}", "empty path")
-                    continue
-                if not label:
-                    yield Skipped(path_s, "no label")
-                    continue
-                p = Path(path_s)
-                p = p if p.is_absolute() else base / p
-                bad = _dangling(p)
-                if bad is not None:
-                    yield Skipped(path_s, bad.reason)
-                    continue
-                split = None
-                if row.get("split"):
-                    split = self._SPLIT_NAMES.get(row["split"].lower())
-                    if split is None:
-                        yield Skipped(path_s, f"unknown split {row['split']!r} (train/valid/test)")
-                        continue
-                fold = None
-                if row.get("fold"):
-                    try:
-                        fold = int(row["fold"])
-                    except ValueError:
-                        yield Skipped(path_s, f"fold {row['fold']!r} is not an integer")
-                        continue
-                yield Track(
-                    path=p,
-                    rel=path_s,
-                    label=label,
-                    key_hint=row.get("track_id") or path_s.rsplit(".", 1)[0],
-                    track_id=row.get("track_id") or None,
-                    artist=row.get("artist") or None,
-                    split=split,
-                    fold=fold,
+        try:
+            text = decode_utf8(self.source.read_bytes(), self.source)
+        except InputError as err:
+            raise LayoutError(str(err)) from None
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        fields = [f.strip() for f in (reader.fieldnames or [])]
+        missing = {"path", "label"} - set(fields)
+        if missing:
+            raise LayoutError(f"{self.source}: missing column(s) {sorted(missing)} (has {fields})")
+        items = [(lineno, self._row(lineno, raw)) for lineno, raw in enumerate(reader, start=2)]
+        conflicts = self._label_conflicts(items)
+        reported: set[str] = set()  # a conflicting row listed twice under one name is one skip
+        for _, item in items:
+            reason = conflicts.get(os.path.normpath(item.path)) if isinstance(item, Track) else None
+            if reason is None:
+                yield item
+            elif item.rel not in reported:
+                reported.add(item.rel)
+                yield Skipped(item.rel, reason)
+
+    def _label_conflicts(self, items: list[tuple[int, Track | Skipped]]) -> dict[str, str]:
+        """``{normalised path: skip reason}`` of the files listed on several rows with different labels:
+        none of those rows is ingested (which label is right is the user's call, not the ingest's)."""
+        rows: dict[str, list[tuple[int, str]]] = {}
+        for lineno, item in items:
+            if isinstance(item, Track):
+                rows.setdefault(os.path.normpath(item.path), []).append((lineno, item.label))
+        out: dict[str, str] = {}
+        for path, listed in rows.items():
+            if len({label for _, label in listed}) > 1:
+                where = ", ".join(f"{label!r} on line {lineno}" for lineno, label in listed)
+                out[path] = (
+                    f"conflicting labels: listed in {self.source.name} as {where}; "
+                    "keep one row per file to ingest it"
                 )
+        return out
+
+    def _row(self, lineno: int, raw: dict[str | None, str | None]) -> Track | Skipped:
+        """One CSV row (``lineno``: 1-based, the header is line 1) as a track, or why it cannot be one."""
+        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        path_s, label = row.get("path", ""), row.get("label", "")
+        if not path_s:
+            return Skipped(f"{self.source.name}:{lineno}", "empty path")
+        if not label:
+            return Skipped(path_s, "no label")
+        p = Path(path_s)
+        p = p if p.is_absolute() else self.source.parent / p
+        bad = _dangling(p)
+        if bad is not None:
+            return Skipped(path_s, bad.reason)
+        split = None
+        if row.get("split"):
+            split = self._SPLIT_NAMES.get(row["split"].lower())
+            if split is None:
+                return Skipped(path_s, f"unknown split {row['split']!r} (train/valid/test)")
+        fold = None
+        if row.get("fold"):
+            try:
+                fold = int(row["fold"])
+            except ValueError:
+                return Skipped(path_s, f"fold {row['fold']!r} is not an integer")
+        return Track(
+            path=p,
+            rel=path_s,
+            label=label,
+            key_hint=row.get("track_id") or path_s.rsplit(".", 1)[0],
+            track_id=row.get("track_id") or None,
+            artist=row.get("artist") or None,
+            split=split,
+            fold=fold,
+        )
 
 
 # --------------------------------------------------------------------------------------------- lookup
@@ -513,6 +605,12 @@ def detect_layout(source: Path) -> str:
         if LAYOUTS.get(name).detect(source):
             return name
     raise LayoutError(f"{source}: no layout recognises it (valid: {', '.join(LAYOUTS.names())})")
+
+
+_NOT_UTF8_NAME = (
+    "file name is not valid UTF-8 (its bad bytes are shown as \\xNN): rename it to UTF-8 to ingest it "
+    "(e.g. convmv -f latin1 -t utf-8 -r --notest SOURCE)"
+)
 
 
 @dataclass
@@ -532,8 +630,14 @@ def scan_source(source: Path, layout: str = "auto", options: LayoutOptions | Non
     inst = cls(source, options)
     res = ScanResult(layout=layout)
     for item in inst.scan():
-        (res.tracks if isinstance(item, Track) else res.skipped).append(item)
+        if isinstance(item, Track) and not (is_utf8_path(item.rel) and is_utf8_path(item.path)):
+            item = Skipped(item.rel, _NOT_UTF8_NAME)
+        if isinstance(item, Skipped):
+            # shown with \xNN escapes: the manifest, the plan and the summary are UTF-8
+            res.skipped.append(Skipped(printable_path(item.path), item.reason))
+        else:
+            res.tracks.append(item)
     res.warnings.extend(inst.warnings)
-    res.ignored = dict(sorted(inst.ignored.items()))
+    res.ignored = dict(sorted((printable_path(k), n) for k, n in inst.ignored.items()))
     return res
 

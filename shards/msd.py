@@ -53,7 +53,9 @@ from shards.layouts import (
     LayoutError,
     Skipped,
     Track,
+    WalkError,
     walk_files,
+    walk_skip,
 )
 
 log = logging.getLogger(__name__)
@@ -316,7 +318,10 @@ class MSDLayout(Layout):
 
         found: dict[str, str] = {}  # track id -> rel path of the first file
         unlabelled = 0
-        for p in walk_files(self.source):
+        for p in walk_files(self.source, yield_errors=True):
+            if isinstance(p, WalkError):
+                yield walk_skip(p, self.source)
+                continue
             if not _is_msd_name(p.name):
                 continue
             rel = p.relative_to(self.source).as_posix()

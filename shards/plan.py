@@ -224,6 +224,7 @@ def build_plan(
     warnings: list[str] = []
     tracks, dup_skips = _dedupe(tracks, mapper, cfg.progress)
     skipped = skipped + dup_skips
+    _check_folds(cfg, tracks, "")  # before the probe: a hopeless --folds costs no decoding
     scanned_labels = sorted({t.label for t in tracks})
     tracks, infos = _probe(tracks, layout, mapper, skipped, cfg.progress)
     method = _split_method(cfg.split, layout, tracks)
@@ -239,9 +240,12 @@ def build_plan(
             warnings.append(
                 f"label {lab!r} has no decodable audio: it is not a class (its files are in skipped)"
             )
+    _check_folds(cfg, tracks, " with decodable audio")
     keys = _make_keys(tracks)
     group_by, groups = _grouping(cfg.group_by, tracks, warnings)
     splits = _assign_splits(cfg, method, group_by, tracks, keys, groups, warnings)
+    if method == "stratified":
+        warnings.extend(_empty_split_warnings(cfg, splits))
     folds = _assign_folds(cfg, tracks, keys, groups)
     plan_tracks, plan_shards = _partition(cfg, layout, shard_size, tracks, infos, keys, splits, folds)
     plan = {
@@ -364,6 +368,43 @@ def _assign_splits(
                 f"{method} split puts {crossing} artist(s) in more than one split (kept: it is the official split)"
             )
     return splits
+
+
+def _fold_units(group_by: str, tracks: list[Track]) -> tuple[int, str]:
+    """``(how many units k-fold spreads, what they are)``: artists (and tracks without one) when grouped by
+    artist, else tracks (as :func:`_grouping` decides)."""
+    if group_by != "none" and any(t.artist for t in tracks):
+        loose = sum(1 for t in tracks if not t.artist)
+        n = len({t.artist for t in tracks if t.artist}) + loose
+        return n, "artists" + (" (and tracks without one)" if loose else "") + ", whose tracks stay in one fold,"
+    return len(tracks), "tracks"
+
+
+def _check_folds(cfg: IngestConfig, tracks: list[Track], which: str) -> None:
+    """Refuse ``--folds K`` when fewer than K units (tracks, or artists) are there to fill the folds."""
+    if not cfg.folds or not tracks or all(t.fold is not None for t in tracks):
+        return
+    n, what = _fold_units(cfg.group_by, tracks)
+    if cfg.folds > n:
+        fix = f"use --folds {n} or fewer" if n >= 2 else "use --folds 0 (no folds)"
+        raise IngestError(f"--folds {cfg.folds}: only {n} {what}{which} to fill {cfg.folds} folds; {fix}")
+
+
+def _empty_split_warnings(cfg: IngestConfig, splits: list[str]) -> list[str]:
+    """A split that ``--split-ratios`` gives a share but that got no track (too few tracks or artists)."""
+    counts = Counter(splits)
+    out = [
+        f"the {name} split is empty although --split-ratios gives it {ratio:.3g} of {len(splits)} tracks "
+        f"(too few tracks or artists); set its ratio to 0 to mean it, or add tracks"
+        for name, ratio in zip(SPLITS, cfg.split_ratios)
+        if ratio > 0 and counts[name] == 0
+    ]
+    if cfg.split_ratios[1] == 0 and not cfg.folds:
+        out.append(
+            "no valid split (--split-ratios gives it 0): `engine train` needs one to pick its checkpoint; fine "
+            "for a set only to evaluate on, else give valid a share or add --folds K for cross-validation"
+        )
+    return out
 
 
 def _assign_folds(cfg: IngestConfig, tracks: list[Track], keys: list[str], groups: list[str | None]) -> list[int]:

@@ -11,6 +11,7 @@ and the seed (never on input order).
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -22,12 +23,16 @@ from shards.format import SPLITS
 
 
 def parse_ratios(text: str) -> tuple[float, float, float]:
-    """``"0.7,0.15,0.15"`` -> train/valid/test fractions (normalized; each >= 0, sum > 0)."""
+    """``"0.7,0.15,0.15"`` -> train/valid/test fractions (normalized; each finite and >= 0, sum > 0).
+
+    A 0 is allowed and means that split gets no track (``1,0,0``: everything in train, for ``--folds``;
+    ``0,0,1``: a set only to evaluate on); :meth:`IngestConfig.validate` refuses the zero train share that
+    ``--folds`` or ``--offline-augment`` cannot work with."""
     try:
         vals = [float(v) for v in text.split(",")]
     except ValueError:
         raise ValueError(f"--split-ratios {text!r}: expected three numbers like 0.7,0.15,0.15") from None
-    if len(vals) != 3 or any(v < 0 for v in vals) or sum(vals) <= 0:
+    if len(vals) != 3 or not all(math.isfinite(v) and v >= 0 for v in vals) or sum(vals) <= 0:
         raise ValueError(f"--split-ratios {text!r}: expected three non-negative numbers like 0.7,0.15,0.15")
     s = sum(vals)
     return (vals[0] / s, vals[1] / s, vals[2] / s)

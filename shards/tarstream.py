@@ -24,19 +24,30 @@ import numpy as np
 
 from . import format as fmt
 
-__all__ = ["RangeFn", "Sample", "ShardReadError", "TarStream", "iter_samples", "sample_meta"]
+__all__ = ["RangeFn", "Sample", "ShardReadError", "TarStream", "iter_samples", "sample_meta", "unsafe_member_name"]
 
 _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
+_TRUNCATED = ": the shard ends early (an interrupted copy?); copy it again or remake the shard set"
 
 
 class ShardReadError(Exception):
-    """A shard could not be read (``url``: which one, ``reason``: why)."""
+    """A shard could not be read (``url``: which one, ``reason``: why, ``member``: the tar member it was at,
+    None before the first or when unknown). ``str(err)`` is one line naming all three."""
 
-    def __init__(self, url: str, reason: str):
-        super().__init__(f"{url}: {reason}")
+    def __init__(self, url: str, reason: str, member: str | None = None):
+        where = f"{url}: member {member!r}" if member is not None else url
+        super().__init__(f"{where}: {reason}")
         self.url = url
         self.reason = reason
+        self.member = member
+
+
+def unsafe_member_name(name: str) -> bool:
+    """Whether a member name points outside the shard (absolute, ``..`` or a drive): never in a shard the
+    ingest writes (flat ``<key>.<ext>`` names), so the shard is not one of ours or was tampered with."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
 
 
 def _parse_number(field_: bytes) -> int:
@@ -76,6 +87,7 @@ class TarStream:
         self.proc: subprocess.Popen[bytes] | None = None
         self.seekable = False
         self.pos = 0  # byte offset of the stream, for error messages
+        self.member: str | None = None  # name of the member being read, for error messages
         self._buf = bytearray(1 << 20)
         self._scratch: bytearray | None = None
         try:
@@ -112,7 +124,7 @@ class TarStream:
             self._buf = bytearray(max(n, 2 * len(self._buf)))
         view = memoryview(self._buf)[:n]
         if self._readinto(view) != n:
-            raise ShardReadError(self.url, f"truncated {what} at byte {self.pos}")
+            raise ShardReadError(self.url, f"truncated {what} at byte {self.pos}{_TRUNCATED}", self.member)
         return view
 
     def _discard(self, n: int) -> None:
@@ -128,7 +140,7 @@ class TarStream:
         while n > 0:
             k = min(n, len(scratch))
             if self._readinto(scratch[:k]) != k:
-                raise ShardReadError(self.url, f"truncated member data at byte {self.pos}")
+                raise ShardReadError(self.url, f"truncated member data at byte {self.pos}{_TRUNCATED}", self.member)
             n -= k
 
     @staticmethod
@@ -155,7 +167,10 @@ class TarStream:
                 self._check_end()
                 return None  # EOF at a member boundary (archive without end-of-archive blocks)
             if got != _BLOCK:
-                raise ShardReadError(self.url, f"truncated tar header at byte {self.pos - got}")
+                after = " (the header after this member)" if self.member is not None else ""
+                raise ShardReadError(
+                    self.url, f"truncated tar header at byte {self.pos - got}{after}{_TRUNCATED}", self.member
+                )
             hdr = hdr_view.tobytes()
             if hdr == _ZERO_BLOCK:
                 self._check_end()
@@ -190,6 +205,14 @@ class TarStream:
                     name = f"{prefix}/{name}"
             if "size" in pax:
                 size = int(pax["size"])
+            if unsafe_member_name(name):
+                raise ShardReadError(
+                    self.url,
+                    "the name points outside the shard (absolute path or '..'): not a shard make_shards wrote; "
+                    "remake the shard set",
+                    name,
+                )
+            self.member = name
             return name, size
 
     def skip(self, size: int) -> None:
@@ -199,7 +222,7 @@ class TarStream:
         """Whole member as a new bytes object (small members: ``.json``)."""
         data = bytearray(size)  # not the reused buffer: it may hold this sample's PCM
         if self._readinto(memoryview(data)) != size:
-            raise ShardReadError(self.url, f"truncated member data at byte {self.pos}")
+            raise ShardReadError(self.url, f"truncated member data at byte {self.pos}{_TRUNCATED}", self.member)
         self._discard(self._padded(size) - size)
         return bytes(data)
 
@@ -251,8 +274,14 @@ def iter_samples(
     """Samples (key groups) of shard ``url`` whose ordinals are in ``wanted`` (increasing), in order.
 
     Members of unwanted samples are skipped without reading (seek) on local files. Stops -- and kills a
-    pipe command -- as soon as the last wanted sample is complete. Raises :class:`ShardReadError`. The
-    ``data`` of a yielded sample views a reused buffer: copy it before advancing the generator.
+    pipe command -- as soon as the last wanted sample is complete. Raises :class:`ShardReadError` (with the
+    member it was at) for what makes the rest of the shard unreadable: a truncated shard, a bad header, a
+    member name pointing outside the shard. The ``data`` of a yielded sample views a reused buffer: copy it
+    before advancing the generator.
+
+    A sample that cannot be used comes with ``error`` set (one line naming the member) and the stream goes
+    on: an odd PCM byte count, a bad ``.npy``, a key that already had its sample earlier in the shard
+    (a duplicate key: the later group is an error record), a member that repeats an extension of its sample.
 
     ``range_fn`` picks the part of each ``.pcm`` member to read (default: all of it). Samples whose ordinal
     is in ``skip_data`` come with their ``.json`` but without data: the data member is checked (present,
@@ -267,6 +296,9 @@ def iter_samples(
         last = wanted[-1]
         ordinal = -1
         cur_key: str | None = None
+        seen_keys: set[str] = set()
+        exts: set[str] = set()  # extensions met in the current group
+        duplicate = False  # the current group's key had a group earlier in the shard
         group: Sample | None = None
         while True:
             member = tar.next_member()
@@ -287,45 +319,62 @@ def iter_samples(
                     return
                 cur_key = key
                 ordinal += 1
+                exts.clear()
+                duplicate = key in seen_keys
+                seen_keys.add(key)
                 if ordinal == wanted[wi]:
                     group = Sample(ordinal, key)
-            if group is None:
+                    if duplicate:
+                        group.error = f"{name}: duplicate key {key!r} (an earlier sample of this shard has it)"
+            if group is None or duplicate:
                 tar.skip(size)
-            elif ext == fmt.META_EXT:
-                group.meta = tar.read_bytes(size)
-            elif ext == fmt.PCM_EXT:
-                if size % 2:
-                    group.error = f"{name}: odd byte count {size} for int16 PCM"
-                    tar.skip(size)
-                    continue
-                n = size // 2
-                if ordinal in skip_data:
-                    tar.skip(size)
-                    group.length, group.ext = n, ext
-                    continue
-                start, count = range_fn(ordinal, n) if range_fn is not None else (0, n)
-                group.data = np.frombuffer(tar.read_range(size, 2 * start, 2 * count), dtype="<i2")
-                group.length, group.start, group.ext = n, start, ext
-            elif ext == fmt.FEATS_EXT:
-                if ordinal in skip_data:
-                    tar.skip(size)
-                    group.ext = ext
-                    continue
-                try:
-                    feats = fmt.decode_feats(tar.read_bytes(size))
-                except ValueError as e:
-                    group.error = f"{name}: bad .npy member ({e})"
-                    continue
-                if feats.ndim != 2:
-                    group.error = f"{name}: features must be [N, D], got shape {feats.shape}"
-                    continue
-                group.data, group.length, group.start, group.ext = feats, feats.shape[0], 0, ext
+            elif ext in exts:
+                group.error = group.error or f"{name}: duplicate member (sample {key!r} already has a .{ext})"
+                tar.skip(size)
             else:
-                tar.skip(size)
+                _read_member(tar, group, name, ext, size, range_fn, ordinal in skip_data)
+            exts.add(ext)
         if group is not None:
             yield group
     finally:
         tar.close()
+
+
+def _read_member(
+    tar: TarStream, group: Sample, name: str, ext: str, size: int, range_fn: RangeFn | None, skip: bool
+) -> None:
+    """Consume one member of a wanted sample into ``group`` (``skip``: check a data member, read none)."""
+    if ext == fmt.META_EXT:
+        group.meta = tar.read_bytes(size)
+    elif ext == fmt.PCM_EXT:
+        if size % 2:
+            group.error = f"{name}: odd byte count {size} for int16 PCM"
+            tar.skip(size)
+            return
+        n = size // 2
+        if skip:
+            tar.skip(size)
+            group.length, group.ext = n, ext
+            return
+        start, count = range_fn(group.ordinal, n) if range_fn is not None else (0, n)
+        group.data = np.frombuffer(tar.read_range(size, 2 * start, 2 * count), dtype="<i2")
+        group.length, group.start, group.ext = n, start, ext
+    elif ext == fmt.FEATS_EXT:
+        if skip:
+            tar.skip(size)
+            group.ext = ext
+            return
+        try:
+            feats = fmt.decode_feats(tar.read_bytes(size))
+        except ValueError as e:
+            group.error = f"{name}: bad .npy member ({e})"
+            return
+        if feats.ndim != 2:
+            group.error = f"{name}: features must be [N, D], got shape {feats.shape}"
+            return
+        group.data, group.length, group.start, group.ext = feats, feats.shape[0], 0, ext
+    else:
+        tar.skip(size)
 
 
 def sample_meta(sample: Sample) -> dict[str, Any] | None:

@@ -300,3 +300,55 @@ def kill_a_worker_mid_run(
 def worker_killer() -> Callable[..., tuple[int | None, int, str, str]]:
     """:func:`kill_a_worker_mid_run` for tests."""
     return kill_a_worker_mid_run
+
+
+def tree_snapshot(root: str | Path) -> dict[str, str]:
+    """``{relative path: sha256 of a file | "<dir>" | "-> target" of a link}`` of everything under ``root``
+    (hidden entries included): equal before and after a refused command means nothing was created or changed."""
+    root = Path(root)
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = os.fsencode(p.relative_to(root)).decode("utf-8", "backslashreplace")
+            if p.is_symlink():
+                out[rel] = f"-> {os.readlink(p)}"
+            elif p.is_dir():
+                out[rel] = "<dir>"
+            else:
+                try:
+                    out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+                except PermissionError:  # unreadable to this process: its size and mtime stand for it
+                    st = p.stat()
+                    out[rel] = f"{st.st_size}:{st.st_mtime_ns}"
+    return out
+
+
+@pytest.fixture
+def snapshot():
+    """The :func:`tree_snapshot` function."""
+    return tree_snapshot
+
+
+@pytest.fixture
+def run_unprivileged() -> Callable[..., subprocess.CompletedProcess]:
+    """``run(argv, **subprocess_kw)``: ``argv`` in a subprocess where file permissions bind (tests run as
+    root, which ignores them): as root it runs under ``setpriv --bounding-set -dac_override,-dac_read_search``;
+    skips the test when setpriv (util-linux) is missing. ``PYTHONPATH`` is the checkout; text output captured."""
+    import shutil
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("setpriv (util-linux) is not installed: permissions cannot be tested as root")
+        prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+
+    def run(argv: list[str], **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*prefix, *map(str, argv)], capture_output=True, text=True, errors="replace", env=env, cwd=repo, **kw
+        )
+
+    return run
