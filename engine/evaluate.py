@@ -251,8 +251,8 @@ def _load_manifest(shards: str | Path, fold: int | None, split: str | None = Non
     from shards.format import load_manifest
 
     manifest = load_manifest(shards)
-    if split is not None and split not in manifest["splits"]:
-        raise ValueError(
+    if split is not None and split not in manifest["splits"]:  # KeyError, as the shard reader raised it
+        raise KeyError(
             f"--split {split!r}: shard set {shards} has no such split (it has {', '.join(sorted(manifest['splits']))}); "
             "choose one of those"
         )
