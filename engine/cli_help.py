@@ -1,11 +1,20 @@
-"""The help formatter of the ``python -m engine`` commands (its own module: the commands import it, and
-:mod:`engine.cli` names the commands, so it cannot live there without a cycle)."""
+"""What the ``python -m engine`` commands share in their parsers: the help formatter and the argparse
+``type=`` checks of numbers (its own module: the commands import it, and :mod:`engine.cli` names the
+commands, so it cannot live there without a cycle).
+
+The number checks turn a value out of range into argparse's usual refusal, before any work: one line
+naming the option, the value and the allowed range, exit status 2::
+
+    python -m engine classify: error: argument --top-k: 0 is out of range: must be an integer >= 1
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 
-__all__ = ["HelpFormatter"]
+__all__ = ["HelpFormatter", "float_above", "float_at_least", "int_at_least"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -17,3 +26,56 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in text or action.required or action.default is None:
             return text
         return super()._get_help_string(action) or text
+
+
+def _number(text: str, kind: type, what: str) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def int_at_least(low: int, hint: str = "") -> Callable[[str], int]:
+    """An argparse ``type=``: an integer ``>= low``; ``hint`` (e.g. "0: decode in this process") is added
+    to the refusal."""
+
+    def parse(text: str) -> int:
+        value = int(_number(text, int, "an integer"))
+        if value < low:
+            extra = f" ({hint})" if hint else ""
+            raise argparse.ArgumentTypeError(f"{value} is out of range: must be an integer >= {low}{extra}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def float_above(low: float, hint: str = "") -> Callable[[str], float]:
+    """An argparse ``type=``: a finite number ``> low``."""
+
+    def parse(text: str) -> float:
+        value = float(_number(text, float, "a number"))
+        if not value > low:
+            extra = f" ({hint})" if hint else ""
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be a number > {low:g}{extra}")
+        return value
+
+    parse.__name__ = f"number > {low:g}"
+    return parse
+
+
+def float_at_least(low: float, hint: str = "") -> Callable[[str], float]:
+    """An argparse ``type=``: a finite number ``>= low``."""
+
+    def parse(text: str) -> float:
+        value = float(_number(text, float, "a number"))
+        if not value >= low:
+            extra = f" ({hint})" if hint else ""
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be a number >= {low:g}{extra}")
+        return value
+
+    parse.__name__ = f"number >= {low:g}"
+    return parse

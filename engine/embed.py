@@ -48,17 +48,20 @@ import torch
 
 from engine.checkpoint import SELF_RESAMPLING_FEATURES, load_checkpoint, model_config_from
 from engine.checkpoint_format import CheckpointError
-from engine.cli_help import HelpFormatter
+from engine.cli_help import HelpFormatter, float_above, int_at_least
 from engine.config import ConfigError
 from engine.distributed import AUTOCAST_DTYPES, PRECISIONS, canonical_precision, check_precision
 from engine.models import GenreModel, build_model
 from engine.scoring import ScoredTrack, WindowScorer, forward
 from shards import format as fmt
+from shards.outputs import EXIT_USER_ERROR, OutputError, cli_errors, prepare_output_dir, printable_path
 from shards.resumable import DoneRecords, atomic_write_json, identity_diff
 from shards.tarstream import ShardReadError, iter_samples, sample_meta
 from shards.writer import ShardWriter, sha256_file
 
 logger = logging.getLogger(__name__)
+
+PROG = "python -m engine embed"
 
 __all__ = ["EMBED_VERSION", "STATE_DIR", "EmbedError", "embed", "embedding_model", "main"]
 
@@ -213,6 +216,21 @@ def _identity(spec: str, path: Path, name: str, shards: Path, segment: int, hop:
     }
 
 
+def _check_out_dir(out: Path) -> None:
+    """Refuse, before any work, an ``--out`` embed may not write (:class:`shards.outputs.OutputError`): a
+    file, a folder that cannot be written, or a folder that holds anything but an embedding run of its own
+    (whose identity :func:`_check_identity` compares once the model is loaded). A missing folder is created."""
+    prepare_output_dir(out)
+    if out.is_dir() and not (out / STATE_DIR / "embed.json").is_file():
+        others = sorted(p.name for p in out.iterdir() if p.name != STATE_DIR)
+        if others:
+            raise OutputError(
+                out, f"is not empty (holds {printable_path(others[0])}{' and more' if len(others) > 1 else ''}) "
+                "and holds no embedding run", "choose another --out (a new folder is created), or empty it",
+                flag="--out",
+            )  # fmt: skip
+
+
 def _check_identity(out: Path, ident: dict[str, Any]) -> None:
     path = out / STATE_DIR / "embed.json"
     if path.is_file():
@@ -313,15 +331,17 @@ def embed(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     precision = check_precision(precision)  # the identity records the current name: "no" -> "fp32"
-    if hop_seconds is not None and hop_seconds <= 0:
+    if hop_seconds is not None and not hop_seconds > 0:
         raise ValueError(f"hop_seconds must be > 0, got {hop_seconds}")
+    _check_out_dir(out)
     source = fmt.load_manifest(shards)
     if source.get("kind", "audio") != "audio":
         raise EmbedError(f"{shards} holds {source.get('kind')} (layout {source.get('layout')!r}), not audio: embed audio shards")
     wanted = list(source["splits"]) if not splits else list(splits)
     unknown = [s for s in wanted if s not in source["splits"]]
     if unknown:
-        raise EmbedError(f"--splits {', '.join(unknown)}: {shards} has {', '.join(source['splits'])}")
+        raise EmbedError(f"--splits {', '.join(unknown)}: {shards} has {', '.join(source['splits'])}; "
+                         "name splits it has (comma-separated), or leave --splits out for all")  # fmt: skip
 
     on_cpu = (device is not None and torch.device(device).type == "cpu") or not torch.cuda.is_available()
     state = PartialState(cpu=on_cpu)
@@ -384,7 +404,7 @@ def embed(
 # ------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m engine embed",
+        prog=PROG,
         description=(
             "Embed every evaluation window of a shard set with a pretrained model into a feature-shard set "
             "(kind features: one row per window, float16 [N_windows, D] per track; the source's splits, folds, "
@@ -397,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="pretrained name (musicnn:MSD_musicnn, musicnn:MTT_musicnn, musicnn:MSD_vgg, "
                    "musicnn:MTT_vgg) or a checkpoint .pt of one of those architectures")  # fmt: skip
     p.add_argument("--shards", required=True, help="audio shard-set directory (with manifest.json), at any rate for musicnn")
-    p.add_argument("--out", required=True, help="output feature-shard directory (resumed if it holds this run)")
+    p.add_argument("--out", required=True, help="output feature-shard directory (resumed if it holds this run; "
+                   "a folder that holds anything else is refused)")  # fmt: skip
     p.add_argument(
         "--embedding",
         default=None,
@@ -405,8 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(200), taggram (50 tag sigmoids), mean_pool, max_pool (753); musicnn_vgg pool5 (the default), taggram",
     )
     p.add_argument("--splits", default=None, help="comma-separated splits to embed (default: all)")
-    p.add_argument("--hop-seconds", type=float, default=None, help="window hop (default: one window, as evaluate)")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--hop-seconds", type=float_above(0), default=None, help="window hop (default: one window, as evaluate)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=32, help="windows per forward pass")
     p.add_argument("--precision", type=canonical_precision, choices=PRECISIONS, default="fp32",
                    help="autocast of the backbone (the old 'no': fp32)")  # fmt: skip
     p.add_argument("--device", default=None, help="torch device (default: this process's accelerate device)")
@@ -417,7 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; a refusal is one line on stderr and exit status 2 (no traceback)."""
     from engine.logs import setup_logging  # noqa: PLC0415
 
     setup_logging()
@@ -431,8 +454,8 @@ def main(argv: list[str] | None = None) -> int:
             channels_last=not args.no_channels_last, progress=not args.no_progress, command=" ".join(["python -m engine embed", *argv]),
         )  # fmt: skip
     except (EmbedError, CheckpointError, ConfigError, fmt.ManifestError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
     if "manifest" in res:
         m = res["manifest"]
         counts = ", ".join(f"{s}: {e['tracks']} tracks / {e['windows']} windows" for s, e in m["splits"].items())

@@ -34,12 +34,15 @@ from typing import Any
 
 import torch
 
+from engine.cli_help import float_above, int_at_least
 from engine.distributed import PRECISIONS, canonical_precision, check_precision, make_accelerator
 from engine.evaluation_loop import WindowResults, evaluate_stream
 from engine.logs import setup_logging
 from engine.metrics import TRACK_AGGREGATES, aggregate_tracks
 from engine.models.inputs import check_data_fits_model, input_kind
+from shards.outputs import EXIT_USER_ERROR, cli_errors
 
+PROG = "python -m engine evaluate"
 logger = logging.getLogger(__name__)
 
 __all__ = ["evaluate_checkpoint", "main", "resolve_label_map", "load_label_map"]
@@ -51,14 +54,17 @@ def _norm(name: str) -> str:
 
 
 def load_label_map(path: str | Path) -> dict[str, str | None]:
-    """Read a YAML or JSON mapping ``{shard label: model label or null}``."""
+    """Read a YAML or JSON mapping ``{shard label: model label or null}`` (UTF-8 text: other bytes raise
+    :class:`shards.outputs.InputError` naming the line and offset)."""
     import yaml
+
+    from shards.outputs import decode_utf8
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"label map {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML
+        data = yaml.safe_load(decode_utf8(path.read_bytes(), path))  # JSON is YAML
     except yaml.YAMLError as err:
         raise ValueError(f"label map {path} is neither YAML nor JSON: {err}") from err
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
@@ -162,11 +168,15 @@ def evaluate_checkpoint(
     from shards.reader import make_loader
 
     precision = check_precision(precision)
-    _check_arguments(batch_size, track_aggregate, segment_seconds)
+    _check_arguments(batch_size, track_aggregate, segment_seconds, hop_seconds, num_workers)
     t0 = time.perf_counter()
-    manifest = _load_manifest(shards, fold)  # fail fast before loading a model
+    manifest = _load_manifest(shards, fold, split)  # fail fast before loading a model
     if isinstance(label_map, (str, Path)):
         label_map = load_label_map(label_map)
+    if out is not None:
+        from engine.report import check_evaluation_dir
+
+        check_evaluation_dir(out)  # a folder evaluate may not write is refused before the work
     accelerator = accelerator or make_accelerator()
     setup = _load_setup(checkpoint, shards, manifest, accelerator.device, label_map,
                         segment_seconds=segment_seconds, hop_seconds=hop_seconds, track_aggregate=track_aggregate)  # fmt: skip
@@ -220,7 +230,15 @@ class _Coverage:
     vote: torch.Tensor  # (N,) their majority-vote class
 
 
-def _check_arguments(batch_size: int, track_aggregate: str | None, segment_seconds: float | None) -> None:
+def _check_arguments(
+    batch_size: int, track_aggregate: str | None, segment_seconds: float | None, hop_seconds: float | None = None,
+    num_workers: int | None = None,
+) -> None:  # fmt: skip
+    """Refuse numbers out of range before any work (the CLI's parser refuses them first)."""
+    if hop_seconds is not None and not hop_seconds > 0:
+        raise ValueError(f"hop_seconds must be > 0, got {hop_seconds}")
+    if num_workers is not None and num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0 (0: load in this process), got {num_workers}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
     if track_aggregate is not None and track_aggregate not in TRACK_AGGREGATES:
@@ -229,10 +247,15 @@ def _check_arguments(batch_size: int, track_aggregate: str | None, segment_secon
         raise ValueError(f"segment_seconds must be > 0, got {segment_seconds}")
 
 
-def _load_manifest(shards: str | Path, fold: int | None) -> dict[str, Any]:
+def _load_manifest(shards: str | Path, fold: int | None, split: str | None = None) -> dict[str, Any]:
     from shards.format import load_manifest
 
     manifest = load_manifest(shards)
+    if split is not None and split not in manifest["splits"]:  # KeyError, as the shard reader raised it
+        raise KeyError(
+            f"--split {split!r}: shard set {shards} has no such split (it has {', '.join(sorted(manifest['splits']))}); "
+            "choose one of those"
+        )
     if fold is not None and not 0 <= int(fold) < int(manifest.get("folds") or 0):
         raise ValueError(
             f"fold {fold} does not exist: shard set {shards} has {int(manifest.get('folds') or 0)} folds "
@@ -385,7 +408,7 @@ def _predictions(stream: Any, setup: _Setup, result: WindowResults, tracks: _Cov
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m engine evaluate",
+        prog=PROG,
         description=(
             "Evaluate a checkpoint on a split of a shard set: segment (window) and track metrics, per-class "
             "table, confusion matrix, predictions.csv. Runs on CPU or GPU; launch with `accelerate launch -m "
@@ -395,17 +418,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="genre-engine checkpoint (.pt)")
     p.add_argument("--shards", required=True, help="shard-set directory (with manifest.json)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    p.add_argument("--out", default=None, help="report directory (default: <checkpoint dir>/eval-<split>)")
-    p.add_argument("--batch-size", type=int, default=64, help="windows per batch (default: 64)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="report directory (default: <checkpoint dir>/eval-<split>); its metrics.json, report.md, "
+        "confusion_matrix*.png and predictions.csv are replaced when an earlier evaluation wrote them, "
+        "refused otherwise; other files in it are left alone",
+    )
+    p.add_argument("--batch-size", type=int_at_least(1), default=64, help="windows per batch (default: 64)")
     p.add_argument(
         "--segment-seconds",
-        type=float,
+        type=float_above(0),
         default=None,
         help="evaluation window in seconds (default: the window the run validated with, stored in the checkpoint)",
     )
     p.add_argument(
         "--hop-seconds",
-        type=float,
+        type=float_above(0),
         default=None,
         help="window hop in seconds (default: window length, no overlap)",
     )
@@ -424,8 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--precision", type=canonical_precision, choices=PRECISIONS, default="fp32",
                    help="autocast of the forward pass (the old 'no': fp32)")  # fmt: skip
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: automatic)")
-    p.add_argument("--fold", type=int, default=None, help="evaluate only the tracks of this k-fold fold")
+    p.add_argument("--workers", type=int_at_least(0, "0: load in this process"), default=None,
+                   help="DataLoader workers (default: automatic)")  # fmt: skip
+    p.add_argument("--fold", type=int_at_least(0, "folds are 0-based"), default=None,
+                   help="evaluate only the tracks of this k-fold fold")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -461,7 +492,9 @@ def _print_summary(metrics: dict[str, Any], out: Path | None) -> None:
         print(f"report: {out / 'report.md'}")
 
 
+@cli_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; a refusal is one line on stderr and exit status 2 (no traceback)."""
     args = build_parser().parse_args(argv)
     setup_logging()
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
@@ -482,8 +515,8 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
+        return EXIT_USER_ERROR
     from accelerate import PartialState
 
     if PartialState().is_main_process:

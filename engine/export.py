@@ -47,11 +47,15 @@ from engine.classify.predictor import (
     TS_META_FILE,
     CheckpointInputError,
     check_input_kind,
+    zip_names,
 )
-from engine.cli_help import HelpFormatter
+from engine.cli_help import HelpFormatter, float_at_least, int_at_least
 from engine.logs import setup_logging
+from shards.outputs import EXIT_USER_ERROR, PathProblem, cli_errors, prepare_output_file
 
 logger = logging.getLogger(__name__)
+
+PROG = "python -m engine export"
 
 DEFAULT_TOLERANCE = 1e-4  # max |p_exported - p_eager| over every probability of the check batch
 FORMATS = ("export", "onnx", "torchscript")
@@ -255,6 +259,35 @@ def _run_exported(fmt: str, path: Path, x: Tensor) -> Tensor | None:
     return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
 
 
+def is_exported_model(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a model file this command wrote: a TorchScript or ``.pt2`` archive holding
+    ``genre_meta.json``, or an ONNX file carrying the ``genre_meta`` metadata key."""
+    names = zip_names(path)
+    if names is not None:
+        return any(n.rsplit("/", 1)[-1] in (TS_META_FILE, PT2_META_FILE) for n in names)
+    key, tail = ONNX_META_KEY.encode(), b""
+    try:
+        with open(path, "rb") as fh:  # the key is a protobuf string: its bytes appear as they are
+            while chunk := fh.read(1 << 20):
+                if key in tail + chunk:
+                    return True
+                tail = chunk[-len(key) :]
+    except OSError:
+        return False
+    return False
+
+
+def check_export_out(out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Refuse, before any work, an ``out`` export may not write (:class:`shards.outputs.OutputError`): a
+    folder, a read-only file or folder, a file in the way of a missing parent, or an existing file that
+    this command did not write (:func:`is_exported_model`) unless ``overwrite``. A missing parent folder is
+    created when the export is written."""
+    return prepare_output_file(
+        out, replace=lambda p: overwrite or is_exported_model(p),
+        replace_hint="it is not a model written by export: pass --overwrite to replace it, or choose another --out",
+    )  # fmt: skip
+
+
 def export_model(
     checkpoint: str | os.PathLike,
     fmt: str,
@@ -263,6 +296,7 @@ def export_model(
     window_samples: int | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     check_batch: int = 4,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export ``checkpoint`` to ``out`` as ``fmt`` (``"export"``, ``"onnx"`` or ``"torchscript"``) and verify it.
 
@@ -276,7 +310,10 @@ def export_model(
 
     Returns ``{"format", "out", "bytes", "max_abs_diff", "tolerance", "verified", "exporter", "labels",
     "sample_rate", "segment_samples", "window_samples", "seconds"}``; ``verified`` is False only when
-    onnxruntime is missing. Raises :class:`ExportError` when the check fails (the file is removed).
+    onnxruntime is missing. Raises :class:`ExportError` when the check fails (nothing is written: the
+    export goes to a temporary file that replaces ``out`` only once verified). An existing ``out`` is
+    replaced only when it is an exported model (:func:`is_exported_model`) or with ``overwrite``; other
+    refusals of ``out`` (:func:`check_export_out`) come before the checkpoint is loaded.
     """
     from engine.checkpoint import load_model  # noqa: PLC0415
 
@@ -286,6 +323,11 @@ def export_model(
         raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     if fmt == "export" and Path(out).suffix != ".pt2":
         raise ValueError(f"--out {out}: torch.export archives are .pt2 files (torch.export.load expects the name)")
+    if window_samples is not None and window_samples < 1:
+        raise ValueError(f"window_samples must be >= 1, got {window_samples}")
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    check_export_out(out, overwrite=overwrite)
     check_input_kind(checkpoint)
     model, ckpt = load_model(checkpoint, "cpu")
     # default: the evaluation window the checkpoint was validated at (``window_samples``), else the crop
@@ -344,7 +386,7 @@ def export_model(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m engine export",
+        prog=PROG,
         description=(
             "Export a checkpoint as a self-contained waveform-in, probabilities-out model (feature front end "
             "inside, augmentation removed) and verify it against the eager model."
@@ -359,17 +401,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="export: torch.export program (.pt2, torch.export.load); onnx: ONNX (onnxruntime); "
         "torchscript: torch.jit (deprecated by PyTorch, kept while it loads)",
     )
-    p.add_argument("--out", required=True, help="output file (.pt2 for export, .onnx for ONNX, .ts for TorchScript)")
     p.add_argument(
-        "--window-samples", type=int, default=None, help="input length T in samples (default: the checkpoint's evaluation window, else its training crop)"
+        "--out",
+        required=True,
+        help="output file (.pt2 for export, .onnx for ONNX, .ts for TorchScript); an existing file is replaced "
+        "only when it is a model written by export",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out whatever it holds")
+    p.add_argument(
+        "--window-samples", type=int_at_least(1), default=None, help="input length T in samples (default: the checkpoint's evaluation window, else its training crop)"
     )
     p.add_argument(
-        "--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max abs probability difference"
+        "--tolerance", type=float_at_least(0), default=DEFAULT_TOLERANCE, help="max abs probability difference"
     )
     return p
 
 
+@cli_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
+    """Run the command: 0 when exported and verified; 2 for a refused option or output path (one line,
+    no traceback); 1 when the checkpoint cannot be exported or the export fails its check."""
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
@@ -379,9 +430,13 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             window_samples=args.window_samples,
             tolerance=args.tolerance,
+            overwrite=args.overwrite,
         )
+    except PathProblem as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except (ExportError, CheckpointInputError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
     check = (
         f"max |p - p_eager| = {res['max_abs_diff']:.2e} <= {res['tolerance']:g}"

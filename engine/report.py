@@ -10,6 +10,11 @@ Layout of ``metrics`` (what :func:`engine.evaluate.evaluate_checkpoint` produces
 (argmax of the mean window probability), ``vote_label`` (majority vote of windows, optional),
 ``windows`` (number of windows, optional) and ``probs`` (``[K]`` mean window probabilities in
 ``label_names`` order).
+
+The report folder is evaluate's own: :func:`check_evaluation_dir` (called before any work) refuses a folder
+where a file with one of :data:`EVALUATION_FILES`' names exists that an evaluation did not write (no
+``metrics.json`` of an evaluation beside it); every other file in the folder is left alone. ``metrics.json``
+is written first and ``report.md`` last, each whole or not at all (a temporary file renamed).
 """
 
 from __future__ import annotations
@@ -17,12 +22,45 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from engine.plots import confusion_matrix_png
+from shards.outputs import prepare_output_dir, prepare_output_file
+from shards.resumable import atomic_write_text
 
-__all__ = ["write_evaluation", "markdown_report"]
+__all__ = ["EVALUATION_FILES", "check_evaluation_dir", "markdown_report", "write_evaluation"]
+
+#: the files :func:`write_evaluation` writes into its folder (and replaces on a rerun)
+EVALUATION_FILES = ("metrics.json", "report.md", "confusion_matrix.png", "confusion_matrix_segment.png",
+                    "predictions.csv")  # fmt: skip
+
+
+def _is_evaluation_metrics(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"segment", "track", "checkpoint", "split"} <= set(data)
+
+
+def check_evaluation_dir(out_dir: str | Path, *, flag: str | None = "--out") -> Path:
+    """Refuse (:class:`shards.outputs.OutputError`, nothing created) a report folder :func:`write_evaluation`
+    may not write: a file in its place, a folder that cannot be written, or one that holds a file named
+    like a report file (:data:`EVALUATION_FILES`) that no evaluation wrote -- the folder's ``metrics.json``
+    is not an evaluation's. A missing folder is created when the report is written."""
+    out = prepare_output_dir(out_dir, flag=flag)
+    ours = _is_evaluation_metrics(out / "metrics.json")
+    for name in EVALUATION_FILES:
+        path = out / name
+        if os.path.lexists(path):
+            prepare_output_file(
+                path, flag=flag, replace=ours,
+                replace_hint="it was not written by evaluate (no evaluation's metrics.json beside it): "
+                "choose another --out, or move the file away",
+            )  # fmt: skip
+    return out
 
 _HEADLINE = (  # macro F1 first: the honest figure on imbalanced sets (MSD genres)
     ("macro_f1", "macro F1"),
@@ -227,7 +265,20 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_predictions_csv(path: Path, predictions: list[dict[str, Any]], label_names: list[str]) -> Path:
-    """One row per track: key, path, true/predicted label, correct, top-2 hit, vote, windows, p_<class>..."""
+    """One row per track: key, path, true/predicted label, correct, top-2 hit, vote, windows, p_<class>...
+
+    Written to ``<path>.tmp`` and renamed: the file is whole or absent."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        _write_predictions(tmp, predictions, label_names)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write_predictions(path: Path, predictions: list[dict[str, Any]], label_names: list[str]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(
@@ -268,7 +319,6 @@ def write_predictions_csv(path: Path, predictions: list[dict[str, Any]], label_n
                     *[f"{float(x):.6f}" for x in probs],
                 ]
             )
-    return path
 
 
 def write_evaluation(
@@ -287,7 +337,8 @@ def write_evaluation(
         "confusion_matrix": out / "confusion_matrix.png",
         "predictions": out / "predictions.csv",
     }
-    paths["metrics"].write_text(json.dumps(_jsonable(metrics), indent=2, allow_nan=False) + "\n")
+    # metrics.json first: it marks the folder as an evaluation's (check_evaluation_dir) before the others land
+    atomic_write_text(paths["metrics"], json.dumps(_jsonable(metrics), indent=2, allow_nan=False) + "\n")
     write_predictions_csv(paths["predictions"], predictions, label_names)
     k = len(label_names)
     empty = [[0] * k for _ in range(k)]
@@ -304,5 +355,5 @@ def write_evaluation(
             out / "confusion_matrix_segment.png",
             title="Confusion matrix (windows)",
         )
-    paths["report"].write_text(markdown_report(metrics, label_names, predictions), encoding="utf-8")
+    atomic_write_text(paths["report"], markdown_report(metrics, label_names, predictions))
     return paths

@@ -11,15 +11,18 @@ from typing import Any
 from engine.classify.decode import DEFAULT_CHUNK_SECONDS
 from engine.classify.predictor import CheckpointInputError
 from engine.classify.run import classify
-from engine.cli_help import HelpFormatter
+from engine.cli_help import HelpFormatter, float_above, int_at_least
 from engine.distributed import PRECISIONS, canonical_precision
 from engine.logs import setup_logging
 from shards.audio import ignored_summary
+from shards.outputs import EXIT_USER_ERROR, cli_errors
+
+PROG = "python -m engine classify"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m engine classify",
+        prog=PROG,
         description=(
             "Classify music files and folders with a trained checkpoint, a pretrained model (musicnn:MSD_musicnn, "
             "musicnn:MTT_musicnn, musicnn:MSD_vgg, musicnn:MTT_vgg: zero-shot tagging with 50 tags) or a model "
@@ -41,14 +44,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="*", help="audio files and/or folders (walked recursively)")
     p.add_argument("--from-list", metavar="FILE", help="text file with one path (file or folder) per line")
-    p.add_argument("--out", required=True, help="output file (appended to; files already in it are skipped)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output file, created with OUT.run.json beside it; rerun with the same --out to resume (files "
+        "already in it are skipped). An existing file without that OUT.run.json (not written by classify) is "
+        "refused and left as it is",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out (and its OUT.run.json) instead of resuming it or refusing it",
+    )
     p.add_argument(
         "--format",
         choices=["jsonl", "csv"],
         default=None,
         help="default: csv if --out ends in .csv, else jsonl",
     )
-    p.add_argument("--top-k", type=int, default=3, help="genres per file")
+    p.add_argument("--top-k", type=int_at_least(1), default=3, help="genres per file")
     p.add_argument(
         "--tags",
         metavar="GROUP",
@@ -57,10 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         "engine/pretrained/musicnn.py GENRE_TAGS). Default: all tags; --top-k is then tags per file "
         "(--top-k 50 lists all 50)",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="windows per device batch")
+    p.add_argument("--batch-size", type=int_at_least(1), default=64, help="windows per device batch")
     p.add_argument(
         "--max-windows",
-        type=int,
+        type=int_at_least(1),
         default=None,
         help="at most N windows per track, spread evenly (default: all)",
     )
@@ -83,14 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--num-workers",
-        type=int,
+        type=int_at_least(0, "0: decode in this process"),
         default=None,
         help="decode worker processes per device (default: cores / local processes, <= 8)",
     )
     p.add_argument("--device", default=None, help="torch device (default: this process's accelerate device)")
     p.add_argument(
         "--chunk-seconds",
-        type=float,
+        type=float_above(0),
         default=DEFAULT_CHUNK_SECONDS,
         help="audio per decode piece (bounds memory for long files)",
     )
@@ -120,7 +134,9 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@cli_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; a refusal is one line on stderr and exit status 2 (no traceback)."""
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
@@ -129,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, max_windows=args.max_windows, pad=args.pad, timeline=args.timeline,
             precision=args.precision, num_workers=args.num_workers, device=args.device,
             chunk_seconds=args.chunk_seconds, channels_last=not args.no_channels_last,
-            progress=not args.no_progress, tags=args.tags,
+            progress=not args.no_progress, tags=args.tags, overwrite=args.overwrite,
         )  # fmt: skip
     except (CheckpointInputError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
     if summary.get("main"):
         print(format_summary(summary))
         print(json.dumps({k: v for k, v in summary.items() if k != "main"}, ensure_ascii=False))

@@ -21,6 +21,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from engine.classify.inputs import iter_inputs
 from shards.audio import AudioError, AudioInfo, exact_frames, load_audio, probe
 from shards.format import to_pcm16
+from shards.layouts import WalkError
+from shards.outputs import printable_path
 from shards.windows import fill_window, fit_length, window_starts
 
 DEFAULT_CHUNK_SECONDS = 120.0  # audio per worker -> main piece; bounds memory for hour-long files
@@ -240,8 +242,12 @@ class DecodeStream(IterableDataset):
         stride = self.world_size * nw
         mine = self.rank + self.world_size * wid
         ignored: Counter[str] = Counter()
-        for i, path in enumerate(iter_inputs(self.paths, self.from_list, ignored=ignored)):
-            if i % stride != mine or path in self.done:
+        for i, item in enumerate(iter_inputs(self.paths, self.from_list, ignored=ignored)):
+            path = item.path if isinstance(item, WalkError) else item
+            if i % stride != mine or printable_path(path) in self.done:  # output lines hold printable paths
+                continue
+            if isinstance(item, WalkError):  # a folder the walk could not list: its own error line
+                yield error_piece(i, path, item.reason, self.segment_samples)
                 continue
             if self.markers is not None:
                 _mark(self.markers, f"rank{self.rank}-worker{wid}", i, path)

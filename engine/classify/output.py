@@ -2,6 +2,8 @@
 
 - :class:`LineWriter` appends whole lines (JSONL or CSV) with one ``os.write`` each; :class:`ResultSink`
   puts each file's record through it once and counts this run's results;
+- ownership: :func:`check_output_owned` (before any work): an existing ``OUT`` is appended to only when
+  its sidecar ``OUT.run.json`` says classify wrote it, else refused (``--overwrite`` replaces it);
 - resume: :func:`check_output_identity` (``OUT.run.json``: the model's sha256 and the line layout),
   :func:`repair_tail` (a torn last line), :func:`read_records` (what is already done);
 - several ranks write ``OUT.rank{r}.part``; :func:`merge_parts` appends them to ``OUT`` once each;
@@ -23,12 +25,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from shards.outputs import OutputError, prepare_output_file
 from shards.resumable import atomic_write_text, identity_diff
 from shards.writer import sha256_file
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("jsonl", "csv")
+#: the reason of the error line of a folder the walk could not list (:func:`shards.layouts.walk_paths`)
+UNREADABLE_FOLDER = "cannot read this folder"
 
 
 def output_format(out: str, fmt: str | None) -> str:
@@ -219,7 +224,7 @@ def check_output_identity(
     also top-k and timeline, which fix its header). A rerun into an ``out`` that already holds lines must
     match them, or the file would silently mix two models' genres (or CSV rows under another header).
     """
-    meta_path = out + ".run.json"
+    meta_path = sidecar_path(out)
     ident = {"model_sha256": sha256_file(checkpoint), "model": os.path.abspath(checkpoint), "format": fmt,
              "top_k": top_k, "timeline": timeline, "kind": kind, "tags": tags, "pad": pad}  # fmt: skip
     has_lines = any(os.path.isfile(f) and os.path.getsize(f) > 0 for f in [out, *part_files(out)])
@@ -238,20 +243,71 @@ def check_output_identity(
                 "Choose another --out, or delete the file (and its .run.json) to start over."
             )
     if write:
+        Path(meta_path).parent.mkdir(parents=True, exist_ok=True)  # a missing output folder is created
         atomic_write_text(meta_path, json.dumps(ident, indent=2))
 
 
-def record_ignored(out: str, counts: dict[str, int]) -> None:
+def sidecar_path(out: str) -> str:
+    """``OUT.run.json``: the run's identity, beside the output."""
+    return out + ".run.json"
+
+
+def _is_our_sidecar(path: str) -> bool:
+    """Whether ``path`` is an ``OUT.run.json`` that classify wrote (a JSON object with the model's sha256)."""
+    try:
+        with open(path, "rb") as fh:
+            meta = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "model_sha256" in meta and "format" in meta
+
+
+def check_output_owned(out: str, *, overwrite: bool = False) -> None:
+    """Refuse, before any work, an ``out`` this run may not write (:class:`shards.outputs.OutputError`).
+
+    An existing ``out`` (or ``OUT.rank*.part``) is appended to (resumed) only when ``OUT.run.json`` beside
+    it proves that classify wrote it: a user's CSV, JSONL or notes file, or an output whose sidecar is
+    missing, is refused and left as it is, unless ``overwrite`` (then the run replaces it, see
+    :func:`remove_output`). A folder at ``out``, a read-only file or folder, a file in the way of a missing
+    parent folder are refused too; a missing parent folder is created when the run first writes."""
+    meta = sidecar_path(out)
+    ours = _is_our_sidecar(meta)
+    name = os.path.basename(meta)
+    hint = (f"it was not written by classify (no valid {name} beside it): pass --overwrite to replace it, "
+            "or choose another --out")  # fmt: skip
+    prepare_output_file(out, replace=overwrite or ours, replace_hint=hint)
+    parts = part_files(out)
+    if parts and not (ours or overwrite):
+        raise OutputError(parts[0], "is a part of a classify run without its " + name, hint, flag="--out")
+    if os.path.lexists(meta):
+        if not (ours or overwrite):
+            raise OutputError(meta, "exists and is not a classify run file", "pass --overwrite to replace it, "
+                              "or choose another --out", flag="--out")  # fmt: skip
+        prepare_output_file(meta, replace=True)
+
+
+def remove_output(out: str) -> None:
+    """``--overwrite``: remove ``out``, its part files and its sidecar (the run then starts afresh)."""
+    for f in [out, *part_files(out), sidecar_path(out)]:
+        if os.path.lexists(f):
+            os.remove(f)
+
+
+def record_ignored(out: str, counts: dict[str, int], unreadable_folders: int = 0) -> None:
     """Put this run's count of the non-audio files under the inputs into ``OUT.run.json`` as ``ignored``
     (``{".jpg": 9, ...}``, by :func:`shards.audio.ignored_key`) and ``ignored_files`` (their total).
+
+    ``unreadable_folders``: the folders under the inputs that could not be listed (each has its error line
+    in ``out``), as ``unreadable_folders``.
 
     The walk counts afresh on every run, resumed or not, so the counts replace the ones there. They are no
     part of the identity a resume checks.
     """
-    meta_path = out + ".run.json"
+    meta_path = sidecar_path(out)
     meta = json.loads(Path(meta_path).read_text()) if os.path.isfile(meta_path) else {}
     meta["ignored"] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     meta["ignored_files"] = sum(counts.values())
+    meta["unreadable_folders"] = unreadable_folders
     atomic_write_text(meta_path, json.dumps(meta, indent=2, ensure_ascii=False))
 
 
@@ -331,7 +387,8 @@ def _group_reason(reason: str | None) -> str:
 
 def summarize(out: str, fmt: str) -> dict[str, Any]:
     """Counts over the whole output file: ``files``, ``ok``, ``error``, ``errors_by_reason`` (reason up to its
-    first `` (``), ``genres`` (top-1 histogram), ``audio_hours`` (of the ``ok`` files)."""
+    first `` (``), ``genres`` (top-1 histogram), ``audio_hours`` (of the ``ok`` files),
+    ``unreadable_folders`` (error lines of folders that could not be listed)."""
     status: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     genres: Counter[str] = Counter()
@@ -351,4 +408,5 @@ def summarize(out: str, fmt: str) -> dict[str, Any]:
         "errors_by_reason": dict(reasons.most_common()),
         "genres": dict(genres.most_common()),
         "audio_hours": seconds / 3600.0,
+        "unreadable_folders": sum(n for r, n in reasons.items() if r.startswith(UNREADABLE_FOLDER)),
     }

@@ -73,7 +73,9 @@ def check_input_kind(path: str | os.PathLike) -> None:
         _check_reads_audio(os.fspath(path), ckpt.get("config"))
 
 
-def _zip_names(path: str | os.PathLike) -> list[str] | None:
+def zip_names(path: str | os.PathLike) -> list[str] | None:
+    """The member names of the zip archive ``path`` (TorchScript, ``.pt2``, ``torch.save``); None for a file
+    that is not a zip (or cannot be read)."""
     try:
         with zipfile.ZipFile(path) as zf:
             return zf.namelist()
@@ -83,7 +85,7 @@ def _zip_names(path: str | os.PathLike) -> list[str] | None:
 
 def is_torchscript_file(path: str | os.PathLike) -> bool:
     """TorchScript archives hold ``<root>/code/`` and ``<root>/constants.pkl``; ``torch.save`` files do not."""
-    names = _zip_names(path) or []
+    names = zip_names(path) or []
     return any(n.split("/", 1)[-1].startswith("code/") or n.endswith("/constants.pkl") for n in names)
 
 
@@ -95,7 +97,7 @@ def model_file_kind(path: str | os.PathLike) -> str:
     ``ir_version``: byte 0x08; a legacy ``torch.save`` pickle starts with 0x80). Anything else is treated
     as a checkpoint, whose loader says what is wrong with it.
     """
-    names = _zip_names(path)
+    names = zip_names(path)
     if names is None:
         try:
             with open(path, "rb") as fh:

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -23,10 +24,12 @@ from engine.classify.decode import (
     pieces_as_they_come,
     read_markers,
 )
+from engine.classify.inputs import read_list
 from engine.classify.output import (
     LineWriter,
     ResultSink,
     check_output_identity,
+    check_output_owned,
     done_paths,
     merge_parts,
     output_format,
@@ -34,11 +37,13 @@ from engine.classify.output import (
     part_files,
     read_records,
     record_ignored,
+    remove_output,
     repair_tail,
     summarize,
 )
 from engine.classify.predictor import Predictor
 from engine.classify.tracks import TrackAverager
+from shards.outputs import printable_path
 from shards.procs import crash_reason, run_alone
 from shards.reader import default_num_workers
 
@@ -66,6 +71,7 @@ def classify(
     channels_last: bool = True,
     progress: bool = True,
     tags: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Classify every audio file in ``paths`` (files, folders, plus ``from_list``) into ``out``.
 
@@ -80,6 +86,14 @@ def classify(
     ``batch_size`` counts windows (of ``segment_samples`` from the checkpoint), ``precision`` is the autocast
     dtype (the feature front end always runs in float32), ``channels_last`` runs the backbone's convs NHWC,
     ``chunk_seconds`` bounds the audio a decode worker hands over at once (memory for long files).
+
+    ``out`` is this command's own: an existing ``out`` is resumed only when ``OUT.run.json`` beside it says
+    classify wrote it with the same model and line layout; anything else there is refused before any work
+    (:class:`shards.outputs.OutputError`, nothing touched) unless ``overwrite``, which replaces the old
+    output and its sidecar once the options and the model have passed. A missing output folder is created.
+    A folder under the inputs that cannot be listed gets an error line (reason ``cannot read this folder
+    (...)``), counted as ``unreadable_folders`` in the summary and ``OUT.run.json``; a file name that is not
+    valid UTF-8 is written with ``\\xNN`` escapes.
 
     A file under a folder is an input when its name or its content says audio
     (:func:`shards.audio.is_audio_file`); every other file there is counted, not classified: ``ignored``
@@ -98,41 +112,90 @@ def classify(
     fmt = output_format(out, fmt)
     paths = [os.fspath(p) for p in paths]
     from_list = None if from_list is None else os.fspath(from_list)
-    _check_options(paths, from_list, top_k, batch_size, max_windows, pad, num_workers, device)
+    _check_options(paths, from_list, top_k, batch_size, max_windows, pad, num_workers, device, chunk_seconds)
+    check_output_owned(out, overwrite=overwrite)  # before the model loads: nothing is created by a refusal
 
     # without CUDA (or with --device cpu) the processes of `accelerate launch` talk over gloo on the CPU
     state = PartialState(cpu=_on_cpu(device))
-    rank, world = state.process_index, state.num_processes
     dev = torch.device(device) if device else state.device
     predictor = Predictor(checkpoint, dev, precision, channels_last=channels_last, tags=tags)
     top_k = min(top_k, len(predictor.labels))
+    layout = _Layout(fmt, top_k, timeline, dict(kind=predictor.label_kind, tags=tags, pad=pad))
+    done = _open_output(state, out, predictor, layout, overwrite)
 
-    # resume: same model and line layout as the lines already there (checked on every rank, so none hangs
-    # in the barrier); the main process records the identity and repairs torn last lines, then every rank
-    # reads what is done
-    # the identity is the model file's: a pretrained name counts as the checkpoint it resolved to
-    ident = dict(kind=predictor.label_kind, tags=tags, pad=pad)
-    check_output_identity(out, predictor.path, fmt, top_k, timeline, write=False, **ident)
+    workers = default_num_workers(state.num_processes, decode=True) if num_workers is None else num_workers
+    stream = DecodeStream(
+        paths, from_list, predictor.sample_rate, predictor.segment_samples, rank=state.process_index,
+        world_size=state.num_processes, done=done, max_windows=max_windows, pad=pad, chunk_seconds=chunk_seconds,
+    )  # fmt: skip
+    sink, ignored, elapsed = _classify_stream(state, out, stream, predictor, layout, batch_size, workers, progress)
+
+    state.wait_for_everyone()
+    run_stats = _run_stats(sink, elapsed, state, predictor, dev, workers, skipped=len(done), out=out)
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return {**run_stats, "main": False}
+    merge_parts(out, fmt, top_k, timeline)
+    totals = summarize(out, fmt)
+    record_ignored(out, ignored, totals["unreadable_folders"])
+    counts = dict(sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0])))
+    summary = {**totals, **run_stats, "ignored": counts, "ignored_files": sum(counts.values()), "main": True}
+    state.wait_for_everyone()
+    return summary
+
+
+@dataclass
+class _Layout:
+    """How the output's lines look: format, top-k, timeline, and the identity keys ``kind``/``tags``/``pad``."""
+
+    fmt: str
+    top_k: int
+    timeline: bool
+    ident: dict[str, Any]
+
+
+def _open_output(state: Any, out: str, predictor: Predictor, layout: _Layout, overwrite: bool) -> set[str]:
+    """Make ``out`` this run's: check the identity, record it, repair torn lines; returns the paths done.
+
+    Resume: the same model and line layout as the lines already there (checked on every rank, so none hangs
+    in the barrier); the main process records the identity and repairs torn last lines, then every rank
+    reads what is done. The identity is the model file's: a pretrained name counts as the checkpoint it
+    resolved to. ``overwrite``: the main process first removes the old output, its parts and its sidecar
+    (only now, once the options and the model have passed)."""
+    check = partial(check_output_identity, out, predictor.path, layout.fmt, layout.top_k, layout.timeline,
+                    **layout.ident)  # fmt: skip
+    if not overwrite:
+        check(write=False)
     state.wait_for_everyone()
     if state.is_main_process:
-        check_output_identity(out, predictor.path, fmt, top_k, timeline, write=True, **ident)
+        if overwrite:
+            remove_output(out)
+        check(write=True)
         for f in [out, *part_files(out)]:
             repair_tail(f)
     state.wait_for_everyone()
-    done = done_paths(out, fmt)
+    done = done_paths(out, layout.fmt)
     if done and state.is_main_process:
         logger.info("resuming: %d files already in %s are skipped", len(done), out)
+    return done
 
-    writer = LineWriter(out if world == 1 else part_file(out, rank), fmt, top_k, timeline)
-    workers = default_num_workers(world, decode=True) if num_workers is None else num_workers
+
+def _classify_stream(
+    state: Any, out: str, stream: DecodeStream, predictor: Predictor, layout: _Layout, batch_size: int,
+    workers: int, progress: bool,
+) -> tuple[ResultSink, dict[str, int], float]:  # fmt: skip
+    """Decode, score and write every input of this rank; returns the sink, the walk's count of non-audio
+    files (``{".jpg": 9}``) and the seconds it took. Decode workers that die are replaced
+    (:data:`MAX_DECODE_RESTARTS` times)."""
+    world = state.num_processes
+    writer = LineWriter(out if world == 1 else part_file(out, state.process_index), layout.fmt, layout.top_k,
+                        layout.timeline)  # fmt: skip
     # where each decode worker notes the file it is on, so that a worker's death is traced to its file
     markers = tempfile.mkdtemp(prefix="classify-decoding-") if workers > 0 else None
-    stream = DecodeStream(
-        paths, from_list, predictor.sample_rate, predictor.segment_samples, rank=rank, world_size=world,
-        done=done, max_windows=max_windows, pad=pad, chunk_seconds=chunk_seconds, markers=markers,
-    )  # fmt: skip
-    averager = TrackAverager(predictor, batch_size, top_k, timeline)
+    stream.markers = markers
+    averager = TrackAverager(predictor, batch_size, layout.top_k, layout.timeline)
     sink = ResultSink(writer, _progress_bar(world) if progress and state.is_main_process else None)
+    done = set(stream.done)
     t0 = time.perf_counter()
     ignored: dict[str, int] = {}  # sent by the decode worker that owns input 0 of rank 0
     try:
@@ -162,20 +225,7 @@ def classify(
         sink.close()
         if markers is not None:
             shutil.rmtree(markers, ignore_errors=True)
-    elapsed = time.perf_counter() - t0
-
-    state.wait_for_everyone()
-    run_stats = _run_stats(sink, elapsed, state, predictor, dev, workers, skipped=len(done), out=out)
-    if not state.is_main_process:
-        state.wait_for_everyone()
-        return {**run_stats, "main": False}
-    merge_parts(out, fmt, top_k, timeline)
-    record_ignored(out, ignored)
-    counts = dict(sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0])))
-    summary = {**summarize(out, fmt), **run_stats, "ignored": counts, "ignored_files": sum(counts.values()),
-               "main": True}  # fmt: skip
-    state.wait_for_everyone()
-    return summary
+    return sink, ignored, time.perf_counter() - t0
 
 
 def _after_worker_death(
@@ -189,7 +239,7 @@ def _after_worker_death(
     # the lines on disk are the truth: the error may have come between a line's write and its bookkeeping
     sink.written.update(r["path"] for r in read_records(sink.writer.path, sink.writer.fmt))
     for index, path in read_markers(markers):
-        if path in sink.written or path in done:
+        if printable_path(path) in sink.written or printable_path(path) in done:  # lines hold printable paths
             continue
         decode = partial(decode_to_end, sample_rate=stream.sample_rate, segment_samples=stream.segment_samples,
                          max_windows=stream.max_windows, pad=stream.pad, chunk_seconds=stream.chunk_seconds)  # fmt: skip
@@ -204,15 +254,21 @@ def _after_worker_death(
 
 def _check_options(
     paths: list[str], from_list: str | None, top_k: int, batch_size: int, max_windows: int | None, pad: str,
-    num_workers: int | None, device: str | None,
+    num_workers: int | None, device: str | None, chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
 ) -> None:  # fmt: skip
-    """Configuration errors fail before anything is loaded or written."""
-    if top_k < 1 or batch_size < 1 or (max_windows is not None and max_windows < 1):
-        raise ValueError("top_k, batch_size and max_windows must be >= 1")
+    """Configuration errors fail before anything is loaded or written (the CLI's parser refuses the numbers
+    first; these checks are for callers of :func:`classify`)."""
+    for name, value in (("top_k", top_k), ("batch_size", batch_size), ("max_windows", max_windows)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if not chunk_seconds > 0:
+        raise ValueError(f"chunk_seconds must be > 0, got {chunk_seconds}")
     if pad not in ("zero", "loop"):
         raise ValueError(f"pad {pad!r} is not zero or loop")
-    if from_list is not None and not os.path.isfile(from_list):
-        raise FileNotFoundError(f"--from-list {from_list} does not exist")
+    if from_list is not None:
+        if not os.path.isfile(from_list):
+            raise FileNotFoundError(f"--from-list {printable_path(from_list)} does not exist")
+        read_list(from_list)  # a list that is not UTF-8 text is refused now, not in a decode worker
     if not paths and from_list is None:
         raise ValueError("no input: give files, folders or --from-list")
     if num_workers is not None and num_workers < 0:

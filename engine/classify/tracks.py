@@ -13,6 +13,7 @@ import numpy as np
 from engine.classify.decode import Piece
 from engine.classify.predictor import Predictor
 from engine.scoring import ScoredTrack, WindowScorer
+from shards.outputs import printable_path
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ class TrackAverager:
 
     def _record(self, track: ScoredTrack, status: str, reason: str | None) -> dict[str, Any]:
         info: _TrackInfo = track.info
-        rec: dict[str, Any] = {"path": info.path, "status": status, "reason": reason, "duration": info.duration}
+        # a name that is not valid UTF-8 is written with \xNN escapes (JSON and CSV need text)
+        rec: dict[str, Any] = {"path": printable_path(info.path), "status": status, "reason": reason, "duration": info.duration}
         if self.predictor.multi_label:  # scores are independent per-tag sigmoids (a genre line has no "kind")
             rec["kind"] = self.predictor.label_kind
         if status != "ok":

@@ -86,3 +86,23 @@ def pretrained_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GENRE_ENGINE_CACHE", str(root))
         yield root
+
+
+def run_refused(main: Callable[[list[str]], int], argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run a command's ``main(argv)`` in this process; assert it refused the way every command refuses a
+    user's mistake (exit status 2, from argparse's parser or the command, and no traceback); returns its
+    stderr."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as stop:  # argparse refuses an option value by exiting
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def refused() -> Callable[..., str]:
+    """:func:`run_refused`: ``refused(main, argv, capsys) -> stderr`` of a command that must refuse."""
+    return run_refused
