@@ -52,13 +52,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cpu=cfg.run.cpu, kwargs_handlers=ddp_kwargs(cfg.optim.freeze_epochs),
     )  # fmt: skip
     cfg, shards = open_shard_set(cfg)  # checked before any work; the model config completed from the manifest
+    task = get_task(manifest_task(shards.manifest))  # single- or multi-label: the shard set says
+    selection = task.selection(cfg.eval.select_metric)  # ConfigError before any work
+    weight = task.loss_weight(shards.manifest, cfg.data.train_split, shards.labels, cfg.optim)  # [K] or None
     run_dir, state_dir = open_run_dir(cfg, accelerator)  # the same on every rank; config.yaml written
     data = make_loaders(cfg, shards, accelerator.process_index, accelerator.num_processes)
     learner = build_learner(cfg, shards, data.optim_steps_per_epoch, accelerator)
     state = resume_train_state(accelerator, state_dir, learner.net) if cfg.run.resume else TrainState()
-    task = get_task(manifest_task(shards.manifest))  # single- or multi-label: the shard set says
-    selection = task.selection(cfg.eval.select_metric)
-    weight = task.loss_weight(shards.manifest, cfg.data.train_split, shards.labels, cfg.optim)  # [K] or None
     weight = weight.to(accelerator.device) if weight is not None else None
     records = RunRecords(run_dir, cfg, shards, learner, accelerator, task.checkpoint_extra())
     log_start(cfg, accelerator, learner, data)
