@@ -5,7 +5,10 @@ For each architecture, in one run:
 - ``step (memory)``: clips/s of the training step (front end + augmentation + forward + backward + Adam)
   on one batch kept on the device,
 - ``end to end``: clips/s of the same step fed by the shard reader (pinned int16 -> device),
-- ``loader share``: 1 - memory/end-to-end time; near 0 means the loader is never the bottleneck.
+- ``loader share``: 1 - memory/end-to-end time; near 0 means the loader is never the bottleneck;
+- ``multi-label step``: clips/s of the in-memory step of the same architecture with a 50-tag head trained
+  with the multi-label task (binary cross-entropy on multi-hot targets, :mod:`engine.tasks`), and its ratio
+  to the single-label step (10 genres, softmax cross-entropy): the cost of tagging over genres.
 
     python benchmarks/bench_train.py [--models cnn,crnn] [--device cuda] [--precision bf16] [--quick]
 """
@@ -25,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -33,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from engine.config import from_dict, load_yaml  # noqa: E402
 from engine.distributed import AUTOCAST_DTYPES, PRECISIONS, canonical_precision  # noqa: E402
 from engine.models import ModelConfig, build_model  # noqa: E402
+from engine.tasks import get_task  # noqa: E402
 from shards import format as fmt  # noqa: E402
 from shards.crop_stream import CropStream  # noqa: E402
 from shards.reader import make_loader  # noqa: E402
@@ -83,36 +86,58 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench_arch(arch: str, shards: Path, args: argparse.Namespace, device: torch.device) -> dict:
+TAGS = 50  # the multi-label run's tag vocabulary (MagnaTagATune / MTG-Jamendo top-50 size)
+
+
+def make_step(arch: str, task_name: str, classes: int, args: argparse.Namespace, device: torch.device):
+    """A training step of ``arch`` with ``classes`` outputs and the task's targets and loss: ``step(wave, batch)``."""
     sr, seg = 22050, int(3.0 * 22050)
     torch.manual_seed(0)
-    model = build_model(model_config(arch), 10, sr, seg).to(device).train()
+    model = build_model(model_config(arch), classes, sr, seg).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     dtype = AUTOCAST_DTYPES[args.precision]
+    task = get_task(task_name)
 
-    def step(wave: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        targets = F.one_hot(y, 10).float()
+    def step(wave: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        targets = task.targets(batch, classes, device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits, mixed = model(wave, targets)
-        loss = -(mixed * F.log_softmax(logits.float(), 1)).sum(1).mean()
+        loss = task.loss(logits, mixed, 0.0, None)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
 
+    return model, step
+
+
+def time_steps(step, wave: torch.Tensor, batch: dict[str, torch.Tensor], steps: int, device: torch.device) -> float:
+    """Seconds per in-memory step (two warm-up steps first)."""
+    for _ in range(2):
+        step(wave, batch)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(wave, batch)
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def bench_arch(arch: str, shards: Path, args: argparse.Namespace, device: torch.device) -> dict:
+    seg = int(3.0 * 22050)
+    model, step = make_step(arch, "singlelabel", 10, args, device)
+
     stream = CropStream(str(shards), "train", crop_samples=seg, batch_size=args.batch_size, seed=0)
     loader = make_loader(stream, num_workers=args.workers)
     # in-memory step
     batch = next(iter(loader))
-    wave, y = batch["wave"].to(device), batch["label"].to(device)
-    for _ in range(2):
-        step(wave, y)
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step(wave, y)
-    sync(device)
-    t_mem = (time.perf_counter() - t0) / args.steps
+    wave = batch["wave"].to(device)
+    t_mem = time_steps(step, wave, {"label": batch["label"]}, args.steps, device)
+    # the same step with a 50-tag head on multi-hot targets (about 3 tags per clip), same clips
+    gen = torch.Generator().manual_seed(0)
+    tags = {"targets": (torch.rand(wave.shape[0], TAGS, generator=gen) < 3 / TAGS).float()}
+    _, ml_step = make_step(arch, "multilabel", TAGS, args, device)
+    t_ml = time_steps(ml_step, wave, tags, args.steps, device)
     # loader alone
     t0, n = time.perf_counter(), 0
     for i, b in enumerate(loader):
@@ -123,7 +148,7 @@ def bench_arch(arch: str, shards: Path, args: argparse.Namespace, device: torch.
     # end to end
     t0, steps = time.perf_counter(), 0
     for b in loader:
-        step(b["wave"].to(device, non_blocking=True), b["label"].to(device, non_blocking=True))
+        step(b["wave"].to(device, non_blocking=True), {"label": b["label"]})
         steps += 1
         if steps >= args.steps:
             break
@@ -137,6 +162,8 @@ def bench_arch(arch: str, shards: Path, args: argparse.Namespace, device: torch.
         "step_memory_clips_s": B / t_mem,
         "end_to_end_clips_s": B / t_e2e,
         "loader_share": max(0.0, 1.0 - t_mem / t_e2e),
+        "multilabel_step_clips_s": B / t_ml,
+        "multilabel_over_singlelabel": t_mem / t_ml,  # step-rate ratio, 50 tags / 10 genres
     }
 
 
@@ -162,11 +189,13 @@ def main() -> int:
     if device.type == "cuda":
         machine += f", {torch.cuda.get_device_name()}"
     print(f"# bench_train: {machine}, device {device}, precision {args.precision}, batch {args.batch_size}, 3-s crops")
-    print("| model | params | loader clips/s | step (memory) clips/s | end-to-end clips/s | loader share |")
-    print("|---|---|---|---|---|---|")
+    print("| model | params | loader clips/s | step (memory) clips/s | end-to-end clips/s | loader share "
+          f"| multi-label step ({TAGS} tags) clips/s | multi / single step rate |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['parameters']:,} | {r['loader_clips_s']:.0f} | {r['step_memory_clips_s']:.1f} | "
-              f"{r['end_to_end_clips_s']:.1f} | {100 * r['loader_share']:.0f}% |")  # fmt: skip
+              f"{r['end_to_end_clips_s']:.1f} | {100 * r['loader_share']:.0f}% | {r['multilabel_step_clips_s']:.1f} | "
+              f"{r['multilabel_over_singlelabel']:.2f} |")  # fmt: skip
     return 0
 
 

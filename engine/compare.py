@@ -43,10 +43,12 @@ COLUMNS = (
     ("segment_accuracy", "seg acc"), ("segment_macro_precision", "seg P"), ("segment_macro_recall", "seg R"),
     ("segment_macro_f1", "seg F1"), ("track_accuracy", "track acc"), ("track_macro_precision", "track P"),
     ("track_macro_recall", "track R"), ("track_macro_f1", "track F1"),
+    ("track_map", "track mAP"), ("track_roc_auc", "track ROC-AUC"), ("track_f1_macro", "track F1@0.5"),  # tags
 )  # fmt: skip
 CV_COLUMNS = (
     ("track_accuracy", "track acc"), ("track_mean_logprob_accuracy", "track acc (mean logprob)"),
     ("track_macro_f1", "track F1"), ("segment_accuracy", "seg acc"),
+    ("track_map", "track mAP"), ("track_roc_auc", "track ROC-AUC"), ("segment_map", "seg mAP"),  # multi-label
 )  # fmt: skip
 BASELINE = ("stats", CONFIG_DIR / "stats.yaml")  # the row every table starts with
 

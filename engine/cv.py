@@ -155,8 +155,9 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = No
         fold_dir.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(row, indent=2))
         rows.append(row)
+        headline = "track_accuracy" if "track_accuracy" in row else "track_map"  # genres; tags (multi-label)
         logger.info(
-            f"fold {fold + 1}/{k}: track accuracy {100 * row.get('track_accuracy', float('nan')):.1f}% "
+            f"fold {fold + 1}/{k}: {headline.replace('_', ' ')} {100 * row.get(headline, float('nan')):.1f}% "
             f"(best epoch {row['best_epoch']}), trained in {train_seconds:.0f} s",
             main_process_only=True,
         )
@@ -173,6 +174,7 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = No
 CV_COLUMNS = (
     "segment_accuracy", "segment_macro_f1", "track_accuracy", "track_macro_f1",
     "track_mean_prob_accuracy", "track_mean_logprob_accuracy",
+    "track_map", "track_roc_auc", "segment_map", "segment_roc_auc",  # multi-label sets (macro over tags)
 )  # fmt: skip
 
 

@@ -40,6 +40,7 @@ from engine.evaluation_loop import WindowResults, evaluate_stream
 from engine.logs import setup_logging
 from engine.metrics import TRACK_AGGREGATES, aggregate_tracks
 from engine.models.inputs import check_data_fits_model, input_kind
+from engine.tasks import evaluation_task
 from shards.outputs import EXIT_USER_ERROR, cli_errors
 
 PROG = "python -m engine evaluate"
@@ -180,20 +181,29 @@ def evaluate_checkpoint(
     accelerator = accelerator or make_accelerator()
     setup = _load_setup(checkpoint, shards, manifest, accelerator.device, label_map,
                         segment_seconds=segment_seconds, hop_seconds=hop_seconds, track_aggregate=track_aggregate)  # fmt: skip
+    task = evaluation_task(manifest, setup.ckpt, checkpoint, shards)  # the shard set's; a tag set needs a tag model
     stream = _window_stream(shards, split, setup, batch_size, accelerator, fold)
     result = evaluate_stream(
         setup.model, make_loader(stream, num_workers=num_workers), accelerator, len(setup.labels),
         precision=precision, label_index=torch.tensor(setup.index, dtype=torch.long),
-        progress=f"evaluate {split}" if progress else None,
+        progress=f"evaluate {split}" if progress else None, task=task.name,
     )  # fmt: skip
-    metrics = result.metrics(setup.labels, setup.track_aggregate)  # the figures training's validation computes
-    tracks = _track_coverage(stream, setup, result, manifest, split, fold)
+    thresholds = (setup.ckpt.get("extra") or {}).get("thresholds")  # per tag, chosen on the run's validation split
+    metrics = result.metrics(setup.labels, setup.track_aggregate, thresholds)  # the figures validation computes
+    if task.multi_label:  # tags: engine.tag_evaluation's coverage, rows and report
+        from engine.tag_evaluation import tag_coverage, tag_predictions, write_tag_evaluation
+
+        tracks: Any = tag_coverage(stream, setup.shard_labels, setup.index, result, manifest, split, fold)
+        rows, write = (lambda: tag_predictions(stream, tracks, setup.labels, thresholds)), write_tag_evaluation
+    else:
+        from engine.report import write_evaluation
+
+        tracks = _track_coverage(stream, setup, result, manifest, split, fold)
+        rows, write = (lambda: _predictions(stream, setup, result, tracks)), write_evaluation
     metrics.update(_run_facts(checkpoint, shards, split, fold, setup, result, tracks, accelerator, precision))
     metrics["seconds"] = time.perf_counter() - t0
     if out is not None and accelerator.is_main_process:
-        from engine.report import write_evaluation
-
-        write_evaluation(out, metrics, _predictions(stream, setup, result, tracks), setup.labels)
+        write(out, metrics, rows(), setup.labels)
         logger.info("wrote the evaluation report to %s", out)
     accelerator.wait_for_everyone()
     return metrics
@@ -520,7 +530,12 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        _print_summary(metrics, out)
+        if metrics.get("task") == "multilabel":
+            from engine.tag_evaluation import print_tag_summary
+
+            print_tag_summary(metrics, out)
+        else:
+            _print_summary(metrics, out)
     return 0
 
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from engine.distributed import AUTOCAST_DTYPES, check_precision
-from engine.metrics import Accumulator, track_and_segment_metrics
+from engine.metrics import Accumulator
 from engine.models.inputs import model_input
 from engine.scoring import forward
+from engine.tasks import get_task
 
 __all__ = ["WindowResults", "evaluate_stream"]
 
@@ -32,15 +32,20 @@ __all__ = ["WindowResults", "evaluate_stream"]
 class WindowResults:
     """The valid windows of every process, de-duplicated, sorted by (track, arrival); identical on every rank."""
 
-    probs: Tensor  # (W, K) softmax of the model's logits
-    labels: Tensor  # (W,) true class (model class index)
+    probs: Tensor  # (W, K) softmax of the model's logits (multi-label: sigmoid per tag)
+    labels: Tensor  # (W,) true class (model class index); multi-label: (W, K) 0/1 tag targets
     tracks: Tensor  # (W,) track index into the stream's track_keys()
     loss: float  # mean cross-entropy of the windows (with class weights: weighted mean, sum / sum of w[y])
+    task: str = "singlelabel"  # engine.tasks.TASKS name
 
-    def metrics(self, label_names: list[str], aggregate: str = "mean_prob") -> dict[str, Any]:
-        """Segment and track metrics (:func:`engine.metrics.track_and_segment_metrics`); ``aggregate``: how
-        the windows of a track make the headline track figures (both aggregates are always reported)."""
-        return track_and_segment_metrics(self.probs, self.labels, self.tracks, None, label_names, aggregate)
+    def metrics(
+        self, label_names: list[str], aggregate: str = "mean_prob", thresholds: list[float] | None = None
+    ) -> dict[str, Any]:
+        """Segment and track metrics of the task (:meth:`engine.tasks.Task.metrics`; single-label:
+        :func:`engine.metrics.track_and_segment_metrics`); ``aggregate``: how the windows of a track make the
+        headline track figures (both aggregates are always reported); ``thresholds``: per-tag thresholds
+        (multi-label) of the tuned F1 figures."""
+        return get_task(self.task).metrics(self.probs, self.labels, self.tracks, label_names, aggregate, thresholds)
 
 
 @torch.no_grad()
@@ -54,6 +59,7 @@ def evaluate_stream(
     label_index: Tensor | None = None,
     weight: Tensor | None = None,
     progress: str | None = None,
+    task: str = "singlelabel",
 ) -> WindowResults:
     """Run ``model`` (put in eval mode) over the evaluation batches of ``loader`` on every process; gather.
 
@@ -69,33 +75,32 @@ def evaluate_stream(
             classes differ from the model's (cross-dataset); None: the same classes.
         weight: ``(K,)`` class weights of the loss (training with ``optim.class_weights``); None: plain mean.
         progress: description of a progress bar on the local main process; None: no bar.
+        task: :data:`engine.tasks.TASKS` name: how batches become targets, the loss, the probabilities
+            (multi-label: ``"targets"`` ``(B, C)`` batches, binary cross-entropy, sigmoids; ``weight`` is then
+            the per-tag ``pos_weight``).
     """
+    kind = get_task(task)
     dtype = AUTOCAST_DTYPES[check_precision(precision)]
     device = accelerator.device
     to_model = label_index.to(device) if label_index is not None else None
     model.eval()
     acc = Accumulator()
     loss_sum = torch.zeros((), device=device)
-    weight_sum = torch.zeros((), device=device)  # a weighted mean divides by sum of w[y], as F.cross_entropy does
+    weight_sum = torch.zeros((), device=device)
     batches: Iterable[dict[str, Tensor]] = loader
     if progress is not None and accelerator.is_local_main_process:
         from tqdm.auto import tqdm
 
         batches = tqdm(loader, total=len(loader), desc=progress, unit="batch")  # type: ignore[arg-type]
     for batch in batches:
-        y = batch["label"].to(device, non_blocking=True)  # (B,)
-        ok = batch["valid"].to(device, non_blocking=True)  # (B,) False: padding rows
-        if to_model is not None:
-            y = to_model[y.clamp_min(0)]  # (B,) model class or -1
-            ok = ok & (y >= 0)
-            y = y.clamp_min(0)
+        y, ok = kind.eval_targets(batch, device, to_model, num_classes)  # (B,) or (B, K); (B,) bool
         logits = forward(model, model_input(batch), device, dtype)  # wave (B, T) or feats (B, N, D) -> (B, K)
-        loss = F.cross_entropy(logits, y, weight=weight, reduction="none")  # (B,)
+        loss, w = kind.window_loss(logits, y, weight)  # (B,), (B,)
         loss_sum += (loss * ok).sum()
-        weight_sum += ((weight[y] if weight is not None else 1.0) * ok).sum()
-        acc.update(torch.softmax(logits, dim=1), y, batch["track"].to(device, non_blocking=True), ok)
+        weight_sum += (w * ok).sum()
+        acc.update(kind.probs(logits), y, batch["track"].to(device, non_blocking=True), ok)
     windows = acc.compute(num_classes=num_classes)  # every process's windows, on every process
     sums = accelerator.reduce(torch.stack([loss_sum, weight_sum]).double(), "sum")
     return WindowResults(
-        windows["probs"], windows["labels"], windows["tracks"], float(sums[0]) / max(1e-12, float(sums[1]))
+        windows["probs"], windows["labels"], windows["tracks"], float(sums[0]) / max(1e-12, float(sums[1])), task
     )

@@ -1,4 +1,5 @@
-"""Figures for reports: confusion matrix, training curves, model comparison (matplotlib, Agg backend).
+"""Figures for reports: confusion matrix, training curves, model comparison, tag PR curve and per-tag AUC
+(matplotlib, Agg backend).
 
 Every function writes one PNG and returns its path. Figures are sized to stay legible up to ~20
 classes / ~10 models; axes are labelled with their units. The Agg backend is selected on a private
@@ -17,7 +18,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["comparison_chart", "comparison_chart_png", "confusion_matrix_png", "training_curves_png"]
+__all__ = [
+    "comparison_chart", "comparison_chart_png", "confusion_matrix_png", "pr_curve_png", "tag_auc_png",
+    "training_curves_png",
+]  # fmt: skip
 
 _DPI = 110
 
@@ -181,6 +185,10 @@ _COMPARISON_METRICS = (
     ("macro_recall", "track", "macro recall (track)"),
     ("macro_f1", "segment", "macro F1 (segment)"),
     ("macro_f1", "track", "macro F1 (track)"),
+    ("map", "segment", "mAP (segment)"),  # multi-label rows
+    ("map", "track", "mAP (track)"),
+    ("roc_auc", "segment", "ROC-AUC (segment)"),
+    ("roc_auc", "track", "ROC-AUC (track)"),
 )
 
 
@@ -237,3 +245,46 @@ def comparison_chart_png(
     metric the nested value is used. Metrics a row lacks are left out (no bar).
     """
     return _save(comparison_chart(rows, title), path)
+
+
+def pr_curve_png(
+    precision: Sequence[float], recall: Sequence[float], path: str | Path, average_precision: float | None = None,
+    title: str = "Precision-recall, all tags pooled (micro average)",
+) -> Path:  # fmt: skip
+    """The precision-recall curve of the micro-averaged scores (every (track, tag) pair one sample), recall on
+    x, precision on y, both in [0, 1]; ``average_precision`` (the micro AP) goes in the legend."""
+    fig = Figure(figsize=(5.5, 4.8))
+    ax = fig.subplots()
+    label = "micro average" + (f" (AP {average_precision:.3f})" if average_precision is not None else "")
+    ax.step(list(recall), list(precision), where="post", label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def tag_auc_png(per_tag: dict[str, dict[str, Any]], path: str | Path, title: str = "ROC-AUC per tag (tracks)") -> Path:
+    """Horizontal bars of each tag's ROC-AUC (a tag without positives or negatives has none and is left out),
+    highest first, the chance level 0.5 marked; ``per_tag``: ``{tag: {"roc_auc": ..., "support": ...}}``."""
+    rows = [(name, float(m["roc_auc"]), int(m.get("support", 0))) for name, m in per_tag.items()
+            if isinstance(m.get("roc_auc"), (int, float)) and math.isfinite(m["roc_auc"])]  # fmt: skip
+    rows.sort(key=lambda r: -r[1])
+    fig = Figure(figsize=(6.5, max(2.5, 0.22 * len(rows) + 1.2)))
+    ax = fig.subplots()
+    y = np.arange(len(rows))
+    ax.barh(y, [r[1] for r in rows], color="C0")
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{r[0]} ({r[2]})" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0.5, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("ROC-AUC (tag (positive tracks))")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

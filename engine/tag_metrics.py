@@ -44,10 +44,12 @@ __all__ = [
     "choose_thresholds",
     "f1_scores",
     "micro_average_precision",
+    "micro_pr_curve",
     "micro_roc_auc",
     "pool_by_track",
     "roc_auc_per_tag",
     "tag_metrics",
+    "window_tag_metrics",
 ]
 
 
@@ -124,6 +126,18 @@ def micro_average_precision(scores: Tensor, targets: Tensor) -> float:
     """Average precision of all ``N * K`` pairs pooled; NaN without a positive or a negative."""
     s, t = _check(scores, targets)
     return _binary_ap(s.flatten(), t.flatten()) if s.numel() else math.nan
+
+
+def micro_pr_curve(scores: Tensor, targets: Tensor) -> tuple[list[float], list[float]]:
+    """``(precision, recall)`` at each distinct score of all ``N * K`` pairs pooled, highest score first, starting
+    at (1, 0) (scikit-learn's ``precision_recall_curve`` reversed); ``([], [])`` without a positive."""
+    s, t = _check(scores, targets)
+    if not s.numel() or not bool(t.any()):
+        return [], []
+    tps, fps = _curve(s.flatten(), t.flatten())
+    precision = (tps / (tps + fps)).tolist()
+    recall = (tps / tps[-1]).tolist()
+    return [1.0, *precision], [0.0, *recall]
 
 
 def _thresholds(thresholds: float | Sequence[float], k: int) -> Tensor:
@@ -327,3 +341,30 @@ class TagAccumulator:
         if track_level and self._tracks:
             _, scores, targets = pool_by_track(scores, torch.cat(self._tracks), targets)
         return tag_metrics(scores, targets, tag_names, thresholds)
+
+
+def window_tag_metrics(
+    window_scores: Tensor,
+    window_targets: Tensor,
+    track_index: Tensor,
+    tag_names: Sequence[str],
+    thresholds: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Segment (window) and track tag metrics of one evaluation: ``{"segment": tag_metrics of the windows,
+    "track": tag_metrics of the tracks (window sigmoids averaged, :func:`pool_by_track`), "track_aggregate":
+    "mean_prob", "task": "multilabel"}``. Each level also carries the headline names ``map`` (=
+    ``pr_auc_macro``) and ``roc_auc`` (= ``roc_auc_macro``), as model selection and cross-validation name them.
+
+    Args:
+        window_scores: ``[W, K]`` sigmoids; window_targets: ``[W, K]`` in {0, 1}; track_index: ``[W]``.
+        thresholds: per-tag thresholds (chosen on the validation split) for the ``*_tuned`` F1 figures.
+    """
+    k = len(tag_names)
+    scores = window_scores.reshape(-1, k)
+    targets = window_targets.reshape(-1, k)  # an empty gather comes back as [0]
+    _, track_scores, track_targets = pool_by_track(scores, track_index.reshape(-1), targets)
+    out: dict[str, Any] = {"task": "multilabel", "track_aggregate": "mean_prob"}
+    for level, (s, t) in (("segment", (scores, targets)), ("track", (track_scores, track_targets))):
+        m = tag_metrics(s, t, tag_names, thresholds)
+        out[level] = {"map": m["pr_auc_macro"], "roc_auc": m["roc_auc_macro"], **m}
+    return out

@@ -11,8 +11,7 @@ The package, in the order a run uses it:
 * :mod:`~engine.train.config` -- ``TrainConfig`` and its sections (``data``, ``model``, ``optim``, ``eval``, ``run``);
 * :mod:`~engine.train.data` -- the shard set, checked, and this process's loaders;
 * :mod:`~engine.train.learner` -- the model, its optimiser and schedule (:mod:`engine.optim`), EMA, freezing;
-* :mod:`~engine.train.loss` -- the soft-target cross-entropy and class weights;
-* :mod:`~engine.train.loop` -- :func:`train`: train an epoch, evaluate it on the validation split, record, save;
+* :mod:`~engine.train.loop` -- :func:`train` (loss, targets and validation metrics from the shard set's task, :mod:`engine.tasks`): train an epoch, evaluate it on the validation split, record, save;
 * :mod:`~engine.train.records` -- ``last.pt`` / ``best.pt``, history, curves, TensorBoard, ``summary.json``;
 * :mod:`~engine.train.state` -- seeds per (seed, epoch, rank), the saved state and its swap, resume checks;
 * :mod:`~engine.train.cli` -- the command line.

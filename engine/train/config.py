@@ -67,6 +67,8 @@ class OptimConfig:
     grad_clip: float = bounded(0.0, ge=0, note="0 = off")  # max gradient norm; 0 = off
     grad_accum: int = bounded(1, ge=1)
     class_weights: bool = False  # weight the loss by inverse training-class frequency (imbalanced sets)
+    pos_weight: Literal["none", "balanced"] = "none"  # multi-label: weight each tag's positives by its
+    # training negatives / positives (rare tags); engine.tasks
     ema_decay: float = bounded(0.0, ge=0, lt=1, note="0 = off; e.g. 0.999")  # > 0: keep an exponential moving average of the weights (e.g. 0.999), validate,
     # early-stop on and save it (best.pt / last.pt hold the average); 0 = off
     freeze_epochs: int = bounded(0, ge=0, note="0 = the whole run")  # run.freeze prefixes are frozen for this many epochs, then trained; 0 = the whole run
@@ -113,6 +115,9 @@ class EvalConfig:
     # how the windows of a track make its prediction: mean of probabilities (robust to one confidently wrong
     # window; the headline) or of log-probabilities (their product); both are always reported
     track_aggregate: Literal["mean_prob", "mean_logprob"] = "mean_prob"  # one of metrics.TRACK_AGGREGATES
+    # the figure that picks best.pt and that early stopping watches: "auto" = the task's default (single-label:
+    # loss, multi-label: map); single-label also accuracy / f1, multi-label roc_auc / f1 / loss (engine.tasks)
+    select_metric: Literal["auto", "loss", "accuracy", "f1", "map", "roc_auc"] = "auto"
 
 
 @dataclass

@@ -15,19 +15,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from engine.distributed import accelerate_precision, make_accelerator
 from engine.evaluation_loop import evaluate_stream
-from engine.metrics import TRACK_AGGREGATES
 from engine.models.inputs import model_input
 from engine.optim import ddp_kwargs
+from engine.tasks import Selection, Task, get_task
 from engine.train.config import TrainConfig
 from engine.train.data import Loaders, make_loaders, open_shard_set
 from engine.train.learner import Learner, build_learner
-from engine.train.loss import class_weight_tensor, soft_cross_entropy
 from engine.train.records import RunRecords
 from engine.train.state import (
     TrainState,
@@ -38,6 +36,7 @@ from engine.train.state import (
     seed_everything,
 )  # fmt: skip
 from kernels.augment import reseed_all
+from shards.format import manifest_task
 from shards.outputs import prepare_output_dir
 
 if TYPE_CHECKING:
@@ -59,32 +58,33 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cpu=cfg.run.cpu, kwargs_handlers=ddp_kwargs(cfg.optim.freeze_epochs),
     )  # fmt: skip
     cfg, shards = open_shard_set(cfg)  # checked before any work; the model config completed from the manifest
+    task = get_task(manifest_task(shards.manifest))  # single- or multi-label: the shard set says
+    selection = task.selection(cfg.eval.select_metric)  # ConfigError before any work
+    weight = task.loss_weight(shards.manifest, cfg.data.train_split, shards.labels, cfg.optim)  # [K] or None
     data = make_loaders(cfg, shards, accelerator.process_index, accelerator.num_processes)  # checks the windows
     run_dir, state_dir = open_run_dir(cfg, accelerator)  # the same on every rank; config.yaml written
     learner = build_learner(cfg, shards, data.optim_steps_per_epoch, accelerator)
     state = resume_train_state(accelerator, state_dir, learner.net) if cfg.run.resume else TrainState()
-    weight = None  # class weights of the loss, [K]
-    if cfg.optim.class_weights:
-        weight = class_weight_tensor(shards.manifest, cfg.data.train_split, shards.labels).to(accelerator.device)
-    records = RunRecords(run_dir, cfg, shards, learner, accelerator)
+    weight = weight.to(accelerator.device) if weight is not None else None
+    records = RunRecords(run_dir, cfg, shards, learner, accelerator, task.checkpoint_extra())
     log_start(cfg, accelerator, learner, data)
 
     while state.epoch < data.epochs:
         epoch = state.epoch
-        trained = train_epoch(cfg, accelerator, learner, data, state, weight, run_dir)
-        metrics = evaluate_epoch(learner.eval_net, data.valid_loader, accelerator, shards.labels, weight,
-                                 cfg.run.precision, cfg.eval.track_aggregate)  # fmt: skip
+        trained = train_epoch(cfg, accelerator, learner, data, state, weight, run_dir, task)
+        metrics, ckpt_extra = evaluate_epoch(learner.eval_net, data.valid_loader, accelerator, shards.labels, weight,
+                                             cfg.run.precision, cfg.eval.track_aggregate, task)  # fmt: skip
         row = {
             "epoch": epoch, "step": state.step, "lr": learner.optimizer.param_groups[0]["lr"],
             "train_loss": trained.loss, "train_acc": trained.acc, **metrics,
             "train_clips_per_s": trained.clips_per_s, "epoch_seconds": time.perf_counter() - trained.started,
         }  # fmt: skip
-        improved = end_epoch(state, row, learner)
-        log_epoch(epoch, row)
-        records.epoch_end(epoch, row, improved, state.history)
+        improved = end_epoch(state, row, learner, selection)
+        log_epoch(epoch, row, task)
+        records.epoch_end(epoch, row, improved, state.history, ckpt_extra)
         save_train_state(accelerator, run_dir, state, learner.net)
         if cfg.optim.early_stop_patience and state.bad_epochs >= cfg.optim.early_stop_patience:
-            logger.info(f"early stop: no validation-loss improvement for {state.bad_epochs} epochs", main_process_only=True)
+            logger.info(f"early stop: no {selection.label} improvement for {state.bad_epochs} epochs", main_process_only=True)
             break
 
     summary = records.finish(state)
@@ -98,14 +98,14 @@ class TrainedEpoch:
     """The training half of an epoch's history row (every rank agrees)."""
 
     loss: float  # mean batch loss, averaged over ranks
-    acc: float  # training accuracy on the (mixed) batches, over every rank's clips
+    acc: float  # training accuracy on the (mixed) batches, over every rank's clips (multi-label: tag accuracy)
     clips_per_s: float  # training clips per second, all ranks, this session's batches only
     started: float  # time.perf_counter() when the epoch started
 
 
 def train_epoch(
     cfg: TrainConfig, accelerator: Accelerator, learner: Learner, data: Loaders, state: TrainState,
-    weight: torch.Tensor | None, run_dir: Path,
+    weight: torch.Tensor | None, run_dir: Path, task: Task,
 ) -> TrainedEpoch:  # fmt: skip
     """Train epoch ``state.epoch`` from batch ``state.epoch_step`` (> 0: resuming mid-epoch) to its end (or
     ``optim.max_steps``); counts ``state.step`` and saves the state every ``run.save_every_steps`` batches."""
@@ -131,12 +131,11 @@ def train_epoch(
         if i >= data.steps_per_epoch or (cfg.optim.max_steps and state.step >= cfg.optim.max_steps):
             break
         wave = model_input(batch).to(accelerator.device, non_blocking=True)  # wave [B, T] or feats [B, N, D]
-        y = batch["label"].to(accelerator.device, non_blocking=True)
+        targets = task.targets(batch, learner.num_classes, accelerator.device)  # float [B, K]
         with accelerator.accumulate(model):
-            targets = F.one_hot(y, learner.num_classes).float()
             with accelerator.autocast():
                 logits, mixed = model(wave, targets)
-            loss = soft_cross_entropy(logits, mixed, cfg.optim.label_smoothing, weight)
+            loss = task.loss(logits, mixed, cfg.optim.label_smoothing, weight)
             accelerator.backward(loss)
             if cfg.optim.grad_clip and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -149,8 +148,8 @@ def train_epoch(
                 if learner.ema is not None:
                     learner.ema.update(net)
         loss_sum += loss.detach()
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += y.shape[0]
+        correct += task.hits(logits, targets)
+        seen += targets.shape[0]
         n_steps += 1
         bar.update(1)
         if n_steps % cfg.run.log_every == 0:  # the only host syncs of the step loop
@@ -180,34 +179,33 @@ def evaluate_epoch(
     weight: torch.Tensor | None,
     precision: str = "fp32",
     aggregate: str = "mean_prob",
-) -> dict[str, float]:
-    """The epoch's validation figures: loss, segment- and track-level accuracy and macro F1, every track counted
-    once -- the figures of ``python -m engine evaluate`` (:func:`engine.evaluation_loop.evaluate_stream`), so the two
-    never disagree on a checkpoint. ``valid_track_*`` use the ``aggregate`` of windows; the track accuracy
-    of both aggregates is reported too."""
-    result = evaluate_stream(model, loader, accelerator, len(label_names), precision=precision, weight=weight)
-    m = result.metrics(label_names, aggregate)
-    return {
-        "valid_loss": result.loss,
-        "valid_acc": m["segment"]["accuracy"],
-        "valid_f1": m["segment"]["macro_f1"],
-        "valid_track_acc": m["track"]["accuracy"],
-        "valid_track_f1": m["track"]["macro_f1"],
-        **{f"valid_track_acc_{a}": m[f"track_{a}"]["accuracy"] for a in TRACK_AGGREGATES},
-        "valid_windows": int(m["segment"]["n"]),
-        "valid_tracks": int(m["track"]["n"]),
-    }
+    task: Task | None = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The epoch's validation figures and what its checkpoints carry in ``extra`` (:meth:`engine.tasks.Task.validation`).
+
+    Single-label: loss, segment- and track-level accuracy and macro F1, every track counted once -- the figures
+    of ``python -m engine evaluate`` (:func:`engine.evaluation_loop.evaluate_stream`), so the two never disagree
+    on a checkpoint. ``valid_track_*`` use the ``aggregate`` of windows; the track accuracy of both aggregates is
+    reported too. Multi-label: loss, track and segment mAP and ROC-AUC, track F1 at 0.5; ``extra`` holds the
+    per-tag thresholds that maximise each tag's F1 on the validation tracks."""
+    task = task or get_task("singlelabel")
+    result = evaluate_stream(model, loader, accelerator, len(label_names), precision=precision, weight=weight,
+                             task=task.name)  # fmt: skip
+    row, extra = task.validation(result.probs, result.labels, result.tracks, label_names, aggregate)
+    return {"valid_loss": result.loss, **row}, extra
 
 
-def end_epoch(state: TrainState, row: dict[str, Any], learner: Learner) -> bool:
-    """Close the epoch of ``row``: history, the plateau schedule, the best loss and patience; ``state.epoch``
-    moves on. Returns whether the validation loss improved."""
+def end_epoch(state: TrainState, row: dict[str, Any], learner: Learner, selection: Selection) -> bool:
+    """Close the epoch of ``row``: history, the plateau schedule, the best selection figure (``state.best_loss``
+    holds it as a number to minimise: the loss, or minus a metric) and patience; ``state.epoch`` moves on.
+    Returns whether the selection figure improved (the first epoch always does when it is a metric)."""
     state.history.append(row)
     if learner.sched_kind == "plateau":
         learner.scheduler.step(row["valid_loss"])
-    improved = row["valid_loss"] < state.best_loss
+    value = selection.value(row) if selection.key != "valid_loss" else row["valid_loss"]
+    improved = value < state.best_loss or (selection.key != "valid_loss" and state.best_epoch < 0)
     if improved:
-        state.best_loss, state.best_epoch, state.bad_epochs = row["valid_loss"], row["epoch"], 0
+        state.best_loss, state.best_epoch, state.bad_epochs = value, row["epoch"], 0
     else:
         state.bad_epochs += 1
     state.epoch = row["epoch"] + 1
@@ -224,10 +222,9 @@ def log_start(cfg: TrainConfig, accelerator: Accelerator, learner: Learner, data
     )
 
 
-def log_epoch(epoch: int, row: dict[str, Any]) -> None:
+def log_epoch(epoch: int, row: dict[str, Any], task: Task) -> None:
     logger.info(
         f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | valid loss {row['valid_loss']:.4f} "
-        f"acc {row['valid_acc']:.3f} track acc {row['valid_track_acc']:.3f} f1 {row['valid_track_f1']:.3f} "
-        f"| {row['train_clips_per_s']:.0f} clips/s",
+        f"{task.log_figures(row)} | {row['train_clips_per_s']:.0f} clips/s",
         main_process_only=True,
     )

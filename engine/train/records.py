@@ -45,8 +45,9 @@ class RunRecords:
     """The run directory's records of ``learner``'s training on ``shards`` (written on the main process)."""
 
     def __init__(
-        self, run_dir: Path, cfg: TrainConfig, shards: ShardSet, learner: Learner, accelerator: Accelerator
-    ) -> None:
+        self, run_dir: Path, cfg: TrainConfig, shards: ShardSet, learner: Learner, accelerator: Accelerator,
+        task_extra: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         self.run_dir, self.main, self.model = run_dir, accelerator.is_main_process, learner.eval_net
         self.world, self.labels, self.n_params = accelerator.num_processes, shards.labels, learner.n_params
         self.tb = None
@@ -58,13 +59,20 @@ class RunRecords:
         self.weights = "ema" if learner.ema is not None else "raw"
         window = shards.eval_samples if shards.eval_samples != shards.segment_samples else None
         self.ckpt_meta = dict(labels=shards.labels, sample_rate=shards.sample_rate, segment_samples=shards.segment_samples,
-                              window_samples=window, extra={"weights": self.weights})  # fmt: skip
+                              window_samples=window)  # fmt: skip
+        # extra: the weights, and the task (engine.tasks.Task.checkpoint_extra: task, multi_label, label_kind)
+        self.extra = {"weights": self.weights, **(task_extra or {})}
 
-    def epoch_end(self, epoch: int, row: dict[str, Any], improved: bool, history: list[dict[str, Any]]) -> None:
-        """``last.pt`` (and ``best.pt`` when the validation loss ``improved``), history, TensorBoard, curves."""
+    def epoch_end(
+        self, epoch: int, row: dict[str, Any], improved: bool, history: list[dict[str, Any]],
+        epoch_extra: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """``last.pt`` (and ``best.pt`` when the selection figure ``improved``), history, TensorBoard, curves;
+        ``epoch_extra`` joins the checkpoints' ``extra`` (multi-label: the epoch's per-tag ``thresholds``)."""
         if not self.main:
             return
-        meta = dict(model=self.model, config=self.config, epoch=epoch, metrics=row, **self.ckpt_meta)
+        extra = {**self.extra, **(epoch_extra or {})}
+        meta = dict(model=self.model, config=self.config, epoch=epoch, metrics=row, extra=extra, **self.ckpt_meta)
         save_checkpoint(self.run_dir / "last.pt", **meta)
         if improved:
             save_checkpoint(self.run_dir / "best.pt", **meta)

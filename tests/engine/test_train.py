@@ -295,7 +295,7 @@ def test_class_weighted_validation_loss_is_the_weighted_mean(tmp_path, synthetic
     import torch.nn.functional as F
 
     from engine.checkpoint import load_model
-    from engine.train.loss import class_weight_tensor
+    from engine.losses import class_weight_tensor
     from shards.window_stream import WindowStream
 
     shards = tmp_path / "shards"
