@@ -32,13 +32,17 @@ Output (``--out``, default ``/work/data/realmusic``)::
 
     audio/<class>/<group>__<clip>.wav
     clips.csv        path,label,artist,track_id,piece,composer,source,start_quarter,tempo_qpm,...
-    build.json       the settings, versions and per-class counts
+    clips_tags.csv   the same rows, multi-label: path,genre,...,labels (the class in ``genre``; ``labels``
+                     the ``;``-separated instrument families (``TAGS``) of the parts that sound in the clip)
+    build.json       the settings, versions, per-class and per-tag counts
 
 ``clips.csv`` is the engine's ``csv`` layout; its ``artist`` column carries the *group* (piece), which the
 ingest keeps within one split and one fold::
 
     python tools/make_shards.py --layout csv /work/data/realmusic/clips.csv --out /work/data/realmusic_shards \\
         --folds 5 --group-by artist --split-ratios 0.85,0.15,0
+    python tools/make_shards.py --layout csv /work/data/realmusic/clips_tags.csv \\
+        --out /work/data/realmusic_tag_shards --folds 5 --group-by artist --split-ratios 0.85,0.15,0
 
 Needs (benchmark-only, never runtime dependencies of the engine): ``pip install music21`` (corpus and
 parser; built with 10.5.1), ``apt-get install fluidsynth fluid-soundfont-gm`` (FluidSynth 2.3, FluidR3_GM).
@@ -555,6 +559,25 @@ def _render_class(args: tuple[str, list[ClipPlan], str, float, str, int]) -> lis
     return rows
 
 
+def write_csvs(out: Path, rows: list[dict]) -> None:
+    """``out/clips.csv`` (single-label: the class in ``label``; every ClipResult column but ``labels``) and
+    ``out/clips_tags.csv`` (multi-label: the same rows with ``labels``, the class moved to a ``genre`` column:
+    the csv layout refuses a file with both ``label`` and ``labels``)."""
+    single = [k for k in rows[0] if k != "labels"]
+    multi = ["genre" if k == "label" else k for k in rows[0]]
+    for name, fields in (("clips.csv", single), ("clips_tags.csv", multi)):
+        with open(out / name, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({**r, "genre": r["label"]})
+
+
+def tag_counts(rows: list[dict]) -> dict[str, int]:
+    """Clips per tag (``TAGS`` order) of rows with a ``;``-joined ``labels`` cell."""
+    return {t: sum(t in r["labels"].split(";") for r in rows) for t in TAGS}
+
+
 def build(out: Path, clips: int, seconds: float, seed: int, workers: int, soundfont: str,
           progress: Callable[[str], None] = print) -> dict:
     if shutil.which("fluidsynth") is None:
@@ -576,16 +599,12 @@ def build(out: Path, clips: int, seconds: float, seed: int, workers: int, soundf
     else:
         per_class = [_render_class(j) for j in jobs]
     rows = [r for rs in per_class for r in rs]
-    fields = list(asdict(rows[0]).keys())
-    with open(out / "clips.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow(asdict(r))
+    write_csvs(out, [asdict(r) for r in rows])
     summary = {
         "classes": {c: sum(r.label == c for r in rows) for c in CLASSES},
         "groups": {c: len({r.artist for r in rows if r.label == c}) for c in CLASSES},
         "ensembles": {c: sorted({r.ensemble for r in rows if r.label == c}) for c in CLASSES},
+        "tags": tag_counts([asdict(r) for r in rows]),
         "tempo_from_score": sum(r.tempo_from_score for r in rows),
         "clips": len(rows),
         "seconds": seconds,
