@@ -31,11 +31,23 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.format import META_EXT, PCM_EXT, decode_meta, decode_pcm, load_manifest, split_shards
+from shards.format import (
+    FEATS_EXT,
+    META_EXT,
+    PCM_EXT,
+    PCM_SCALE,
+    decode_feats,
+    decode_meta,
+    decode_pcm,
+    load_manifest,
+    split_shards,
+)
 
 
 def read_split(shard_dir: Path, manifest: dict, split: str) -> list[dict]:
-    """Every track of ``split``: ``{"key", "label_index", "fold", "wave" float32 (T,)}`` in manifest order."""
+    """Every track of ``split`` in manifest order: ``{"key", "meta" (its .json), "label_index" (None when the
+    sample has none, as a multi-label sample may), "fold", "data"}``, where ``data`` is the audio as float32
+    ``(T,)`` in [-1, 1) (``.pcm``) or the feature rows as float32 ``(N, D)`` (``.feats.npy``, an embedding set)."""
     tracks: list[dict] = []
     for path, _ in split_shards(manifest, split, shard_dir):
         members: dict[str, dict] = {}
@@ -48,12 +60,16 @@ def read_split(shard_dir: Path, manifest: dict, split: str) -> list[dict]:
                 assert fh is not None
                 members.setdefault(key, {})[ext] = fh.read()
         for key, parts in members.items():
-            if PCM_EXT not in parts or META_EXT not in parts:
-                raise SystemExit(f"{path}: sample {key!r} lacks .{PCM_EXT} or .{META_EXT}")
+            if META_EXT not in parts or (PCM_EXT not in parts and FEATS_EXT not in parts):
+                raise SystemExit(f"{path}: sample {key!r} lacks .{META_EXT} or a .{PCM_EXT} / .{FEATS_EXT} member")
             meta = decode_meta(parts[META_EXT])
-            wave = decode_pcm(parts[PCM_EXT]).astype(np.float32) / 32768.0
-            tracks.append({"key": key, "label_index": int(meta["label_index"]), "fold": int(meta["fold"]),
-                           "wave": wave})  # fmt: skip
+            if PCM_EXT in parts:
+                data = decode_pcm(parts[PCM_EXT]).astype(np.float32) / PCM_SCALE
+            else:
+                data = decode_feats(parts[FEATS_EXT]).astype(np.float32)
+            index = meta.get("label_index")
+            tracks.append({"key": key, "meta": meta, "label_index": None if index is None else int(index),
+                           "fold": int(meta["fold"]), "data": data})  # fmt: skip
     return tracks
 
 
@@ -72,33 +88,14 @@ def clip_features(y: np.ndarray, sr: int, kind: str) -> np.ndarray:
     return np.concatenate([x.mean(axis=1), x.std(axis=1, ddof=0)])
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--shards", type=Path, default=Path("/work/data/realmusic_shards"), help="shard set with folds")
-    p.add_argument("--features", choices=["mfcc", "mfcc+chroma"], default="mfcc")
-    p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
-    p.add_argument("--with-valid", action="store_true", help="also train on the validation split")
-    p.add_argument("--json", type=Path, default=None, help="write the per-fold results here")
-    args = p.parse_args(argv)
-
+def cross_validate(train: list[dict], valid: list[dict], feats: dict[str, np.ndarray], k: int,
+                   C: float) -> list[dict]:  # fmt: skip
+    """Fold ``f`` of ``k``: StandardScaler -> LogisticRegression(C) fitted on the ``train`` tracks of the other
+    folds (plus every ``valid`` track), track accuracy on fold ``f``'s ``train`` tracks; ``feats`` maps a
+    track's key to its feature vector. One row per fold (``seconds``: that fold's fit and predict)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    manifest = load_manifest(args.shards)
-    k = int(manifest.get("folds") or 0)
-    if k < 2:
-        print(f"error: {args.shards} has no folds; make it with make_shards.py --folds 5", file=sys.stderr)
-        return 2
-    sr = int(manifest["sample_rate"])
-    t0 = time.perf_counter()
-    train = read_split(args.shards, manifest, "train")
-    valid = read_split(args.shards, manifest, "valid") if args.with_valid else []
-    feats = {t["key"]: clip_features(t["wave"], sr, args.features) for t in train + valid}
-    t_feat = time.perf_counter() - t0
-    print(f"{len(train)} train-split tracks ({len(valid)} valid added), {len(manifest['labels'])} classes, "
-          f"{k} folds; features '{args.features}' ({len(next(iter(feats.values())))} values) in {t_feat:.1f}s")  # fmt: skip
 
     rows = []
     for fold in range(k):
@@ -109,16 +106,51 @@ def main(argv: list[str] | None = None) -> int:
         y_fit = np.array([t["label_index"] for t in fit])
         x_test = np.stack([feats[t["key"]] for t in test])
         y_test = np.array([t["label_index"] for t in test])
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=args.C, max_iter=5000))
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000))
         clf.fit(x_fit, y_fit)
         acc = float((clf.predict(x_test) == y_test).mean())
         rows.append({"fold": fold, "track_accuracy": acc, "n_train": len(fit), "n_test": len(test),
                      "seconds": time.perf_counter() - t1})  # fmt: skip
         print(f"fold {fold}: track accuracy {100 * acc:.1f}% ({len(test)} test / {len(fit)} train tracks, "
               f"{rows[-1]['seconds']:.2f}s)")  # fmt: skip
+    return rows
+
+
+def report(rows: list[dict]) -> tuple[float, float]:
+    """Print and return the mean and population std of the folds' track accuracy (fractions)."""
     accs = [r["track_accuracy"] for r in rows]
     mean, std = statistics.fmean(accs), statistics.pstdev(accs)
     print(f"mean +- std (population): {100 * mean:.1f} +- {100 * std:.1f}%")
+    return mean, std
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--shards", type=Path, default=Path("/work/data/realmusic_shards"), help="shard set with folds")
+    p.add_argument("--features", choices=["mfcc", "mfcc+chroma"], default="mfcc")
+    p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
+    p.add_argument("--with-valid", action="store_true", help="also train on the validation split")
+    p.add_argument("--json", type=Path, default=None, help="write the per-fold results here")
+    args = p.parse_args(argv)
+
+    manifest = load_manifest(args.shards)
+    k = int(manifest.get("folds") or 0)
+    if k < 2:
+        print(f"error: {args.shards} has no folds; make it with make_shards.py --folds 5", file=sys.stderr)
+        return 2
+    sr = int(manifest["sample_rate"])
+    t0 = time.perf_counter()
+    train = read_split(args.shards, manifest, "train")
+    valid = read_split(args.shards, manifest, "valid") if args.with_valid else []
+    feats = {t["key"]: clip_features(t["data"], sr, args.features) for t in train + valid}
+    t_feat = time.perf_counter() - t0
+    print(f"{len(train)} train-split tracks ({len(valid)} valid added), {len(manifest['labels'])} classes, "
+          f"{k} folds; features '{args.features}' ({len(next(iter(feats.values())))} values) in {t_feat:.1f}s")  # fmt: skip
+
+    rows = cross_validate(train, valid, feats, k, args.C)
+    mean, std = report(rows)
+    print(f"total {time.perf_counter() - t0:.1f}s (reading, features and the {k} fits)")
     if args.json:
         args.json.write_text(json.dumps({"features": args.features, "C": args.C, "with_valid": args.with_valid,
                                          "folds": rows, "mean": mean, "std": std,

@@ -32,13 +32,17 @@ Output (``--out``, default ``/work/data/realmusic``)::
 
     audio/<class>/<group>__<clip>.wav
     clips.csv        path,label,artist,track_id,piece,composer,source,start_quarter,tempo_qpm,...
-    build.json       the settings, versions and per-class counts
+    clips_tags.csv   the same rows, multi-label: path,genre,...,labels (the class in ``genre``; ``labels``
+                     the ``;``-separated instrument families (``TAGS``) of the parts that sound in the clip)
+    build.json       the settings, versions, per-class and per-tag counts
 
 ``clips.csv`` is the engine's ``csv`` layout; its ``artist`` column carries the *group* (piece), which the
 ingest keeps within one split and one fold::
 
     python tools/make_shards.py --layout csv /work/data/realmusic/clips.csv --out /work/data/realmusic_shards \\
         --folds 5 --group-by artist --split-ratios 0.85,0.15,0
+    python tools/make_shards.py --layout csv /work/data/realmusic/clips_tags.csv \\
+        --out /work/data/realmusic_tag_shards --folds 5 --group-by artist --split-ratios 0.85,0.15,0
 
 Needs (benchmark-only, never runtime dependencies of the engine): ``pip install music21`` (corpus and
 parser; built with 10.5.1), ``apt-get install fluidsynth fluid-soundfont-gm`` (FluidSynth 2.3, FluidR3_GM).
@@ -102,6 +106,21 @@ ENSEMBLES: dict[str, list[tuple[int, list[str]]]] = {
     "mixed": [(0, ["violin", "viola", "cello", "flute", "oboe", "clarinet", "recorder", "horn", "guitar",
                    "harpsichord", "organ", "choir"])],
 }
+# the multi-label version's vocabulary: instrument families, each GM program above in exactly one
+TAG_PROGRAMS: dict[str, tuple[str, ...]] = {
+    "voice": ("choir", "oohs"),
+    "organ": ("organ", "reed_organ"),
+    "accordion": ("accordion",),
+    "piano": ("piano",),
+    "harpsichord": ("harpsichord",),
+    "plucked": ("guitar", "harp"),
+    "bowed_strings": ("violin", "viola", "cello", "contrabass", "strings", "slow_strings"),
+    "brass": ("trumpet", "horn", "trombone", "tuba"),
+    "reeds": ("oboe", "clarinet", "bassoon"),
+    "flutes": ("flute", "recorder"),
+}
+TAGS = tuple(TAG_PROGRAMS)
+PROGRAM_TAG = {GM[name]: tag for tag, names in TAG_PROGRAMS.items() for name in names}
 # per class: (ensemble, weight); every ensemble but one appears in at least two classes
 CLASS_ENSEMBLES: dict[str, list[tuple[str, float]]] = {
     "chorale": [("choir", 3), ("organ", 3), ("string_section", 1), ("string_quartet", 1), ("brass", 1),
@@ -164,6 +183,7 @@ class ClipResult:
     looped: bool
     parts: int
     notes: int
+    labels: str  # ";"-joined instrument families (TAGS) of the parts that sound in the clip
 
 
 # ------------------------------------------------------------------------------------------ sources
@@ -358,6 +378,70 @@ def _ensemble_programs(rng: np.random.Generator, ensemble: str, mean_pitches: li
     return programs
 
 
+def midi_events(rng: np.random.Generator, sel: list[Note], programs: list[int], nparts: int, sec_per_q: float,
+                level: float, seconds: float) -> tuple[list[tuple[float, int, bytes]], set[int]]:
+    """The clip's MIDI events ((seconds, order, message), for ``write_midi``) and the parts that sound: a part
+    with at least one note-on before ``seconds`` (the rendered clip's end). Draws from ``rng``: the reverb and
+    chorus sends, each part's pan and volume, each note's velocity jitter, in that order."""
+    channels = [c for c in range(16) if c != 9]  # channel 10 is percussion in GM
+    events: list[tuple[float, int, bytes]] = []
+    reverb = int(rng.integers(10, 110))
+    chorus = int(rng.integers(0, 60))
+    for p in range(min(nparts, len(channels))):
+        ch = channels[p]
+        pan = int(np.clip(64 + rng.normal(0, 30), 0, 127))
+        vol = int(rng.integers(85, 121))
+        events += [
+            (0.0, 0, bytes([0xC0 | ch, programs[p]])),
+            (0.0, 0, bytes([0xB0 | ch, 7, vol])),
+            (0.0, 0, bytes([0xB0 | ch, 10, pan])),
+            (0.0, 0, bytes([0xB0 | ch, 91, reverb])),
+            (0.0, 0, bytes([0xB0 | ch, 93, chorus])),
+        ]
+    end_s = seconds + 0.5
+    sounding: set[int] = set()
+    for n in sel:
+        if n.part >= len(channels) or not 0 <= n.pitch <= 127:
+            continue
+        ch = channels[n.part]
+        t0 = n.start * sec_per_q
+        t1 = min((n.start + n.dur) * sec_per_q, end_s)
+        if t0 >= end_s:
+            continue
+        vel = int(np.clip(n.velocity * level + rng.normal(0, 6), 20, 127))
+        events.append((t0, 2, bytes([0x90 | ch, n.pitch, vel])))
+        events.append((max(t1 - 0.005, t0 + 0.01), 1, bytes([0x80 | ch, n.pitch, 0])))
+        if t0 < seconds:  # the WAV is cut at ``seconds``: a later note-on is not heard
+            sounding.add(n.part)
+    return events, sounding
+
+
+def clip_tags(programs: list[int], sounding: set[int]) -> list[str]:
+    """The instrument families (``TAGS`` order) of the parts in ``sounding`` (part -> ``programs[part]``)."""
+    present = {PROGRAM_TAG[programs[p]] for p in sounding}
+    return [t for t in TAGS if t in present]
+
+
+def synthesize(events: list[tuple[float, int, bytes]], soundfont: str, what: str) -> np.ndarray:
+    """FluidSynth render of ``events`` at SAMPLE_RATE: float32 (frames, channels); ``what`` names the score in
+    errors."""
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mid, wav = Path(tmp) / "clip.mid", Path(tmp) / "clip.wav"
+        write_midi(mid, events)
+        cmd = ["fluidsynth", "-ni", "-q", "-F", str(wav), "-T", "wav", "-O", "float", "-r", str(SAMPLE_RATE),
+               "-g", "0.4", "-o", "synth.cpu-cores=1", "-o", "synth.reverb.active=1",
+               "-o", "synth.chorus.active=1", soundfont, str(mid)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0 or not wav.is_file():
+            raise RuntimeError(f"fluidsynth failed on {what}: {res.stderr.strip()[-400:]}")
+        audio, sr = sf.read(wav, dtype="float32", always_2d=True)
+    if sr != SAMPLE_RATE:
+        raise RuntimeError(f"fluidsynth wrote {sr} Hz, asked for {SAMPLE_RATE}")
+    return audio
+
+
 def render_clip(plan: ClipPlan, out_dir: Path, seconds: float, soundfont: str,
                 parse_cache: dict | None = None) -> tuple[ClipResult, tuple[int, ...]]:
     """Render one clip to ``out_dir/audio/<class>/<group>__<index>.wav``; returns its row and the melody
@@ -419,51 +503,12 @@ def render_clip(plan: ClipPlan, out_dir: Path, seconds: float, soundfont: str,
     w = np.asarray(weights, dtype=float)
     ensemble = str(rng.choice(names, p=w / w.sum()))
     programs = _ensemble_programs(rng, ensemble, mean_pitch)
-    channels = [c for c in range(16) if c != 9]  # channel 10 is percussion in GM
-    events: list[tuple[float, int, bytes]] = []
-    reverb = int(rng.integers(10, 110))
-    chorus = int(rng.integers(0, 60))
-    for p in range(min(nparts, len(channels))):
-        ch = channels[p]
-        pan = int(np.clip(64 + rng.normal(0, 30), 0, 127))
-        vol = int(rng.integers(85, 121))
-        events += [
-            (0.0, 0, bytes([0xC0 | ch, programs[p]])),
-            (0.0, 0, bytes([0xB0 | ch, 7, vol])),
-            (0.0, 0, bytes([0xB0 | ch, 10, pan])),
-            (0.0, 0, bytes([0xB0 | ch, 91, reverb])),
-            (0.0, 0, bytes([0xB0 | ch, 93, chorus])),
-        ]
-    end_s = seconds + 0.5
-    for n in sel:
-        if n.part >= len(channels) or not 0 <= n.pitch <= 127:
-            continue
-        ch = channels[n.part]
-        t0 = n.start * sec_per_q
-        t1 = min((n.start + n.dur) * sec_per_q, end_s)
-        if t0 >= end_s:
-            continue
-        vel = int(np.clip(n.velocity * level + rng.normal(0, 6), 20, 127))
-        events.append((t0, 2, bytes([0x90 | ch, n.pitch, vel])))
-        events.append((max(t1 - 0.005, t0 + 0.01), 1, bytes([0x80 | ch, n.pitch, 0])))
+    events, sounding = midi_events(rng, sel, programs, nparts, sec_per_q, level, seconds)
 
     rel = Path("audio") / src.label / f"{src.group}__{plan.index:03d}.wav"
     dest = out_dir / rel
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        mid, wav = Path(tmp) / "clip.mid", Path(tmp) / "clip.wav"
-        write_midi(mid, events)
-        cmd = ["fluidsynth", "-ni", "-q", "-F", str(wav), "-T", "wav", "-O", "float", "-r", str(SAMPLE_RATE),
-               "-g", "0.4", "-o", "synth.cpu-cores=1", "-o", "synth.reverb.active=1",
-               "-o", "synth.chorus.active=1", soundfont, str(mid)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0 or not wav.is_file():
-            raise RuntimeError(f"fluidsynth failed on {src.path}: {res.stderr.strip()[-400:]}")
-        import soundfile as sf
-
-        audio, sr = sf.read(wav, dtype="float32", always_2d=True)
-    if sr != SAMPLE_RATE:
-        raise RuntimeError(f"fluidsynth wrote {sr} Hz, asked for {SAMPLE_RATE}")
+    audio = synthesize(events, soundfont, src.path)
     mono = audio.mean(axis=1)
     n_out = int(round(seconds * SAMPLE_RATE))
     mono = np.pad(mono[:n_out], (0, max(0, n_out - len(mono))))
@@ -481,6 +526,7 @@ def render_clip(plan: ClipPlan, out_dir: Path, seconds: float, soundfont: str,
         piece=src.piece, composer=src.composer, source=src.path, start_quarter=start, tempo_qpm=round(qpm, 2),
         tempo_from_score=from_score, transpose=transpose, ensemble=ensemble,
         programs=" ".join(str(p) for p in programs), looped=looped, parts=nparts, notes=len(sel),
+        labels=";".join(clip_tags(programs, sounding)),
     )
     return row, sig
 
@@ -513,6 +559,25 @@ def _render_class(args: tuple[str, list[ClipPlan], str, float, str, int]) -> lis
     return rows
 
 
+def write_csvs(out: Path, rows: list[dict]) -> None:
+    """``out/clips.csv`` (single-label: the class in ``label``; every ClipResult column but ``labels``) and
+    ``out/clips_tags.csv`` (multi-label: the same rows with ``labels``, the class moved to a ``genre`` column:
+    the csv layout refuses a file with both ``label`` and ``labels``)."""
+    single = [k for k in rows[0] if k != "labels"]
+    multi = ["genre" if k == "label" else k for k in rows[0]]
+    for name, fields in (("clips.csv", single), ("clips_tags.csv", multi)):
+        with open(out / name, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({**r, "genre": r["label"]})
+
+
+def tag_counts(rows: list[dict]) -> dict[str, int]:
+    """Clips per tag (``TAGS`` order) of rows with a ``;``-joined ``labels`` cell."""
+    return {t: sum(t in r["labels"].split(";") for r in rows) for t in TAGS}
+
+
 def build(out: Path, clips: int, seconds: float, seed: int, workers: int, soundfont: str,
           progress: Callable[[str], None] = print) -> dict:
     if shutil.which("fluidsynth") is None:
@@ -534,16 +599,12 @@ def build(out: Path, clips: int, seconds: float, seed: int, workers: int, soundf
     else:
         per_class = [_render_class(j) for j in jobs]
     rows = [r for rs in per_class for r in rs]
-    fields = list(asdict(rows[0]).keys())
-    with open(out / "clips.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow(asdict(r))
+    write_csvs(out, [asdict(r) for r in rows])
     summary = {
         "classes": {c: sum(r.label == c for r in rows) for c in CLASSES},
         "groups": {c: len({r.artist for r in rows if r.label == c}) for c in CLASSES},
         "ensembles": {c: sorted({r.ensemble for r in rows if r.label == c}) for c in CLASSES},
+        "tags": tag_counts([asdict(r) for r in rows]),
         "tempo_from_score": sum(r.tempo_from_score for r in rows),
         "clips": len(rows),
         "seconds": seconds,

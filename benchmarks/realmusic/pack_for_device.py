@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Pack the real-music set for a lent GPU machine: Ogg Vorbis copies of the clips plus clips.csv, so that the
-set (304 MB of WAV) travels inside a device call's 64 MiB working tree (``benchmarks/gpu_smallset.sh``).
+"""Pack the real-music set for a lent GPU machine: Ogg Vorbis copies of the clips plus clips.csv (and
+clips_tags.csv, the multi-label list), so that the set (304 MB of WAV) travels inside a device call's 64 MiB
+working tree (``benchmarks/gpu_smallset.sh``).
 
 Vorbis at ``--quality-level`` 0.4 (soundfile's ``compression_level``: 0 = best) is ~48 MB for the 240 clips,
 27 dB median SNR against the WAV; the MFCC-statistics baseline moves from 54.9 +- 3.9 % (WAV) to
@@ -45,11 +46,16 @@ def main() -> None:
     jobs = [(args.src / r["path"], args.out / Path(r["path"]).with_suffix(".ogg"), args.quality_level) for r in rows]
     with ProcessPoolExecutor(args.workers) as ex:
         snr = np.array(list(ex.map(transcode, jobs)))
-    with open(args.out / "clips.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "path": str(Path(r["path"]).with_suffix(".ogg"))})
+    for name in ("clips.csv", "clips_tags.csv"):  # single- and multi-label lists (a build before tags: the first)
+        if not (args.src / name).is_file():
+            continue
+        with open(args.src / name, newline="") as f:
+            listed = list(csv.DictReader(f))
+        with open(args.out / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(listed[0]))
+            w.writeheader()
+            for r in listed:
+                w.writerow({**r, "path": str(Path(r["path"]).with_suffix(".ogg"))})
     size = sum(j[1].stat().st_size for j in jobs) / 2**20
     print(f"{len(jobs)} clips -> {args.out}: {size:.1f} MiB, SNR median {np.median(snr):.1f} dB, min {snr.min():.1f}")
 
