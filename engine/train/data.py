@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 LOOP_LIMIT = 2.0
 """A crop or evaluation window up to this many times the split's longest track is filled by looping the track
-(a 30-s window over 29.9-s clips); a longer one is refused: every window would be mostly repeats."""
+(a 30-s window over 29.9-s clips); a longer one is refused: every window would be mostly repeats. Not for
+feature-sequence shards (embeddings, MSD segments), whose documented recipe pools a long crop of a looped short
+sequence (``configs/probe.yaml``: 30 windows, the whole clip's mean): there a longer window is only logged."""
 
 
 @dataclass(frozen=True)
@@ -135,14 +137,16 @@ def make_loaders(cfg: TrainConfig, shards: ShardSet, rank: int, world: int) -> L
     return Loaders(train_stream, train_loader, valid_loader, steps_per_epoch, optim_steps_per_epoch, epochs)
 
 
-def _window_fits(what: str, key: str, window: int, split: str, lengths: list[int], rate: int) -> bool:
+def _window_fits(
+    what: str, key: str, window: int, split: str, lengths: list[int], rate: int, limit: float | None
+) -> bool:
     """Whether ``window`` (samples / frames) is no longer than the longest of ``lengths``; logs a longer one
-    that looping can fill, raises :class:`ConfigError` for one over :data:`LOOP_LIMIT` times the longest."""
+    that looping can fill, raises :class:`ConfigError` for one over ``limit`` times the longest (None: no limit)."""
     longest = max(lengths, default=0)
     if window <= longest:
         return True
     w_s, l_s = window / rate, longest / rate
-    if window > LOOP_LIMIT * longest:
+    if limit is not None and window > limit * longest:
         raise ConfigError(
             f"{key}: the {what} ({w_s:g} s) is more than {LOOP_LIMIT:g} times the longest track of split {split!r} "
             f"({l_s:g} s): every {what} would be that track looped; set {key} <= {l_s:g} (or up to "
@@ -161,9 +165,9 @@ def check_window_lengths(cfg: DataConfig, shards: ShardSet, train: CropStream, v
     only when the crop is longer than every validation track."""
     eval_key = "data.eval_segment_seconds" if cfg.eval_segment_seconds else "data.segment_seconds"
     rate = shards.sample_rate
+    limit = None if shards.manifest.get("kind") == "features" else LOOP_LIMIT
     valid_lengths = valid.track_lengths()
-    _window_fits("evaluation window", eval_key, shards.eval_samples, cfg.valid_split, valid_lengths, rate)
+    _window_fits("evaluation window", eval_key, shards.eval_samples, cfg.valid_split, valid_lengths, rate, limit)
     if shards.segment_samples > max(valid_lengths, default=0):
-        _window_fits(
-            "training crop", "data.segment_seconds", shards.segment_samples, cfg.train_split, train.track_lengths(), rate
-        )
+        lengths = train.track_lengths()
+        _window_fits("training crop", "data.segment_seconds", shards.segment_samples, cfg.train_split, lengths, rate, limit)
