@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -133,6 +134,17 @@ def test_two_processes_write_the_one_process_set_byte_for_byte(tmp_path, clip_wr
     assert res.stderr.count("plan computed:") == 1  # once, on rank 0
     digests = dict(re.findall(r"plan sha256 (\w+) \(rank (\d) of 2\)", res.stderr))
     assert len(digests) == 1 and sorted(re.findall(r"\(rank (\d) of 2\)", res.stderr)) == ["0", "1"]
+    # and streamed by two processes into a pipe: command (local state under --state-dir)
+    piped = tmp_path / "piped"
+    piped.mkdir()
+    args[2] = f"pipe:cat > {piped}/{{name}}"
+    res = subprocess.run(_launch(2, [*args, "--state-dir", str(tmp_path / "state")], REPO), env=_env(), cwd=REPO,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = _files(piped)
+    strip = re.compile(rb'\n "command": .*\n')  # the command line names --out
+    assert got.keys() == ref.keys() and all(got[k] == ref[k] for k in ref if k != MANIFEST_NAME)
+    assert strip.sub(b"\n", got[MANIFEST_NAME]) == strip.sub(b"\n", ref[MANIFEST_NAME])
 
 
 @pytest.mark.slow
@@ -158,26 +170,68 @@ def test_killed_rank_stops_the_run_and_a_one_process_rerun_completes_it(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode != 0
-    assert not (out / MANIFEST_NAME).exists() and not list(out.glob("*.tmp"))
+    assert proc.returncode != 0, err[-2000:]
+    assert not (out / MANIFEST_NAME).exists()
+    for tar in out.glob("*.tar"):  # a shard under its final name is complete; unfinished ones are .tmp
+        assert tar.read_bytes() == (ref / tar.name).read_bytes()
     written = len(list(done.iterdir()))
     assert 0 < written < len(list((ref / ".ingest" / "done").iterdir()))
     assert main([*args, "--out", str(out), "-q"]) == 0  # one process resumes the two-process run
     assert _files(out) == _files(ref)
 
 
+@pytest.mark.slow
+def test_rank_dying_without_a_launcher_to_stop_the_others_ends_them_with_a_clear_error(
+    tmp_path, clip_writer, corrupt_writer
+) -> None:
+    """What the ranks on another machine see: no launcher kills them, their next collective fails at once."""
+    src = _collection(tmp_path / "src", clip_writer, corrupt_writer, n=8, seconds=1.0)
+    out = tmp_path / "out"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in (0, 1):
+        env = {**_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+               "RANK": str(rank), "LOCAL_RANK": str(rank)}  # fmt: skip
+        cmd = [sys.executable, "-m", "tools.make_shards", str(src), "--out", str(out), "--workers", "1",
+               "--shard-size", "1", "--no-progress", "--offline-augment", "0.9:1"]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / ".ingest" / "plan.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        procs[1].kill()
+        _, err = procs[0].communicate(timeout=60)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert procs[0].returncode == 2 and "stopped answering" in err and "rerun the same command" in err
+    assert "Traceback" not in err
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _rank_pid(launcher: int, rank: int) -> int | None:
-    """The pid of the process with ``RANK=rank`` in its environment under the launcher ``launcher`` (Linux)."""
+    """The pid of the process with ``RANK=rank`` in its environment under the process ``launcher`` (Linux)."""
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
         try:
             env = (p / "environ").read_bytes().split(b"\0")
-            stat = (p / "stat").read_text()
+            cmd = (p / "cmdline").read_bytes()
         except OSError:
             continue
-        if f"RANK={rank}".encode() in env and b"tools.make_shards" in (p / "cmdline").read_bytes():
-            sid = int(stat.rsplit(")", 1)[1].split()[3])  # session id: the launcher's new session
-            if sid == launcher:
-                return int(p.name)
+        if f"RANK={rank}".encode() in env and b"tools.make_shards" in cmd:
+            pid = int(p.name)
+            while pid > 1:  # an ancestor is the launcher
+                pid = _parent(pid)
+                if pid == launcher:
+                    return int(p.name)
     return None
