@@ -490,14 +490,6 @@ def build_parser() -> argparse.ArgumentParser:
         "'pipe:aws s3 cp - s3://bucket/set/{name}'",
     )
     p.add_argument(
-        "--state-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="with a pipe: --out, the local folder of the resume state (default: "
-        "./.make_shards_state/<hash of --out>)",
-    )
-    p.add_argument(
         "--layout",
         default="auto",
         choices=["auto", *LAYOUTS.names()],
@@ -549,6 +541,26 @@ def build_parser() -> argparse.ArgumentParser:
         "1:2. Copies carry augment / augment_of in their JSON; valid and test are never augmented",
     )
     p.add_argument(
+        "--workers", type=int, default=None, help="decode processes per process (default: os.cpu_count())"
+    )
+    p.add_argument("--overwrite", action="store_true", help="start over in a non-empty --out")
+    _add_many_process_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary and errors")
+    return p
+
+
+def _add_many_process_options(p: argparse.ArgumentParser) -> None:
+    """The options of a pipe: --out and of a run under accelerate launch / torchrun (shards.ingest_ranks)."""
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with a pipe: --out, the local folder of the resume state (default: "
+        "./.make_shards_state/<hash of --out>)",
+    )
+    p.add_argument(
         "--shards-for-ranks",
         type=int,
         default=0,
@@ -557,19 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
         "workers (8 GPUs x 4 workers: 32); 0: off",
     )
     p.add_argument(
-        "--workers", type=int, default=None, help="decode processes per process (default: os.cpu_count())"
-    )
-    p.add_argument(
         "--rank-timeout",
         type=float,
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
         help="under accelerate launch / torchrun: seconds a process waits on another before the run stops",
     )
-    p.add_argument("--overwrite", action="store_true", help="start over in a non-empty --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary and errors")
-    return p
 
 
 def _summary(res: IngestResult, limit: int = 50) -> str:

@@ -3,6 +3,7 @@ same shard set, byte for byte, as one process writing a folder; a killed rank is
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -76,6 +77,16 @@ def test_train_split_is_cut_into_a_multiple_of_k_shards() -> None:
     assert {s["stop"] - s["start"] for s in train} <= {6, 7} and cut[-1] == shards[-1]
     assert cut_for_ranks(shards, "train", 5, warnings) == shards  # already a multiple
     assert cut_for_ranks(shards, "train", 64, warnings) == shards and "fewer than 64" in warnings[0]
+
+
+def test_shards_for_ranks_reaches_the_manifest(tmp_path, clip_writer, corrupt_writer) -> None:
+    src = _collection(tmp_path / "src", clip_writer, corrupt_writer, n=6)
+    out = tmp_path / "out"
+    assert main([str(src), "--out", str(out), "--workers", "1", "--shard-size", "100", "--shards-for-ranks", "4",
+                 "--no-progress", "-q"]) == 0  # fmt: skip
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert len(manifest["splits"]["train"]["shards"]) == 4 and manifest["settings"]["shards_for_ranks"] == 4
+    assert len(manifest["splits"]["valid"]["shards"]) == 1  # other splits are cut by --shard-size only
 
 
 def test_one_process_rank_mapper_keeps_item_order() -> None:
