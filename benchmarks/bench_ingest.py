@@ -7,6 +7,12 @@ ratio ``ingest files/s / baseline files/s`` is the ingest's efficiency (target >
     python benchmarks/bench_ingest.py            # 48 x 30 s 44.1 kHz stereo clips (WAV/FLAC/MP3)
     python benchmarks/bench_ingest.py --quick    # 12 clips
 
+``--procs 1,2`` also runs the ingest as that many ranks of one job (spawned processes meeting in a gloo group
+over ``MASTER_ADDR``/``MASTER_PORT``, as ``accelerate launch`` / ``torchrun`` would start them; ``--workers`` decode
+processes each) and prints files/s and the efficiency per process against bare decode with as many workers in
+all. ``--serial-paths 100000`` measures what a multi-machine ingest does on one process only (rank 0's scan of
+a tree of that many tiny files, the plan's save and broadcast, the manifest) for the model in RESULTS.md.
+
 Then the formats libsndfile cannot read or reads slowly (``benchmarks/formats.py``): AAC ``.m4a`` and Opus
 tracks decoded by ``shards.audio.load_audio`` against ``librosa.load`` of the same files (target >= 3x on
 AAC), and each format's raw decode by libsndfile and by PyAV (``--format-tracks 0`` skips it).
@@ -17,6 +23,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import pickle
+import socket
 import sys
 import tempfile
 import time
@@ -27,6 +35,9 @@ import soundfile as sf
 import soxr
 
 from shards.ingest import IngestConfig, run_ingest
+from shards.layouts import scan_source
+from shards.plan import scan_digest
+from shards.resumable import DoneRecords, atomic_write_json
 
 FORMATS = (("wav", "PCM_16"), ("flac", "PCM_16"), ("mp3", "MPEG_LAYER_III"))
 
@@ -74,6 +85,75 @@ def bench_ingest(src: Path, out: Path, workers: int) -> tuple[float, dict]:
     return n / dt, res.manifest
 
 
+def _rank_main(rank: int, world: int, port: int, src: str, out: str, workers: int, start, times) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")  # fmt: skip
+    import torch.distributed  # noqa: F401, PLC0415 -- imported before the clock, like the launcher's own start-up
+
+    start.wait()  # imports done in every process before the clock (the rendezvous is timed: once per job)
+    t0 = time.perf_counter()
+    run_ingest(IngestConfig(source=Path(src), out=Path(out), workers=workers, progress=False, shard_size="64MB"))
+    times[rank] = (t0, time.perf_counter())
+
+
+def bench_ranks(src: Path, out: Path, procs: int, workers: int) -> float:
+    """files/s of one ingest run as ``procs`` ranks (``workers`` decode processes each), imports excluded."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    start, times = ctx.Barrier(procs), ctx.Manager().dict()
+    ps = [ctx.Process(target=_rank_main, args=(r, procs, port, str(src), str(out), workers, start, times))
+          for r in range(procs)]  # fmt: skip
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join()
+    assert all(p.exitcode == 0 for p in ps), [p.exitcode for p in ps]
+    t0, t1 = min(t[0] for t in times.values()), max(t[1] for t in times.values())
+    n = len([p for p in src.rglob("*") if p.is_file()])
+    return n / (t1 - t0)
+
+
+def bench_serial(root: Path, n: int) -> dict[str, float]:
+    """Seconds of what only rank 0 does, on a tree of ``n`` tiny WAV files (100 label folders): the scan, the
+    plan's save and broadcast (pickle round trip) for ``n`` tracks, the manifest (one done-record per shard)."""
+    wav = (b"RIFF" + (36 + 20).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
+           + bytes.fromhex("01000100") + (22050).to_bytes(4, "little") + (44100).to_bytes(4, "little")
+           + bytes.fromhex("02001000") + b"data" + (20).to_bytes(4, "little") + bytes(20))  # fmt: skip
+    t0 = time.perf_counter()
+    for i in range(n):
+        p = root / f"g{i % 100:03d}" / f"t{i:06d}.wav"
+        p.parent.mkdir(exist_ok=True, parents=True)
+        p.write_bytes(wav)
+    made = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scan = scan_source(root, "folder")
+    scan_digest(scan.tracks, scan.skipped)
+    out = {"make_tree_s": made, "scan_s": time.perf_counter() - t0, "tracks": float(len(scan.tracks))}
+    shards = max(1, n // 190)  # 30-s clips at 22.05 kHz in 256-MB shards: ~190 tracks each
+    plan = {"tracks": [{"key": t.rel.replace("/", "_")[:-4], "rel": t.rel, "path": str(t.path), "label": t.label,
+                        "track_id": None, "artist": None, "split": "train", "fold": -1, "orig_sample_rate": 44100,
+                        "channels": 2} for t in scan.tracks],
+            "shards": [{"name": f"train-{j:06d}.tar", "split": "train", "start": j, "stop": j + 1} for j in range(shards)]}  # fmt: skip
+    t0 = time.perf_counter()
+    atomic_write_json(root / "plan.json", plan)
+    pickle.loads(pickle.dumps(plan))
+    out["plan_save_broadcast_s"] = time.perf_counter() - t0
+    done = DoneRecords(root, ".state")
+    done.mkdir()
+    rec = {"shard": {"name": "x", "samples": 190, "bytes": 256_000_000, "sha256": "0" * 64}, "skipped": [],
+           "per_label": {f"g{k:03d}": 2 for k in range(100)}, "seconds": 5700.0}  # fmt: skip
+    for s in plan["shards"]:
+        done.write(s["name"], rec)
+    t0 = time.perf_counter()
+    recs = [done.read(s["name"]) for s in plan["shards"]]
+    atomic_write_json(root / "manifest.json", {"splits": {"train": {"shards": [r["shard"] for r in recs]}}})
+    out["manifest_s"] = time.perf_counter() - t0
+    out["shards"] = float(shards)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="12 clips instead of 48")
@@ -85,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--format-tracks", type=int, default=None,
                     help="AAC and Opus tracks each for the librosa.load comparison (default 6, --quick 3; 0: skip)")  # fmt: skip
+    ap.add_argument("--procs", default="", help="also run the ingest as these numbers of ranks, e.g. 1,2")
+    ap.add_argument("--serial-paths", type=int, default=0, help="measure rank 0's serial work on N tiny files")
     args = ap.parse_args(argv)
     n = args.files or (12 if args.quick else 48)
     with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp:
@@ -106,6 +188,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make_shards (end to end)   : {ing:8.2f} files/s  ({ing * args.seconds:.0f} s of audio/s, "
               f"{audio_h:.2f} h stored)")  # fmt: skip
         print(f"efficiency                 : {ing / base:8.1%}  (target >= 80%)")
+        for procs in [int(x) for x in args.procs.split(",") if x]:
+            b = bench_baseline(paths, procs * args.workers)
+            r = bench_ranks(tmp / "src", tmp / f"ranks{procs}", procs, args.workers)
+            print(f"{procs} rank(s) x {args.workers} worker(s): {r:8.2f} files/s; bare decode with "
+                  f"{procs * args.workers} workers {b:8.2f} files/s; efficiency {r / b:6.1%}; per process "
+                  f"{r / procs:8.2f} files/s")  # fmt: skip
+    if args.serial_paths:
+        with tempfile.TemporaryDirectory(prefix="bench_serial_") as tmp:
+            res = bench_serial(Path(tmp), args.serial_paths)
+        print(", ".join(f"{k} {v:.3f}" for k, v in res.items()))
     n_fmt = args.format_tracks if args.format_tracks is not None else (3 if args.quick else 6)
     if n_fmt > 0:
         import formats as decode_formats  # noqa: PLC0415 -- benchmarks/formats.py, shared with bench_classify.py

@@ -24,6 +24,7 @@ arguments (:meth:`IngestConfig.settings`) into a non-empty DIR is an error unles
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -52,7 +53,8 @@ from shards.format import (
     encode_meta,
     encode_pcm,
 )
-from shards.ingest_config import SPLIT_METHODS, IngestConfig, IngestError
+from shards.ingest_config import SPLIT_METHODS, IngestConfig, IngestError, ShardSize
+from shards.ingest_ranks import DEFAULT_TIMEOUT_S, Ranks, WriteWatch, deal_shards
 from shards.layouts import (
     FMA_SUBSETS,
     LAYOUTS,
@@ -63,6 +65,7 @@ from shards.layouts import (
 )
 from shards.offline_augment import OfflineAugment
 from shards.outputs import cli_errors, printable_path
+from shards.outsink import OutSink, SinkError, is_pipe, open_sink
 from shards.plan import PLAN_VERSION, build_plan, feature_layout, progress_bar, scan_digest
 from shards.procs import Mapper, crash_reason, pool_chunksize
 from shards.resumable import DoneRecords, atomic_write_json, identity_diff
@@ -94,6 +97,8 @@ class IngestResult:
     resumed_shards: int = 0
     written_shards: int = 0
     warnings: list[str] = field(default_factory=list)
+    is_main: bool = True  # rank 0 (the only one with the manifest) of a multi-process ingest
+    delivered_to: str | None = None  # a pipe: --out: where every file was streamed
 
 
 # --------------------------------------------------------------------------------------------- decode
@@ -199,13 +204,69 @@ def _resolve_layout(cfg: IngestConfig, source: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------- run
-def run_ingest(cfg: IngestConfig) -> IngestResult:
-    """Scan, plan, decode and write a shard set (resuming a matching interrupted run). See module doc."""
-    source, out = Path(cfg.source), Path(cfg.out)
+def run_ingest(cfg: IngestConfig, ranks: Ranks | None = None) -> IngestResult:
+    """Scan, plan, decode and write a shard set (resuming a matching interrupted run). See module doc.
+
+    ``ranks``: this process's place in a multi-process ingest (default :meth:`Ranks.from_env`: the launcher's
+    rendezvous, or one process without one; :mod:`shards.ingest_ranks`). Every rank returns; only rank 0's
+    result has the manifest (``is_main``)."""
     shard_size = cfg.validate()
-    layout = _resolve_layout(cfg, source)
+    layout = _resolve_layout(cfg, Path(cfg.source))
     cfg.validate_layout(layout)
+    if ranks is not None:
+        return _run(cfg, layout, shard_size, ranks)
+    ranks = Ranks.from_env(cfg.rank_timeout)
+    try:
+        return _run(cfg, layout, shard_size, ranks)
+    finally:
+        ranks.close()
+
+
+def _run(cfg: IngestConfig, layout: str, shard_size: ShardSize, ranks: Ranks) -> IngestResult:
+    """:func:`run_ingest` once the options are checked and the layout known: plan, write, manifest."""
+    source = Path(cfg.source)
     settings = cfg.settings(layout, shard_size)
+    sink = open_sink(cfg.out, cfg.state_dir)
+    out = sink.root
+    workers = max(1, cfg.workers if cfg.workers is not None else (os.cpu_count() or 1))
+    mapper = Mapper(workers)
+    try:
+        plan, warnings, ignored = ranks.lead(partial(_plan_once, cfg, layout, shard_size, settings, out), mapper)
+        log.info("plan sha256 %s (rank %d of %d)", _plan_sha256(plan), ranks.rank, ranks.world)
+        if ranks.is_main:
+            for w in warnings:
+                log.warning("%s", w)
+        pending, resumed, mine = _share_shards(ranks, sink, plan)
+        watch = WriteWatch(ranks, sum(s["stop"] - s["start"] for s in pending), cfg.progress)
+        ok = False
+        try:
+            records = _write_shards(cfg, _decode_settings(cfg, layout), sink, plan, mapper, mine, watch)
+            ok = True
+        finally:
+            watch.finish(ok)
+    finally:
+        mapper.close()
+    _collect_records(ranks, sink, ranks.all_gather(records))
+    if not ranks.is_main:
+        return IngestResult({}, out, layout, resumed, len(pending), warnings, is_main=False)
+
+    manifest = _build_manifest(cfg, out, plan, layout, ignored)
+    delivered = None if sink.shared else sink.describe()
+    if sum(manifest["splits"][s]["tracks"] for s in SPLITS) == 0:
+        sink.put_manifest(manifest)
+        raise IngestError(
+            f"{source}: zero decodable tracks (every file failed to decode; see {out / MANIFEST_NAME})"
+        )
+    sink.put_manifest(manifest)
+    return IngestResult(manifest, out, layout, resumed, len(pending), warnings, delivered_to=delivered)
+
+
+def _plan_once(
+    cfg: IngestConfig, layout: str, shard_size: ShardSize, settings: dict[str, Any], out: Path, mapper: Mapper
+) -> tuple[dict[str, Any], list[str], dict[str, int]]:
+    """Rank 0's part: check ``out`` (the state's folder), scan, and reuse the saved plan or build and save a new
+    one (its file reads spread by ``mapper``). Returns ``(plan, warnings, ignored)``."""
+    source = Path(cfg.source)
     saved_plan, clear_first = _check_out(cfg, out, settings)
     try:
         scan = scan_source(source, layout, cfg.layout_options(layout))
@@ -217,59 +278,96 @@ def run_ingest(cfg: IngestConfig) -> IngestResult:
         )
     warnings = list(scan.warnings)
     digest = scan_digest(scan.tracks, scan.skipped)
-
-    workers = max(1, cfg.workers if cfg.workers is not None else (os.cpu_count() or 1))
-    mapper = Mapper(workers)
-    try:
-        if saved_plan is not None:
-            if saved_plan.get("scan_digest") != digest:
-                raise IngestError(
-                    f"--out {out}: the source changed since the interrupted run (files added, removed or "
-                    "modified); pass --overwrite to start over"
-                )
-            plan = saved_plan
-            warnings.extend(plan.get("warnings", []))
-            log.info("resuming the ingest planned in %s", out / STATE_DIR / _PLAN_FILE)
-        else:
-            plan, plan_warnings = build_plan(
-                cfg, layout, shard_size, scan.tracks, scan.skipped, mapper, scan.task
+    if saved_plan is not None:
+        if saved_plan.get("scan_digest") != digest:
+            raise IngestError(
+                f"--out {out}: the source changed since the interrupted run (files added, removed or "
+                "modified); pass --overwrite to start over"
             )
-            plan["settings"] = settings
-            plan["scan_digest"] = digest
-            warnings.extend(plan_warnings)
-            if clear_first:
-                _clear_out(out)
-            DoneRecords(out, STATE_DIR).mkdir()
-            atomic_write_json(out / STATE_DIR / _PLAN_FILE, plan)
-        for w in warnings:
-            log.warning("%s", w)
-        resumed, written = _write_shards(cfg, _decode_settings(cfg, layout), out, plan, mapper)
-    finally:
-        mapper.close()
+        warnings.extend(saved_plan.get("warnings", []))
+        log.info("resuming the ingest planned in %s", out / STATE_DIR / _PLAN_FILE)
+        return saved_plan, warnings, scan.ignored
+    plan, plan_warnings = build_plan(cfg, layout, shard_size, scan.tracks, scan.skipped, mapper, scan.task)
+    plan["settings"] = settings
+    plan["scan_digest"] = digest
+    log.info("plan computed: %d samples in %d shards", len(plan["tracks"]), len(plan["shards"]))
+    warnings.extend(plan_warnings)
+    if clear_first:
+        _clear_out(out)
+    DoneRecords(out, STATE_DIR).mkdir()
+    atomic_write_json(out / STATE_DIR / _PLAN_FILE, plan)
+    return plan, warnings, scan.ignored
 
-    manifest = _build_manifest(cfg, out, plan, layout, scan.ignored)
-    if sum(manifest["splits"][s]["tracks"] for s in SPLITS) == 0:
-        atomic_write_json(out / MANIFEST_NAME, manifest)
-        raise IngestError(
-            f"{source}: zero decodable tracks (every file failed to decode; see {out / MANIFEST_NAME})"
-        )
-    atomic_write_json(out / MANIFEST_NAME, manifest)
-    return IngestResult(manifest, out, layout, resumed, written, warnings)
+
+def _plan_sha256(plan: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+
+
+def _share_shards(
+    ranks: Ranks, sink: OutSink, plan: dict[str, Any]
+) -> tuple[list[dict[str, Any]], int, list[dict[str, Any]]]:
+    """``(shards still to write, shards already complete, this rank's share of the first)``. The done-records
+    are checked by every rank (a folder: a share each; a local state: each its own) and merged."""
+    if not sink.shared and not ranks.is_main and ranks.local_rank == 0:
+        _adopt_plan(sink.root, plan)  # this node's state dir follows rank 0's plan
+    ranks.barrier()
+    done = DoneRecords(sink.root, STATE_DIR)
+    shards = plan["shards"]
+    look = shards[ranks.rank :: ranks.world] if sink.shared else shards
+    found = {s["name"]: rec for s in look if (rec := sink.verified(done, s["name"])) is not None}
+    merged: dict[str, Any] = {}
+    for part in ranks.all_gather(found):
+        merged.update(part)
+    _collect_records(ranks, sink, [merged])
+    pending = [s for s in shards if s["name"] not in merged]
+    resumed = len(shards) - len(pending)
+    if resumed and ranks.is_main:
+        log.info("%d of %d shards already complete", resumed, len(shards))
+    return pending, resumed, deal_shards(pending, ranks.world)[ranks.rank]
+
+
+def _adopt_plan(root: Path, plan: dict[str, Any]) -> None:
+    """Another node's local state follows ``plan``: its done-records are dropped unless they were made for
+    this very plan."""
+    path = root / STATE_DIR / _PLAN_FILE
+    try:
+        same = json.loads(path.read_text(encoding="utf-8")) == plan
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        shutil.rmtree(root / STATE_DIR, ignore_errors=True)
+        DoneRecords(root, STATE_DIR).mkdir()
+        atomic_write_json(path, plan)
+
+
+def _collect_records(ranks: Ranks, sink: OutSink, parts: list[dict[str, Any]]) -> None:
+    """Rank 0 keeps every rank's done-records in its state (a local state dir: the others' are not there)."""
+    if sink.shared or not ranks.is_main:
+        return
+    done = DoneRecords(sink.root, STATE_DIR)
+    for part in parts:
+        for name, rec in part.items():
+            if not done.path(name).is_file():
+                done.write(name, rec)
 
 
 def _write_shards(
-    cfg: IngestConfig, settings: DecodeSettings, out: Path, plan: dict[str, Any], mapper: Mapper
-) -> tuple[int, int]:
-    """Decode and write every shard of ``plan`` whose done-record is missing or does not match its file;
-    returns ``(shards already complete, shards written)``."""
+    cfg: IngestConfig,
+    settings: DecodeSettings,
+    sink: OutSink,
+    plan: dict[str, Any],
+    mapper: Mapper,
+    pending: list[dict[str, Any]],
+    watch: WriteWatch,
+) -> dict[str, dict[str, Any]]:
+    """Decode and write the ``pending`` shards of ``plan`` (this rank's share of those whose done-record is
+    missing or does not match its file) into ``sink``; returns their done-records by name."""
+    out = sink.root
     done = DoneRecords(out, STATE_DIR)
     tracks = plan["tracks"]
     labels = plan["labels"]
     label_index = {lab: i for i, lab in enumerate(labels)}
-    pending = [s for s in plan["shards"] if done.verified(s["name"]) is None]
-    resumed = len(plan["shards"]) - len(pending)
-    if resumed:
-        log.info("%d of %d shards already complete", resumed, len(plan["shards"]))
+    records: dict[str, dict[str, Any]] = {}
     todo = [tracks[i] for s in pending for i in range(s["start"], s["stop"])]
     chunk = pool_chunksize(len(todo), mapper.workers, 4)
     # at most ~64 decoded tracks (~85 MB of 30-s clips) wait for the writer
@@ -280,7 +378,7 @@ def _write_shards(
         window=max(64, 4 * chunk * mapper.workers),
         on_crash=crash_reason,
     )
-    bar = progress_bar(len(todo), "decode", cfg.progress)
+    bar = progress_bar(len(todo), "decode", cfg.progress if watch.ranks.world == 1 else False)
     try:
         for shard in pending:
             name = shard["name"]
@@ -327,13 +425,13 @@ def _write_shards(
                 shard_rec = None
             else:
                 shard_rec = info.to_dict()
-            done.write(
-                name,
-                {"shard": shard_rec, "skipped": skipped, "per_label": dict(per_label), "seconds": seconds},
-            )
+                sink.publish(name)  # before its record: a record says the file is where it belongs
+            records[name] = {"shard": shard_rec, "skipped": skipped, "per_label": dict(per_label), "seconds": seconds}
+            done.write(name, records[name])
+            watch.add(shard["stop"] - shard["start"], seconds)
     finally:
         bar.close()
-    return resumed, len(pending)
+    return records
 
 
 def _build_manifest(
@@ -390,7 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "source", type=Path, metavar="SOURCE", help="collection root (a .csv file for --layout csv)"
     )
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output shard directory")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output shard directory (seen by every node of a multi-machine run), or 'pipe:CMD {name}': each "
+        "file (every tar, then manifest.json) streamed to CMD's stdin, {name} replaced by its name, e.g. "
+        "'pipe:aws s3 cp - s3://bucket/set/{name}'",
+    )
     p.add_argument(
         "--layout",
         default="auto",
@@ -450,8 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
         "vocoder + resampling, slow); repeat for more copies, e.g. --offline-augment 0.9:0 --offline-augment "
         "1:2. Copies carry augment / augment_of in their JSON; valid and test are never augmented",
     )
-    p.add_argument("--workers", type=int, default=None, help="decode processes (default: os.cpu_count())")
+    p.add_argument(
+        "--workers", type=int, default=None, help="decode processes per process (default: os.cpu_count())"
+    )
     p.add_argument("--overwrite", action="store_true", help="start over in a non-empty --out")
+    _add_many_process_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary and errors")
     return p
@@ -494,6 +602,33 @@ def _add_multilabel_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _add_many_process_options(p: argparse.ArgumentParser) -> None:
+    """The options of a pipe: --out and of a run under accelerate launch / torchrun (shards.ingest_ranks)."""
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with a pipe: --out, the local folder of the resume state (default: "
+        "./.make_shards_state/<hash of --out>)",
+    )
+    p.add_argument(
+        "--shards-for-ranks",
+        type=int,
+        default=0,
+        metavar="K",
+        help="cut the train split into a multiple of K shards: K = the training run's processes x loader "
+        "workers (8 GPUs x 4 workers: 32); 0: off",
+    )
+    p.add_argument(
+        "--rank-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help="under accelerate launch / torchrun: seconds a process waits on another before the run stops",
+    )
+
+
 def _summary(res: IngestResult, limit: int = 50) -> str:
     m = res.manifest
     what = "tags" if m.get("task") == TASK_MULTI else "labels"
@@ -516,7 +651,10 @@ def _summary(res: IngestResult, limit: int = 50) -> str:
     lines.append(audio.ignored_summary(m.get("ignored", {})))
     for w in res.warnings:
         lines.append(f"warning: {w}")
-    lines.append(f"wrote {printable_path(res.out / MANIFEST_NAME)}")
+    if res.delivered_to:
+        lines.append(f"streamed every shard and {MANIFEST_NAME} to {res.delivered_to}")
+    else:
+        lines.append(f"wrote {printable_path(res.out / MANIFEST_NAME)}")
     return "\n".join(lines)
 
 
@@ -543,7 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cfg = IngestConfig(
         source=args.source,
-        out=args.out,
+        out=args.out if is_pipe(args.out) else Path(args.out),
         layout=args.layout,
         subset=args.subset,
         labels=(Path(args.labels) if args.labels not in FMA_LABEL_COLUMNS else args.labels) if args.labels else None,
@@ -568,6 +706,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         overwrite=args.overwrite,
         progress=False if args.no_progress else None,
         command=shlex.join(["make_shards.py", *argv]),
+        state_dir=args.state_dir,
+        shards_for_ranks=args.shards_for_ranks,
+        rank_timeout=args.rank_timeout,
     )
     try:
         cfg.validate()  # every refusal of the options before the layout detection reads SOURCE
@@ -575,16 +716,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             # detected here, once, to say which before the long scan; run_ingest takes it as the named layout
             try:
                 cfg.layout = detect_layout(args.source)
-                print(f"layout: auto -> {cfg.layout}", file=sys.stderr)
+                if os.environ.get("RANK", "0") == "0":  # once in a multi-process run
+                    print(f"layout: auto -> {cfg.layout}", file=sys.stderr)
             except LayoutError:
                 pass  # run_ingest reports it after the configuration checks
         res = run_ingest(cfg)
-    except IngestError as err:
+    except (IngestError, SinkError) as err:
         print(f"make_shards: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("make_shards: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    print(_summary(res))
+    if res.is_main:
+        print(_summary(res))
     return 0
 

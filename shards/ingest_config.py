@@ -17,6 +17,7 @@ from typing import Any
 from shards.layouts import FMA_SUBSETS, LAYOUTS, LayoutOptions
 from shards.offline_augment import OfflineAugment
 from shards.outputs import OutputError, is_utf8_path, prepare_output_dir, printable_path
+from shards.outsink import SinkError, is_pipe, open_sink
 from shards.tags_fma import FMA_LABEL_COLUMNS
 from shards.tags_jamendo import JAMENDO_SUBSETS
 
@@ -73,7 +74,7 @@ def parse_shard_size(text: str) -> ShardSize:
 @dataclass
 class IngestConfig:
     source: Path
-    out: Path
+    out: Path | str  # a folder, or a "pipe:CMD {name}" template (shards.outsink)
     layout: str = "auto"
     subset: str | None = None  # fma: small (default) | medium | large | full; jamendo: genre (default) | ...
     labels: Path | str | None = None  # msd: genre annotation file (TRACK_ID<TAB>genre); fma: a FMA_LABEL_COLUMNS name
@@ -109,6 +110,9 @@ class IngestConfig:
         "label_map": (None, ("tags",)),
         "min_count": (1, ("tags",)),
     }
+    state_dir: Path | None = None  # a pipe: out's local resume state (None: shards.outsink.default_state_dir)
+    shards_for_ranks: int = 0  # K > 1: the train split in a multiple of K shards (training processes x workers)
+    rank_timeout: float = 1800.0  # s a process of a multi-process ingest waits on another before giving up
 
     def validate(self) -> ShardSize:
         """Raise :class:`IngestError` on the first setting that cannot work; returns ``--shard-size`` parsed.
@@ -129,8 +133,11 @@ class IngestConfig:
         if source.is_dir() and not any(p for p in source.iterdir() if not p.name.startswith(".")):
             raise IngestError(f"SOURCE {source} is empty")
         try:  # before any work: a file, a read-only folder or a file in the way of a missing folder
-            prepare_output_dir(self.out, flag="--out")
-        except OutputError as err:
+            if is_pipe(self.out):
+                prepare_output_dir(open_sink(self.out, self.state_dir).root, flag="--state-dir")
+            else:
+                prepare_output_dir(self.out, flag="--out")
+        except (OutputError, SinkError) as err:
             raise IngestError(str(err)) from None
         self._validate_numbers()
         if self.subset is not None and self.subset not in (*FMA_SUBSETS, *JAMENDO_SUBSETS):
@@ -171,6 +178,13 @@ class IngestConfig:
             raise IngestError(f"--folds {self.folds}: use 0 (no folds) or K >= 2")
         if not _is_int(self.seed):
             raise IngestError(f"--seed {self.seed!r}: must be an integer")
+        if not _is_int(self.shards_for_ranks) or self.shards_for_ranks < 0:
+            raise IngestError(
+                f"--shards-for-ranks {self.shards_for_ranks}: must be 0 (off) or the training run's processes x "
+                "loader workers (e.g. 32 for 8 GPUs x 4 workers)"
+            )
+        if not _is_finite(self.rank_timeout) or self.rank_timeout <= 0:
+            raise IngestError(f"--rank-timeout {self.rank_timeout}: must be a positive number of seconds")
         if self.workers is not None and (not _is_int(self.workers) or not 1 <= self.workers <= MAX_WORKERS):
             raise IngestError(
                 f"--workers {self.workers}: must be from 1 to {MAX_WORKERS} (leave it out for one per CPU)"
@@ -271,4 +285,5 @@ class IngestConfig:
             # only when used: shard sets made without it keep the fingerprint they were made with (resume)
             **({"offline_augment": [a.to_dict() for a in self.offline_augment]} if self.offline_augment else {}),
             **self._multilabel_settings(layout),
+            **({"shards_for_ranks": self.shards_for_ranks} if self.shards_for_ranks > 1 else {}),
         }

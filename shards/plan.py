@@ -31,6 +31,7 @@ from shards.ingest_config import SPLIT_METHODS, IngestConfig, IngestError, Shard
 from shards.layouts import LAYOUTS, Layout, Skipped, Track, gtzan_list_name
 from shards.offline_augment import OfflineAugment
 from shards.procs import Mapper, crash_reason, pool_chunksize
+from shards.shard_balance import cut_for_ranks
 from shards.splits import gtzan_filtered_lists, kfold, stratified_splits
 from shards.stratify import iterative_kfold, iterative_split
 
@@ -256,6 +257,7 @@ def build_plan(
         warnings.extend(_empty_split_warnings(cfg, splits))
     folds = _assign_folds(cfg, tracks, keys, groups, multi)
     plan_tracks, plan_shards = _partition(cfg, layout, shard_size, tracks, infos, keys, splits, folds)
+    plan_shards = cut_for_ranks(plan_shards, "train", cfg.shards_for_ranks, warnings)  # --shards-for-ranks
     plan = {
         "plan_version": PLAN_VERSION,
         "task": task,
