@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,11 +105,14 @@ class Bounds:
 
     def message(self, name: str, value: Any, integer: bool = False, siblings: tuple[str, ...] = ()) -> str:
         """``"optim.lr must be > 0, got -1.0"``: the field (and ``siblings``, the dotted names of
-        ``together``), the range, what special values and null mean, the value given."""
-        names = " and ".join((name, *siblings))
+        ``together``), the range, what special values and null mean, the value given. A command-line flag as
+        ``name`` (``"--workers"``) reads as the command line does: ``"--workers 0: must be in [1, 1024]"``."""
         extra = " and finite" if isinstance(value, float) and not math.isfinite(value) else ""
         extra += f" ({self.note})" if self.note else ""
         extra += f" (or null: {self.none})" if self.none else ""
+        if name.startswith("--"):
+            return f"{name} {value!r}: must be {self.range_text(integer)}{extra}"
+        names = " and ".join((name, *siblings))
         got = f"{name}={value!r}" if siblings else repr(value)
         return f"{names} must be {self.range_text(integer)}{extra}, got {got}"
 
@@ -153,12 +156,14 @@ def _numbers(value: Any, name: str) -> Iterator[tuple[str, Any]]:
         yield name, value
 
 
-def check_bounds(obj: Any, where: str = "") -> None:
+def check_bounds(obj: Any, where: str = "", *, flag: Callable[[str], str] | None = None) -> None:
     """Raise ``ValueError`` for the first bounded field of dataclass ``obj`` whose value (or one of whose
-    numbers) is out of its range; ``where``: the dotted name of ``obj`` in its config (``"optim"``)."""
+    numbers) is out of its range; ``where``: the dotted name of ``obj`` in its config (``"optim"``); ``flag``:
+    the command-line flag of a field instead (``"sample_rate" -> "--sample-rate"``) for a command's options."""
     prefix = f"{where}." if where else ""
     for f, bounds in bounded_fields(obj):
-        for name, v in _numbers(getattr(obj, f.name), prefix + f.name):
+        shown = flag(f.name) if flag is not None else prefix + f.name
+        for name, v in _numbers(getattr(obj, f.name), shown):
             if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue  # null is the type's business; non-numbers are the type checker's
             if not bounds.allows(v):

@@ -10,10 +10,11 @@ import hashlib
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from registry.fields import bounded, check_bounds
 from shards.layouts import FMA_SUBSETS, LAYOUTS, LayoutOptions
 from shards.offline_augment import OfflineAugment
 from shards.outputs import OutputError, is_utf8_path, prepare_output_dir, printable_path
@@ -42,6 +43,15 @@ MAX_WORKERS = 1024  # decode processes
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _flag(field: str) -> str:
+    """The command-line flag of an :class:`IngestConfig` field: ``sample_rate`` -> ``--sample-rate``."""
+    return "--" + field.replace("_", "-")
 
 
 def _is_finite(value: object) -> bool:
@@ -78,28 +88,28 @@ class IngestConfig:
     layout: str = "auto"
     subset: str | None = None  # fma: small (default) | medium | large | full; jamendo: genre (default) | ...
     labels: Path | str | None = None  # msd: genre annotation file (TRACK_ID<TAB>genre); fma: a FMA_LABEL_COLUMNS name
-    sample_rate: int = 22050  # Hz of the stored audio
-    max_seconds: float | None = None  # keep at most this many seconds from the start of each track
+    sample_rate: int = bounded(22050, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE, unit="Hz")  # of the stored audio
+    max_seconds: float | None = bounded(None, gt=0, unit="s")  # keep at most this much of each track's start
     peak_normalize: bool = False
-    trim_silence: float | None = None  # dB below peak; None = no trimming
+    trim_silence: float | None = bounded(None, gt=0, unit="dB below the peak")  # None = no trimming
     split: str | None = None  # None: "official" for fma (or a csv with a split column), else "stratified"
     split_ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
     seed: int = 0
-    folds: int = 0
+    folds: int = bounded(0, ge=0, note="0 = no folds, else K >= 2")
     group_by: str = "auto"  # "auto" (artist when artists are known) | "artist" | "none"
     shard_size: str = "256MB"  # "<n>MB" / "<n>GB" / "<n>KB" by size, a bare integer by sample count
     offline_augment: tuple[OfflineAugment, ...] = ()  # one extra copy of every training track per variant
-    workers: int | None = None  # None: os.cpu_count()
+    workers: int | None = bounded(None, ge=1, le=MAX_WORKERS, none="one per CPU")
     overwrite: bool = False
     progress: bool | None = None  # None: tqdm decides (bars on a terminal only)
     command: str = ""
     # multi-label layouts (each left at its default by every other layout)
     label_sep: str = ";"  # csv: separator inside a ``labels`` cell
-    split_index: int = 0  # jamendo: the official split-N
-    top_tags: int = 50  # mtat: the N most frequent tags
+    split_index: int = bounded(0, ge=0)  # jamendo: the official split-N
+    top_tags: int = bounded(50, ge=1)  # mtat: the N most frequent tags
     genre_ancestors: bool = False  # fma --labels genres / genres_all: add each genre's parents
     label_map: Path | None = None  # tags: raw genre -> canonical map (YAML / CSV)
-    min_count: int = 1  # tags: drop tags fewer files carry
+    min_count: int = bounded(1, ge=1)  # tags: drop tags fewer files carry
 
     #: layout -> the multi-label options it takes, with their defaults (any other layout refuses them)
     _LAYOUT_ONLY = {  # noqa: RUF012 -- a constant, not a field (no annotation)
@@ -111,8 +121,9 @@ class IngestConfig:
         "min_count": (1, ("tags",)),
     }
     state_dir: Path | None = None  # a pipe: out's local resume state (None: shards.outsink.default_state_dir)
-    shards_for_ranks: int = 0  # K > 1: the train split in a multiple of K shards (training processes x workers)
-    rank_timeout: float = 1800.0  # s a process of a multi-process ingest waits on another before giving up
+    # K > 1: the train split in a multiple of K shards (the training run's processes x loader workers)
+    shards_for_ranks: int = bounded(0, ge=0, note="0 = off; e.g. 32 for 8 GPUs x 4 workers")
+    rank_timeout: float = bounded(1800.0, gt=0, unit="s")  # a process of a multi-process ingest waits on another
 
     def validate(self) -> ShardSize:
         """Raise :class:`IngestError` on the first setting that cannot work; returns ``--shard-size`` parsed.
@@ -162,44 +173,25 @@ class IngestConfig:
         return shard_size
 
     def _validate_numbers(self) -> None:
-        """The numeric options, each against its range (bounds in the module constants)."""
-        if not _is_int(self.sample_rate) or not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
-            raise IngestError(
-                f"--sample-rate {self.sample_rate}: must be an integer from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} "
-                "Hz (e.g. 22050)"
-            )
-        if self.max_seconds is not None and not (_is_finite(self.max_seconds) and self.max_seconds > 0):
-            raise IngestError(f"--max-seconds {self.max_seconds}: must be a positive number of seconds (e.g. 30)")
-        if self.trim_silence is not None and not (_is_finite(self.trim_silence) and self.trim_silence > 0):
-            raise IngestError(
-                f"--trim-silence {self.trim_silence}: must be a positive number of dB below the peak (e.g. 60)"
-            )
-        if not _is_int(self.folds) or self.folds < 0 or self.folds == 1:
-            raise IngestError(f"--folds {self.folds}: use 0 (no folds) or K >= 2")
-        if not _is_int(self.seed):
-            raise IngestError(f"--seed {self.seed!r}: must be an integer")
-        if not _is_int(self.shards_for_ranks) or self.shards_for_ranks < 0:
-            raise IngestError(
-                f"--shards-for-ranks {self.shards_for_ranks}: must be 0 (off) or the training run's processes x "
-                "loader workers (e.g. 32 for 8 GPUs x 4 workers)"
-            )
-        if not _is_finite(self.rank_timeout) or self.rank_timeout <= 0:
-            raise IngestError(f"--rank-timeout {self.rank_timeout}: must be a positive number of seconds")
-        if self.workers is not None and (not _is_int(self.workers) or not 1 <= self.workers <= MAX_WORKERS):
-            raise IngestError(
-                f"--workers {self.workers}: must be from 1 to {MAX_WORKERS} (leave it out for one per CPU)"
-            )
+        """The numeric options: their types, then each against the range declared on its field
+        (:func:`registry.fields.check_bounds`, the one range check of every config), then the cross checks."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", "int | None") and value is not None and not _is_int(value):
+                raise IngestError(f"{_flag(f.name)} {value!r}: must be an integer")
+            if f.type in ("float | None", "float") and value is not None and not _is_number(value):
+                raise IngestError(f"{_flag(f.name)} {value!r}: must be a number")
+        try:
+            check_bounds(self, flag=_flag)
+        except ValueError as err:
+            raise IngestError(str(err)) from None
+        if self.folds == 1:
+            raise IngestError("--folds 1: use 0 (no folds) or K >= 2")
         ratios = tuple(self.split_ratios)
         if len(ratios) != 3 or not all(_is_finite(r) and r >= 0 for r in ratios) or sum(ratios) <= 0:
             raise IngestError(
                 f"--split-ratios {','.join(map(str, ratios))}: expected three non-negative numbers like 0.7,0.15,0.15"
             )
-        for flag, value, low in (("--split-index", self.split_index, 0), ("--top-tags", self.top_tags, 1),
-                                 ("--min-count", self.min_count, 1)):  # fmt: skip
-            if not _is_int(value) or value < low:
-                raise IngestError(f"{flag} {value!r}: must be an integer >= {low}")
-        if not isinstance(self.label_sep, str) or not self.label_sep.strip():
-            raise IngestError(f"--label-sep {self.label_sep!r}: must be a non-blank separator such as ';' or '|'")
         if ratios[0] == 0 and (self.folds or self.offline_augment):
             why = "--folds draws its folds from" if self.folds else "--offline-augment copies the tracks of"
             raise IngestError(
