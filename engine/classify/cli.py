@@ -11,7 +11,7 @@ from typing import Any
 from engine.classify.decode import DEFAULT_CHUNK_SECONDS
 from engine.classify.predictor import CheckpointInputError
 from engine.classify.run import classify
-from engine.cli_help import HelpFormatter, float_above, int_at_least
+from engine.cli_help import HelpFormatter, float_above, float_in, int_at_least
 from engine.distributed import PRECISIONS, canonical_precision
 from engine.logs import setup_logging
 from shards.audio import ignored_summary
@@ -70,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="tag models only: keep the tags of GROUP, e.g. 'genre' (MSD: 30 of its 50 tags, MTT: 13; "
         "engine/pretrained/musicnn.py GENRE_TAGS). Default: all tags; --top-k is then tags per file "
         "(--top-k 50 lists all 50)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float_in(0, 1),
+        default=None,
+        help="tag models only: a file has a tag when the tag's score (mean sigmoid over its windows) is at least "
+        "this, for every tag (lines: \"tags\", highest first; CSV: a tags column, a;b). Default: the model's own "
+        "per-tag thresholds (chosen on the validation split by a multi-label training run), or 0.5 for a model "
+        "without them (the pretrained musicnn ones). Part of the run's identity: a resume must use the same",
     )
     p.add_argument("--batch-size", type=int_at_least(1), default=64, help="windows per device batch")
     p.add_argument(
@@ -131,6 +140,8 @@ def format_summary(s: dict[str, Any]) -> str:
     if s["genres"]:
         what = "top tags" if s.get("kind") == "tags" else "genres"
         lines.append(f"{what}: " + ", ".join(f"{g}: {n}" for g, n in s["genres"].items()))
+    if s.get("tag_counts"):  # files per tag, the tag at or above its threshold
+        lines.append("files with each tag: " + ", ".join(f"{g}: {n}" for g, n in s["tag_counts"].items()))
     return "\n".join(lines)
 
 
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, max_windows=args.max_windows, pad=args.pad, timeline=args.timeline,
             precision=args.precision, num_workers=args.num_workers, device=args.device,
             chunk_seconds=args.chunk_seconds, channels_last=not args.no_channels_last,
-            progress=not args.no_progress, tags=args.tags, overwrite=args.overwrite,
+            progress=not args.no_progress, tags=args.tags, threshold=args.threshold, overwrite=args.overwrite,
         )  # fmt: skip
     except (CheckpointInputError, FileNotFoundError, ValueError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
