@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
             "content says audio (WAV, FLAC, MP3, Ogg, Opus, AAC/ALAC .m4a, WMA, WebM, ... decoded by libsndfile "
             "or FFmpeg); other files (.jpg, .cue, .DS_Store) are counted by extension in the summary and OUT.run.json. A genre model's score is the mean over the file's windows "
             "of its softmax probabilities; a tag model's (multi-label: lines marked \"kind\": \"tags\") is the "
-            "mean over the windows of each tag's own sigmoid score, so tag scores do not sum to 1. "
+            "mean over the windows of each tag's own sigmoid score, so tag scores do not sum to 1; its lines also "
+            "list, as \"tags\", the tags whose score reaches their threshold (--threshold). "
             "Multi-GPU: accelerate launch -m engine.classify ..."
         ),
         formatter_class=HelpFormatter,
@@ -62,24 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="default: csv if --out ends in .csv, else jsonl",
     )
-    p.add_argument("--top-k", type=int_at_least(1), default=3, help="genres per file")
-    p.add_argument(
-        "--tags",
-        metavar="GROUP",
-        default=None,
-        help="tag models only: keep the tags of GROUP, e.g. 'genre' (MSD: 30 of its 50 tags, MTT: 13; "
-        "engine/pretrained/musicnn.py GENRE_TAGS). Default: all tags; --top-k is then tags per file "
-        "(--top-k 50 lists all 50)",
-    )
-    p.add_argument(
-        "--threshold",
-        type=float_in(0, 1),
-        default=None,
-        help="tag models only: a file has a tag when the tag's score (mean sigmoid over its windows) is at least "
-        "this, for every tag (lines: \"tags\", highest first; CSV: a tags column, a;b). Default: the model's own "
-        "per-tag thresholds (chosen on the validation split by a multi-label training run), or 0.5 for a model "
-        "without them (the pretrained musicnn ones). Part of the run's identity: a resume must use the same",
-    )
+    _add_line_options(p)
     p.add_argument("--batch-size", type=int_at_least(1), default=64, help="windows per device batch")
     p.add_argument(
         "--max-windows",
@@ -93,9 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="loop",
         help="how a track shorter than one window is filled: loop (tile it, as training and evaluation fill a "
         "short track) or zero (pad with silence)",
-    )
-    p.add_argument(
-        "--timeline", action="store_true", help="add per-window predictions (start s, top label, prob)"
     )
     p.add_argument(
         "--precision",
@@ -124,6 +105,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _add_line_options(p: argparse.ArgumentParser) -> None:
+    """What a line holds: top-k, the tag group and threshold of a tag model, the timeline."""
+    p.add_argument("--top-k", type=int_at_least(1), default=3, help="genres per file")
+    p.add_argument(
+        "--tags",
+        metavar="GROUP",
+        default=None,
+        help="tag models only: keep the tags of GROUP, e.g. 'genre' (MSD: 30 of its 50 tags, MTT: 13; "
+        "engine/pretrained/musicnn.py GENRE_TAGS). Default: all tags; --top-k is then tags per file "
+        "(--top-k 50 lists all 50)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float_in(0, 1),
+        default=None,
+        help="tag models only: a file has a tag when the tag's score (mean sigmoid over its windows) is at least "
+        "this, for every tag (lines: \"tags\", highest first; CSV: a tags column, a;b). Default: the model's own "
+        "per-tag thresholds (chosen on the validation split by a multi-label training run), or 0.5 for a model "
+        "without them (the pretrained musicnn ones). Part of the run's identity: a resume must use the same",
+    )
+    p.add_argument(
+        "--timeline", action="store_true", help="add per-window predictions (start s, top label, prob)"
+    )
 
 
 def format_summary(s: dict[str, Any]) -> str:
