@@ -107,7 +107,8 @@ def classify(
     over, and a file that takes down a process decoding it alone gets an error line ("decoder crashed").
 
     Returns the summary (computed over the whole output file on the main process): ``files``, ``ok``,
-    ``error``, ``errors_by_reason``, ``genres`` (top-1 histogram), ``audio_hours``, plus this run's
+    ``error``, ``errors_by_reason``, ``genres`` (top-1 histogram), ``audio_hours`` (a tag model's also
+    ``tag_counts``: files per tag at or above its threshold), plus this run's
     ``new``, ``skipped``, ``ignored``, ``ignored_files``, ``elapsed_s``, ``files_per_s``,
     ``audio_hours_per_s``, ``world_size``, ``precision``, ``device``.
     """
@@ -117,9 +118,7 @@ def classify(
     fmt = output_format(out, fmt)
     paths = [os.fspath(p) for p in paths]
     from_list = None if from_list is None else os.fspath(from_list)
-    _check_options(paths, from_list, top_k, batch_size, max_windows, pad, num_workers, device, chunk_seconds)
-    if threshold is not None and not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    _check_options(paths, from_list, top_k, batch_size, max_windows, pad, num_workers, device, chunk_seconds, threshold)
     check_output_owned(out, overwrite=overwrite)  # before the model loads: nothing is created by a refusal
 
     # without CUDA (or with --device cpu) the processes of `accelerate launch` talk over gloo on the CPU
@@ -268,6 +267,7 @@ def _after_worker_death(
 def _check_options(
     paths: list[str], from_list: str | None, top_k: int, batch_size: int, max_windows: int | None, pad: str,
     num_workers: int | None, device: str | None, chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    threshold: float | None = None,
 ) -> None:  # fmt: skip
     """Configuration errors fail before anything is loaded or written (the CLI's parser refuses the numbers
     first; these checks are for callers of :func:`classify`)."""
@@ -278,6 +278,8 @@ def _check_options(
         raise ValueError(f"chunk_seconds must be > 0, got {chunk_seconds}")
     if pad not in ("zero", "loop"):
         raise ValueError(f"pad {pad!r} is not zero or loop")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     if from_list is not None:
         if not os.path.isfile(from_list):
             raise FileNotFoundError(f"--from-list {printable_path(from_list)} does not exist")
