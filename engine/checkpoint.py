@@ -15,6 +15,7 @@ from torch import nn
 
 from engine.checkpoint_format import CheckpointError, read_checkpoint, unwrap_model
 from engine.config import ConfigError, from_dict, to_dict
+from engine.label_map import load_label_map, resolve_label_map
 from engine.models import HEAD_NAME, GenreModel, ModelConfig, build_model
 from engine.optim import freeze_parameters
 from engine.pretrained import resolve_checkpoint
@@ -88,46 +89,57 @@ def feature_mismatch(ckpt_features: Any, features: Any, ckpt_rate: int, sample_r
     return diff
 
 
-def init_from(model: GenreModel, ckpt_path: str | Path, *, freeze: list[str] | None = None) -> dict[str, Any]:
+def init_from(
+    model: GenreModel, ckpt_path: str | Path, *, freeze: list[str] | None = None, labels: list[str] | None = None,
+    label_map: dict[str, str | None] | str | Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Transfer learning: load a checkpoint's weights into ``model`` (same architecture, same input).
 
     The checkpoint's feature config and rate must give the backbone the same input as the model's
     (:func:`feature_mismatch`; a musicnn checkpoint fine-tunes on shards at any rate, its feature resamples):
     weights learnt on one input representation mean nothing on another, even where the shapes agree.
-    Every tensor whose name and shape match is copied. The classifier head (``backbone.classifier``) is
-    re-initialised when the label count differs (and copied when it is the same). Front-end tensors whose
-    shape differs (derived from another feature config) are kept as built. Any other missing or mismatched
-    tensor is an error (the checkpoint's ``params`` differ from the model's). Parameters whose names start
-    with one of ``freeze`` (e.g. ``"backbone.blocks.0"``, ``"frontend"``) get ``requires_grad=False``
-    (BatchNorm running statistics of frozen layers still update in training mode; ``engine.train`` freezes
-    with :class:`engine.optim.Freezer` instead, which also keeps them).
+    Every tensor whose name and shape match is copied. Front-end tensors whose shape differs (derived from
+    another feature config) are kept as built. Any other missing or mismatched tensor is an error (the
+    checkpoint's ``params`` differ from the model's). Parameters whose names start with one of ``freeze``
+    (e.g. ``"backbone.blocks.0"``, ``"frontend"``) get ``requires_grad=False`` (BatchNorm running statistics
+    of frozen layers still update in training mode; ``engine.train`` freezes with
+    :class:`engine.optim.Freezer` instead, which also keeps them).
 
-    Returns ``{"loaded": [...], "reinitialised": [...], "skipped": [...], "frozen": [...]}`` (tensor names).
+    The classifier head (``backbone.classifier``, one output row + bias per label):
+
+    - ``labels`` not given: copied when the label count is the same, else re-initialised;
+    - ``labels`` (the model's label names, in output order) equal to the checkpoint's: copied;
+    - other ``labels``: re-initialised, then each label that the checkpoint also has starts from the
+      checkpoint's row and bias for it (:func:`_carry_head_rows`: matched by name up to case and punctuation,
+      or through ``label_map`` ``{label: checkpoint label | null}``, a dict or a YAML/JSON file as for
+      ``evaluate --label-map``; ``null`` = start that label fresh). The head counts as re-initialised (it
+      trains at the new-layer rate). A pretrained musicnn tag row is a sigmoid tag detector; on a
+      multi-label set it is that tag's exact start, on a single-label (softmax) set a sensible one: the
+      class's logit starts from the tag's evidence, not calibrated against the other classes.
+
+    Returns ``{"loaded": [...], "reinitialised": [...], "skipped": [...], "frozen": [...]}`` (tensor names)
+    and ``"carried"``: ``{label: checkpoint label}`` of the head rows carried over.
     """
     freeze = list(freeze or [])
+    if label_map is not None and labels is None:
+        raise ValueError("init_from: a label_map needs the model's labels")
+    if isinstance(label_map, (str, Path)):
+        try:
+            label_map = load_label_map(label_map)
+        except ValueError as err:  # not a mapping of names (a missing file stays FileNotFoundError)
+            raise ConfigError(f"init label map: {err}") from None
     ckpt = load_checkpoint(ckpt_path)
     net = unwrap_model(model)
     if not isinstance(net, GenreModel):
         raise TypeError(f"init_from needs a GenreModel, got {type(net).__name__}")
-    if ckpt["arch"] != net.cfg.arch:
-        raise CheckpointError(
-            f"cannot initialise a {net.cfg.arch!r} model from {ckpt_path}: it holds a {ckpt['arch']!r} model "
-            "(transfer learning needs the same architecture)"
-        )
-    mismatch = feature_mismatch(model_config_from(ckpt).features, net.cfg.features, ckpt["sample_rate"], net.sample_rate)
-    if mismatch:
-        raise CheckpointError(
-            f"cannot initialise from {ckpt_path}: its model was trained on another input ({'; '.join(mismatch)}; "
-            "checkpoint vs this model); use the checkpoint's model.features"
-            + (" and re-shard at its rate" if any(m.startswith("sample_rate") for m in mismatch) else "")
-        )
+    _check_same_model(net, ckpt, ckpt_path)
     source: dict[str, torch.Tensor] = ckpt["model_state"]
-    target = net.state_dict()
+    same_labels = labels is None or list(labels) == list(ckpt["labels"])
     loaded, reinit, skipped, errors = [], [], [], []
     new_state = {}
-    for name, tensor in target.items():
+    for name, tensor in net.state_dict().items():
         src = source.get(name)
-        if src is not None and src.shape == tensor.shape:
+        if src is not None and src.shape == tensor.shape and (same_labels or not name.startswith(HEAD_PREFIX)):
             new_state[name] = src
             loaded.append(name)
         elif name.startswith(HEAD_PREFIX):
@@ -144,19 +156,63 @@ def init_from(model: GenreModel, ckpt_path: str | Path, *, freeze: list[str] | N
             f"{ckpt['arch']} params or features differ from this model's: " + "; ".join(errors[:8])
         )
     net.load_state_dict(new_state, strict=False)
+    carried: dict[str, str] = {}
     if reinit:
         head = getattr(net.backbone, HEAD_NAME, None)
         if isinstance(head, nn.Module) and hasattr(head, "reset_parameters"):
             head.reset_parameters()
+        if labels is not None:
+            carried = _carry_head_rows(net, ckpt, list(labels), label_map)
     frozen = freeze_parameters(net, freeze)
     log.info(
-        "init_from %s: %d tensors loaded, head %s (%d -> %d classes), %d front-end tensors kept, %d frozen",
-        ckpt_path,
-        len(loaded),
-        "re-initialised" if reinit else "loaded",
-        len(ckpt["labels"]),
-        net.num_classes,
-        len(skipped),
-        len(frozen),
-    )
-    return {"loaded": loaded, "reinitialised": reinit, "skipped": skipped, "frozen": frozen}
+        "init_from %s: %d tensors loaded, head %s (%d -> %d classes%s), %d front-end tensors kept, %d frozen",
+        ckpt_path, len(loaded), "re-initialised" if reinit else "loaded", len(ckpt["labels"]), net.num_classes,
+        f"; {len(carried)} of {net.num_classes} labels carried over from the checkpoint's rows" if labels is not None
+        and reinit else "", len(skipped), len(frozen),
+    )  # fmt: skip
+    return {"loaded": loaded, "reinitialised": reinit, "skipped": skipped, "frozen": frozen, "carried": carried}
+
+
+def _check_same_model(net: GenreModel, ckpt: dict[str, Any], ckpt_path: str | Path) -> None:
+    """:class:`CheckpointError` unless the checkpoint holds the same architecture on the same input."""
+    if ckpt["arch"] != net.cfg.arch:
+        raise CheckpointError(
+            f"cannot initialise a {net.cfg.arch!r} model from {ckpt_path}: it holds a {ckpt['arch']!r} model "
+            "(transfer learning needs the same architecture)"
+        )
+    mismatch = feature_mismatch(model_config_from(ckpt).features, net.cfg.features, ckpt["sample_rate"], net.sample_rate)
+    if mismatch:
+        raise CheckpointError(
+            f"cannot initialise from {ckpt_path}: its model was trained on another input ({'; '.join(mismatch)}; "
+            "checkpoint vs this model); use the checkpoint's model.features"
+            + (" and re-shard at its rate" if any(m.startswith("sample_rate") for m in mismatch) else "")
+        )
+
+
+def _carry_head_rows(
+    net: GenreModel, ckpt: dict[str, Any], labels: list[str], label_map: dict[str, str | None] | None
+) -> dict[str, str]:
+    """Copy into the (fresh) head, for each of ``labels`` the checkpoint also has, the checkpoint's output row
+    ``weight[j, :]`` and ``bias[j]``; returns ``{label: checkpoint label}`` of the rows copied. Nothing is
+    carried when the head reads another input than the checkpoint's (musicnn ``head_input: meanmax``, 1,506
+    values, vs the shipped tag models' 200-value penultimate layer): a row is only meaningful on its input."""
+    head = getattr(net.backbone, HEAD_NAME, None)
+    weight, bias = ckpt["model_state"].get(HEAD_PREFIX + "weight"), ckpt["model_state"].get(HEAD_PREFIX + "bias")
+    if not isinstance(head, nn.Linear) or weight is None or bias is None:
+        return {}
+    if tuple(weight.shape[1:]) != (head.in_features,):
+        log.info(
+            "init_from: no head rows carried over: the head reads %d values, the checkpoint's %d (another "
+            "head input)", head.in_features, weight.shape[1],
+        )  # fmt: skip
+        return {}
+    try:
+        index, mapping = resolve_label_map(labels, [str(x) for x in ckpt["labels"]], label_map)
+    except ValueError as err:
+        raise ConfigError(f"init label map: {err}") from None
+    with torch.no_grad():
+        for i, j in enumerate(index):
+            if j >= 0:
+                head.weight[i].copy_(weight[j])
+                head.bias[i].copy_(bias[j])
+    return mapping

@@ -14,7 +14,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["HelpFormatter", "float_above", "float_at_least", "int_at_least"]
+__all__ = ["HelpFormatter", "float_above", "float_at_least", "float_in", "int_at_least"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -78,4 +78,18 @@ def float_at_least(low: float, hint: str = "") -> Callable[[str], float]:
         return value
 
     parse.__name__ = f"number >= {low:g}"
+    return parse
+
+
+def float_in(low: float, high: float, hint: str = "") -> Callable[[str], float]:
+    """An argparse ``type=``: a finite number in ``[low, high]``."""
+
+    def parse(text: str) -> float:
+        value = float(_number(text, float, "a number"))
+        if not low <= value <= high:
+            extra = f" ({hint})" if hint else ""
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be a number in [{low:g}, {high:g}]{extra}")
+        return value
+
+    parse.__name__ = f"number in [{low:g}, {high:g}]"
     return parse

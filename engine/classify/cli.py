@@ -11,7 +11,7 @@ from typing import Any
 from engine.classify.decode import DEFAULT_CHUNK_SECONDS
 from engine.classify.predictor import CheckpointInputError
 from engine.classify.run import classify
-from engine.cli_help import HelpFormatter, float_above, int_at_least
+from engine.cli_help import HelpFormatter, float_above, float_in, int_at_least
 from engine.distributed import PRECISIONS, canonical_precision
 from engine.logs import setup_logging
 from shards.audio import ignored_summary
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
             "content says audio (WAV, FLAC, MP3, Ogg, Opus, AAC/ALAC .m4a, WMA, WebM, ... decoded by libsndfile "
             "or FFmpeg); other files (.jpg, .cue, .DS_Store) are counted by extension in the summary and OUT.run.json. A genre model's score is the mean over the file's windows "
             "of its softmax probabilities; a tag model's (multi-label: lines marked \"kind\": \"tags\") is the "
-            "mean over the windows of each tag's own sigmoid score, so tag scores do not sum to 1. "
+            "mean over the windows of each tag's own sigmoid score, so tag scores do not sum to 1; its lines also "
+            "list, as \"tags\", the tags whose score reaches their threshold (--threshold). "
             "Multi-GPU: accelerate launch -m engine.classify ..."
         ),
         formatter_class=HelpFormatter,
@@ -62,15 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="default: csv if --out ends in .csv, else jsonl",
     )
-    p.add_argument("--top-k", type=int_at_least(1), default=3, help="genres per file")
-    p.add_argument(
-        "--tags",
-        metavar="GROUP",
-        default=None,
-        help="tag models only: keep the tags of GROUP, e.g. 'genre' (MSD: 30 of its 50 tags, MTT: 13; "
-        "engine/pretrained/musicnn.py GENRE_TAGS). Default: all tags; --top-k is then tags per file "
-        "(--top-k 50 lists all 50)",
-    )
+    _add_line_options(p)
     p.add_argument("--batch-size", type=int_at_least(1), default=64, help="windows per device batch")
     p.add_argument(
         "--max-windows",
@@ -84,9 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="loop",
         help="how a track shorter than one window is filled: loop (tile it, as training and evaluation fill a "
         "short track) or zero (pad with silence)",
-    )
-    p.add_argument(
-        "--timeline", action="store_true", help="add per-window predictions (start s, top label, prob)"
     )
     p.add_argument(
         "--precision",
@@ -117,6 +107,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_line_options(p: argparse.ArgumentParser) -> None:
+    """What a line holds: top-k, the tag group and threshold of a tag model, the timeline."""
+    p.add_argument("--top-k", type=int_at_least(1), default=3, help="genres per file")
+    p.add_argument(
+        "--tags",
+        metavar="GROUP",
+        default=None,
+        help="tag models only: keep the tags of GROUP, e.g. 'genre' (MSD: 30 of its 50 tags, MTT: 13; "
+        "engine/pretrained/musicnn.py GENRE_TAGS). Default: all tags; --top-k is then tags per file "
+        "(--top-k 50 lists all 50)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float_in(0, 1),
+        default=None,
+        help="tag models only: a file has a tag when the tag's score (mean sigmoid over its windows) is at least "
+        "this, for every tag (lines: \"tags\", highest first; CSV: a tags column, a;b). Default: the model's own "
+        "per-tag thresholds (chosen on the validation split by a multi-label training run), or 0.5 for a model "
+        "without them (the pretrained musicnn ones). Part of the run's identity: a resume must use the same",
+    )
+    p.add_argument(
+        "--timeline", action="store_true", help="add per-window predictions (start s, top label, prob)"
+    )
+
+
 def format_summary(s: dict[str, Any]) -> str:
     lines = [
         f"{s['files']} files in {s['out']}: {s['ok']} ok, {s['error']} error "
@@ -131,6 +146,8 @@ def format_summary(s: dict[str, Any]) -> str:
     if s["genres"]:
         what = "top tags" if s.get("kind") == "tags" else "genres"
         lines.append(f"{what}: " + ", ".join(f"{g}: {n}" for g, n in s["genres"].items()))
+    if s.get("tag_counts"):  # files per tag, the tag at or above its threshold
+        lines.append("files with each tag: " + ", ".join(f"{g}: {n}" for g, n in s["tag_counts"].items()))
     return "\n".join(lines)
 
 
@@ -145,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, max_windows=args.max_windows, pad=args.pad, timeline=args.timeline,
             precision=args.precision, num_workers=args.num_workers, device=args.device,
             chunk_seconds=args.chunk_seconds, channels_last=not args.no_channels_last,
-            progress=not args.no_progress, tags=args.tags, overwrite=args.overwrite,
+            progress=not args.no_progress, tags=args.tags, threshold=args.threshold, overwrite=args.overwrite,
         )  # fmt: skip
     except (CheckpointInputError, FileNotFoundError, ValueError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

@@ -44,10 +44,16 @@ def output_format(out: str, fmt: str | None) -> str:
     return fmt
 
 
-def _csv_header(top_k: int, timeline: bool) -> list[str]:
+#: the CSV column of a tag model's tags (those at or above their threshold, highest first), joined by this
+TAG_SEP = ";"
+
+
+def _csv_header(top_k: int, timeline: bool, tags_column: bool = False) -> list[str]:
     cols = ["path", "status", "reason", "duration"]
     for k in range(1, top_k + 1):
         cols += [f"label_{k}", f"prob_{k}"]
+    if tags_column:
+        cols.append("tags")
     cols += ["windows", "note"]
     if timeline:
         cols.append("timeline")
@@ -68,15 +74,20 @@ class LineWriter:
     """Appends complete lines to ``path``: each line is one ``os.write`` on an ``O_APPEND`` descriptor.
 
     No Python buffering, so a killed process leaves only whole lines (and at most a partial last one if
-    the kernel write itself was cut, which :func:`repair_tail` removes on resume).
+    the kernel write itself was cut, which :func:`repair_tail` removes on resume). ``tags_column``: a tag
+    model's CSV, with a ``tags`` column after the top-k ones (the record's ``tags`` labels joined by
+    :data:`TAG_SEP`).
     """
 
-    def __init__(self, path: str | os.PathLike, fmt: str, top_k: int, timeline: bool) -> None:
+    def __init__(
+        self, path: str | os.PathLike, fmt: str, top_k: int, timeline: bool, tags_column: bool = False
+    ) -> None:
         self.path, self.fmt, self.top_k, self.timeline = str(path), fmt, top_k, timeline
+        self.tags_column = tags_column
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         if fmt == "csv" and os.fstat(self.fd).st_size == 0:
-            self.write_line(_csv_line(_csv_header(top_k, timeline)))
+            self.write_line(_csv_line(_csv_header(top_k, timeline, tags_column)))
 
     def write_line(self, line: str) -> None:
         """Append ``line`` (ending in a newline) as it is."""
@@ -93,6 +104,8 @@ class LineWriter:
         top = rec.get("top") or []
         for k in range(self.top_k):
             row += [top[k]["label"], _fmt_num(top[k]["prob"])] if k < len(top) else ["", ""]
+        if self.tags_column:
+            row.append(TAG_SEP.join(t["label"] for t in rec.get("tags") or []))
         row += [rec.get("windows", 0), "; ".join(rec.get("notes") or [])]
         if self.timeline:
             row.append(json.dumps(rec.get("timeline") or [], ensure_ascii=False))
@@ -203,41 +216,50 @@ def read_records(path: str | os.PathLike, fmt: str) -> Iterator[dict[str, Any]]:
                 "duration": float(row["duration"]) if row.get("duration") else None,
                 "top": top,
             }
+            if "tags" in row:  # a tag model's CSV: the names only (their scores are in the JSONL lines)
+                rec["tags"] = [{"label": t} for t in (row["tags"] or "").split(TAG_SEP) if t]
             if row.get("timeline"):
                 rec["timeline"] = json.loads(row["timeline"])
             yield rec
 
 
 #: ``OUT.run.json`` fields written later than the first ones, with the value an older file stands for.
-_IDENTITY_DEFAULTS = {"kind": "genres", "tags": None, "pad": "zero"}  # what runs before a key existed used
+# (``tag_list``: whether a tag model's lines list its tags above their thresholds, which a CSV's header shows)
+_IDENTITY_DEFAULTS = {"kind": "genres", "tags": None, "pad": "zero", "threshold": None, "tag_list": False}
 
 
 def check_output_identity(
     out: str, checkpoint: str, fmt: str, top_k: int, timeline: bool, *, write: bool, kind: str = "genres",
-    tags: str | None = None, pad: str = "loop",
+    tags: str | None = None, pad: str = "loop", threshold: float | None = None,
 ) -> None:  # fmt: skip
     """Refuse to resume ``out`` with another model or another CSV layout; record this run's identity.
 
     ``OUT.run.json`` beside the output holds the model file's sha256 (``checkpoint`` is the file itself, a
     pretrained name already resolved), what its scores are (``kind``: ``genres``, a softmax, or ``tags``,
-    independent sigmoids), the tag group kept (``tags``) and the settings that shape a line (format; for CSV
-    also top-k and timeline, which fix its header). A rerun into an ``out`` that already holds lines must
-    match them, or the file would silently mix two models' genres (or CSV rows under another header).
+    independent sigmoids), the tag group kept (``tags``), the ``--threshold`` that overrides a tag model's own
+    cuts (None: the model's) and the settings that shape a line (format; for CSV also top-k, timeline and
+    ``tag_list``, the tags column of a tag model, which fix its header). A rerun into an ``out`` that already
+    holds lines must match them, or the file would silently mix two models' genres (or CSV rows under another
+    header). A tag-model CSV written before lines listed tags (no ``tags`` column) is refused; such a JSONL
+    output resumes, its new lines with ``tags``.
     """
     meta_path = sidecar_path(out)
     ident = {"model_sha256": sha256_file(checkpoint), "model": os.path.abspath(checkpoint), "format": fmt,
-             "top_k": top_k, "timeline": timeline, "kind": kind, "tags": tags, "pad": pad}  # fmt: skip
+             "top_k": top_k, "timeline": timeline, "kind": kind, "tags": tags, "pad": pad, "threshold": threshold,
+             "tag_list": kind == "tags"}  # fmt: skip
     has_lines = any(os.path.isfile(f) and os.path.getsize(f) > 0 for f in [out, *part_files(out)])
     if has_lines and os.path.isfile(meta_path):
         old = json.loads(Path(meta_path).read_text())
         # a CSV's header fixes top-k and the timeline column; JSONL lines carry their own fields
-        keys = ("model_sha256", "format", "top_k", "timeline") if fmt == "csv" else ("model_sha256", "format")
-        keys += ("kind", "tags", "pad")  # pad: how a short file's window is filled changes its scores
+        keys = ("model_sha256", "format", "top_k", "timeline", "tag_list") if fmt == "csv" else ("model_sha256", "format")
+        keys += ("kind", "tags", "pad", "threshold")  # pad: how a short file's window is filled changes its scores
         diff = identity_diff(old, ident, keys, _IDENTITY_DEFAULTS)
         if diff:
             what = "another model (" + old.get("model", "?") + ")" if "model_sha256" in diff else ", ".join(
-                f"{k}={old.get(k)!r}" for k in diff
+                f"{k}={old.get(k, _IDENTITY_DEFAULTS.get(k))!r}" for k in diff
             )
+            if diff == ["tag_list"]:
+                what = "an older classify, whose CSV has no tags column"
             raise ValueError(
                 f"{out} already holds results made with {what}; resuming would mix them. "
                 "Choose another --out, or delete the file (and its .run.json) to start over."
@@ -328,13 +350,14 @@ def done_paths(out: str, fmt: str) -> set[str]:
     return done
 
 
-def merge_parts(out: str, fmt: str, top_k: int, timeline: bool) -> int:
-    """Append the lines of every ``out.rank*.part`` not yet in ``out`` to ``out``; remove the parts."""
+def merge_parts(out: str, fmt: str, top_k: int, timeline: bool, tags_column: bool = False) -> int:
+    """Append the lines of every ``out.rank*.part`` not yet in ``out`` to ``out``; remove the parts.
+    ``top_k``, ``timeline``, ``tags_column``: the CSV header of a new ``out`` (:class:`LineWriter`)."""
     parts = part_files(out)
     if not parts:
         return 0
     seen = {r["path"] for r in read_records(out, fmt)}
-    writer = LineWriter(out, fmt, top_k, timeline)
+    writer = LineWriter(out, fmt, top_k, timeline, tags_column)
     added = 0
     try:
         for part in parts:
@@ -388,10 +411,12 @@ def _group_reason(reason: str | None) -> str:
 def summarize(out: str, fmt: str) -> dict[str, Any]:
     """Counts over the whole output file: ``files``, ``ok``, ``error``, ``errors_by_reason`` (reason up to its
     first `` (``), ``genres`` (top-1 histogram), ``audio_hours`` (of the ``ok`` files),
-    ``unreadable_folders`` (error lines of folders that could not be listed)."""
+    ``unreadable_folders`` (error lines of folders that could not be listed); for a tag model's lines also
+    ``tag_counts`` (how many files have each tag: score at or above its threshold)."""
     status: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     genres: Counter[str] = Counter()
+    tagged: Counter[str] = Counter()
     seconds = 0.0
     for rec in read_records(out, fmt):
         status[rec["status"]] += 1
@@ -399,9 +424,10 @@ def summarize(out: str, fmt: str) -> dict[str, Any]:
             seconds += rec.get("duration") or 0.0
             if rec.get("top"):
                 genres[rec["top"][0]["label"]] += 1
+            tagged.update(t["label"] for t in rec.get("tags") or [])
         else:
             reasons[_group_reason(rec.get("reason"))] += 1
-    return {
+    totals = {
         "files": sum(status.values()),
         "ok": status.get("ok", 0),
         "error": status.get("error", 0),
@@ -410,3 +436,6 @@ def summarize(out: str, fmt: str) -> dict[str, Any]:
         "audio_hours": seconds / 3600.0,
         "unreadable_folders": sum(n for r, n in reasons.items() if r.startswith(UNREADABLE_FOLDER)),
     }
+    if tagged:
+        totals["tag_counts"] = dict(tagged.most_common())
+    return totals

@@ -35,6 +35,8 @@ TS_META_FILE = "genre_meta.json"  # extra file inside exported TorchScript archi
 PT2_META_FILE = "genre_meta.json"  # extra file inside exported torch.export archives (engine/export.py)
 ONNX_META_KEY = "genre_meta"  # metadata_props key of exported ONNX files (engine/export.py)
 MODEL_KINDS = ("checkpoint", "torchscript", "export", "onnx")
+#: a tag model's cut on the mean sigmoid score when it stores none of its own (the pretrained musicnn models)
+DEFAULT_TAG_THRESHOLD = 0.5
 
 
 class CheckpointInputError(ValueError):
@@ -213,7 +215,10 @@ class Predictor:
     A genre model gives a softmax over its genres. A multi-label tag model (checkpoint ``extra["multi_label"]``,
     the pretrained musicnn models: :attr:`label_kind` ``"tags"``) gives each tag's own sigmoid score;
     ``tags="genre"`` then keeps only the tags of that group (``extra["tag_groups"]``), which for independent
-    sigmoid scores is exact (nothing is renormalised).
+    sigmoid scores is exact (nothing is renormalised). A tag model's :attr:`thresholds` (float64 ``[K]``, in
+    :attr:`labels` order) say which tags a track has: ``threshold`` for every tag when given (``--threshold``),
+    else the per-tag cuts a multi-label run chose on its validation split (``extra["thresholds"]``), else
+    :data:`DEFAULT_TAG_THRESHOLD` (the pretrained musicnn models carry none); None for a genre model.
     """
 
     def __init__(
@@ -223,6 +228,7 @@ class Predictor:
         precision: str = "auto",
         channels_last: bool = True,
         tags: str | None = None,
+        threshold: float | None = None,
     ) -> None:
         self.spec = str(path)
         self.path = str(resolve_checkpoint(path))  # musicnn:MSD_musicnn -> its converted checkpoint file
@@ -245,9 +251,12 @@ class Predictor:
         self.label_kind = "tags" if self.multi_label else "genres"
         self.tags = tags
         self.columns: list[int] | None = None  # output columns kept by --tags, in label order
+        self.threshold = threshold
+        self.thresholds = self._tag_thresholds(threshold, extra.get("thresholds"))
         if tags is not None:
             self.columns = self._tag_columns(tags, extra.get("tag_groups"))
             self.labels = [self.labels[i] for i in self.columns]
+            self.thresholds = None if self.thresholds is None else self.thresholds[self.columns]
         self.dtype = autocast_dtype(precision, self.device)
         if self.exported and self.dtype is not None:
             logger.info("%s model: running in float32 (autocast does not apply to exported graphs)", self.kind)
@@ -277,6 +286,27 @@ class Predictor:
         if self.columns is not None:
             probs = probs[:, self.columns]
         return probs.float().cpu().numpy()
+
+    def _tag_thresholds(self, threshold: float | None, stored: Any) -> np.ndarray | None:
+        """Each tag's cut (``[K]`` float64 in label order; see the class doc); None for a genre model."""
+        if not self.multi_label:
+            if threshold is not None:
+                raise CheckpointInputError(
+                    f"--threshold {threshold}: {self.spec} is a genre classifier (a softmax over "
+                    f"{len(self.labels)} genres: one genre per file), not a multi-label tag model"
+                )
+            return None
+        if threshold is not None:
+            return np.full(len(self.labels), float(threshold))
+        if stored is None:
+            return np.full(len(self.labels), DEFAULT_TAG_THRESHOLD)
+        cuts = np.asarray(stored, dtype=np.float64)
+        if cuts.shape != (len(self.labels),) or not np.all((cuts >= 0) & (cuts <= 1)):
+            raise CheckpointInputError(
+                f"{self.path}: extra['thresholds'] holds {cuts.size} values, expected one in [0, 1] for each of "
+                f"its {len(self.labels)} tags"
+            )
+        return cuts
 
     def _tag_columns(self, group: str, groups: Any) -> list[int]:
         """Indices of the labels in tag group ``group`` (``--tags``); clear errors for other models."""

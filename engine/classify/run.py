@@ -71,6 +71,7 @@ def classify(
     channels_last: bool = True,
     progress: bool = True,
     tags: str | None = None,
+    threshold: float | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Classify every audio file in ``paths`` (files, folders, plus ``from_list``) into ``out``.
@@ -78,7 +79,11 @@ def classify(
     ``checkpoint`` is a training checkpoint, a pretrained name (``musicnn:MSD_musicnn``) or an exported model
     (TorchScript, ``torch.export`` ``.pt2``, ONNX; :mod:`engine.classify.predictor`). A multi-label tag model
     (the pretrained musicnn ones) scores each tag by its own sigmoid, averaged over the track's windows;
-    its lines carry ``"kind": "tags"``, and ``tags="genre"`` keeps only the tags that are genres. One line per input file (JSONL, or CSV when ``fmt="csv"`` or
+    its lines carry ``"kind": "tags"`` and ``"tags"``, the tags whose score is at least their threshold
+    (``[{"label", "score"}]``, highest first; a CSV's ``tags`` column: the names joined by ``;``): ``threshold``
+    (in [0, 1]) for every tag when given, else the per-tag cuts a multi-label run chose on its validation split
+    (``extra["thresholds"]``), else 0.5 (the pretrained musicnn models). ``tags="genre"`` keeps only the tags
+    that are genres. One line per input file (JSONL, or CSV when ``fmt="csv"`` or
     ``out`` ends in ``.csv``); files already in ``out`` are skipped (resume). Under ``accelerate launch``
     each rank classifies ``index % world`` of the stream into ``out.rank{r}.part`` and the main process
     merges the parts into ``out``.
@@ -102,7 +107,8 @@ def classify(
     over, and a file that takes down a process decoding it alone gets an error line ("decoder crashed").
 
     Returns the summary (computed over the whole output file on the main process): ``files``, ``ok``,
-    ``error``, ``errors_by_reason``, ``genres`` (top-1 histogram), ``audio_hours``, plus this run's
+    ``error``, ``errors_by_reason``, ``genres`` (top-1 histogram), ``audio_hours`` (a tag model's also
+    ``tag_counts``: files per tag at or above its threshold), plus this run's
     ``new``, ``skipped``, ``ignored``, ``ignored_files``, ``elapsed_s``, ``files_per_s``,
     ``audio_hours_per_s``, ``world_size``, ``precision``, ``device``.
     """
@@ -112,15 +118,15 @@ def classify(
     fmt = output_format(out, fmt)
     paths = [os.fspath(p) for p in paths]
     from_list = None if from_list is None else os.fspath(from_list)
-    _check_options(paths, from_list, top_k, batch_size, max_windows, pad, num_workers, device, chunk_seconds)
+    _check_options(paths, from_list, top_k, batch_size, max_windows, pad, num_workers, device, chunk_seconds, threshold)
     check_output_owned(out, overwrite=overwrite)  # before the model loads: nothing is created by a refusal
 
     # without CUDA (or with --device cpu) the processes of `accelerate launch` talk over gloo on the CPU
     state = PartialState(cpu=_on_cpu(device))
     dev = torch.device(device) if device else state.device
-    predictor = Predictor(checkpoint, dev, precision, channels_last=channels_last, tags=tags)
+    predictor = Predictor(checkpoint, dev, precision, channels_last=channels_last, tags=tags, threshold=threshold)
     top_k = min(top_k, len(predictor.labels))
-    layout = _Layout(fmt, top_k, timeline, dict(kind=predictor.label_kind, tags=tags, pad=pad))
+    layout = _Layout(fmt, top_k, timeline, dict(kind=predictor.label_kind, tags=tags, pad=pad, threshold=threshold))
     done = _open_output(state, out, predictor, layout, overwrite)
 
     workers = default_num_workers(state.num_processes, decode=True) if num_workers is None else num_workers
@@ -135,7 +141,7 @@ def classify(
     if not state.is_main_process:
         state.wait_for_everyone()
         return {**run_stats, "main": False}
-    merge_parts(out, fmt, top_k, timeline)
+    merge_parts(out, fmt, top_k, timeline, layout.tags_column)
     totals = summarize(out, fmt)
     record_ignored(out, ignored, totals["unreadable_folders"])
     counts = dict(sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -146,12 +152,18 @@ def classify(
 
 @dataclass
 class _Layout:
-    """How the output's lines look: format, top-k, timeline, and the identity keys ``kind``/``tags``/``pad``."""
+    """How the output's lines look: format, top-k, timeline, and the identity keys ``kind``/``tags``/``pad``/
+    ``threshold``."""
 
     fmt: str
     top_k: int
     timeline: bool
     ident: dict[str, Any]
+
+    @property
+    def tags_column(self) -> bool:
+        """A tag model's CSV has a ``tags`` column."""
+        return self.ident["kind"] == "tags"
 
 
 def _open_output(state: Any, out: str, predictor: Predictor, layout: _Layout, overwrite: bool) -> set[str]:
@@ -189,7 +201,7 @@ def _classify_stream(
     (:data:`MAX_DECODE_RESTARTS` times)."""
     world = state.num_processes
     writer = LineWriter(out if world == 1 else part_file(out, state.process_index), layout.fmt, layout.top_k,
-                        layout.timeline)  # fmt: skip
+                        layout.timeline, layout.tags_column)  # fmt: skip
     # where each decode worker notes the file it is on, so that a worker's death is traced to its file
     markers = tempfile.mkdtemp(prefix="classify-decoding-") if workers > 0 else None
     stream.markers = markers
@@ -255,6 +267,7 @@ def _after_worker_death(
 def _check_options(
     paths: list[str], from_list: str | None, top_k: int, batch_size: int, max_windows: int | None, pad: str,
     num_workers: int | None, device: str | None, chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    threshold: float | None = None,
 ) -> None:  # fmt: skip
     """Configuration errors fail before anything is loaded or written (the CLI's parser refuses the numbers
     first; these checks are for callers of :func:`classify`)."""
@@ -265,6 +278,8 @@ def _check_options(
         raise ValueError(f"chunk_seconds must be > 0, got {chunk_seconds}")
     if pad not in ("zero", "loop"):
         raise ValueError(f"pad {pad!r} is not zero or loop")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     if from_list is not None:
         if not os.path.isfile(from_list):
             raise FileNotFoundError(f"--from-list {printable_path(from_list)} does not exist")

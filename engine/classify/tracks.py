@@ -33,7 +33,8 @@ class TrackAverager:
     Windows go to a :class:`~engine.scoring.WindowScorer` of ``batch_size`` windows that runs ``predictor``
     on each full batch. A track is finished when its last piece has arrived and all its windows are scored:
     its record holds the mean probability over its windows (top ``top_k`` genres; for a tag model the mean
-    of the windows' sigmoid scores, top ``top_k`` tags, and ``"kind": "tags"``) and, with ``timeline``,
+    of the windows' sigmoid scores, top ``top_k`` tags, ``"kind": "tags"`` and ``"tags"``: every tag whose
+    score is at least its threshold, :attr:`Predictor.thresholds`, highest first) and, with ``timeline``,
     each window's top genre. An error piece finishes its track at once (windows of it still in the buffer
     are dropped when scored). Records are dicts in the output's field order.
     """
@@ -80,6 +81,9 @@ class TrackAverager:
         mean = track.mean()  # (K,) float64
         order = np.argsort(-mean, kind="stable")[: self.top_k]
         rec["top"] = [{"label": labels[i], "prob": float(mean[i])} for i in order]
+        if self.predictor.thresholds is not None:  # the tags the track has: score >= the tag's cut, best first
+            above = np.flatnonzero(mean >= self.predictor.thresholds)
+            rec["tags"] = [{"label": labels[i], "score": float(mean[i])} for i in above[np.argsort(-mean[above], kind="stable")]]
         rec["windows"] = len(track.outputs)
         if info.notes:
             rec["notes"] = info.notes

@@ -99,12 +99,17 @@ class RunConfig:
     resume: bool = False  # continue the run in out_dir from its last saved state
     save_every_steps: int = bounded(0, ge=0, note="0 = at epoch ends only")  # also save the training state every N batches mid-epoch (0 = at epoch ends only)
     init_from: str = ""  # checkpoint to start from (transfer learning)
+    # YAML/JSON {dataset label: init_from label | null}: which pretrained output row each label starts from
+    # (default: the same name up to case and punctuation; null: a fresh row); engine.checkpoint.init_from
+    init_label_map: str = ""
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes to freeze (optim.freeze_epochs: how long)
     tensorboard: bool = True
     progress: bool = True
 
     def validate(self) -> None:
         check_bounds(self, "run")
+        if self.init_label_map and not self.init_from:
+            raise ConfigError("run.init_label_map needs run.init_from (the checkpoint whose labels it maps to)")
         self.precision = canonical_precision(self.precision)  # configs and checkpoints that say accelerate's "no"
 
 

@@ -63,7 +63,10 @@ def build_learner(cfg: TrainConfig, shards: ShardSet, optim_steps_per_epoch: int
     registered for ``Accelerator.save_state``."""
     seed_everything(cfg.run.seed)
     model = build_model(cfg.model, len(shards.labels), shards.sample_rate, shards.segment_samples)
-    loaded = init_from(model, cfg.run.init_from)["loaded"] if cfg.run.init_from else []
+    loaded = []
+    if cfg.run.init_from:  # the dataset's labels that the checkpoint also has start from its output rows
+        init = init_from(model, cfg.run.init_from, labels=shards.labels, label_map=cfg.run.init_label_map or None)
+        loaded = init["loaded"]
     freezer = Freezer(model, cfg.run.freeze, cfg.optim.freeze_epochs)  # before DDP wraps the model
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)

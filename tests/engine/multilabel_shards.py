@@ -35,8 +35,10 @@ def _wave(tags: list[str], rng: np.random.Generator, seconds: float = 1.0) -> np
     return x.astype(np.float32)
 
 
-def make_multilabel_shards(root: Path, folds: int = 2, per_shard: int = 6) -> Path:
-    """Write the set into ``root``; returns it. Every tag has positives and negatives in every split."""
+def make_multilabel_shards(root: Path, folds: int = 2, per_shard: int = 6, names: dict[str, str] | None = None) -> Path:
+    """Write the set into ``root``; returns it. Every tag has positives and negatives in every split.
+    ``names``: the tags' names in the set (``{"low": "guitar"}``; the audio is the same), in :data:`TAGS` order."""
+    tag_name = {t: (names or {}).get(t, t) for t in TAGS}
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     subsets = [[TAGS[j] for j in range(3) if (m >> j) & 1] for m in range(1, 8)]  # the 7 non-empty subsets
@@ -48,7 +50,7 @@ def make_multilabel_shards(root: Path, folds: int = 2, per_shard: int = 6) -> Pa
             tags = subsets[(i + n) % len(subsets)]
             key = f"{split}{i:03d}"
             meta = {
-                "key": key, "label": None, "label_index": -1, "labels": tags,
+                "key": key, "label": None, "label_index": -1, "labels": [tag_name[t] for t in tags],
                 "label_indices": [TAGS.index(t) for t in tags], "path": f"{key}.wav", "orig_sample_rate": SR,
                 "channels": 1, "duration": 1.0, "num_samples": SR, "track_id": None, "artist": None, "split": split,
                 "fold": i % folds if (folds and split == "train") else -1,
@@ -62,11 +64,11 @@ def make_multilabel_shards(root: Path, folds: int = 2, per_shard: int = 6) -> Pa
                 for key, pcm, meta in samples[s : s + per_shard]:
                     writer.add(key, {fmt.PCM_EXT: pcm, fmt.META_EXT: fmt.encode_meta(meta)})
                 entries.append(writer.close().to_dict())
-        per_label = {t: sum(t in m["labels"] for _, _, m in samples) for t in TAGS}
+        per_label = {tag_name[t]: sum(tag_name[t] in m["labels"] for _, _, m in samples) for t in TAGS}
         splits[split] = {"tracks": len(samples), "seconds": float(len(samples)), "per_label": per_label, "shards": entries}
     manifest = {
         "format_version": fmt.FORMAT_VERSION, "kind": "audio", "task": "multilabel", "sample_rate": SR,
-        "labels": TAGS, "splits": splits, "skipped": [], "source": "hand-made tags", "layout": "test",
+        "labels": [tag_name[t] for t in TAGS], "splits": splits, "skipped": [], "source": "hand-made tags", "layout": "test",
         "command": "", "folds": folds,
     }  # fmt: skip
     (root / fmt.MANIFEST_NAME).write_text(json.dumps(manifest))

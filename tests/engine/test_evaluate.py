@@ -19,7 +19,8 @@ import torch
 from engine.checkpoint import load_model
 from engine.checkpoint_format import save_checkpoint
 from engine.config import from_dict, to_dict
-from engine.evaluate import evaluate_checkpoint, main, resolve_label_map
+from engine.evaluate import evaluate_checkpoint, main
+from engine.label_map import resolve_label_map
 from engine.metrics import classification_metrics
 from engine.models import ModelConfig, build_model
 from engine.report import write_evaluation
