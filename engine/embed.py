@@ -159,7 +159,8 @@ class _ShardOutput:
             meta = {**track.info, "num_samples": len(track.starts), "window_starts": track.starts}
             feats = fmt.encode_feats(track.rows())  # float16 (n_windows, D)
             self.writer.add(meta["key"], {fmt.FEATS_EXT: feats, fmt.META_EXT: fmt.encode_meta(meta)})
-            self.per_label[meta["label"]] += 1
+            # a multi-label track counts once for each of its tags, as in the source manifest
+            self.per_label.update(meta["labels"] if meta.get("label") is None and "labels" in meta else [meta["label"]])
             self.seconds += float(meta.get("duration") or 0.0)
             self.windows += len(track.starts)
             if self.bar is not None:
@@ -284,6 +285,7 @@ def _build_manifest(source: dict[str, Any], done: DoneRecords, jobs: list[_Shard
     return {
         "format_version": fmt.FORMAT_VERSION,
         "kind": "features",
+        "task": fmt.manifest_task(source),  # a tag set's embeddings are a tag set: probes train on its tags
         "sample_rate": FRAME_RATE,  # nominal: one frame per window
         "feature_dim": dim,
         "frame_seconds": ident["hop_samples"] / rate,

@@ -27,6 +27,7 @@ from shards.window_stream import WindowStream
 from shards.windows import window_starts
 
 SPEC = "musicnn:MSD_musicnn"
+ROOT = Path(__file__).resolve().parents[2]
 REPO = Path(__file__).resolve().parents[2]
 GENRES = ("classical", "metal", "reggae")
 SECONDS = 4.6  # two windows of 2.98 s per track: one at 0, one end-aligned over the 1.6-s tail
@@ -204,3 +205,21 @@ def test_a_track_shorter_than_a_window_is_looped_as_evaluation_fills_it(pretrain
                                                                                     (0, seg - pcm.size))))["meanmax"].numpy()  # fmt: skip
         np.testing.assert_allclose(feats.astype(np.float32), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
         assert np.abs(feats.astype(np.float32) - silent).max() > 10 * 2e-3 * np.abs(ref).max()
+
+
+def test_a_tag_sets_embeddings_are_a_tag_set_a_probe_trains_on(pretrained_cache: Path, tmp_path: Path) -> None:
+    """Embedding a multi-label shard set keeps its task and per-tag counts, so the probe trains on the tags."""
+    from tests.engine.multilabel_shards import TAGS, make_multilabel_shards
+
+    tags = make_multilabel_shards(tmp_path / "tags")
+    source = fmt.load_manifest(tags)
+    res = embed(SPEC, tags, tmp_path / "emb", splits=["train", "valid"], batch_size=16, progress=False)
+    manifest = res["manifest"]
+    assert manifest["task"] == "multilabel" and manifest["labels"] == source["labels"] == TAGS
+    for split in ("train", "valid"):
+        assert manifest["splits"][split]["per_label"] == source["splits"][split]["per_label"]
+    probe = train(load_config(TrainConfig, ROOT / "configs" / "probe.yaml", [
+        f"data.shards={tmp_path / 'emb'}", f"run.out_dir={tmp_path / 'probe'}", "optim.epochs=2",
+        "data.num_workers=0", "run.progress=false", "run.tensorboard=false"]))  # fmt: skip
+    ckpt = torch.load(probe["best_checkpoint"], weights_only=True)
+    assert ckpt["extra"]["task"] == "multilabel" and len(ckpt["extra"]["thresholds"]) == len(TAGS)
