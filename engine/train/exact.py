@@ -77,7 +77,9 @@ def fit_exact(cfg: TrainConfig, feature_cache: str | Path | None = None) -> dict
     prepare_output_dir(cfg.run.out_dir or "runs", flag="--out (run.out_dir)" if cfg.run.out_dir else None)
     accelerator = make_accelerator(mixed_precision=accelerate_precision(cfg.run.precision), cpu=cfg.run.cpu)
     if accelerator.num_processes > 1:
-        raise ConfigError("optim.solver: lbfgs fits in one process; launch it without torchrun / accelerate launch")
+        raise ConfigError(
+            "optim.solver: lbfgs fits in one process; launch it without torchrun / accelerate launch"
+        )
     refuse_unhonoured_settings(cfg)
     cfg, shards = open_shard_set(cfg)
     task = get_task(manifest_task(shards.manifest))
@@ -102,7 +104,9 @@ def fit_exact(cfg: TrainConfig, feature_cache: str | Path | None = None) -> dict
     log.info("lbfgs: C = %g (%d L-BFGS iterations), %d windows of %d tracks, fitted in %.1f s | valid loss %.4f %s",
              row["C"], fit.n_iter, row["train_windows"], train_set.tracks, fit_seconds, row["valid_loss"],
              task.log_figures(row))  # fmt: skip
-    records = RunRecords(run_dir, cfg, shards, model, count_parameters(model), accelerator, task.checkpoint_extra())
+    records = RunRecords(
+        run_dir, cfg, shards, model, count_parameters(model), accelerator, task.checkpoint_extra()
+    )
     state = TrainState(epoch=1, step=fit.n_iter, best_loss=row["valid_loss"], best_epoch=0, history=[row])
     records.epoch_end(0, row, True, state.history, extra)
     (run_dir / "state").mkdir(exist_ok=True)
@@ -145,7 +149,9 @@ def linear_model(
         )
     reason = uncacheable_reason(model)
     if reason:
-        raise ConfigError(f"optim.solver: lbfgs needs features that do not change during training, but {reason}")
+        raise ConfigError(
+            f"optim.solver: lbfgs needs features that do not change during training, but {reason}"
+        )
     return model, parts[0], parts[1]
 
 
@@ -196,7 +202,9 @@ def pooled_training_set(
     targets = torch.cat(ys)
     targets = targets if task.multi_label else targets.argmax(dim=1)
     folds = inner_folds(stream, targets.cpu(), track, cfg.optim.solver_folds)
-    return PooledSet(torch.cat(xs), targets, (1.0 / per_track[track]).to(device), folds, len(seen), cache.counts())
+    return PooledSet(
+        torch.cat(xs), targets, (1.0 / per_track[track]).to(device), folds, len(seen), cache.counts()
+    )
 
 
 def inner_folds(stream: WindowStream, targets: Tensor, track: Tensor, k: int) -> np.ndarray:
@@ -211,8 +219,11 @@ def inner_folds(stream: WindowStream, targets: Tensor, track: Tensor, k: int) ->
     order = sorted(first)
     per_track = targets[[first[t] for t in order]]
     strata = multilabel_strata(per_track) if per_track.dim() == 2 else per_track.numpy()
+    k = min(
+        k, int(np.unique(strata, return_counts=True)[1].max())
+    )  # no more folds than the largest class has tracks
     try:
-        fold_of = dict(zip(order, stratified_folds(strata, k)))
+        fold_of = dict(zip(order, stratified_folds(strata, max(2, k))))
     except ValueError as err:
         raise ConfigError(f"optim.solver_folds={k}: {err}; lower it or give optim.solver_c") from err
     return np.asarray([fold_of[t] for t in track.tolist()])
@@ -227,7 +238,9 @@ def solve(cfg: TrainConfig, data: PooledSet, class_weight: Tensor | None, num_cl
     common = {"sample_weight": weight, "num_classes": None if multi else num_classes}
     if cfg.optim.solver_c is not None:
         return fit_logistic(data.x, data.targets, cfg.optim.solver_c, **common)
-    return fit_logistic_cv(data.x, data.targets, cfg.optim.solver_cs, folds=data.folds, path_tol=PATH_TOL, **common)
+    return fit_logistic_cv(
+        data.x, data.targets, cfg.optim.solver_cs, folds=data.folds, path_tol=PATH_TOL, **common
+    )
 
 
 def training_figures(fit: LogisticFit, data: PooledSet) -> dict[str, float]:
