@@ -29,6 +29,7 @@ batch size) are ignored.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -62,7 +63,7 @@ from shards.windows import window_starts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PooledSet", "fit_exact", "linear_model", "pooled_training_set"]
+__all__ = ["CachedFrontend", "PooledSet", "fit_exact", "linear_model", "pooled_training_set"]
 
 SOLVER = "lbfgs"
 PATH_TOL = 1e-4
@@ -95,7 +96,8 @@ def fit_exact(cfg: TrainConfig, feature_cache: str | Path | None = None) -> dict
     fit = solve(cfg, train_set, weight, len(shards.labels))
     fit.load_into(classifier, norm)
     fit_seconds = time.perf_counter() - t0
-    metrics, extra = evaluate_epoch(model, data.valid_loader, accelerator, shards.labels, weight,
+    valid_net = CachedFrontend(model, FeatureCache(model, feature_cache))  # cv: the valid split's features once
+    metrics, extra = evaluate_epoch(valid_net, data.valid_loader, accelerator, shards.labels, weight,
                                     cfg.run.precision, cfg.eval.track_aggregate, task)  # fmt: skip
     row = {"epoch": 0, "step": fit.n_iter, **training_figures(fit, train_set), **metrics, "solver": SOLVER,
            "C": float(fit.c[0]), "train_windows": int(train_set.x.shape[0]), "train_tracks": train_set.tracks,
@@ -112,6 +114,20 @@ def fit_exact(cfg: TrainConfig, feature_cache: str | Path | None = None) -> dict
     (run_dir / "state").mkdir(exist_ok=True)
     (run_dir / "state" / "train_state.json").write_text(json.dumps(state.state_dict()))  # the fit is done
     return {**records.finish(state), "features": train_set.counts}
+
+
+class CachedFrontend(nn.Module):
+    """``model``'s eval-mode forward with its front end served by ``cache``, each window keyed by its content
+    (sha1 of the input row): how validation reads the features that every fold of a ``cv`` shares."""
+
+    def __init__(self, model: GenreModel, cache: FeatureCache) -> None:
+        super().__init__()
+        self.model, self.cache = model, cache
+
+    def forward(self, x: Tensor) -> Tensor:  # wave [B, T] or feats [B, frames, D] -> logits [B, K]
+        rows = x.detach().cpu().numpy()
+        keys = [ClipKey("sha1:" + hashlib.sha1(r.tobytes()).hexdigest(), 0, int(r.shape[0])) for r in rows]
+        return self.model.head(self.cache.features(keys, x, x.device))
 
 
 def refuse_unhonoured_settings(cfg: TrainConfig) -> None:

@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import load_model
 from engine.config import ConfigError, from_dict, load_config
 from engine.cv import cross_validate, evaluate_best, flatten_metrics
 from engine.evaluate import evaluate_checkpoint
@@ -74,7 +74,7 @@ def _pooled_tracks(
     checkpoint: Path, shards: Path, split: str, holdout: int = -1
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(keys, pooled [N, 144], labels [N]) of a split's 3-s tracks, by the checkpoint's front end and NumPy."""
-    model = load_checkpoint(checkpoint).model.eval()
+    model = load_model(checkpoint)[0].eval()
     stream = WindowStream(shards, split, window_samples=3 * 22050, batch_size=64, holdout_fold=holdout)
     keys, xs, ys = stream.track_keys(), [], []
     for batch in stream:
@@ -104,7 +104,8 @@ def test_train_with_lbfgs_writes_a_checkpoint_whose_evaluation_is_sklearns_predi
     evaluate_checkpoint(summary["best_checkpoint"], synthetic_shards, "test", tmp_path / "eval", num_workers=0,
                         progress=False)  # fmt: skip
     with open(tmp_path / "eval" / "predictions.csv") as f:
-        got = {r["key"]: json.loads(r["probs"]) for r in csv.DictReader(f)}
+        labels = json.loads((synthetic_shards / "manifest.json").read_text())["labels"]
+        got = {r["key"]: [float(r[f"p_{n}"]) for n in labels] for r in csv.DictReader(f)}
     np.testing.assert_allclose(np.array([got[k] for k in keys]), want, atol=1e-3)
 
 
