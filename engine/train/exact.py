@@ -67,8 +67,8 @@ __all__ = ["CachedFrontend", "PooledSet", "fit_exact", "linear_model", "pooled_t
 
 SOLVER = "lbfgs"
 PATH_TOL = 1e-4
-"""Gradient tolerance of the inner-CV fits along the C grid (``LogisticRegressionCV``'s default ``tol``); the
-refit with the chosen C solves to :func:`engine.linear_fit.fit_logistic`'s 1e-8."""
+"""Gradient tolerance of the inner-CV fits along the C grid at least (``LogisticRegressionCV``'s default ``tol``);
+the refit with the chosen C solves to ``optim.solver_tol``."""
 
 
 def fit_exact(cfg: TrainConfig, feature_cache: str | Path | None = None) -> dict[str, Any]:
@@ -251,12 +251,11 @@ def solve(cfg: TrainConfig, data: PooledSet, class_weight: Tensor | None, num_cl
     if class_weight is not None and data.targets.dim() == 1:
         weight = weight * class_weight.to(weight)[data.targets]
     multi = data.targets.dim() == 2
-    common = {"sample_weight": weight, "num_classes": None if multi else num_classes}
+    common = {"sample_weight": weight, "num_classes": None if multi else num_classes, "tol": cfg.optim.solver_tol}
     if cfg.optim.solver_c is not None:
         return fit_logistic(data.x, data.targets, cfg.optim.solver_c, **common)
-    return fit_logistic_cv(
-        data.x, data.targets, cfg.optim.solver_cs, folds=data.folds, path_tol=PATH_TOL, **common
-    )
+    path_tol = max(PATH_TOL, cfg.optim.solver_tol)
+    return fit_logistic_cv(data.x, data.targets, cfg.optim.solver_cs, folds=data.folds, path_tol=path_tol, **common)
 
 
 def training_figures(fit: LogisticFit, data: PooledSet) -> dict[str, float]:
