@@ -56,6 +56,8 @@ class OptimConfig:
     # (inverse L2 strength); None = the best of solver_cs by inner cross-validation (LogisticRegressionCV)
     solver_cs: int = bounded(10, ge=1)  # lbfgs: the C grid, np.logspace(-4, 4, solver_cs)
     solver_folds: int = bounded(5, ge=2)  # lbfgs: inner folds when the shard set has no folds to reuse
+    solver_scoring: Literal["auto", "accuracy", "neg_log_loss", "roc_auc"] = "auto"  # lbfgs: what picks C in the
+    # inner CV; auto = accuracy single-label, neg_log_loss multi-label (LogisticRegressionCV's scoring)
     solver_tol: float = bounded(1e-6, gt=0)  # lbfgs: largest |gradient| of the mean objective at the end
     # (scikit-learn LogisticRegression: 1e-4, probabilities ~1e-2 off the optimum; 1e-8: float64 precision, slower)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"

@@ -255,7 +255,9 @@ def solve(cfg: TrainConfig, data: PooledSet, class_weight: Tensor | None, num_cl
     if cfg.optim.solver_c is not None:
         return fit_logistic(data.x, data.targets, cfg.optim.solver_c, **common)
     path_tol = max(PATH_TOL, cfg.optim.solver_tol)
-    return fit_logistic_cv(data.x, data.targets, cfg.optim.solver_cs, folds=data.folds, path_tol=path_tol, **common)
+    scoring = None if cfg.optim.solver_scoring == "auto" else cfg.optim.solver_scoring
+    return fit_logistic_cv(data.x, data.targets, cfg.optim.solver_cs, folds=data.folds, path_tol=path_tol,
+                           scoring=scoring, **common)  # fmt: skip
 
 
 def training_figures(fit: LogisticFit, data: PooledSet) -> dict[str, float]:
