@@ -6,7 +6,9 @@ Fold ``k``: train on the training split's tracks of every other fold (early stop
 split, as in a normal run), then evaluate the best checkpoint on the training split's fold ``k``. The
 folds were assigned at ingest (``make_shards.py --folds K``, track- or artist-grouped), so no track or
 artist crosses from training into its test fold. Resumable fold by fold: a finished fold is read back,
-an interrupted one resumes from its saved state.
+an interrupted one resumes from its saved state. With ``optim.solver: lbfgs`` the front-end features of every
+training clip are computed once for all folds (``<out>/feature_cache``, :class:`engine.feature_cache.FeatureCache`;
+``features_computed`` per fold counts the clips computed in that fold).
 """
 
 from __future__ import annotations
@@ -127,6 +129,8 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = No
     k = check_folds(cfg, folds)
     out_dir = prepare_output_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # fixed front-end features (optim.solver: lbfgs) are computed once for every fold: kept on disk here
+    cache = out_dir / "feature_cache" if cfg.optim.solver == "lbfgs" else None
     rows = []
     for fold in range(k):
         fold_dir = out_dir / f"fold{fold}"
@@ -142,7 +146,7 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = No
             run=dataclasses.replace(cfg.run, out_dir=str(run_dir), resume=resume),
         )
         t0 = time.perf_counter()
-        summary = train(fold_cfg)
+        summary = train(fold_cfg, feature_cache=cache)
         train_seconds = time.perf_counter() - t0
         metrics = evaluate_best(cfg, summary["best_checkpoint"], cfg.data.train_split, fold_dir / "eval", fold=fold)
         row = {
@@ -152,6 +156,8 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = No
             "parameters": summary["parameters"],
             "train_seconds": train_seconds,
         }
+        if "features" in summary:  # clips whose front end ran in this fold (the rest came from the cache)
+            row["features_computed"] = summary["features"]["computed"]
         fold_dir.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(row, indent=2))
         rows.append(row)

@@ -11,7 +11,7 @@ therefore a fixed function of its samples exactly when
 * wave and spectrogram augmentation are inactive (every ``*_p`` = 0 and no masks, or ``augment.enabled:
   false``, or :meth:`GenreModel.strip_augmentation`): they redraw per call in training mode.
 
-Mixup does not prevent caching: it mixes backbone inputs *after* the front end, so :func:`backbone_logits`
+Mixup does not prevent caching: it mixes backbone inputs *after* the front end, so :meth:`GenreModel.head`
 applies it to cached features as :meth:`GenreModel.forward` would. :func:`uncacheable_reason` says which
 rule a model breaks; :class:`FeatureCache` refuses such a model.
 
@@ -46,7 +46,6 @@ __all__ = [
     "ClipKey",
     "FeatureCache",
     "NotCacheableError",
-    "backbone_logits",
     "frontend_fingerprint",
     "uncacheable_reason",
 ]
@@ -82,27 +81,6 @@ def uncacheable_reason(model: GenreModel) -> str | None:
             parts = ", ".join(getattr(chain, "parts", {}).keys())
             reasons.append(f"{stage} is active in training ({parts}): features are redrawn every call")
     return "; ".join(reasons) or None
-
-
-def backbone_logits(model: GenreModel, feats: Tensor, targets: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
-    """The rest of :meth:`GenreModel.forward` from its backbone input ``feats [B, C, F, frames]``: mixup
-    (training, with float targets ``[B, K]``), channels-last, backbone. Returns logits ``[B, K]`` or
-    ``(logits, targets)`` as ``forward`` does.
-
-    Mirrors the tail of ``GenreModel.forward`` line for line until the model exposes it itself (proposed:
-    ``GenreModel.head(x, targets=None)``, with ``forward = head(features(wave), targets)``).
-    """
-    x = feats
-    if targets is not None:
-        if targets.shape != (x.shape[0], model.num_classes):
-            raise ValueError(
-                f"targets must be [B, K] = [{x.shape[0]}, {model.num_classes}], got {tuple(targets.shape)}"
-            )
-        x, targets = model.mixup(x, targets.to(x.dtype))
-    if model.cfg.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    logits = model.backbone(x)
-    return logits if targets is None else (logits, targets)
 
 
 def frontend_fingerprint(model: GenreModel) -> str:

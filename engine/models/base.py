@@ -243,7 +243,13 @@ class GenreModel(nn.Module):
         return self.spec_aug(x)
 
     def forward(self, wave: Tensor, targets: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
-        x = self.features(wave)
+        return self.head(self.features(wave), targets)
+
+    def head(self, x: Tensor, targets: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """The rest of :meth:`forward` after :meth:`features`: backbone input ``x [B, C, F, frames]`` ->
+        mixup (training, with float targets ``[B, K]``), channels-last, backbone -> logits ``[B, K]``, or
+        ``(logits, targets)`` with targets. What a cache of fixed front-end features feeds
+        (:mod:`engine.feature_cache`)."""
         if targets is not None:
             if targets.shape != (x.shape[0], self.num_classes):
                 raise ValueError(

@@ -105,6 +105,14 @@ class Stats(nn.Module):
         nn.init.zeros_(self.classifier.weight)
         nn.init.zeros_(self.classifier.bias)
 
+    def linear_head(self) -> tuple[nn.BatchNorm1d | None, nn.Linear] | None:
+        """``(standardiser or None, classifier)`` when the logits are an affine map of :meth:`pooled`
+        (``hidden: 0``): what an exact logistic-regression fit is written into
+        (:meth:`engine.linear_fit.LogisticFit.load_into`); None for the MLP (``hidden > 0``)."""
+        if self.cfg.hidden:
+            return None
+        return (self.norm if isinstance(self.norm, nn.BatchNorm1d) else None), self.classifier
+
     def pooled(self, x: Tensor) -> Tensor:  # (B, C, F, frames) -> (B, S*C*F), before standardisation
         return pooled_statistics(x.float(), self.stats)
 

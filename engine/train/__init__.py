@@ -11,9 +11,13 @@ The package, in the order a run uses it:
 * :mod:`~engine.train.config` -- ``TrainConfig`` and its sections (``data``, ``model``, ``optim``, ``eval``, ``run``);
 * :mod:`~engine.train.data` -- the shard set, checked, and this process's loaders;
 * :mod:`~engine.train.learner` -- the model, its optimiser and schedule (:mod:`engine.optim`), EMA, freezing;
-* :mod:`~engine.train.loop` -- :func:`train` (loss, targets and validation metrics from the shard set's task, :mod:`engine.tasks`): train an epoch, evaluate it on the validation split, record, save;
+* :mod:`~engine.train.solvers` -- :func:`train`: the run by ``optim.solver`` (``gradient``: the loop below;
+  ``lbfgs``: :mod:`~engine.train.exact`, the exact logistic regression of a linear head on fixed features);
+* :mod:`~engine.train.loop` -- :func:`~engine.train.loop.train_by_gradient` (loss, targets and validation metrics from the shard set's task, :mod:`engine.tasks`): train an epoch, evaluate it on the validation split, record, save;
 * :mod:`~engine.train.records` -- ``last.pt`` / ``best.pt``, history, curves, TensorBoard, ``summary.json``;
 * :mod:`~engine.train.state` -- seeds per (seed, epoch, rank), the saved state and its swap, resume checks;
+* :mod:`~engine.train.exact` -- :func:`~engine.train.exact.fit_exact`: features once, L-BFGS to the optimum
+  (C by inner cross-validation), the fit loaded into the head, validated, the same run directory;
 * :mod:`~engine.train.cli` -- the command line.
 
 Each epoch: train, validate (segment- and track-level accuracy and macro F1, gathered once across ranks),
@@ -32,7 +36,7 @@ crop; the checkpoint carries the window so ``evaluate`` / ``classify`` use it).
 
 from engine.train.cli import build_parser, config_from_args, main, print_config
 from engine.train.config import DataConfig, EvalConfig, OptimConfig, RunConfig, TrainConfig
-from engine.train.loop import train
+from engine.train.solvers import train
 from engine.train.state import TrainState, check_resume_config, saved_state_dir
 
 __all__ = [

@@ -13,7 +13,7 @@ from engine.checkpoint_format import CheckpointError
 from engine.config import ConfigError, load_config, to_dict
 from engine.logs import setup_logging
 from engine.train.config import TrainConfig, yaml_dump
-from engine.train.loop import train
+from engine.train.solvers import train
 from shards.format import ManifestError
 from shards.outputs import cli_errors
 

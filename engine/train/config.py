@@ -49,6 +49,17 @@ class DataConfig:
 class OptimConfig:
     """Optimiser, schedule (:mod:`engine.optim`), run length, loss and fine-tuning settings."""
 
+    # "gradient": the epoch loop (engine.train.loop); "lbfgs": the exact L2 logistic regression of a linear head on
+    # fixed features, fitted once (engine.train.exact: stats backbone, hidden 0, deterministic front end)
+    solver: Literal["gradient", "lbfgs"] = "gradient"
+    solver_c: float | None = bounded(None, gt=0, none="chosen by inner cross-validation")  # lbfgs: scikit-learn's C
+    # (inverse L2 strength); None = the best of solver_cs by inner cross-validation (LogisticRegressionCV)
+    solver_cs: int = bounded(10, ge=1)  # lbfgs: the C grid, np.logspace(-4, 4, solver_cs)
+    solver_folds: int = bounded(5, ge=2)  # lbfgs: inner folds when the shard set has no folds to reuse
+    solver_scoring: Literal["auto", "accuracy", "neg_log_loss", "roc_auc"] = "auto"  # lbfgs: what picks C in the
+    # inner CV; auto = accuracy single-label, neg_log_loss multi-label (LogisticRegressionCV's scoring)
+    solver_tol: float = bounded(1e-6, gt=0)  # lbfgs: largest |gradient| of the mean objective at the end
+    # (scikit-learn LogisticRegression: 1e-4, probabilities ~1e-2 off the optimum; 1e-8: float64 precision, slower)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = bounded(1e-3, gt=0)
     weight_decay: float = bounded(0.0, ge=0)

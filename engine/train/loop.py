@@ -1,4 +1,5 @@
-"""The training loop, top to bottom, with Hugging Face Accelerate: :func:`train`.
+"""The training loop, top to bottom, with Hugging Face Accelerate: :func:`train_by_gradient` (``optim.solver:
+gradient``; :mod:`engine.train.solvers` dispatches).
 
 Accelerate places the model, wraps it in DDP and runs mixed precision. Each epoch: train
 (:func:`train_epoch`), evaluate on the validation split (:func:`evaluate_epoch`: segment- and track-level
@@ -44,11 +45,12 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-__all__ = ["TrainedEpoch", "evaluate_epoch", "train", "train_epoch"]
+__all__ = ["TrainedEpoch", "evaluate_epoch", "train_by_gradient", "train_epoch"]
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train a model as ``cfg`` says; returns ``{run_dir, best_checkpoint, last_checkpoint, history, best, ...}``.
+def train_by_gradient(cfg: TrainConfig, feature_cache: str | Path | None = None) -> dict[str, Any]:
+    """Train a model as ``cfg`` says by epochs of its optimiser (``optim.solver: gradient``); returns ``{run_dir,
+    best_checkpoint, last_checkpoint, history, best, ...}``. ``feature_cache`` is not used: crops are redrawn.
 
     Everything that can be checked is checked before the run directory is made: the output folder
     (:class:`shards.outputs.OutputError`), the shard set, the splits and the window lengths (:class:`ConfigError`)."""
@@ -66,7 +68,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     learner = build_learner(cfg, shards, data.optim_steps_per_epoch, accelerator)
     state = resume_train_state(accelerator, state_dir, learner.net) if cfg.run.resume else TrainState()
     weight = weight.to(accelerator.device) if weight is not None else None
-    records = RunRecords(run_dir, cfg, shards, learner, accelerator, task.checkpoint_extra())
+    records = RunRecords(run_dir, cfg, shards, learner.eval_net, learner.n_params, accelerator, task.checkpoint_extra(),
+                         weights="ema" if learner.ema is not None else "raw")  # fmt: skip
     log_start(cfg, accelerator, learner, data)
 
     while state.epoch < data.epochs:

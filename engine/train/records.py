@@ -9,11 +9,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torch import nn
+
 from engine.checkpoint_format import save_checkpoint
 from engine.config import to_dict
 from engine.train.config import TrainConfig
 from engine.train.data import ShardSet
-from engine.train.learner import Learner
 from engine.train.state import TrainState
 
 if TYPE_CHECKING:
@@ -42,21 +43,23 @@ def _plot_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 class RunRecords:
-    """The run directory's records of ``learner``'s training on ``shards`` (written on the main process)."""
+    """The run directory's records of a model's training on ``shards`` (written on the main process)."""
 
     def __init__(
-        self, run_dir: Path, cfg: TrainConfig, shards: ShardSet, learner: Learner, accelerator: Accelerator,
-        task_extra: dict[str, Any] | None = None,
+        self, run_dir: Path, cfg: TrainConfig, shards: ShardSet, model: nn.Module, n_params: int,
+        accelerator: Accelerator, task_extra: dict[str, Any] | None = None, weights: str = "raw",
     ) -> None:  # fmt: skip
-        self.run_dir, self.main, self.model = run_dir, accelerator.is_main_process, learner.eval_net
-        self.world, self.labels, self.n_params = accelerator.num_processes, shards.labels, learner.n_params
+        """``model``: what the checkpoints hold (the EMA copy when ``weights`` is ``"ema"``); ``n_params``: the
+        trainable parameters reported."""
+        self.run_dir, self.main, self.model = run_dir, accelerator.is_main_process, model
+        self.world, self.labels, self.n_params = accelerator.num_processes, shards.labels, n_params
         self.tb = None
         if cfg.run.tensorboard and self.main:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
         self.config = to_dict(cfg)
-        self.weights = "ema" if learner.ema is not None else "raw"
+        self.weights = weights
         window = shards.eval_samples if shards.eval_samples != shards.segment_samples else None
         self.ckpt_meta = dict(labels=shards.labels, sample_rate=shards.sample_rate, segment_samples=shards.segment_samples,
                               window_samples=window)  # fmt: skip

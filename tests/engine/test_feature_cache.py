@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.config import from_dict
-from engine.feature_cache import ClipKey, FeatureCache, NotCacheableError, backbone_logits, uncacheable_reason
+from engine.feature_cache import ClipKey, FeatureCache, NotCacheableError, uncacheable_reason
 from engine.models import ModelConfig, build_model
 from tests.conftest import music_like
 
@@ -118,11 +118,11 @@ def test_backbone_on_cached_features_equals_forward_with_mixup():
     cache = FeatureCache(model)
     feats = cache.features(_keys(4), wave)
     model.eval()
-    torch.testing.assert_close(backbone_logits(model, feats), model(wave), rtol=0, atol=0)
+    torch.testing.assert_close(model.head(feats), model(wave), rtol=0, atol=0)
     model.train()
     model.reseed_augmentation(7)
     want_logits, want_targets = model(wave, targets)
     model.reseed_augmentation(7)
-    got_logits, got_targets = backbone_logits(model, feats, targets)
+    got_logits, got_targets = model.head(feats, targets)
     torch.testing.assert_close(got_logits, want_logits, rtol=0, atol=0)
     torch.testing.assert_close(got_targets, want_targets, rtol=0, atol=0)
