@@ -132,7 +132,7 @@ class StatsPart:
 
     def __init__(self, sample_rate: int, window: int, device: torch.device, config: Path = STATS_CONFIG) -> None:
         cfg = from_dict(ModelConfig, load_yaml(config)["model"], "model")
-        self.model = build_model(cfg, 1, sample_rate, window).eval().to(device)  # the head is never run
+        self.model = build_model(cfg, 2, sample_rate, window).eval().to(device)  # 2 classes: the head is never run
         self.stats, self.device, self.window = tuple(self.model.backbone.stats), device, window
         self.dim, self.features = int(self.model.backbone.out_dim), config_json(cfg.features)
 
