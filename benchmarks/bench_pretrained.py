@@ -126,7 +126,8 @@ def engine_side(files_dir: Path, tmp: Path, file_rate: int, batch_size: int, dev
     import torch
 
     from engine.checkpoint import load_checkpoint
-    from engine.embed import _Runner, embed, embedding_model
+    from engine.embed import embed
+    from engine.embedding_parts import ModelPart, embedding_model
     from shards.audio import load_audio
     from shards.format import to_pcm16
     from shards.ingest import IngestConfig, run_ingest
@@ -144,7 +145,7 @@ def engine_side(files_dir: Path, tmp: Path, file_rate: int, batch_size: int, dev
 
     # the model alone on windows in memory (and every output of each file's first window, for the sanity line)
     model, seg = embedding_model(load_checkpoint(f"musicnn:{MODEL}"), file_rate)
-    runner = {name: _Runner(model, name, torch.device(device), precision) for name in ("meanmax",)}["meanmax"]
+    runner = {name: ModelPart(model, name, torch.device(device), precision) for name in ("meanmax",)}["meanmax"]
     paths = sorted(p for p in files_dir.rglob("*.wav"))
     wins, first = [], []
     for p in paths:

@@ -31,14 +31,13 @@ from typing import Any
 import torch
 
 from engine.checkpoint_format import CheckpointError
-from engine.config import ConfigError, config_json, from_dict, load_yaml
+from engine.config import CONFIG_DIR, ConfigError, config_json, from_dict, load_yaml
 from engine.cv import check_folds, cross_validate, evaluate_best, flatten_metrics
 from engine.models import ARCHS, ModelConfig
 from engine.train import TrainConfig, config_from_args, saved_state_dir, train
 from shards.format import ManifestError, load_manifest
 from shards.outputs import cli_errors, prepare_output_dir
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 COLUMNS = (
     ("segment_accuracy", "seg acc"), ("segment_macro_precision", "seg P"), ("segment_macro_recall", "seg R"),
     ("segment_macro_f1", "seg F1"), ("track_accuracy", "track acc"), ("track_macro_precision", "track P"),

@@ -21,6 +21,8 @@ from shards.outputs import decode_utf8
 
 C = TypeVar("C")
 
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # the example configs (configs/*.yaml)
+
 
 class ConfigError(ValueError):
     """A config that cannot be right: unknown key, wrong type, bad value."""

@@ -15,6 +15,13 @@ a track shorter than a window looped to fill one, as evaluation does), and each 
 rebuilt at the shard set's rate, so a 22.05-kHz set is embedded as it is; any other model needs the shard set
 at its own rate (as ``evaluate`` does).
 
+Several embeddings at once: the model argument may be a comma-separated list of checkpoints / pretrained names and
+``stats`` (``musicnn:MSD_musicnn,musicnn:MTT_musicnn,stats``); each row is then the parts' rows side by side in
+the order given (:mod:`engine.embedding_parts`). ``stats`` is the classic clip statistics: the
+``configs/stats.yaml`` front end (MFCC(20) + deltas + chroma) pooled to its mean and std, 144 values, over the
+same window. Every part uses the first model's window and the hop; ``--embedding`` names every model's output.
+The manifest's ``embedding.parts`` lists each part's ``name``, ``dim`` and ``offset`` (its first column).
+
 The output is an ordinary feature-shard set (``kind: features``, the layout MSD shards have: ``engine.train``
 with ``model.features.features: [precomputed]`` reads it): one output shard per source shard, same name, same
 tracks in the same order with their ``.json`` (key, label, label_index, fold, artist, path, ...) and the source's
@@ -27,7 +34,8 @@ Resumable and parallel: the source shards are dealt to the processes (shard ``i`
 writes its own output shards atomically and a completion record (``.embed/done/<shard>.json`` with its size and
 sha256); a rerun skips every shard whose record matches the file on disk and redoes the rest. The main process
 writes ``manifest.json`` last. ``.embed/embed.json`` holds the run's identity (checkpoint sha256, embedding,
-windows, precision, source manifest); a rerun with other settings into the same ``--out`` is refused.
+windows, precision, source manifest; for several parts, the list); a rerun with other settings into the same
+``--out`` is refused.
 """
 
 from __future__ import annotations
@@ -43,16 +51,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from engine.checkpoint import SELF_RESAMPLING_FEATURES, load_checkpoint, model_config_from
 from engine.checkpoint_format import CheckpointError
 from engine.cli_help import HelpFormatter, float_above, int_at_least
 from engine.config import ConfigError
-from engine.distributed import AUTOCAST_DTYPES, PRECISIONS, canonical_precision, check_precision
-from engine.models import GenreModel, build_model
-from engine.scoring import ScoredTrack, WindowScorer, forward
+from engine.distributed import PRECISIONS, canonical_precision, check_precision
+from engine.embedding_parts import EmbeddingParts, EmbedError, build_parts
+from engine.scoring import ScoredTrack, WindowScorer
 from shards import format as fmt
 from shards.outputs import EXIT_USER_ERROR, OutputError, cli_errors, prepare_output_dir, printable_path
 from shards.resumable import DoneRecords, atomic_write_json, identity_diff
@@ -63,77 +69,12 @@ logger = logging.getLogger(__name__)
 
 PROG = "python -m engine embed"
 
-__all__ = ["EMBED_VERSION", "STATE_DIR", "EmbedError", "embed", "embedding_model", "main"]
+__all__ = ["EMBED_VERSION", "STATE_DIR", "EmbedError", "embed", "main"]
 
 EMBED_VERSION = 2  # 2: a track shorter than a window is looped to fill it (1: zero-padded)
 STATE_DIR = ".embed"
 LAYOUT = "embedding"
 FRAME_RATE = 1  # the manifest's nominal sample_rate: one frame (window) per "second"
-
-
-class EmbedError(ValueError):
-    """An embedding job that cannot run as asked (model without named outputs, rate mismatch, changed settings)."""
-
-
-# ------------------------------------------------------------------------------------------------- model
-def embedding_model(ckpt: dict[str, Any], sample_rate: int) -> tuple[GenreModel, int]:
-    """The checkpoint's model for waveforms at ``sample_rate`` Hz, in eval mode, and its evaluation window in
-    samples there: the checkpoint's ``window_samples`` (else ``segment_samples``), as ``evaluate`` uses it,
-    scaled to ``sample_rate`` (47,616 samples at 16 kHz -> 65,621 at 22.05 kHz: the same 187 musicnn frames
-    after the in-model resampler).
-    """
-    cfg = model_config_from(ckpt)
-    ck_rate, ck_seg = int(ckpt["sample_rate"]), int(ckpt["segment_samples"])
-    if sample_rate != ck_rate and not set(cfg.features.features) <= SELF_RESAMPLING_FEATURES:
-        raise EmbedError(
-            f"the shard set is at {sample_rate} Hz but the checkpoint's features ({cfg.features.features}) were "
-            f"computed at {ck_rate} Hz: re-shard the source at {ck_rate} Hz "
-            f"(python tools/make_shards.py SOURCE --out DIR --sample-rate {ck_rate})"
-        )
-    scale = sample_rate / ck_rate
-    model = build_model(cfg, len(ckpt["labels"]), sample_rate, int(round(ck_seg * scale)))
-    try:
-        model.load_state_dict(ckpt["model_state"])
-    except RuntimeError as err:
-        raise CheckpointError(f"weights do not fit the model the checkpoint's config describes: {err}") from err
-    return model.eval(), int(round(int(ckpt.get("window_samples") or ck_seg) * scale))
-
-
-def _embedding_name(model: GenreModel, name: str | None, spec: str) -> tuple[str, int]:
-    backbone = model.backbone
-    names = getattr(backbone, "EMBEDDINGS", None)
-    if not names or not callable(getattr(backbone, "outputs", None)):
-        raise EmbedError(
-            f"{spec}: architecture {model.arch!r} has no named outputs to embed with; embeddings come from the "
-            "pretrained architectures (musicnn, musicnn_vgg: e.g. musicnn:MSD_musicnn)"
-        )
-    name = name or backbone.DEFAULT_EMBEDDING
-    if name not in names:
-        raise EmbedError(f"--embedding {name!r}: {model.arch} has {', '.join(names)} (default {backbone.DEFAULT_EMBEDDING})")
-    return name, int(backbone.embedding_dims()[name])
-
-
-class _Runner:
-    """int16 windows ``[n, T]`` -> float32 embeddings ``[n, D]`` on the host (the score function of the
-    :class:`~engine.scoring.WindowScorer`): the eval-mode front end in float32, the backbone's named output
-    under ``precision`` autocast."""
-
-    def __init__(
-        self, model: GenreModel, name: str, device: torch.device, precision: str, channels_last: bool = True
-    ) -> None:
-        self.model, self.name, self.device = model.to(device), name, device
-        self.dtype = AUTOCAST_DTYPES[check_precision(precision)]
-        if channels_last:  # NHWC conv weights: ~1.3x on CPU for musicnn, same numbers (as classify does)
-            model.backbone.to(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def __call__(self, windows: torch.Tensor) -> np.ndarray:
-        x = self.model.features(windows.to(self.device, non_blocking=True))  # (n, C, F, frames), float32
-        out = forward(self._embedding, x, self.device, self.dtype)  # (n, D)
-        return out.cpu().numpy()
-
-    def _embedding(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.backbone.outputs(x)[self.name]
 
 
 # ------------------------------------------------------------------------------------------------- shards
@@ -168,11 +109,11 @@ class _ShardOutput:
 
 
 def _embed_shard(
-    job: _ShardJob, out: Path, runner: _Runner, segment: int, hop: int, batch_size: int, bar: Any
+    job: _ShardJob, out: Path, parts: EmbeddingParts, hop: int, batch_size: int, bar: Any
 ) -> dict[str, Any]:
     """Embed one source shard into ``out/<name>``; returns its completion record."""
     # every track's windows, as evaluate scores them (a short track looped to fill its one window)
-    scorer = WindowScorer(runner, batch_size, segment, runner.device)
+    scorer = WindowScorer(parts, batch_size, parts.window, parts.device)
     skipped: list[dict[str, str]] = []
     read = 0
     shard = _ShardOutput(out / job.name, bar)
@@ -203,12 +144,10 @@ def _embed_shard(
 
 
 # ------------------------------------------------------------------------------------------------- job
-def _identity(spec: str, path: Path, name: str, shards: Path, segment: int, hop: int, precision: str) -> dict[str, Any]:
+def _identity(parts: EmbeddingParts, shards: Path, segment: int, hop: int, precision: str) -> dict[str, Any]:
     return {
         "embed_version": EMBED_VERSION,
-        "checkpoint": spec,
-        "checkpoint_sha256": sha256_file(path),
-        "embedding": name,
+        **parts.identity(),  # one model: checkpoint, checkpoint_sha256, embedding; several: checkpoint, parts
         "source": str(shards.resolve()),
         "source_manifest_sha256": sha256_file(shards / fmt.MANIFEST_NAME),
         "window_samples": segment,
@@ -318,8 +257,9 @@ def embed(
 ) -> dict[str, Any]:
     """Embed every evaluation window of ``splits`` (default: all) of ``shards`` into the feature-shard set ``out``.
 
-    ``checkpoint`` is a checkpoint file or a pretrained name (``musicnn:MSD_musicnn``); ``embedding`` a name of
-    the backbone's :attr:`EMBEDDINGS` (default its ``DEFAULT_EMBEDDING``); ``hop_seconds`` the window hop
+    ``checkpoint`` is a checkpoint file or a pretrained name (``musicnn:MSD_musicnn``), or a comma-separated
+    list of them and ``stats`` whose rows are concatenated (:func:`engine.embedding_parts.build_parts`);
+    ``embedding`` a name of the backbones' :attr:`EMBEDDINGS` (default each one's ``DEFAULT_EMBEDDING``); ``hop_seconds`` the window hop
     (default one window); ``batch_size`` windows per forward pass; ``precision`` the backbone's autocast
     (``fp32`` / ``bf16`` / ``fp16``, :data:`engine.distributed.PRECISIONS`; the old ``no``: fp32; the front end
     is always float32); ``channels_last`` runs the backbone's convs
@@ -350,15 +290,12 @@ def embed(
     rank, world = state.process_index, state.num_processes
     dev = torch.device(device) if device else state.device
 
-    ckpt = load_checkpoint(spec)  # a pretrained name converts on first use (every rank: safe, atomic)
-    from engine.pretrained import resolve_checkpoint  # noqa: PLC0415
-
-    ckpt_path = resolve_checkpoint(spec)
     rate = int(source["sample_rate"])
-    model, segment = embedding_model(ckpt, rate)
-    name, dim = _embedding_name(model, embedding, spec)
+    # a pretrained name converts on first use (every rank: safe, atomic); every part on the first model's window
+    parts = build_parts(spec, rate, embedding, dev, precision, channels_last)
+    segment, name, dim = parts.window, parts.label, parts.dim
     hop = segment if hop_seconds is None else max(1, int(round(hop_seconds * rate)))
-    ident = _identity(spec, ckpt_path, name, shards, segment, hop, precision)
+    ident = _identity(parts, shards, segment, hop, precision)
 
     _check_identity(out, ident)  # on every rank, so none waits in a barrier for one that raised
     state.wait_for_everyone()
@@ -369,7 +306,6 @@ def embed(
             for url, n in fmt.split_shards(source, split, shards)]  # fmt: skip
     mine = [j for i, j in enumerate(k for k in jobs if k.split in wanted) if i % world == rank]
     todo = [j for j in mine if done.verified(j.name) is None]
-    runner = _Runner(model, name, dev, precision, channels_last)
     bar = None
     if progress and state.is_main_process:
         from tqdm.auto import tqdm  # noqa: PLC0415
@@ -382,7 +318,7 @@ def embed(
     windows = tracks = 0
     try:
         for job in todo:
-            rec = _embed_shard(job, out, runner, segment, hop, batch_size, bar)
+            rec = _embed_shard(job, out, parts, hop, batch_size, bar)
             rec["rank"] = rank
             done.write(job.name, rec)
             windows += rec["windows"]
@@ -417,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", help="pretrained name (musicnn:MSD_musicnn, musicnn:MTT_musicnn, musicnn:MSD_vgg, "
-                   "musicnn:MTT_vgg) or a checkpoint .pt of one of those architectures")  # fmt: skip
+                   "musicnn:MTT_vgg) or a checkpoint .pt of one of those architectures; or several of them and "
+                   "stats (MFCC+deltas+chroma mean and std, 144 values), comma-separated: each window's rows "
+                   "concatenated in that order, on the first model's window")  # fmt: skip
     p.add_argument("--shards", required=True, help="audio shard-set directory (with manifest.json), at any rate for musicnn")
     p.add_argument("--out", required=True, help="output feature-shard directory (resumed if it holds this run; "
                    "a folder that holds anything else is refused)")  # fmt: skip

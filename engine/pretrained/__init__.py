@@ -20,7 +20,7 @@ from pathlib import Path
 
 from engine.pretrained.cache import PretrainedError, cache_dir
 
-__all__ = ["SCHEMES", "PretrainedError", "cache_dir", "is_pretrained_spec", "resolve_checkpoint"]
+__all__ = ["SCHEMES", "PretrainedError", "cache_dir", "is_pretrained_spec", "pretrained_names", "resolve_checkpoint"]
 
 SCHEMES = {"musicnn": "engine.pretrained.musicnn"}
 """Scheme -> converter module; each module has ``NAMES`` and ``ensure_checkpoint(name) -> Path``."""
@@ -31,6 +31,11 @@ def is_pretrained_spec(spec: str | os.PathLike) -> bool:
     text = os.fspath(spec)
     scheme, sep, _ = text.partition(":")
     return bool(sep) and scheme in SCHEMES and not Path(text).exists()
+
+
+def pretrained_names() -> list[str]:
+    """Every ``SCHEME:NAME`` that :func:`resolve_checkpoint` provides (``musicnn:MSD_musicnn``, ...), in order."""
+    return [f"{scheme}:{name}" for scheme, mod in SCHEMES.items() for name in importlib.import_module(mod).NAMES]
 
 
 def resolve_checkpoint(spec: str | os.PathLike) -> Path:

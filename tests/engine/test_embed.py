@@ -4,6 +4,7 @@ kept, resume over verified shards, two gloo processes, and a linear probe (confi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -223,3 +224,87 @@ def test_a_tag_sets_embeddings_are_a_tag_set_a_probe_trains_on(pretrained_cache:
         "data.num_workers=0", "run.progress=false", "run.tensorboard=false"]))  # fmt: skip
     ckpt = torch.load(probe["best_checkpoint"], weights_only=True)
     assert ckpt["extra"]["task"] == "multilabel" and len(ckpt["extra"]["thresholds"]) == len(TAGS)
+
+
+# ------------------------------------------------------------------------------------- several embeddings at once
+PARTS = "musicnn:MSD_musicnn,musicnn:MTT_musicnn,stats"
+SEG = round(47616 * 22050 / 16000)  # musicnn's window at the shards' 22,050 Hz: every part's window
+
+
+@pytest.fixture(scope="module")
+def multi(emb, source: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("multi") / "emb"
+    return out, embed(PARTS, source, out, batch_size=16, progress=False)
+
+
+def test_several_models_rows_are_each_models_own_rows_side_by_side_in_the_stated_order(
+    emb, multi, source: Path, tmp_path: Path
+) -> None:
+    mtt = embed("musicnn:MTT_musicnn", source, tmp_path / "mtt", splits=["valid"], batch_size=16, progress=False)
+    assert mtt["feature_dim"] == 1506
+    for split in ("train", "valid"):
+        both = read_tracks(str(multi[0] / f"{split}-000000.tar"))
+        msd = read_tracks(str(emb[0] / f"{split}-000000.tar"))
+        assert [m for m, _ in both] == [m for m, _ in msd]
+        for (_, got), (_, one) in zip(both, msd):
+            assert got.shape == (2, 1506 + 1506 + 144)
+            np.testing.assert_array_equal(got[:, :1506], one)  # same windows, same batches: the same float16 rows
+    for (_, got), (_, one) in zip(read_tracks(str(multi[0] / "valid-000000.tar")),
+                                  read_tracks(str(tmp_path / "mtt" / "valid-000000.tar"))):  # fmt: skip
+        np.testing.assert_array_equal(got[:, 1506:3012], one)
+        assert not np.array_equal(got[:, :1506], got[:, 1506:3012])  # two models, not one twice
+
+
+def test_stats_rows_are_the_stats_front_ends_mean_and_std_over_the_same_windows(multi, source: Path) -> None:
+    from engine.config import from_dict, load_yaml
+    from engine.models import ModelConfig
+    from engine.models.stats import pooled_statistics
+    from kernels.features import MFCC, build_frontend
+
+    model_cfg = from_dict(ModelConfig, load_yaml(REPO / "configs" / "stats.yaml")["model"], "model")
+    front = build_frontend(model_cfg.features, 22050).eval()
+    mfcc = MFCC(dataclasses.replace(model_cfg.features, features=["mfcc"], deltas=0), 22050).eval()
+    src = read_tracks(str(source / "test-000000.tar"))
+    got = read_tracks(str(multi[0] / "test-000000.tar"))
+    for (smeta, pcm), (meta, feats) in zip(src, got):
+        starts = window_starts(smeta["num_samples"], SEG).tolist()
+        assert meta["window_starts"] == starts
+        wins = torch.from_numpy(np.stack([pcm[s : s + SEG] for s in starts])).float() / 32768.0
+        with torch.no_grad():
+            ref = pooled_statistics(front(wins), ("mean", "std")).numpy()  # (2, 144): 72 means, then 72 stds
+            hand = mfcc(wins[:1])[0, 0].numpy().astype(np.float64).mean(axis=1)  # window 0's 20 MFCC means
+        stats = feats[:, 3012:].astype(np.float32)
+        np.testing.assert_allclose(stats, ref, rtol=2e-3, atol=1e-3 * np.abs(ref).max())
+        np.testing.assert_allclose(stats[0, :20], hand, rtol=2e-3, atol=1e-3 * np.abs(hand).max())
+
+
+def test_the_manifest_lists_the_parts_and_a_rerun_resumes_only_the_same_list(multi, source: Path, tmp_path) -> None:
+    out, res = multi
+    man = fmt.load_manifest(out)
+    assert man["feature_dim"] == res["feature_dim"] == 1506 + 1506 + 144
+    parts = man["embedding"]["parts"]
+    assert [(p["name"], p["dim"], p["offset"]) for p in parts] == [
+        ("musicnn:MSD_musicnn", 1506, 0), ("musicnn:MTT_musicnn", 1506, 1506), ("stats", 144, 3012)]  # fmt: skip
+    assert parts[0]["embedding"] == "meanmax" and parts[2]["stats"] == ["mean", "std"]
+    assert parts[2]["features"]["features"] == ["mfcc", "chroma"] and man["embedding"]["window_samples"] == SEG
+    again = embed(PARTS, source, out, batch_size=16, progress=False)
+    assert (again["written"], again["resumed"]) == (0, 3)
+    with pytest.raises(EmbedError, match="parts"):  # the same parts in another order are another embedding
+        embed("musicnn:MTT_musicnn,musicnn:MSD_musicnn,stats", source, out, progress=False)
+    with pytest.raises(EmbedError, match=r"unknown embedding 'mfcc': name stats, musicnn:MSD_musicnn, musicnn:MTT"):
+        embed("musicnn:MSD_musicnn,mfcc", source, tmp_path / "bad", progress=False)
+    with pytest.raises(EmbedError, match="stats alone has no window"):
+        embed("stats", source, tmp_path / "bad", progress=False)
+
+
+def test_probe_trains_on_the_concatenated_embeddings(multi, tmp_path: Path) -> None:
+    out, _ = multi
+    cfg = load_config(TrainConfig, str(REPO / "configs" / "probe.yaml"), [
+        f"data.shards={out}", f"run.out_dir={tmp_path / 'probe'}", "run.progress=false", "data.num_workers=0",
+        "run.cpu=true",
+    ])  # fmt: skip
+    summary = train(cfg)
+    assert summary["parameters"] == (1506 + 1506 + 144) * 3 + 3  # one linear layer on the concatenation
+    test = evaluate_checkpoint(summary["best_checkpoint"], out, "test", tmp_path / "eval", num_workers=0,
+                               progress=False)["track"]  # fmt: skip
+    assert summary["best"]["valid_track_acc"] * 3 + test["accuracy"] * 3 >= 5 - 1e-9
