@@ -14,6 +14,8 @@ import argparse
 import math
 from collections.abc import Callable
 
+from registry.fields import Bounds
+
 __all__ = ["HelpFormatter", "float_above", "float_at_least", "float_in", "int_at_least"]
 
 
@@ -38,58 +40,38 @@ def _number(text: str, kind: type, what: str) -> int | float:
     return value
 
 
+def _bounded(kind: type, bounds: Bounds) -> Callable[[str], int | float]:
+    """An argparse ``type=``: a finite ``kind`` (int or float) within ``bounds`` (the same
+    :class:`registry.fields.Bounds` config fields declare), refused with the allowed range."""
+    integer = kind is int
+
+    def parse(text: str) -> int | float:
+        value = _number(text, kind, "an integer" if integer else "a number")
+        if not bounds.allows(value):
+            note = f" ({bounds.note})" if bounds.note else ""
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {bounds.range_text(integer)}{note}")
+        return value
+
+    parse.__name__ = bounds.range_text(integer)
+    return parse
+
+
 def int_at_least(low: int, hint: str = "") -> Callable[[str], int]:
     """An argparse ``type=``: an integer ``>= low``; ``hint`` (e.g. "0: decode in this process") is added
     to the refusal."""
-
-    def parse(text: str) -> int:
-        value = int(_number(text, int, "an integer"))
-        if value < low:
-            extra = f" ({hint})" if hint else ""
-            raise argparse.ArgumentTypeError(f"{value} is out of range: must be an integer >= {low}{extra}")
-        return value
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
+    return _bounded(int, Bounds(ge=low, what="an integer", note=hint))
 
 
 def float_above(low: float, hint: str = "") -> Callable[[str], float]:
     """An argparse ``type=``: a finite number ``> low``."""
-
-    def parse(text: str) -> float:
-        value = float(_number(text, float, "a number"))
-        if not value > low:
-            extra = f" ({hint})" if hint else ""
-            raise argparse.ArgumentTypeError(f"{text} is out of range: must be a number > {low:g}{extra}")
-        return value
-
-    parse.__name__ = f"number > {low:g}"
-    return parse
+    return _bounded(float, Bounds(gt=low, what="a number", note=hint))
 
 
 def float_at_least(low: float, hint: str = "") -> Callable[[str], float]:
     """An argparse ``type=``: a finite number ``>= low``."""
-
-    def parse(text: str) -> float:
-        value = float(_number(text, float, "a number"))
-        if not value >= low:
-            extra = f" ({hint})" if hint else ""
-            raise argparse.ArgumentTypeError(f"{text} is out of range: must be a number >= {low:g}{extra}")
-        return value
-
-    parse.__name__ = f"number >= {low:g}"
-    return parse
+    return _bounded(float, Bounds(ge=low, what="a number", note=hint))
 
 
 def float_in(low: float, high: float, hint: str = "") -> Callable[[str], float]:
     """An argparse ``type=``: a finite number in ``[low, high]``."""
-
-    def parse(text: str) -> float:
-        value = float(_number(text, float, "a number"))
-        if not low <= value <= high:
-            extra = f" ({hint})" if hint else ""
-            raise argparse.ArgumentTypeError(f"{text} is out of range: must be a number in [{low:g}, {high:g}]{extra}")
-        return value
-
-    parse.__name__ = f"number in [{low:g}, {high:g}]"
-    return parse
+    return _bounded(float, Bounds(ge=low, le=high, what="a number", note=hint))

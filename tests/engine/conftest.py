@@ -106,3 +106,26 @@ def run_refused(main: Callable[[list[str]], int], argv: list[str], capsys: pytes
 def refused() -> Callable[..., str]:
     """:func:`run_refused`: ``refused(main, argv, capsys) -> stderr`` of a command that must refuse."""
     return run_refused
+
+
+# ---------------------------------------------------------------- evaluate / embed refusals (hostile tests)
+@pytest.fixture(scope="module")
+def shard_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny audio shard set, one track per label (``tests.engine.test_evaluate``'s maker)."""
+    from tests.engine.test_evaluate import LABELS, make_shard_set
+
+    return make_shard_set(tmp_path_factory.mktemp("shards"), LABELS, tracks_per_label=1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny genre checkpoint for those labels (not an embedding model: a refusal that came too late would
+    fail with "no named outputs" instead)."""
+    from tests.engine.test_evaluate import LABELS, make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", LABELS)
+
+
+def serving_args(checkpoint: Path, shards: Path, out: Path, *more: str) -> list[str]:
+    """``CHECKPOINT --shards DIR --out OUT --no-progress ...``: evaluate's and embed's command line."""
+    return [str(checkpoint), "--shards", str(shards), "--out", str(out), "--no-progress", *more]

@@ -4,27 +4,11 @@ writes only into an empty folder or one that holds its own run."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
 from engine.embed import main
-from tests.engine.test_evaluate import LABELS, make_checkpoint, make_shard_set
-
-
-@pytest.fixture(scope="module")
-def shard_set(tmp_path_factory) -> Path:
-    return make_shard_set(tmp_path_factory.mktemp("shards"), LABELS, tracks_per_label=1)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """Not an embedding model: a refusal that came too late would fail with "no named outputs" instead."""
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", LABELS)
-
-
-def _args(checkpoint: Path, shards: Path, out: Path, *more: str) -> list[str]:
-    return [str(checkpoint), "--shards", str(shards), "--out", str(out), "--no-progress", *more]
+from tests.engine.conftest import serving_args
 
 
 @pytest.mark.parametrize(
@@ -35,13 +19,13 @@ def test_a_number_out_of_range_is_refused_naming_option_value_and_range(
     tmp_path, checkpoint, shard_set, refused, capsys, snapshot, option: str, value: str, allowed: str
 ) -> None:
     before = snapshot(tmp_path)
-    err = refused(main, _args(checkpoint, shard_set, tmp_path / "emb", option, value), capsys)
+    err = refused(main, serving_args(checkpoint, shard_set, tmp_path / "emb", option, value), capsys)
     assert f"argument {option}: {value} is out of range" in err and allowed in err
     assert snapshot(tmp_path) == before
 
 
 def test_a_split_the_shard_set_does_not_have_is_refused(tmp_path, checkpoint, shard_set, refused, capsys) -> None:
-    err = refused(main, _args(checkpoint, shard_set, tmp_path / "emb", "--splits", "test,nosuch"), capsys)
+    err = refused(main, serving_args(checkpoint, shard_set, tmp_path / "emb", "--splits", "test,nosuch"), capsys)
     assert "--splits nosuch" in err and "has test" in err and "leave --splits out" in err
     assert not (tmp_path / "emb").exists()
 
@@ -49,7 +33,7 @@ def test_a_split_the_shard_set_does_not_have_is_refused(tmp_path, checkpoint, sh
 def test_out_that_is_a_file_is_refused_and_left_as_it_is(tmp_path, checkpoint, shard_set, refused, capsys, snapshot) -> None:
     (tmp_path / "afile").write_text("mine")
     before = snapshot(tmp_path)
-    err = refused(main, _args(checkpoint, shard_set, tmp_path / "afile"), capsys)
+    err = refused(main, serving_args(checkpoint, shard_set, tmp_path / "afile"), capsys)
     assert f"--out {tmp_path / 'afile'}: is a file, not a folder" in err
     assert snapshot(tmp_path) == before
 
@@ -61,7 +45,7 @@ def test_a_folder_holding_other_files_is_refused_before_the_model_loads(
     out.mkdir()
     (out / "notes.txt").write_text("mine\n")
     before = snapshot(tmp_path)
-    err = refused(main, _args(checkpoint, shard_set, out), capsys)
+    err = refused(main, serving_args(checkpoint, shard_set, out), capsys)
     assert f"--out {out}" in err and "holds notes.txt" in err and "no embedding run" in err and "another --out" in err
     assert snapshot(tmp_path) == before
 
@@ -72,7 +56,7 @@ def test_out_in_a_read_only_folder_is_refused(tmp_path, checkpoint, shard_set, r
     ro.chmod(0o555)
     before = snapshot(tmp_path)
     try:
-        res = run_unprivileged([sys.executable, "-m", "engine", "embed", *_args(checkpoint, shard_set, ro / "emb")])
+        res = run_unprivileged([sys.executable, "-m", "engine", "embed", *serving_args(checkpoint, shard_set, ro / "emb")])
     finally:
         ro.chmod(0o755)
     assert res.returncode == 2, res.stderr[-2000:]

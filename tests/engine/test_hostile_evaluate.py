@@ -4,26 +4,11 @@ report files only into a folder where they are its own."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
 from engine.evaluate import evaluate_checkpoint, main
-from tests.engine.test_evaluate import LABELS, make_checkpoint, make_shard_set
-
-
-@pytest.fixture(scope="module")
-def shard_set(tmp_path_factory) -> Path:
-    return make_shard_set(tmp_path_factory.mktemp("shards"), LABELS, tracks_per_label=1)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", LABELS)
-
-
-def _args(checkpoint: Path, shards: Path, out: Path, *more: str) -> list[str]:
-    return [str(checkpoint), "--shards", str(shards), "--out", str(out), "--no-progress", *more]
+from tests.engine.conftest import serving_args
 
 
 @pytest.mark.parametrize(
@@ -42,13 +27,13 @@ def test_a_number_out_of_range_is_refused_naming_option_value_and_range(
     tmp_path, checkpoint, shard_set, refused, capsys, snapshot, option: str, value: str, allowed: str
 ) -> None:
     before = snapshot(tmp_path)
-    err = refused(main, _args(checkpoint, shard_set, tmp_path / "eval", option, value), capsys)
+    err = refused(main, serving_args(checkpoint, shard_set, tmp_path / "eval", option, value), capsys)
     assert f"argument {option}: " in err and value in err and allowed in err
     assert snapshot(tmp_path) == before
 
 
 def test_a_fold_the_shard_set_does_not_have_is_refused(tmp_path, checkpoint, shard_set, refused, capsys) -> None:
-    err = refused(main, _args(checkpoint, shard_set, tmp_path / "eval", "--fold", "99"), capsys)
+    err = refused(main, serving_args(checkpoint, shard_set, tmp_path / "eval", "--fold", "99"), capsys)
     assert "fold 99 does not exist" in err and "--folds K" in err
     assert not (tmp_path / "eval").exists()
 
@@ -56,7 +41,7 @@ def test_a_fold_the_shard_set_does_not_have_is_refused(tmp_path, checkpoint, sha
 def test_a_split_the_shard_set_does_not_have_is_refused_listing_the_splits(
     tmp_path, checkpoint, shard_set, refused, capsys
 ) -> None:
-    err = refused(main, _args(checkpoint, shard_set, tmp_path / "eval", "--split", "nosuch"), capsys)
+    err = refused(main, serving_args(checkpoint, shard_set, tmp_path / "eval", "--split", "nosuch"), capsys)
     assert "--split 'nosuch'" in err and "it has test" in err
     assert not (tmp_path / "eval").exists()
 
@@ -64,7 +49,7 @@ def test_a_split_the_shard_set_does_not_have_is_refused_listing_the_splits(
 def test_out_that_is_a_file_is_refused_and_left_as_it_is(tmp_path, checkpoint, shard_set, refused, capsys, snapshot) -> None:
     (tmp_path / "afile").write_text("mine")
     before = snapshot(tmp_path)
-    err = refused(main, _args(checkpoint, shard_set, tmp_path / "afile"), capsys)
+    err = refused(main, serving_args(checkpoint, shard_set, tmp_path / "afile"), capsys)
     assert f"--out {tmp_path / 'afile'}: is a file, not a folder" in err
     assert snapshot(tmp_path) == before
 
@@ -77,7 +62,7 @@ def test_a_users_file_named_like_a_report_file_is_refused_and_left_as_it_is(
     (out / "report.md").write_text("# my own notes\n")
     (out / "other.txt").write_text("also mine\n")
     before = snapshot(tmp_path)
-    err = refused(main, _args(checkpoint, shard_set, out), capsys)
+    err = refused(main, serving_args(checkpoint, shard_set, out), capsys)
     assert str(out / "report.md") in err and "not written by evaluate" in err and "another --out" in err
     assert snapshot(tmp_path) == before
 
@@ -100,7 +85,7 @@ def test_a_label_map_that_is_not_utf8_is_refused_naming_file_line_and_byte(
 ) -> None:
     label_map = tmp_path / "map.yaml"
     label_map.write_bytes(b"blues: blues\nhiphop: caf\xe9\n")
-    err = refused(main, _args(checkpoint, shard_set, tmp_path / "eval", "--label-map", label_map), capsys)
+    err = refused(main, serving_args(checkpoint, shard_set, tmp_path / "eval", "--label-map", label_map), capsys)
     assert str(label_map) in err and "byte 0xe9" in err and "line 2" in err
     assert not (tmp_path / "eval").exists()
 
@@ -111,7 +96,7 @@ def test_out_in_a_read_only_folder_is_refused(tmp_path, checkpoint, shard_set, r
     ro.chmod(0o555)
     before = snapshot(tmp_path)
     try:
-        res = run_unprivileged([sys.executable, "-m", "engine", "evaluate", *_args(checkpoint, shard_set, ro / "e")])
+        res = run_unprivileged([sys.executable, "-m", "engine", "evaluate", *serving_args(checkpoint, shard_set, ro / "e")])
     finally:
         ro.chmod(0o755)
     assert res.returncode == 2, res.stderr[-2000:]
