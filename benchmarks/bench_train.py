@@ -132,12 +132,17 @@ def bench_arch(arch: str, shards: Path, args: argparse.Namespace, device: torch.
     # in-memory step
     batch = next(iter(loader))
     wave = batch["wave"].to(device)
-    t_mem = time_steps(step, wave, {"label": batch["label"]}, args.steps, device)
-    # the same step with a 50-tag head on multi-hot targets (about 3 tags per clip), same clips
+    # and the same step with a 50-tag head on multi-hot targets (about 3 tags per clip), same clips; the two
+    # are timed in alternating blocks so that a busy or throttling machine slows both alike
     gen = torch.Generator().manual_seed(0)
     tags = {"targets": (torch.rand(wave.shape[0], TAGS, generator=gen) < 3 / TAGS).float()}
     _, ml_step = make_step(arch, "multilabel", TAGS, args, device)
-    t_ml = time_steps(ml_step, wave, tags, args.steps, device)
+    blocks = 4
+    per = max(1, args.steps // blocks)
+    t_mem = t_ml = 0.0
+    for _ in range(blocks):
+        t_mem += time_steps(step, wave, {"label": batch["label"]}, per, device) / blocks
+        t_ml += time_steps(ml_step, wave, tags, per, device) / blocks
     # loader alone
     t0, n = time.perf_counter(), 0
     for i, b in enumerate(loader):
