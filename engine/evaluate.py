@@ -425,11 +425,9 @@ def _print_summary(metrics: dict[str, Any], out: Path | None) -> None:
         print(f"unmapped classes: {', '.join(u)} ({sum(u.values())} tracks not evaluated)")
     if metrics.get("model_classes_absent"):
         print(f"model classes absent from the shards: {', '.join(metrics['model_classes_absent'])}")
-    bad = len(metrics.get("tracks_missing") or []) + int(metrics.get("tracks_unreadable") or 0)
-    if bad:
-        print(f"WARNING: {bad} tracks could not be read and are not in the metrics (see the log)")
-    if out is not None:
-        print(f"report: {out / 'report.md'}")
+    from engine.report import print_summary_tail  # plotting imports only when a summary is printed
+
+    print_summary_tail(metrics, out)
 
 
 @cli_errors(PROG)

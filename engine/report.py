@@ -357,3 +357,13 @@ def write_evaluation(
         )
     atomic_write_text(paths["report"], markdown_report(metrics, label_names, predictions))
     return paths
+
+
+def print_summary_tail(metrics: dict[str, Any], out: Path | None) -> None:
+    """The end of ``evaluate``'s console summary (genre and tag models alike): a warning for tracks that could
+    not be read, and where the report is."""
+    bad = len(metrics.get("tracks_missing") or []) + int(metrics.get("tracks_unreadable") or 0)
+    if bad:
+        print(f"WARNING: {bad} tracks could not be read and are not in the metrics (see the log)")
+    if out is not None:
+        print(f"report: {out / 'report.md'}")

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from engine.evaluation_loop import WindowResults
-from engine.report import _jsonable, _pct, _run_lines, _table
+from engine.report import _jsonable, _pct, _run_lines, _table, print_summary_tail
 from engine.tag_metrics import micro_pr_curve, pool_by_track
 
 logger = logging.getLogger(__name__)
@@ -199,8 +199,4 @@ def print_tag_summary(metrics: dict[str, Any], out: Path | None) -> None:
     for key, name in _HEADLINE:
         if key in trk:
             print(f"{name:<28}{_num(seg.get(key)):>10}{_num(trk.get(key)):>10}")
-    bad = len(metrics.get("tracks_missing") or []) + int(metrics.get("tracks_unreadable") or 0)
-    if bad:
-        print(f"WARNING: {bad} tracks could not be read and are not in the metrics (see the log)")
-    if out is not None:
-        print(f"report: {out / 'report.md'}")
+    print_summary_tail(metrics, out)
