@@ -8,7 +8,9 @@ folds were assigned at ingest (``make_shards.py --folds K``, track- or artist-gr
 artist crosses from training into its test fold. Resumable fold by fold: a finished fold is read back,
 an interrupted one resumes from its saved state. With ``optim.solver: lbfgs`` the front-end features of every
 training clip are computed once for all folds (``<out>/feature_cache``, :class:`engine.feature_cache.FeatureCache`;
-``features_computed`` per fold counts the clips computed in that fold).
+``features_computed`` per fold counts the clips computed in that fold). Written: ``cv.json``, ``cv.md``,
+``confusion_matrix.png`` (the held-out folds' track predictions pooled; genre sets), and per fold its run and
+``eval/`` (metrics, report, predictions; no plots).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from accelerate.logging import get_logger
 
 from engine.checkpoint_format import CheckpointError
 from engine.config import ConfigError
+from engine.feature_cache import FeatureStore
 from engine.train import TrainConfig, config_from_args, print_config, saved_state_dir, train
 from shards.format import ManifestError, load_manifest
 from shards.outputs import cli_errors, prepare_output_dir
@@ -50,7 +54,7 @@ def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def evaluate_best(
-    cfg: TrainConfig, checkpoint: str | Path, split: str, out: str | Path, fold: int | None = None
+    cfg: TrainConfig, checkpoint: str | Path, split: str, out: str | Path, fold: int | None = None, plots: bool = True
 ) -> dict[str, Any]:
     """:func:`engine.evaluate.evaluate_checkpoint` with the run's own evaluation settings (window hop,
     eval batch size, DataLoader workers, precision, progress bar), as validation used them in training."""
@@ -67,6 +71,7 @@ def evaluate_best(
         precision=cfg.run.precision,
         fold=fold,
         progress=cfg.run.progress,
+        plots=plots,
     )
 
 
@@ -130,7 +135,7 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = No
     out_dir = prepare_output_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # fixed front-end features (optim.solver: lbfgs) are computed once for every fold: kept on disk here
-    cache = out_dir / "feature_cache" if cfg.optim.solver == "lbfgs" else None
+    cache = FeatureStore(out_dir / "feature_cache") if cfg.optim.solver == "lbfgs" else None
     rows = []
     for fold in range(k):
         fold_dir = out_dir / f"fold{fold}"
@@ -148,7 +153,8 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = No
         t0 = time.perf_counter()
         summary = train(fold_cfg, feature_cache=cache)
         train_seconds = time.perf_counter() - t0
-        metrics = evaluate_best(cfg, summary["best_checkpoint"], cfg.data.train_split, fold_dir / "eval", fold=fold)
+        # no PNGs a fold (a second of matplotlib each, against a fit of a fraction of one): one for all folds below
+        metrics = evaluate_best(cfg, summary["best_checkpoint"], cfg.data.train_split, fold_dir / "eval", fold, plots=False)
         row = {
             "fold": fold,
             **flatten_metrics(metrics),
@@ -174,7 +180,25 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = No
     }
     (out_dir / "cv.json").write_text(json.dumps(result, indent=2))
     (out_dir / "cv.md").write_text(cv_markdown(result))
+    pooled_confusion_png(out_dir, k)
     return result
+
+
+def pooled_confusion_png(out_dir: Path, k: int) -> Path | None:
+    """``<out>/confusion_matrix.png``: the track-level confusion matrix of the K held-out folds summed (every
+    training-split track once, predicted by the model that did not train on it); None for a tag set."""
+    from engine.plots import confusion_matrix_png
+
+    total, labels = None, None
+    for fold in range(k):
+        track = json.loads((out_dir / f"fold{fold}" / "eval" / "metrics.json").read_text()).get("track", {})
+        if "confusion_matrix" not in track:  # multi-label: no confusion matrix
+            return None
+        cm = np.asarray(track["confusion_matrix"], dtype=np.int64)  # (K, K) rows = true
+        total = cm if total is None else total + cm
+        labels = list(track["per_class"])
+    return confusion_matrix_png(total, labels, out_dir / "confusion_matrix.png",
+                                title=f"Confusion matrix (tracks, {k} held-out folds)")  # fmt: skip
 
 
 CV_COLUMNS = (

@@ -65,6 +65,7 @@ def evaluate_checkpoint(
     accelerator: Any = None,
     fold: int | None = None,
     progress: bool = True,
+    plots: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``split`` of the shard set ``shards``; write the report to ``out``.
 
@@ -88,6 +89,8 @@ def evaluate_checkpoint(
             process group of ``accelerate launch`` / ``torchrun``).
         fold: evaluate only the tracks of this k-fold fold (cross-validation); None: every track.
         progress: show a progress bar on the main process.
+        plots: also draw the report's PNG plots (``cv`` leaves them out of its folds and draws one
+            confusion matrix for all of them).
 
     Returns:
         The metrics dict (also written to metrics.json): ``segment`` / ``track`` (see
@@ -133,7 +136,7 @@ def evaluate_checkpoint(
     metrics.update(_run_facts(checkpoint, shards, split, fold, setup, result, tracks, accelerator, precision))
     metrics["seconds"] = time.perf_counter() - t0
     if out is not None and accelerator.is_main_process:
-        write(out, metrics, rows(), setup.labels)
+        write(out, metrics, rows(), setup.labels, plots)
         logger.info("wrote the evaluation report to %s", out)
     accelerator.wait_for_everyone()
     return metrics

@@ -20,7 +20,9 @@ samples, or frames for a precomputed-feature model) to the features of that crop
 ``model.features`` under ``no_grad``; in memory, and optionally as ``.npy`` files under
 ``<directory>/<fingerprint>/`` where the fingerprint hashes the front-end config and sample rate (a changed
 front end never reads stale files). ``computed`` counts the clips it computed, ``memory_hits`` /
-``disk_hits`` the clips it served.
+``disk_hits`` the clips it served. A :class:`FeatureStore` (a directory and a memory that outlive one cache)
+lets several caches in one process share what they computed: ``cv`` gives one to every fold's fit, so a fold
+reads the clips an earlier fold computed from memory, not from disk.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ClipKey",
     "FeatureCache",
+    "FeatureStore",
     "NotCacheableError",
     "frontend_fingerprint",
     "uncacheable_reason",
@@ -93,29 +97,41 @@ def frontend_fingerprint(model: GenreModel) -> str:
 WaveSource = Tensor | Callable[[list[int]], Tensor]
 
 
+@dataclass
+class FeatureStore:
+    """Features kept for several :class:`FeatureCache` objects in one process: ``directory`` (optional root of
+    the ``.npy`` files) and ``memory`` (per front-end fingerprint, ``{ClipKey: features}``)."""
+
+    directory: Path | None = None
+    memory: dict[str, dict[ClipKey, Tensor]] = field(default_factory=dict)
+
+
 class FeatureCache:
     """Front-end features per :class:`ClipKey` for one model (see the module docstring).
 
     Args:
         model: a cacheable :class:`GenreModel` (else :class:`NotCacheableError` with the reason).
         directory: optional root for ``.npy`` files (``<directory>/<fingerprint>/<hash>.npy``, float32 as
-            computed); None keeps everything in memory only.
+            computed); None keeps everything in memory only; a :class:`FeatureStore`: its directory, and its
+            memory shared with the other caches given the same store.
         store_device: where the in-memory copies live (default CPU; a GPU keeps a small set there).
     """
 
     def __init__(
-        self, model: GenreModel, directory: str | Path | None = None, store_device: torch.device | str = "cpu"
-    ) -> None:
+        self, model: GenreModel, directory: str | Path | FeatureStore | None = None,
+        store_device: torch.device | str = "cpu",
+    ) -> None:  # fmt: skip
         reason = uncacheable_reason(model)
         if reason:
             raise NotCacheableError(f"front-end features of this model cannot be cached: {reason}")
         self.model = model
         self.fingerprint = frontend_fingerprint(model)
-        self.directory = Path(directory) / self.fingerprint if directory is not None else None
+        store = directory if isinstance(directory, FeatureStore) else FeatureStore(directory and Path(directory))
+        self.directory = store.directory / self.fingerprint if store.directory is not None else None
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
         self.store_device = torch.device(store_device)
-        self._memory: dict[ClipKey, Tensor] = {}
+        self._memory = store.memory.setdefault(self.fingerprint, {})
         self.computed = 0
         self.memory_hits = 0
         self.disk_hits = 0

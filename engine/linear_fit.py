@@ -15,9 +15,11 @@ Objective (scikit-learn's ``LogisticRegression(solver="lbfgs")``), on standardis
                                                                                 or one shared C)
 
 ``s_i`` are the sample weights (1 by default); the intercept is never penalised. Solved in float64 (any
-device) by full-batch L-BFGS with a strong-Wolfe line search (``torch.optim.LBFGS``) on the objective divided
-by ``sum_i s_i`` (sklearn's scaling: same minimiser), until the largest absolute gradient entry is below
-``tol`` (sklearn's ``gtol``).
+device) on the objective divided by ``sum_i s_i`` (sklearn's scaling: same minimiser), until the largest
+absolute gradient entry is below ``tol`` (sklearn's ``gtol``): by Newton's method in the row space of the data
+(:mod:`engine.logistic_newton`) when its Hessian is small enough to solve densely -- a probe of a few hundred
+clips, however wide the embedding -- else (or if Newton stops short) by full-batch L-BFGS with a strong-Wolfe
+line search (``torch.optim.LBFGS``). Same optimum; Newton takes some 10 steps where L-BFGS takes 300-400.
 
 Standardisation (``StandardScaler``): ``z = (x - mean) / scale`` with the training set's mean and
 population standard deviation (``ddof = 0``), unweighted; a (near-)constant column keeps ``scale = 1``
@@ -67,6 +69,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from engine.logistic_newton import newton_solve
+from engine.tag_metrics import roc_auc_per_tag
 
 log = logging.getLogger(__name__)
 
@@ -342,9 +347,15 @@ def _solve(
         return full_w, full_b, torch.zeros(0, d + 1, dtype=z.dtype, device=z.device), 0, True
     rows = prob.present[1:] if prob.kind == "binary" else prob.present
     inv_2c = 1.0 / (2.0 * c[rows])  # (P,)
+    newton = newton_solve(z, prob.kind, prob.target, inv_2c, weight, tol, init)  # None: Hessian too large
+    if newton is not None and newton.converged:
+        full_w[rows] = newton.theta[:, :-1]
+        full_b[rows] = newton.theta[:, -1]
+        return full_w, full_b, newton.theta, newton.n_iter, True
     theta = torch.zeros(len(rows), d + 1, dtype=z.dtype, device=z.device)
-    if init is not None and init.shape == theta.shape:
-        theta.copy_(init)
+    start = newton.theta if newton is not None else init  # L-BFGS goes on from where Newton stopped
+    if start is not None and start.shape == theta.shape:
+        theta.copy_(start)
     theta.requires_grad_(True)
     opt = torch.optim.LBFGS(
         [theta],
@@ -471,14 +482,8 @@ def _score(logits: Tensor, y: Tensor, weight: Tensor, multilabel: bool, scoring:
         p = torch.sigmoid(logits).clamp(eps, 1 - eps)
         ll = y * p.log() + (1 - y) * (1 - p).log()  # (N, K)
         return (weight[:, None] * ll).sum(dim=0) / weight.sum()
-    from torchmetrics.functional.classification import binary_auroc
-
-    out = torch.full((logits.shape[1],), math.nan, dtype=logits.dtype, device=logits.device)
-    for j in range(logits.shape[1]):
-        t = (y[:, j] > 0.5).long()
-        if 0 < int(t.sum()) < t.numel():
-            out[j] = binary_auroc(logits[:, j], t).to(out.dtype)
-    return out
+    auc = roc_auc_per_tag(logits, (y > 0.5).to(logits.dtype))  # [K]; NaN for a tag with one class only
+    return auc.to(logits.device, logits.dtype)
 
 
 def _fold_ids(y: Tensor, folds: int | ArrayLike, multilabel: bool) -> np.ndarray:

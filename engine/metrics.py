@@ -16,9 +16,9 @@ are the same.
 
 Macro averages
 --------------
-torchmetrics' ``average="macro"`` leaves out a class only when it has no true positives, false
-positives *and* false negatives (absent from truth and predictions); a class that is absent from the
-truth but predicted a few times is kept with precision 0 and recall 0 (zero division -> 0), which drags
+A macro average over every class the model knows (scikit-learn's ``average="macro"`` with ``labels=`` all
+K classes, torchmetrics' ``average="macro"``) keeps a class that is absent from the truth but predicted a few
+times is kept with precision 0 and recall 0 (zero division -> 0), which drags
 the macro average down by a class the evaluation set does not contain. That is common in
 cross-dataset evaluation (a model with 10 genres on a set with 8). Here the **macro average is over the
 classes with support > 0** (present in the truth), like scikit-learn with ``labels=`` the present
@@ -35,12 +35,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.classification import (
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +66,7 @@ def classification_metrics(probs: Tensor, labels: Tensor, label_names: list[str]
     - ``n``: number of samples; ``accuracy`` (top-1, micro); ``top2_accuracy`` (true label among the two
       highest scores; equals ``accuracy`` when K < 2);
     - ``macro_precision``, ``macro_recall``, ``macro_f1``: unweighted mean over the classes with
-      support > 0 (see the module docstring for why, and how it differs from torchmetrics' macro);
+      support > 0 (see the module docstring for why, and how it differs from a macro over all K classes);
     - ``weighted_precision``, ``weighted_recall``, ``weighted_f1``: mean weighted by support;
     - ``per_class``: ``{label_name: {"precision", "recall", "f1", "support"}}`` for every class
       (0/0 -> 0.0);
@@ -98,20 +92,9 @@ def classification_metrics(probs: Tensor, labels: Tensor, label_names: list[str]
             "classes_evaluated": [],
         }
     preds = probs.argmax(dim=1)  # (N,)
-    # torchmetrics asserts K >= 2; a 1-class problem is degenerate but well defined
-    cm = (
-        multiclass_confusion_matrix(preds, labels, num_classes=k)
-        if k >= 2
-        else torch.tensor([[n]], dtype=torch.long)
-    )  # (K, K) rows = true
+    cm = confusion_matrix(preds, labels, k)  # (K, K) rows = true
     support = cm.sum(dim=1)  # (K,)
-    if k >= 2:
-        kw = {"num_classes": k, "average": "none", "zero_division": 0}
-        precision = multiclass_precision(preds, labels, **kw).double()  # (K,)
-        recall = multiclass_recall(preds, labels, **kw).double()
-        f1 = multiclass_f1_score(preds, labels, **kw).double()
-    else:
-        precision = recall = f1 = torch.ones(1, dtype=torch.float64)
+    precision, recall, f1 = precision_recall_f1(cm)  # (K,) each
     present = support > 0
     weights = support.double() / n
 
@@ -143,6 +126,24 @@ def classification_metrics(probs: Tensor, labels: Tensor, label_names: list[str]
         "confusion_matrix": cm.tolist(),
         "classes_evaluated": [name for i, name in enumerate(label_names) if present[i]],
     }
+
+
+def confusion_matrix(preds: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Counts ``[K, K]`` (int64; rows = true class, columns = predicted) of ``preds`` / ``labels`` ``[N]``."""
+    flat = labels.long() * num_classes + preds.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def precision_recall_f1(cm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-class precision, recall and F1 (float64 ``[K]`` each) of a confusion matrix (rows = true); 0/0 -> 0,
+    as scikit-learn's ``zero_division=0``. F1 is ``2 tp / (2 tp + fp + fn)`` (the harmonic mean of P and R)."""
+    tp = cm.diag().double()
+    predicted, support = cm.sum(dim=0).double(), cm.sum(dim=1).double()
+
+    def ratio(num: Tensor, den: Tensor) -> Tensor:
+        return torch.where(den > 0, num / den.clamp_min(1), torch.zeros_like(num))
+
+    return ratio(tp, predicted), ratio(tp, support), ratio(2 * tp, predicted + support)
 
 
 #: How window predictions become a track prediction (``eval.track_aggregate``); the first is the default.

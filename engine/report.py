@@ -30,7 +30,10 @@ from engine.plots import confusion_matrix_png
 from shards.outputs import prepare_output_dir, prepare_output_file
 from shards.resumable import atomic_write_text
 
-__all__ = ["EVALUATION_FILES", "check_evaluation_dir", "markdown_report", "write_evaluation"]
+__all__ = [
+    "EVALUATION_FILES", "check_evaluation_dir", "jsonable", "markdown_report", "pct", "print_summary_tail", "run_lines",
+    "table_lines", "write_evaluation",
+]  # fmt: skip
 
 #: the files :func:`write_evaluation` writes into its folder (and replaces on a rerun)
 EVALUATION_FILES = ("metrics.json", "report.md", "confusion_matrix.png", "confusion_matrix_segment.png",
@@ -74,7 +77,8 @@ _HEADLINE = (  # macro F1 first: the honest figure on imbalanced sets (MSD genre
 )
 
 
-def _pct(x: Any) -> str:
+def pct(x: Any) -> str:
+    """A fraction as a percentage with two decimals; ``n/a`` for anything not a finite number."""
     return f"{100.0 * x:.2f}%" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
 
 
@@ -82,7 +86,8 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: list[str], rows: list[list[Any]], align: list[str] | None = None) -> list[str]:
+def table_lines(header: list[str], rows: list[list[Any]], align: list[str] | None = None) -> list[str]:
+    """A markdown table's lines (first column left-aligned, the rest right-aligned unless ``align``)."""
     align = align or ["---"] + ["--:"] * (len(header) - 1)
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
@@ -90,18 +95,21 @@ def _table(header: list[str], rows: list[list[Any]], align: list[str] | None = N
 
 
 def markdown_report(
-    metrics: dict[str, Any], label_names: list[str], predictions: list[dict[str, Any]]
+    metrics: dict[str, Any], label_names: list[str], predictions: list[dict[str, Any]], plots: bool = True
 ) -> str:
-    """The report.md text: headline (segment vs track), per-class table, confusion matrix, notes."""
-    lines = _run_lines(metrics)
+    """The report.md text: headline (segment vs track), per-class table, confusion matrix (with its figure when
+    ``plots``), notes."""
+    lines = run_lines(metrics)
     lines += _headline_lines(metrics)
     lines += _per_class_lines(metrics, label_names)
+    if plots:
+        lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
     lines += _notes_lines(metrics)
     lines += _misclassified_lines(predictions, label_names)
     return "\n".join(lines) + "\n"
 
 
-def _run_lines(metrics: dict[str, Any]) -> list[str]:
+def run_lines(metrics: dict[str, Any]) -> list[str]:
     """The title and what was evaluated (shards, split, rate, window, processes, ...)."""
     title = "Evaluation"
     if metrics.get("checkpoint"):
@@ -131,21 +139,21 @@ def _headline_lines(metrics: dict[str, Any]) -> list[str]:
     seg, trk = metrics.get("segment", {}), metrics.get("track", {})
     lines: list[str] = []
     lines += ["## Headline", ""]
-    lines += _table(
+    lines += table_lines(
         ["metric", "segment (per window)", "track (mean of windows)"],
-        [[label, _pct(seg.get(k)), _pct(trk.get(k))] for k, label in _HEADLINE]
+        [[label, pct(seg.get(k)), pct(trk.get(k))] for k, label in _HEADLINE]
         + [["samples", seg.get("n", 0), trk.get("n", 0)]],
     )
     if "track_vote" in metrics:
         lines += [
             "",
-            f"Track accuracy by majority vote of windows: {_pct(metrics['track_vote'].get('accuracy'))}.",
+            f"Track accuracy by majority vote of windows: {pct(metrics['track_vote'].get('accuracy'))}.",
         ]
     lines += [
         "",
         "Macro averages are over the classes present in the evaluated truth (support > 0); "
-        "classes with no evaluated tracks are listed per class with support 0 (torchmetrics' own macro average "
-        "would also count classes that are only predicted, with precision and recall 0).",
+        "classes with no evaluated tracks are listed per class with support 0 (a macro average over all the model's "
+        "classes would also count classes that are only predicted, with precision and recall 0).",
         "",
     ]
 
@@ -165,25 +173,23 @@ def _per_class_lines(metrics: dict[str, Any], label_names: list[str]) -> list[st
             [
                 name,
                 t.get("support", 0),
-                _pct(t.get("precision")),
-                _pct(t.get("recall")),
-                _pct(t.get("f1")),
+                pct(t.get("precision")),
+                pct(t.get("recall")),
+                pct(t.get("f1")),
                 s.get("support", 0),
-                _pct(s.get("f1")),
+                pct(s.get("f1")),
             ]
         )
-    lines += _table(
+    lines += table_lines(
         ["class", "tracks", "precision", "recall", "F1", "windows", "segment F1"],
         rows,
     )
     lines += ["", "## Confusion matrix (tracks; rows = true, columns = predicted)", ""]
     cm = trk.get("confusion_matrix") or [[0] * len(label_names) for _ in label_names]
-    lines += _table(
+    lines += table_lines(
         ["true \\ predicted", *label_names],
         [[name, *row] for name, row in zip(label_names, cm)],
     )
-    lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
-
     return lines
 
 
@@ -221,7 +227,7 @@ def _misclassified_lines(predictions: list[dict[str, Any]], label_names: list[st
     lines += [f"## Misclassified tracks ({len(wrong)} of {len(predictions)})", ""]
     if wrong:
         shown = wrong[:50]
-        lines += _table(
+        lines += table_lines(
             ["key", "path", "true", "predicted", "p(true)", "p(predicted)"],
             [
                 [
@@ -250,17 +256,18 @@ def _prob(pred: dict[str, Any], label_names: list[str], name: Any) -> str:
     return f"{float(probs[label_names.index(name)]):.3f}"
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``obj`` with tensors/NumPy values as plain numbers and lists, non-finite floats as None (strict JSON)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     return obj
 
 
@@ -326,36 +333,29 @@ def write_evaluation(
     metrics: dict[str, Any],
     predictions: list[dict[str, Any]],
     label_names: list[str],
+    plots: bool = True,
 ) -> dict[str, Path]:
-    """Write metrics.json, report.md, confusion_matrix.png (track level), confusion_matrix_segment.png
-    and predictions.csv into ``out_dir`` (created). Returns ``{name: path}``."""
+    """Write metrics.json, report.md, predictions.csv and, with ``plots``, confusion_matrix.png (track level)
+    and confusion_matrix_segment.png into ``out_dir`` (created). Returns ``{name: path}``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "metrics": out / "metrics.json",
-        "report": out / "report.md",
-        "confusion_matrix": out / "confusion_matrix.png",
-        "predictions": out / "predictions.csv",
-    }
+    paths = {"metrics": out / "metrics.json", "report": out / "report.md", "predictions": out / "predictions.csv"}
     # metrics.json first: it marks the folder as an evaluation's (check_evaluation_dir) before the others land
-    atomic_write_text(paths["metrics"], json.dumps(_jsonable(metrics), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(paths["metrics"], json.dumps(jsonable(metrics), indent=2, allow_nan=False) + "\n")
     write_predictions_csv(paths["predictions"], predictions, label_names)
-    k = len(label_names)
-    empty = [[0] * k for _ in range(k)]
-    confusion_matrix_png(
-        metrics.get("track", {}).get("confusion_matrix") or empty,
-        label_names,
-        paths["confusion_matrix"],
-        title="Confusion matrix (tracks)",
-    )
-    if "segment" in metrics:
-        paths["confusion_matrix_segment"] = confusion_matrix_png(
-            metrics["segment"].get("confusion_matrix") or empty,
-            label_names,
-            out / "confusion_matrix_segment.png",
-            title="Confusion matrix (windows)",
-        )
-    atomic_write_text(paths["report"], markdown_report(metrics, label_names, predictions))
+    if plots:
+        k = len(label_names)
+        empty = [[0] * k for _ in range(k)]
+        paths["confusion_matrix"] = confusion_matrix_png(
+            metrics.get("track", {}).get("confusion_matrix") or empty, label_names, out / "confusion_matrix.png",
+            title="Confusion matrix (tracks)",
+        )  # fmt: skip
+        if "segment" in metrics:
+            paths["confusion_matrix_segment"] = confusion_matrix_png(
+                metrics["segment"].get("confusion_matrix") or empty, label_names,
+                out / "confusion_matrix_segment.png", title="Confusion matrix (windows)",
+            )  # fmt: skip
+    atomic_write_text(paths["report"], markdown_report(metrics, label_names, predictions, plots))
     return paths
 
 

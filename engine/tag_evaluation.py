@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from engine.evaluation_loop import WindowResults
-from engine.report import _jsonable, _pct, _run_lines, _table, print_summary_tail
+from engine.report import jsonable, pct, print_summary_tail, run_lines, table_lines
 from engine.tag_metrics import micro_pr_curve, pool_by_track
 
 logger = logging.getLogger(__name__)
@@ -111,16 +111,29 @@ def write_tag_predictions_csv(path: Path, predictions: list[dict[str, Any]], lab
 
 
 def write_tag_evaluation(
-    out_dir: str | Path, metrics: dict[str, Any], predictions: list[dict[str, Any]], labels: list[str]
-) -> dict[str, Path]:
-    """Write metrics.json, report.md, predictions.csv, pr_curve.png and tag_auc.png into ``out_dir``."""
-    from engine.plots import pr_curve_png, tag_auc_png
-
+    out_dir: str | Path, metrics: dict[str, Any], predictions: list[dict[str, Any]], labels: list[str],
+    plots: bool = True,
+) -> dict[str, Path]:  # fmt: skip
+    """Write metrics.json, report.md, predictions.csv and, with ``plots``, pr_curve.png and tag_auc.png into
+    ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in ("metrics.json", "report.md", "predictions.csv")}
-    paths["metrics.json"].write_text(json.dumps(_jsonable(metrics), indent=2, allow_nan=False) + "\n")
+    paths["metrics.json"].write_text(json.dumps(jsonable(metrics), indent=2, allow_nan=False) + "\n")
     write_tag_predictions_csv(paths["predictions.csv"], predictions, labels)
+    if plots:
+        paths.update(_tag_plots(out, metrics, predictions, labels))
+    paths["report.md"].write_text(tag_markdown_report(metrics, labels, plots), encoding="utf-8")
+    return paths
+
+
+def _tag_plots(
+    out: Path, metrics: dict[str, Any], predictions: list[dict[str, Any]], labels: list[str]
+) -> dict[str, Path]:
+    """pr_curve.png (micro-averaged precision-recall of the tracks) and tag_auc.png (ROC-AUC per tag)."""
+    from engine.plots import pr_curve_png, tag_auc_png
+
+    paths = {}
     k = len(labels)
     scores = torch.tensor([p["probs"] for p in predictions], dtype=torch.float64).reshape(-1, k)
     targets = torch.tensor([p["targets"] for p in predictions], dtype=torch.float64).reshape(-1, k)
@@ -128,7 +141,6 @@ def write_tag_evaluation(
     paths["pr_curve.png"] = pr_curve_png(precision, recall, out / "pr_curve.png",
                                          metrics["track"].get("pr_auc_micro"))  # fmt: skip
     paths["tag_auc.png"] = tag_auc_png(metrics["track"].get("per_tag", {}), out / "tag_auc.png")
-    paths["report.md"].write_text(tag_markdown_report(metrics, labels), encoding="utf-8")
     return paths
 
 
@@ -144,13 +156,13 @@ _HEADLINE = (
 )
 
 
-def tag_markdown_report(metrics: dict[str, Any], labels: list[str]) -> str:
-    """The report.md text of a multi-label evaluation."""
+def tag_markdown_report(metrics: dict[str, Any], labels: list[str], plots: bool = True) -> str:
+    """The report.md text of a multi-label evaluation (naming its plots when ``plots``)."""
     seg, trk = metrics.get("segment", {}), metrics.get("track", {})
-    lines = _run_lines(metrics) + ["## Headline", ""]
-    lines += _table(
+    lines = run_lines(metrics) + ["## Headline", ""]
+    lines += table_lines(
         ["metric", "segment (per window)", "track (mean of window sigmoids)"],
-        [[label, _pct(seg.get(k)), _pct(trk.get(k))] for k, label in _HEADLINE if k in trk]
+        [[label, pct(seg.get(k)), pct(trk.get(k))] for k, label in _HEADLINE if k in trk]
         + [["samples", seg.get("n", 0), trk.get("n", 0)]],
     )
     lines += ["", "Macro averages are over the tags with both positive and negative tracks "
@@ -158,7 +170,7 @@ def tag_markdown_report(metrics: dict[str, Any], labels: list[str]) -> str:
               "Tuned thresholds were chosen per tag on the validation split (the checkpoint's `extra.thresholds`).", ""]  # fmt: skip
     per_tag = trk.get("per_tag", {})
     lines += ["## Per tag (track level)", ""]
-    lines += _table(
+    lines += table_lines(
         ["tag", "tracks", "ROC-AUC", "AP", "F1 @ 0.5", "threshold", "F1 @ threshold"],
         [[name, m.get("support", 0), _num(m.get("roc_auc")), _num(m.get("ap")), _num(m.get("f1")),
           _num(m.get("threshold")), _num(m.get("f1_tuned"))] for name, m in per_tag.items()],  # fmt: skip
@@ -167,7 +179,8 @@ def tag_markdown_report(metrics: dict[str, Any], labels: list[str]) -> str:
     if ranked:
         lines += ["", f"Best tags by AP: {', '.join(f'{n} ({a:.3f})' for a, n in reversed(ranked[-EXTREMES:]))}.",
                   f"Worst tags by AP: {', '.join(f'{n} ({a:.3f})' for a, n in ranked[:EXTREMES])}."]  # fmt: skip
-    lines += ["", "![precision-recall](pr_curve.png)", "", "![ROC-AUC per tag](tag_auc.png)", ""]
+    if plots:
+        lines += ["", "![precision-recall](pr_curve.png)", "", "![ROC-AUC per tag](tag_auc.png)", ""]
     notes = []
     if metrics.get("unmapped_classes"):
         notes.append(f"- unmapped shard tags: {', '.join(metrics['unmapped_classes'])}")

@@ -155,4 +155,5 @@ class TrainConfig:
 
 def yaml_dump(data: dict[str, Any]) -> str:
     """A config dict as YAML in field order (what run.out_dir/config.yaml holds and --print-config prints)."""
-    return yaml.safe_dump(data, sort_keys=False)
+    # libyaml's dumper when PyYAML has it (same text; 4x faster on a feature set's stored normalisation vectors)
+    return yaml.dump(data, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)

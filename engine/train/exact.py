@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from engine.config import ConfigError
 from engine.distributed import accelerate_precision, make_accelerator
-from engine.feature_cache import ClipKey, FeatureCache, uncacheable_reason
+from engine.feature_cache import ClipKey, FeatureCache, FeatureStore, uncacheable_reason
 from engine.linear_fit import LogisticFit, fit_logistic, fit_logistic_cv, multilabel_strata, stratified_folds
 from engine.models import GenreModel, build_model, count_parameters
 from engine.models.inputs import model_input
@@ -71,10 +71,11 @@ PATH_TOL = 1e-4
 the refit with the chosen C solves to ``optim.solver_tol``."""
 
 
-def fit_exact(cfg: TrainConfig, feature_cache: str | Path | None = None) -> dict[str, Any]:
+def fit_exact(cfg: TrainConfig, feature_cache: str | Path | FeatureStore | None = None) -> dict[str, Any]:
     """Fit ``cfg``'s linear head exactly (see the module docstring); returns :func:`engine.train.train`'s
     summary plus ``features`` (the cache's counts). ``feature_cache``: a directory of front-end features
-    shared with other runs on the same shard set (``cv`` passes ``<out>/feature_cache``); None: in memory."""
+    shared with other runs on the same shard set, or a :class:`~engine.feature_cache.FeatureStore` (``cv`` passes
+    one on ``<out>/feature_cache``, shared by its folds); None: in memory."""
     prepare_output_dir(cfg.run.out_dir or "runs", flag="--out (run.out_dir)" if cfg.run.out_dir else None)
     accelerator = make_accelerator(mixed_precision=accelerate_precision(cfg.run.precision), cpu=cfg.run.cpu)
     if accelerator.num_processes > 1:
@@ -106,9 +107,8 @@ def fit_exact(cfg: TrainConfig, feature_cache: str | Path | None = None) -> dict
     log.info("lbfgs: C = %g (%d L-BFGS iterations), %d windows of %d tracks, fitted in %.1f s | valid loss %.4f %s",
              row["C"], fit.n_iter, row["train_windows"], train_set.tracks, fit_seconds, row["valid_loss"],
              task.log_figures(row))  # fmt: skip
-    records = RunRecords(
-        run_dir, cfg, shards, model, count_parameters(model), accelerator, task.checkpoint_extra()
-    )
+    records = RunRecords(run_dir, cfg, shards, model, count_parameters(model), accelerator, task.checkpoint_extra(),
+                         curves=False)  # one row: no curve to draw  # fmt: skip
     state = TrainState(epoch=1, step=fit.n_iter, best_loss=row["valid_loss"], best_epoch=0, history=[row])
     records.epoch_end(0, row, True, state.history, extra)
     (run_dir / "state").mkdir(exist_ok=True)
@@ -184,7 +184,7 @@ class PooledSet:
 
 
 def pooled_training_set(
-    cfg: TrainConfig, shards: ShardSet, model: GenreModel, task: Task, cache_dir: str | Path | None
+    cfg: TrainConfig, shards: ShardSet, model: GenreModel, task: Task, store: str | Path | FeatureStore | None
 ) -> PooledSet:
     """Every evaluation window of the training tracks (``data.holdout_fold`` excluded), its front-end features
     from the cache (computed once per clip), pooled by the backbone, with its track's target and inner fold."""
@@ -193,7 +193,7 @@ def pooled_training_set(
                           batch_size=cfg.data.eval_batch_size, rank=0, world_size=1,
                           holdout_fold=cfg.data.holdout_fold, folds="exclude")  # fmt: skip
     keys, lengths = stream.track_keys(), stream.track_lengths()
-    cache = FeatureCache(model, cache_dir)
+    cache = FeatureCache(model, store)
     device = next(model.parameters()).device
     k = len(shards.labels)
     seen: Counter[int] = Counter()  # windows of each track so far (they come in order)

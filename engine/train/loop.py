@@ -43,12 +43,14 @@ from shards.outputs import prepare_output_dir
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+    from engine.feature_cache import FeatureStore
+
 logger = get_logger(__name__)
 
 __all__ = ["TrainedEpoch", "evaluate_epoch", "train_by_gradient", "train_epoch"]
 
 
-def train_by_gradient(cfg: TrainConfig, feature_cache: str | Path | None = None) -> dict[str, Any]:
+def train_by_gradient(cfg: TrainConfig, feature_cache: str | Path | FeatureStore | None = None) -> dict[str, Any]:
     """Train a model as ``cfg`` says by epochs of its optimiser (``optim.solver: gradient``); returns ``{run_dir,
     best_checkpoint, last_checkpoint, history, best, ...}``. ``feature_cache`` is not used: crops are redrawn.
 

@@ -1,6 +1,6 @@
 """What a run writes for people and for ``evaluate`` / ``classify`` (main process only): ``last.pt`` and
 ``best.pt`` each epoch (model checkpoints with the whole config, enough to rebuild the model), ``history.jsonl``
-/ ``history.csv``, ``curves.png``, TensorBoard scalars and, at the end, ``summary.json``."""
+/ ``history.csv``, ``curves.png`` (gradient runs), TensorBoard scalars and, at the end, ``summary.json``."""
 
 from __future__ import annotations
 
@@ -48,9 +48,10 @@ class RunRecords:
     def __init__(
         self, run_dir: Path, cfg: TrainConfig, shards: ShardSet, model: nn.Module, n_params: int,
         accelerator: Accelerator, task_extra: dict[str, Any] | None = None, weights: str = "raw",
+        curves: bool = True,
     ) -> None:  # fmt: skip
         """``model``: what the checkpoints hold (the EMA copy when ``weights`` is ``"ema"``); ``n_params``: the
-        trainable parameters reported."""
+        trainable parameters reported; ``curves``: draw ``curves.png`` each epoch (not for a one-row fit)."""
         self.run_dir, self.main, self.model = run_dir, accelerator.is_main_process, model
         self.world, self.labels, self.n_params = accelerator.num_processes, shards.labels, n_params
         self.tb = None
@@ -59,7 +60,7 @@ class RunRecords:
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
         self.config = to_dict(cfg)
-        self.weights = weights
+        self.weights, self.curves = weights, curves
         window = shards.eval_samples if shards.eval_samples != shards.segment_samples else None
         self.ckpt_meta = dict(labels=shards.labels, sample_rate=shards.sample_rate, segment_samples=shards.segment_samples,
                               window_samples=window)  # fmt: skip
@@ -85,7 +86,8 @@ class RunRecords:
                 if isinstance(v, (int, float)) and k != "epoch":
                     self.tb.add_scalar(k, v, epoch)
             self.tb.flush()
-        _plot_curves(self.run_dir, history)
+        if self.curves:
+            _plot_curves(self.run_dir, history)
 
     def finish(self, state: TrainState) -> dict[str, Any]:
         """The run's summary (``summary.json`` without the history); closes TensorBoard."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.feature_cache import FeatureStore
 from engine.train.config import TrainConfig
 from engine.train.exact import fit_exact
 from engine.train.loop import train_by_gradient
@@ -27,7 +28,7 @@ SOLVERS: dict[str, Solver] = {"gradient": train_by_gradient, "lbfgs": fit_exact}
 """``optim.solver`` -> ``f(cfg, feature_cache=None) -> summary``."""
 
 
-def train(cfg: TrainConfig, feature_cache: str | Path | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, feature_cache: str | Path | FeatureStore | None = None) -> dict[str, Any]:
     """Train as ``cfg`` says; returns ``{run_dir, best_checkpoint, last_checkpoint, history, best, ...}``.
 
     ``feature_cache``: a directory where fixed front-end features are kept for other runs on the same shard

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from torchmetrics.functional.classification import multiclass_precision
 
 from engine.metrics import Accumulator, aggregate_tracks, classification_metrics, track_and_segment_metrics
 
@@ -63,8 +62,11 @@ def test_macro_average_covers_only_classes_present_in_truth():
     # blues: tp 2 of 2 predicted -> P 1, R 2/3; jazz P 3/4 R 1; rock P 1 R 1/2
     assert m["macro_precision"] == pytest.approx((1.0 + 3 / 4 + 1.0) / 3)
     assert m["macro_recall"] == pytest.approx((2 / 3 + 1.0 + 1 / 2) / 3)
-    # torchmetrics' own macro keeps the predicted-but-absent class (precision 0) -> lower
-    tm = float(multiclass_precision(probs.argmax(1), labels, num_classes=4, average="macro"))
+    # a macro over all K classes (scikit-learn's labels=range(K), torchmetrics' macro) keeps the
+    # predicted-but-absent class (precision 0) -> lower
+    from sklearn.metrics import precision_score
+
+    tm = precision_score(labels, probs.argmax(1), labels=range(4), average="macro", zero_division=0)
     assert tm == pytest.approx((1.0 + 3 / 4 + 1.0 + 0.0) / 4)
     # a class absent from truth and predictions is left out by both
     assert m["accuracy"] == pytest.approx(6 / 8)
@@ -209,3 +211,20 @@ def test_mean_logprob_aggregate_is_the_renormalised_geometric_mean_and_both_are_
     torch.testing.assert_close(one, probs[3:])
     with pytest.raises(ValueError, match="aggregate must be one of"):
         aggregate_tracks(probs, tracks, aggregate="median")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_class_precision_recall_f1_equal_scikit_learns_with_zero_division_0(seed):
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    g = torch.Generator().manual_seed(seed)
+    k = 5
+    labels = torch.randint(0, k - 1, (60,), generator=g)  # class 4 never true
+    probs = torch.rand(60, k, generator=g)
+    m = classification_metrics(probs, labels, [f"c{i}" for i in range(k)])
+    preds = probs.argmax(1).numpy()
+    p, r, f, s = precision_recall_fscore_support(labels.numpy(), preds, labels=range(k), zero_division=0)
+    for i in range(k):
+        got = m["per_class"][f"c{i}"]
+        assert (got["precision"], got["recall"], got["f1"], got["support"]) == pytest.approx((p[i], r[i], f[i], s[i]))
+    assert m["confusion_matrix"] == confusion_matrix(labels.numpy(), preds, labels=range(k)).tolist()
