@@ -9,7 +9,7 @@ artist crosses from training into its test fold. Resumable fold by fold: a finis
 an interrupted one resumes from its saved state. With ``optim.solver: lbfgs`` the front-end features of every
 training clip are computed once for all folds (``<out>/feature_cache``, :class:`engine.feature_cache.FeatureCache`;
 ``features_computed`` per fold counts the clips computed in that fold). Written: ``cv.json``, ``cv.md``,
-``confusion_matrix.png`` (the held-out folds' track predictions pooled; genre sets), and per fold its run and
+``confusion_matrix.png`` (the held-out folds' track predictions pooled, also in cv.json; genre sets), and per fold its run and
 ``eval/`` (metrics, report, predictions; no plots).
 """
 
@@ -128,7 +128,7 @@ def check_folds(cfg: TrainConfig, folds: int | None = None) -> int:
 
 def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = None) -> dict[str, Any]:
     """Train and evaluate one model per fold; returns ``{folds: [...], summary: {metric: {mean, std}},
-    train_seconds_total}``. Each fold's row has its test metrics (flat, :func:`flatten_metrics`), ``best_epoch``,
+    train_seconds_total, confusion_matrix}`` (the last: :func:`pooled_confusion`, genre sets). Each fold's row has its test metrics (flat, :func:`flatten_metrics`), ``best_epoch``,
     ``parameters`` and ``train_seconds`` (wall seconds of ``train`` for that fold, validation included; a fold
     resumed after an interruption counts only the resumed part). std is the population std over folds."""
     k = check_folds(cfg, folds)
@@ -178,27 +178,31 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = No
         "summary": mean_std([{k: v for k, v in r.items() if k != "fold"} for r in rows]),
         "train_seconds_total": sum(r.get("train_seconds", 0.0) for r in rows),
     }
+    pooled = pooled_confusion(out_dir, k)
+    if pooled is not None:
+        result["confusion_matrix"] = pooled
+        from engine.plots import confusion_matrix_png
+
+        confusion_matrix_png(pooled["counts"], pooled["labels"], out_dir / "confusion_matrix.png",
+                             title=f"Confusion matrix (tracks, {k} held-out folds)")  # fmt: skip
     (out_dir / "cv.json").write_text(json.dumps(result, indent=2))
     (out_dir / "cv.md").write_text(cv_markdown(result))
-    pooled_confusion_png(out_dir, k)
     return result
 
 
-def pooled_confusion_png(out_dir: Path, k: int) -> Path | None:
-    """``<out>/confusion_matrix.png``: the track-level confusion matrix of the K held-out folds summed (every
-    training-split track once, predicted by the model that did not train on it); None for a tag set."""
-    from engine.plots import confusion_matrix_png
-
+def pooled_confusion(out_dir: Path, k: int) -> dict[str, Any] | None:
+    """``{"labels", "counts"}``: the track-level confusion matrices of the K held-out folds summed (rows = true
+    class; every training-split track once, predicted by the model that did not train on it); None for a tag
+    set (no confusion matrix)."""
     total, labels = None, None
     for fold in range(k):
         track = json.loads((out_dir / f"fold{fold}" / "eval" / "metrics.json").read_text()).get("track", {})
-        if "confusion_matrix" not in track:  # multi-label: no confusion matrix
+        if "confusion_matrix" not in track:  # multi-label
             return None
-        cm = np.asarray(track["confusion_matrix"], dtype=np.int64)  # (K, K) rows = true
+        cm = np.asarray(track["confusion_matrix"], dtype=np.int64)  # (K, K)
         total = cm if total is None else total + cm
         labels = list(track["per_class"])
-    return confusion_matrix_png(total, labels, out_dir / "confusion_matrix.png",
-                                title=f"Confusion matrix (tracks, {k} held-out folds)")  # fmt: skip
+    return {"labels": labels, "counts": total.tolist()}
 
 
 CV_COLUMNS = (
