@@ -202,16 +202,12 @@ def test_validation_during_training_equals_evaluate_on_the_checkpoint(tmp_path, 
 
 # ------------------------------------------------------------------------------------ two processes
 @pytest.mark.slow
-def test_two_gloo_processes_train_and_validate_like_one_process_evaluation(tmp_path, synthetic_shards):
-    out = tmp_path / "ddp"
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--main_process_port", "29517", "-m", "engine.train", f"--shards={synthetic_shards}", f"--out={out}",
-        *QUICK, "optim.epochs=2", "optim.max_steps_per_epoch=3",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_two_gloo_processes_train_and_validate_like_one_process_evaluation(gloo_runs, synthetic_shards):
+    """``engine.train`` under ``accelerate launch --multi_gpu --num_processes 2`` (the shared launch of
+    :mod:`tests.engine.gloo_runs`: QUICK, 2 epochs of 3 steps)."""
+    run = gloo_runs["train"]
+    run.check()
+    out = run.info["out"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2  # `--cpu --num_processes 2` would silently run one
     best = summary["best"]
