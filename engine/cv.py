@@ -54,10 +54,12 @@ def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def evaluate_best(
-    cfg: TrainConfig, checkpoint: str | Path, split: str, out: str | Path, fold: int | None = None, plots: bool = True
+    cfg: TrainConfig, checkpoint: str | Path, split: str, out: str | Path | None, fold: int | None = None,
+    plots: bool = True,
 ) -> dict[str, Any]:
     """:func:`engine.evaluate.evaluate_checkpoint` with the run's own evaluation settings (window hop,
-    eval batch size, DataLoader workers, precision, progress bar), as validation used them in training."""
+    eval batch size, DataLoader workers, precision, progress bar), as validation used them in training;
+    ``out`` None: the metrics only, no report folder."""
     from engine.evaluate import evaluate_checkpoint
 
     return evaluate_checkpoint(

@@ -330,8 +330,7 @@ def snapshot():
     return tree_snapshot
 
 
-@pytest.fixture
-def run_unprivileged() -> Callable[..., subprocess.CompletedProcess]:
+def unprivileged_runner() -> Callable[..., subprocess.CompletedProcess]:
     """``run(argv, **subprocess_kw)``: ``argv`` in a subprocess where file permissions bind (tests run as
     root, which ignores them): as root it runs under ``setpriv --bounding-set -dac_override,-dac_read_search``;
     skips the test when setpriv (util-linux) is missing. ``PYTHONPATH`` is the checkout; text output captured."""
@@ -352,3 +351,9 @@ def run_unprivileged() -> Callable[..., subprocess.CompletedProcess]:
         )
 
     return run
+
+
+@pytest.fixture
+def run_unprivileged() -> Callable[..., subprocess.CompletedProcess]:
+    """:func:`unprivileged_runner`'s ``run(argv, **subprocess_kw)``."""
+    return unprivileged_runner()

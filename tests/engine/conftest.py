@@ -42,6 +42,26 @@ def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synthetic_shards(tmp_path_factory.mktemp("synth"), clips_per_genre=12, duration=3.0, folds=3)
 
 
+@pytest.fixture(scope="session")
+def gloo_runs(tmp_path_factory: pytest.TempPathFactory, synthetic_shards: Path) -> dict:
+    """The two-process tests' commands, run in one shared ``accelerate launch`` of two gloo processes
+    (:mod:`tests.engine.gloo_runs`): job name -> its :class:`~tests.engine.gloo_runs.JobResult`."""
+    from tests.engine.gloo_runs import launch, prepare_jobs
+
+    root = tmp_path_factory.mktemp("gloo")
+    return launch(prepare_jobs(root, synthetic_shards), root)
+
+
+@pytest.fixture(scope="session")
+def read_only_cases(tmp_path_factory: pytest.TempPathFactory, synthetic_shards: Path) -> dict:
+    """The hostile tests' runs where file permissions bind, in one unprivileged subprocess
+    (:func:`tests.engine.unprivileged_runs.read_only_cases`): case name -> its ``ReadOnlyCase``."""
+    from tests.conftest import unprivileged_runner
+    from tests.engine.unprivileged_runs import read_only_cases as run_cases
+
+    return run_cases(unprivileged_runner(), tmp_path_factory.mktemp("read-only"), synthetic_shards)
+
+
 def tiny_checkpoint(path: Path, labels: list[str], sample_rate: int, segment_samples: int, seed: int = 0) -> Path:
     """A tiny untrained CNN on 16-band log-mels with non-trivial BatchNorm statistics (so eval mode matters);
     plumbing tests compare against this model's own eager outputs, not against genres."""

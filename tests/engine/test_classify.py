@@ -391,26 +391,18 @@ def test_run_killed_midway_then_resumed_gives_every_file_exactly_once(tmp_path: 
 
 
 @pytest.mark.slow
-def test_two_process_run_equals_one_process_and_resumes(tmp_path: Path, ckpt: Path) -> None:
-    files = _many_tracks(tmp_path / "in", 11)
-    (tmp_path / "in" / "broken.wav").write_bytes(b"RIFF")
+def test_two_process_run_equals_one_process_and_resumes(tmp_path: Path, gloo_runs) -> None:
+    """11 tracks and a broken file classified by the shared two-process launch (``tests.engine.gloo_runs``) into
+    an output that already held 3 of them (resume in multi-process mode), against one process here."""
+    run = gloo_runs["classify"]
+    ckpt, files, inputs, two = run.info["ckpt"], run.info["files"], run.info["in"], run.info["out"]
     one = tmp_path / "one.jsonl"
-    classify(ckpt, [tmp_path / "in"], one, num_workers=0, progress=False)
-    two = tmp_path / "two.jsonl"
-    # resume in multi-process mode: a few files are already in the output
-    classify(ckpt, files[:3], two, num_workers=0, progress=False)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "engine.classify",
-           str(ckpt), str(tmp_path / "in"), "--out", str(two), "--num-workers", "1", "--batch-size", "4",
-           "--no-progress", "--device", "cpu"]  # fmt: skip
-    env = _env()
-    env["CUDA_VISIBLE_DEVICES"] = ""  # gloo on CPU even where GPUs exist
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    classify(ckpt, [inputs], one, num_workers=0, progress=False)
+    run.check()
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary["world_size"] == 2
     assert summary["skipped"] == 3 and summary["new"] == len(files) - 3 + 1
-    assert not list(tmp_path.glob("two.jsonl.rank*.part"))  # merged and removed
+    assert not list(two.parent.glob("two.jsonl.rank*.part"))  # merged and removed
     a = {r["path"]: r for r in read_records(one, "jsonl")}
     b_recs = list(read_records(two, "jsonl"))
     b = {r["path"]: r for r in b_recs}
@@ -420,7 +412,7 @@ def test_two_process_run_equals_one_process_and_resumes(tmp_path: Path, ckpt: Pa
         if rec["status"] == "ok":
             pa, pb = probs_of(rec), probs_of(b[path])
             assert pa.keys() == pb.keys() and max(abs(pa[k] - pb[k]) for k in pa) < 1e-5
-    assert b[str(tmp_path / "in" / "broken.wav")]["status"] == "error"
+    assert b[str(inputs / "broken.wav")]["status"] == "error"
     assert summary["files"] == len(b_recs) and summary["error"] == 1
     assert math.isfinite(summary["files_per_s"])
 

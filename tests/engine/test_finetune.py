@@ -6,9 +6,6 @@ checkpoint trained on another input is refused; two gloo processes run a tempora
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +24,12 @@ REPO = Path(__file__).resolve().parents[2]
 FRONT_MID = ["backbone.input_bn", "backbone.timbral", "backbone.temporal", "backbone.midend"]
 BACK = ["backbone.pool_bn", "backbone.dense", "backbone.dense_bn"]
 HEAD = ("backbone.classifier.weight", "backbone.classifier.bias")
+
+#: The two-process fine-tune's run (``tests.engine.gloo_runs``), ``data.shards`` added there.
+DDP_QUICK = ["model.arch=cnn", "model.params.channels=[8,16]", "model.params.hidden=32", "model.features.n_mels=32",
+             "model.features.n_fft=512", "model.augment.enabled=false", "data.segment_seconds=1.0",
+             "data.batch_size=8", "data.num_workers=0", "optim.max_steps_per_epoch=2", "optim.early_stop_patience=0",
+             "run.tensorboard=false", "run.progress=false"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -149,23 +152,15 @@ def test_init_from_refuses_a_checkpoint_trained_on_another_input(pretrained_cach
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_fine_tune_with_a_temporary_freeze(tmp_path, synthetic_shards) -> None:
+def test_two_gloo_processes_fine_tune_with_a_temporary_freeze(gloo_runs) -> None:
     """DDP registers parameters when it wraps the model: the freeze starts after wrapping and DDP expects unused
-    parameters, so both the frozen epoch and the unfrozen one run (and the frozen block moves only after)."""
-    quick = ["model.arch=cnn", "model.params.channels=[8,16]", "model.params.hidden=32", "model.features.n_mels=32",
-             "model.features.n_fft=512", "model.augment.enabled=false", "data.segment_seconds=1.0",
-             "data.batch_size=8", "data.num_workers=0", "optim.max_steps_per_epoch=2", "optim.early_stop_patience=0",
-             "run.tensorboard=false", "run.progress=false", f"data.shards={synthetic_shards}"]  # fmt: skip
-    base = train(load_config(TrainConfig, None, [*quick, f"run.out_dir={tmp_path / 'base'}", "optim.epochs=1"]))
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--main_process_port", "29533", "-m", "engine.train", f"--out={out}", *quick, "optim.epochs=2",
-           f"run.init_from={base['last_checkpoint']}", "run.freeze=[backbone.blocks.0]", "optim.freeze_epochs=1",
-           "optim.pretrained_lr_scale=0.5"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    parameters, so both the frozen epoch and the unfrozen one run (and the frozen block moves only after).
+
+    The run (:data:`DDP_QUICK`, 2 epochs from a 1-epoch run, ``backbone.blocks.0`` frozen for the first) is in the
+    shared two-process launch of :mod:`tests.engine.gloo_runs`."""
+    run = gloo_runs["finetune"]
+    run.check()
+    out, base = run.info["out"], run.info["base"]
     assert json.loads((out / "summary.json").read_text())["world_size"] == 2
     a = torch.load(base["last_checkpoint"], weights_only=True)["model_state"]
     b = torch.load(out / "last.pt", weights_only=True)["model_state"]

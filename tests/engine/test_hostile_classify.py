@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,11 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory, make_tiny_checkpoint) -> Path
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "a.wav"
+    return write_clip(tmp_path_factory.mktemp("clip") / "a.wav")
+
+
+def write_clip(path: Path) -> Path:
+    """A 1.5-s 440-Hz tone at the model's rate."""
     t = np.arange(int(1.5 * SR)) / SR
     sf.write(path, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), SR)
     return path
@@ -169,40 +172,22 @@ def test_a_file_name_that_is_not_utf8_gets_a_printable_line_and_resumes(tmp_path
         assert again["new"] == 0 and again["skipped"] == 1
 
 
-def _unprivileged_classify(run_unprivileged, ckpt: Path, inputs: list[Path], out: Path):
-    return run_unprivileged(
-        [sys.executable, "-m", "engine", "classify", ckpt, *inputs, "--out", out, "--num-workers", "0", "--no-progress"]
-    )
-
-
-def test_output_in_a_read_only_folder_is_refused(tmp_path, ckpt, clip, run_unprivileged, snapshot) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    before = snapshot(tmp_path)
-    try:
-        res = _unprivileged_classify(run_unprivileged, ckpt, [clip], ro / "r.jsonl")
-    finally:
-        ro.chmod(0o755)
+def test_output_in_a_read_only_folder_is_refused(read_only_cases) -> None:
+    """``python -m engine classify CKPT a.wav --out ro/r.jsonl --num-workers 0`` unprivileged, ``ro/`` read-only
+    (run with the other commands' cases in one subprocess: ``tests.engine.unprivileged_runs``)."""
+    case = read_only_cases["classify"]
+    res, ro = case.res, case.ro
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr
     assert f"--out {ro / 'r.jsonl'}" in res.stderr and "read-only" in res.stderr
-    assert snapshot(tmp_path) == before
+    assert case.after == case.before
 
 
-def test_an_unreadable_folder_under_the_inputs_gets_an_error_line_and_is_counted(
-    tmp_path, ckpt, clip, run_unprivileged
-) -> None:
-    root = tmp_path / "in"
-    (root / "locked").mkdir(parents=True)
-    (root / "a.wav").write_bytes(clip.read_bytes())
-    (root / "locked" / "b.wav").write_bytes(clip.read_bytes())
-    (root / "locked").chmod(0)
-    out = tmp_path / "r.jsonl"
-    try:
-        res = _unprivileged_classify(run_unprivileged, ckpt, [root], out)
-    finally:
-        (root / "locked").chmod(0o755)
+def test_an_unreadable_folder_under_the_inputs_gets_an_error_line_and_is_counted(read_only_cases) -> None:
+    """``classify CKPT in/ --out r.jsonl`` unprivileged over ``in/a.wav`` and ``in/locked/b.wav`` (``locked``
+    mode 0), in the shared unprivileged subprocess of ``tests.engine.unprivileged_runs``."""
+    case = read_only_cases["classify_unreadable"]
+    res, root, out = case.res, case.folder / "in", case.folder / "r.jsonl"
     assert res.returncode == 0, res.stderr[-2000:]
     by_path = {r["path"]: r for r in read_records(out, "jsonl")}
     assert by_path[str(root / "a.wav")]["status"] == "ok"

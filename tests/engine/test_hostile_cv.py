@@ -58,19 +58,13 @@ def test_cv_out_that_is_a_file_is_refused_before_any_work(capsys, tmp_path, snap
     assert "--out" in err and "is a file, not a folder" in err
 
 
-def test_cv_out_in_a_read_only_folder_is_refused(tmp_path, snapshot, synthetic_shards, run_unprivileged):
-    import sys
-
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    before = snapshot(tmp_path)
-    try:
-        proc = run_unprivileged([sys.executable, "-m", "engine", "cv", "--shards", synthetic_shards, "--out", ro / "cv"], timeout=300)
-    finally:
-        ro.chmod(0o755)
+def test_cv_out_in_a_read_only_folder_is_refused(read_only_cases):
+    """``python -m engine cv --shards ... --out ro/cv`` unprivileged, ``ro/`` read-only (run with the other
+    commands' cases in one subprocess: ``tests.engine.unprivileged_runs``)."""
+    case = read_only_cases["cv"]
+    proc = case.res
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert "read-only" in proc.stderr and snapshot(tmp_path) == before
+    assert "read-only" in proc.stderr and case.after == case.before
 
 
 @pytest.mark.parametrize("models", ["", " , "])

@@ -3,8 +3,6 @@ writes only into an empty folder or one that holds its own run."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from engine.embed import main
@@ -50,15 +48,11 @@ def test_a_folder_holding_other_files_is_refused_before_the_model_loads(
     assert snapshot(tmp_path) == before
 
 
-def test_out_in_a_read_only_folder_is_refused(tmp_path, checkpoint, shard_set, run_unprivileged, snapshot) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    before = snapshot(tmp_path)
-    try:
-        res = run_unprivileged([sys.executable, "-m", "engine", "embed", *serving_args(checkpoint, shard_set, ro / "emb")])
-    finally:
-        ro.chmod(0o755)
+def test_out_in_a_read_only_folder_is_refused(read_only_cases) -> None:
+    """``python -m engine embed CHECKPOINT --shards ... --out ro/emb`` unprivileged, ``ro/`` read-only (run with
+    the other commands' cases in one subprocess: ``tests.engine.unprivileged_runs``)."""
+    case = read_only_cases["embed"]
+    res, ro = case.res, case.ro
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr and f"--out {ro / 'emb'}" in res.stderr and "read-only" in res.stderr
-    assert snapshot(tmp_path) == before
+    assert case.after == case.before

@@ -3,8 +3,6 @@ report files only into a folder where they are its own."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from engine.evaluate import evaluate_checkpoint, main
@@ -90,15 +88,11 @@ def test_a_label_map_that_is_not_utf8_is_refused_naming_file_line_and_byte(
     assert not (tmp_path / "eval").exists()
 
 
-def test_out_in_a_read_only_folder_is_refused(tmp_path, checkpoint, shard_set, run_unprivileged, snapshot) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    before = snapshot(tmp_path)
-    try:
-        res = run_unprivileged([sys.executable, "-m", "engine", "evaluate", *serving_args(checkpoint, shard_set, ro / "e")])
-    finally:
-        ro.chmod(0o755)
+def test_out_in_a_read_only_folder_is_refused(read_only_cases) -> None:
+    """``python -m engine evaluate CHECKPOINT --shards ... --out ro/e`` unprivileged, ``ro/`` read-only (run with
+    the other commands' cases in one subprocess: ``tests.engine.unprivileged_runs``)."""
+    case = read_only_cases["evaluate"]
+    res, ro = case.res, case.ro
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr and f"--out {ro / 'e'}" in res.stderr and "read-only" in res.stderr
-    assert snapshot(tmp_path) == before
+    assert case.after == case.before

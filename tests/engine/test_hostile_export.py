@@ -3,7 +3,6 @@ never replaces a file it did not write (without --overwrite) and never leaves a 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -64,15 +63,11 @@ def test_out_in_a_missing_folder_creates_the_folder(tmp_path, ckpt) -> None:
     assert main(_args(ckpt, out)) == 0 and is_exported_model(out)
 
 
-def test_out_in_a_read_only_folder_is_refused(tmp_path, ckpt, run_unprivileged, snapshot) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    before = snapshot(tmp_path)
-    try:
-        res = run_unprivileged([sys.executable, "-m", "engine", "export", *_args(ckpt, ro / "m.ts")])
-    finally:
-        ro.chmod(0o755)
+def test_out_in_a_read_only_folder_is_refused(read_only_cases) -> None:
+    """``python -m engine export CHECKPOINT --format torchscript --out ro/m.ts`` unprivileged, ``ro/`` read-only
+    (run with the other commands' cases in one subprocess: ``tests.engine.unprivileged_runs``)."""
+    case = read_only_cases["export"]
+    res, ro = case.res, case.ro
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr and f"--out {ro / 'm.ts'}" in res.stderr and "read-only" in res.stderr
-    assert snapshot(tmp_path) == before
+    assert case.after == case.before

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import sys
 import typing
 from pathlib import Path
 from types import SimpleNamespace
@@ -97,22 +96,15 @@ def test_out_under_a_file_is_refused_before_any_work(capsys, tmp_path, snapshot,
     assert "is a file, not a folder, so nothing can be created under it" in err
 
 
-def test_out_in_a_read_only_folder_is_refused_before_any_work(tmp_path, snapshot, synthetic_shards, run_unprivileged):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    before = snapshot(tmp_path)
-    try:
-        proc = run_unprivileged(
-            [sys.executable, "-m", "engine", "train", "--shards", synthetic_shards, "--out", ro / "run", "run.cpu=true"],
-            timeout=300,
-        )
-    finally:
-        ro.chmod(0o755)
+def test_out_in_a_read_only_folder_is_refused_before_any_work(read_only_cases):
+    """``python -m engine train --shards ... --out ro/run run.cpu=true`` unprivileged, ``ro/`` read-only (run with
+    the other commands' cases in one subprocess: ``tests.engine.unprivileged_runs``)."""
+    case = read_only_cases["train"]
+    proc, ro = case.res, case.ro
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert f"{ro / 'run'}: cannot write in {ro}: read-only" in proc.stderr
-    assert snapshot(tmp_path) == before
+    assert case.after == case.before
 
 
 def test_config_file_with_non_utf8_bytes_is_refused_naming_file_and_byte(capsys, tmp_path, snapshot, synthetic_shards):

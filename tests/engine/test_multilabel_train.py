@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import socket
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -164,27 +160,16 @@ def test_cv_summary_holds_track_roc_auc_and_map_over_folds(tag_shards, tmp_path)
 
 
 @pytest.mark.slow
-def test_two_processes_give_the_same_tag_metrics_as_one(trained, tag_shards, tmp_path):
+def test_two_processes_give_the_same_tag_metrics_as_one(gloo_runs, tmp_path):
+    """A run like ``trained``'s (QUICK, 3 epochs, balanced pos_weight, made in ``tests.engine.gloo_runs``),
+    evaluated here and in the shared two-process launch."""
     from engine.evaluate import main
 
-    common = [str(trained["best_checkpoint"]), "--shards", str(tag_shards), "--batch-size", "3", "--workers", "0",
-              "--no-progress"]  # fmt: skip
-    assert main([*common, "--out", str(tmp_path / "one")]) == 0
-    script = tmp_path / "evaluate_tags.py"
-    script.write_text(
-        "import sys\nfrom engine.evaluate import main\nsys.exit(main(sys.argv[1:]))\n"
-    )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "RANK", "WORLD_SIZE", "LOCAL_"))}
-    env.update({"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--main_process_port", str(port), str(script), *common, "--out", str(tmp_path / "two")]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = gloo_runs["tags_evaluate"]
+    assert main([*run.info["common"], "--out", str(tmp_path / "one")]) == 0
+    run.check()
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
-    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    m2 = json.loads((run.info["out"] / "metrics.json").read_text())
     assert m1["world_size"] == 1 and m2["world_size"] == 2
     for level in ("segment", "track"):
         assert m2[level]["n"] == m1[level]["n"]

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,6 @@ from engine.config import ConfigError, load_config
 from engine.ema import EMA
 from engine.optim import make_scheduler
 from engine.train import OptimConfig, TrainConfig, train
-from tests.engine.test_evaluate import _free_port
 from tests.engine.test_train import quick_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models on 2 shared cores
@@ -157,19 +153,20 @@ def test_ema_is_what_validation_scores_and_best_pt_holds(tmp_path, synthetic_sha
 # ---------------------------------------------------------------------------------- long eval windows
 @pytest.mark.slow
 def test_eval_windows_longer_than_the_crop_give_the_same_tracks_on_one_and_two_processes(
-    tmp_path, synthetic_shards
+    tmp_path, synthetic_shards, gloo_runs
 ):
     """1-s training crops, 2-s evaluation windows every 0.5 s (3 per 3-s clip), EMA weights, the mean of
     log-probabilities as the headline: the checkpoint carries the window and the aggregate, validation and
     ``evaluate`` agree, and ``evaluate`` under ``accelerate launch --multi_gpu --num_processes 2`` (gloo)
-    gives every track the same prediction as one process."""
+    gives every track the same prediction as one process.
+
+    The training run (``tests.engine.gloo_runs.RECIPES_WINDOWS``) and the two-process evaluation are in the
+    shared two-process launch's preparation and launch."""
     from engine.classify.predictor import Predictor
     from engine.evaluate import evaluate_checkpoint
 
-    run = tmp_path / "run"
-    summary = train(quick_config(synthetic_shards, run, "data.segment_seconds=1.0", "data.eval_segment_seconds=2.0",
-                                 "data.eval_hop_seconds=0.5", "data.eval_batch_size=5", "eval.track_aggregate=mean_logprob",
-                                 "optim.ema_decay=0.5", "optim.epochs=1", "optim.max_steps_per_epoch=3"))  # fmt: skip
+    two_run = gloo_runs["recipes_evaluate"]
+    run, summary = two_run.info["run"], two_run.info["summary"]
     row = summary["history"][0]
     assert row["valid_tracks"] == 8 and row["valid_windows"] == 8 * 3
     ckpt = torch.load(run / "last.pt", weights_only=True)
@@ -187,20 +184,8 @@ def test_eval_windows_longer_than_the_crop_give_the_same_tracks_on_one_and_two_p
         m1["track_mean_logprob"]["accuracy"] == row["valid_track_acc_mean_logprob"] == row["valid_track_acc"]
     )
 
-    two = tmp_path / "two"
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--main_process_port", str(_free_port()), "-m", "engine.evaluate", str(run / "last.pt"), "--shards", str(synthetic_shards),
-        "--split", "valid", "--out", str(two), "--batch-size", "5", "--hop-seconds", "0.5", "--workers", "0", "--no-progress",
-    ]  # fmt: skip
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("ACCELERATE_", "RANK", "WORLD_SIZE", "LOCAL_"))
-    }
-    env.update({"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)})
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    two_run.check()
+    two = two_run.info["out"]
     m2 = json.loads((two / "metrics.json").read_text())
     assert m2["world_size"] == 2  # `--cpu --num_processes 2` would silently run one
     assert (m2["segment_samples"], m2["windows"], m2["track_aggregate"]) == (44100, 24, "mean_logprob")

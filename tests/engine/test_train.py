@@ -202,16 +202,12 @@ def test_validation_during_training_equals_evaluate_on_the_checkpoint(tmp_path, 
 
 # ------------------------------------------------------------------------------------ two processes
 @pytest.mark.slow
-def test_two_gloo_processes_train_and_validate_like_one_process_evaluation(tmp_path, synthetic_shards):
-    out = tmp_path / "ddp"
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--main_process_port", "29517", "-m", "engine.train", f"--shards={synthetic_shards}", f"--out={out}",
-        *QUICK, "optim.epochs=2", "optim.max_steps_per_epoch=3",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_two_gloo_processes_train_and_validate_like_one_process_evaluation(gloo_runs, synthetic_shards):
+    """``engine.train`` under ``accelerate launch --multi_gpu --num_processes 2`` (the shared launch of
+    :mod:`tests.engine.gloo_runs`: QUICK, 2 epochs of 3 steps)."""
+    run = gloo_runs["train"]
+    run.check()
+    out = run.info["out"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2  # `--cpu --num_processes 2` would silently run one
     best = summary["best"]
@@ -224,6 +220,32 @@ def test_two_gloo_processes_train_and_validate_like_one_process_evaluation(tmp_p
     for ours, theirs in (("valid_acc", ("segment", "accuracy")), ("valid_f1", ("segment", "macro_f1")),
                          ("valid_track_acc", ("track", "accuracy")), ("valid_track_f1", ("track", "macro_f1"))):
         assert best[ours] == pytest.approx(single[theirs[0]][theirs[1]]), ours  # fmt: skip
+
+
+#: The small-set recipe: 2 crops per track, length in optimiser steps (10 = 4 + 4 + 2: the last epoch stops
+#: mid-way), warmup + cosine to min_lr per step, and the EMA of the weights (validated and saved).
+RECIPE = ["data.crops_per_track=2", "optim.max_steps=10", "optim.warmup_steps=3", "optim.min_lr=1e-4",
+          "optim.ema_decay=0.9"]  # fmt: skip
+
+#: The crash/kill tests' run: 3 epochs of 4 steps, RNG-dependent augmentation, a save every 2 steps, cosine.
+CRASH_RUN = ["optim.epochs=3", "optim.max_steps_per_epoch=4", "model.augment.mixup_p=0.5", "model.augment.noise_p=0.5",
+             "run.save_every_steps=2", "optim.schedule=cosine"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, synthetic_shards):
+    """``uninterrupted(recipe_id) -> (run folder, summary)``: the run that never stopped, with ``CRASH_RUN`` (and
+    ``RECIPE`` for ``"recipe"``), trained once for the crash and kill tests that compare with it."""
+    runs: dict[str, tuple[Path, dict]] = {}
+
+    def get(recipe_id: str) -> tuple[Path, dict]:
+        if recipe_id not in runs:
+            out = tmp_path_factory.mktemp(f"full-{recipe_id}")
+            recipe = RECIPE if recipe_id == "recipe" else []
+            runs[recipe_id] = out, train(quick_config(synthetic_shards, out, *CRASH_RUN, *recipe))
+        return runs[recipe_id]
+
+    return get
 
 
 #: ``python -c`` body: engine.train's CLI in a real process that SIGKILLs itself right after it saved the training
@@ -244,9 +266,9 @@ sys.exit(main(sys.argv[3:]))
 
 
 @pytest.mark.slow
-def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path, synthetic_shards):
+def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path, synthetic_shards, uninterrupted):
     """SIGKILL a real training process right after its mid-epoch save at batch 2 of epoch 1; resume in-process;
-    equal to no kill.
+    equal to no kill (``CRASH_RUN``'s uninterrupted run, shared with the crash test).
 
     The kill is followed by the two other crash windows of the state swap: a half-written ``state.new/``
     and a ``state/`` caught mid-rename (only ``state.old/`` left) -- neither may lose or mix epochs.
@@ -256,8 +278,8 @@ def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path, s
 
     from engine.train import saved_state_dir
 
-    extra = ["optim.epochs=4", "optim.max_steps_per_epoch=3", "model.augment.mixup_p=0.5", "run.save_every_steps=1"]
-    full = train(quick_config(synthetic_shards, tmp_path / "full", *extra))
+    extra = CRASH_RUN
+    full_dir, full = uninterrupted("plain")
     cut = tmp_path / "cut"
     cmd = [sys.executable, "-c", KILL_AFTER_SAVE, "1", "2", f"--shards={synthetic_shards}", f"--out={cut}", *QUICK, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -274,7 +296,7 @@ def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path, s
     resumed = train(quick_config(synthetic_shards, cut, "run.resume=true", *extra))
     keys = ("epoch", "train_loss", "valid_loss", "valid_acc", "valid_track_acc", "lr")
     assert [{k: r[k] for k in keys} for r in resumed["history"]] == [{k: r[k] for k in keys} for r in full["history"]]
-    sa = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model_state"]
+    sa = torch.load(full_dir / "last.pt", weights_only=False)["model_state"]
     sb = torch.load(cut / "last.pt", weights_only=False)["model_state"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert saved_state_dir(cut) == cut / "state" and not (cut / "state.old").exists()
@@ -319,24 +341,17 @@ def test_class_weighted_validation_loss_is_the_weighted_mean(tmp_path, synthetic
     assert summary["history"][0]["valid_loss"] == pytest.approx(expected, rel=1e-4)
 
 
-#: The small-set recipe: 2 crops per track, length in optimiser steps (10 = 4 + 4 + 2: the last epoch stops
-#: mid-way), warmup + cosine to min_lr per step, and the EMA of the weights (validated and saved).
-RECIPE = ["data.crops_per_track=2", "optim.max_steps=10", "optim.warmup_steps=3", "optim.min_lr=1e-4",
-          "optim.ema_decay=0.9"]  # fmt: skip
-
-
 @pytest.mark.parametrize("recipe", [[], RECIPE], ids=["plain", "recipe"])
 def test_crash_mid_epoch_resumes_from_the_mid_epoch_state_to_the_uninterrupted_result(
-    tmp_path, synthetic_shards, monkeypatch, recipe
+    tmp_path, synthetic_shards, monkeypatch, recipe, uninterrupted
 ):
     """``run.save_every_steps``: a run that dies right after saving at batch 2 of epoch 1 resumes there (data
     position, optimiser, schedule, EMA, dropout and augmentation streams) and ends exactly as the run that
     never stopped."""
     import engine.train.loop as train_module
 
-    extra = ["optim.epochs=3", "optim.max_steps_per_epoch=4", "model.augment.mixup_p=0.5", "model.augment.noise_p=0.5",
-             "run.save_every_steps=2", "optim.schedule=cosine", *recipe]  # fmt: skip
-    full = train(quick_config(synthetic_shards, tmp_path / "full", *extra))
+    extra = [*CRASH_RUN, *recipe]
+    full_dir, full = uninterrupted("recipe" if recipe else "plain")
 
     real_save = train_module.save_train_state
 
@@ -356,7 +371,7 @@ def test_crash_mid_epoch_resumes_from_the_mid_epoch_state_to_the_uninterrupted_r
     keys = ("epoch", "step", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "valid_track_acc")
     assert [{k: r[k] for k in keys} for r in resumed["history"]] == [{k: r[k] for k in keys} for r in full["history"]]
     for name in ("last.pt", "best.pt"):  # with the recipe: the EMA weights
-        sa = torch.load(tmp_path / "full" / name, weights_only=False)["model_state"]
+        sa = torch.load(full_dir / name, weights_only=False)["model_state"]
         sb = torch.load(tmp_path / "cut" / name, weights_only=False)["model_state"]
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     if recipe:
