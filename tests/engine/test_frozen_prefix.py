@@ -116,3 +116,12 @@ def test_head_init_starts_from_sklearns_logistic_regression_and_is_epoch_0(synth
         ours = model.probabilities(rows).numpy()
         want = lr.predict_proba(scaler.transform(model.backbone.pooled(model.features(rows)).double().numpy()))
     np.testing.assert_allclose(ours, want, atol=1e-3)
+
+
+def test_a_run_with_head_init_resumes_after_its_saved_epochs_without_refitting(synthetic_shards, tmp_path):
+    quick = ["optim.max_steps_per_epoch=1", "optim.head_init=lbfgs", "optim.cache_frozen_prefix=true"]
+    first = train(tiny_config(synthetic_shards, tmp_path / "run", "optim.epochs=1", *quick))
+    second = train(tiny_config(synthetic_shards, tmp_path / "run", "optim.epochs=2", "run.resume=true", *quick))
+    assert [r["epoch"] for r in second["history"]] == [0, 1, 2]
+    assert second["history"][:2] == first["history"]  # epoch 0 (the fit) and epoch 1 read back, not redone
+    assert [r.get("head_init") for r in second["history"]] == ["lbfgs", None, None]
