@@ -136,8 +136,11 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = No
     k = check_folds(cfg, folds)
     out_dir = prepare_output_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # fixed front-end features (optim.solver: lbfgs) are computed once for every fold: kept on disk here
+    # fixed front-end features (optim.solver: lbfgs) are computed once for every fold: kept on disk here; a
+    # frozen prefix's outputs (optim.cache_frozen_prefix) once for every fold too, in memory
     cache = FeatureStore(out_dir / "feature_cache") if cfg.optim.solver == "lbfgs" else None
+    if cfg.optim.cache_frozen_prefix:
+        cache = FeatureStore()
     rows = []
     for fold in range(k):
         fold_dir = out_dir / f"fold{fold}"

@@ -22,7 +22,15 @@ samples, or frames for a precomputed-feature model) to the features of that crop
 front end never reads stale files). ``computed`` counts the clips it computed, ``memory_hits`` /
 ``disk_hits`` the clips it served. A :class:`FeatureStore` (a directory and a memory that outlive one cache)
 lets several caches in one process share what they computed: ``cv`` gives one to every fold's fit, so a fold
-reads the clips an earlier fold computed from memory, not from disk.
+reads the clips an earlier fold computed from memory, not from disk. :meth:`FeatureCache.by_content` keys each
+input row by its content (sha1 of its bytes) instead: what a caller without track keys (a model's forward) uses.
+
+:class:`PrefixCache` goes one step further for gradient fine-tuning: it stores the output of the backbone's
+frozen *prefix* (the backbone protocol ``prefix_modules`` / ``prefix(x)`` / ``after_prefix(h)``, e.g. musicnn's
+front end) after the front end, ``GenreModel.prefix_features``. That is a fixed function of the clip when the
+front end is cacheable (above), every parameter of the prefix modules is frozen and their BatchNorms run on
+running statistics (:func:`moving_prefix_reason`), and mixup is off (it mixes before the prefix; the training
+loop checks that, :mod:`engine.train.prefix`). Prefix outputs are kept in memory only (no ``.npy`` files).
 """
 
 from __future__ import annotations
@@ -50,7 +58,10 @@ __all__ = [
     "FeatureCache",
     "FeatureStore",
     "NotCacheableError",
+    "PrefixCache",
+    "content_keys",
     "frontend_fingerprint",
+    "moving_prefix_reason",
     "uncacheable_reason",
 ]
 
@@ -85,6 +96,37 @@ def uncacheable_reason(model: GenreModel) -> str | None:
             parts = ", ".join(getattr(chain, "parts", {}).keys())
             reasons.append(f"{stage} is active in training ({parts}): features are redrawn every call")
     return "; ".join(reasons) or None
+
+
+def prefix_modules(model: GenreModel) -> dict[str, nn.Module]:
+    """The backbone's frozen-prefix modules by parameter-name prefix (``backbone.timbral``, ...); empty when
+    the backbone lacks the prefix protocol (``prefix_modules``, ``prefix``, ``after_prefix``)."""
+    bb = model.backbone
+    if not all(callable(getattr(bb, f, None)) for f in ("prefix", "after_prefix")):
+        return {}
+    return {f"backbone.{name}": getattr(bb, name) for name in getattr(bb, "prefix_modules", ())}
+
+
+def moving_prefix_reason(model: GenreModel) -> str | None:
+    """Why the output of ``model``'s backbone prefix is not a fixed function of its input right now (a
+    trainable parameter, a BatchNorm in training mode, no prefix protocol), or None."""
+    modules = prefix_modules(model)
+    if not modules:
+        return f"the {model.cfg.arch} backbone has no frozen-prefix protocol (prefix_modules, prefix, after_prefix)"
+    trainable = [f"{stem}.{n}" for stem, m in modules.items() for n, p in m.named_parameters() if p.requires_grad]
+    if trainable:
+        return f"prefix parameters are trainable ({', '.join(trainable[:4])}{', ...' if len(trainable) > 4 else ''})"
+    norms = [f"{stem}.{n}".rstrip(".") for stem, m in modules.items() for n, b in m.named_modules()
+             if isinstance(b, _NORMS) and b.training]  # fmt: skip
+    if norms:
+        return f"prefix BatchNorms normalise by batch statistics ({', '.join(norms[:4])})"
+    return None
+
+
+def content_keys(rows: Tensor) -> list[ClipKey]:
+    """One key per input row ``[B, ...]``, named by its content (sha1 of its bytes): equal rows, equal keys."""
+    arr = rows.detach().cpu().numpy()
+    return [ClipKey("sha1:" + hashlib.sha1(r.tobytes()).hexdigest(), 0, int(r.shape[0])) for r in arr]
 
 
 def frontend_fingerprint(model: GenreModel) -> str:
@@ -125,7 +167,7 @@ class FeatureCache:
         if reason:
             raise NotCacheableError(f"front-end features of this model cannot be cached: {reason}")
         self.model = model
-        self.fingerprint = frontend_fingerprint(model)
+        self.fingerprint = self._fingerprint(model)
         store = directory if isinstance(directory, FeatureStore) else FeatureStore(directory and Path(directory))
         self.directory = store.directory / self.fingerprint if store.directory is not None else None
         if self.directory is not None:
@@ -135,6 +177,9 @@ class FeatureCache:
         self.computed = 0
         self.memory_hits = 0
         self.disk_hits = 0
+
+    def _fingerprint(self, model: GenreModel) -> str:
+        return frontend_fingerprint(model)
 
     def __len__(self) -> int:
         return len(self._memory)
@@ -202,6 +247,11 @@ class FeatureCache:
                 out[i] = one
         return torch.stack([t.to(device) for t in out if t is not None])
 
+    def by_content(self, rows: Tensor) -> Tensor:
+        """:meth:`features` of input rows ``[B, T]`` (``[B, frames, D]``) keyed by :func:`content_keys`, on
+        their device."""
+        return self.features(content_keys(rows), rows, rows.device)
+
     def counts(self) -> dict[str, int]:
         """``{"computed", "memory_hits", "disk_hits", "stored"}``: for logs."""
         return {
@@ -210,3 +260,34 @@ class FeatureCache:
             "disk_hits": self.disk_hits,
             "stored": len(self._memory),
         }
+
+
+class PrefixCache(FeatureCache):
+    """The backbone's frozen-prefix output (``GenreModel.prefix_features``) per clip, in memory (see the module
+    docstring); ``store``'s memory is shared with other prefix caches of the same front end and prefix weights
+    (the fingerprint hashes both), its directory ignored. :class:`NotCacheableError` when the front end is not
+    cacheable or the prefix is not frozen (:func:`moving_prefix_reason`); a prefix that starts moving later
+    (unfrozen, a BatchNorm back in training mode) raises RuntimeError at the next computation."""
+
+    def __init__(self, model: GenreModel, store: FeatureStore | None = None, store_device: torch.device | str = "cpu") -> None:
+        if not prefix_modules(model):
+            raise NotCacheableError(moving_prefix_reason(model))
+        trainable = [n for stem, m in prefix_modules(model).items() for n, p in m.named_parameters() if p.requires_grad]
+        if trainable:
+            raise NotCacheableError(f"the backbone prefix cannot be cached: {moving_prefix_reason(model)}")
+        super().__init__(model, FeatureStore(None, store.memory if store is not None else {}), store_device)
+
+    def _fingerprint(self, model: GenreModel) -> str:
+        h = hashlib.sha1(f"prefix\0{frontend_fingerprint(model)}".encode())
+        for stem, module in prefix_modules(model).items():  # the frozen weights and statistics themselves
+            for name, t in module.state_dict().items():
+                h.update(f"{stem}.{name}".encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return "prefix-" + h.hexdigest()[:16]
+
+    @torch.no_grad()
+    def _compute(self, wave: Tensor) -> Tensor:
+        reason = moving_prefix_reason(self.model)
+        if reason:
+            raise RuntimeError(f"cached prefix outputs went stale: {reason}")
+        return self.model.prefix_features(wave)

@@ -45,7 +45,7 @@ from torch.utils.data import get_worker_info
 from .batching import Batch, TrainBatcher
 from .reader import SplitStream
 from .tarstream import Sample, ShardReadError, iter_samples, sample_meta
-from .windows import fit_length
+from .windows import fit_length, window_starts
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,10 @@ class CropStream(SplitStream):
         crops_per_track: crops drawn from each track per epoch (distinct, one from each of that many equal
             parts of the track); the track is read once and its crops all enter the shuffle buffer. An
             epoch is then ``crops_per_track x tracks`` crops.
+        grid_hop: > 0: each drawn start is snapped down to the window grid of this hop
+            (:func:`shards.windows.window_starts` of the crop length: the windows evaluation scores), so
+            crops repeat across epochs and equal evaluation windows (what a cache of a frozen prefix needs);
+            0: crops start anywhere.
 
     Yields dicts ``{"wave": int16 [B, T], "label": int64 [B]}`` (feature shards: ``"feats": float16
     [B, T_frames, D]`` instead of ``"wave"``; multi-label sets, :attr:`task` ``"multilabel"``: ``"targets":
@@ -114,6 +118,7 @@ class CropStream(SplitStream):
         pad_mode: str = "loop",
         partial_reads: bool = True,
         crops_per_track: int = 1,
+        grid_hop: int = 0,
     ):
         if crop_samples <= 0:
             raise ValueError(f"crop_samples must be > 0, got {crop_samples}")
@@ -128,6 +133,9 @@ class CropStream(SplitStream):
         self.shuffle_buffer = int(shuffle_buffer)
         self.partial_reads = partial_reads
         self.crops_per_track = int(crops_per_track)
+        if grid_hop < 0:
+            raise ValueError(f"grid_hop must be >= 0, got {grid_hop}")
+        self.grid_hop = int(grid_hop)
         self.start_batch = 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -230,7 +238,8 @@ class CropStream(SplitStream):
         Crop ``c = item % crops_per_track`` of a track is drawn from the ``c``-th of ``crops_per_track`` equal
         parts of the possible starts (stratified), at a hashed ``(seed, epoch, item)`` position in it: the
         crops of a track are distinct whenever it has at least ``crops_per_track`` possible starts, and spread
-        over it. One crop per track draws from all starts (``hash % (n - crop_samples + 1)``).
+        over it. One crop per track draws from all starts (``hash % (n - crop_samples + 1)``). With
+        ``grid_hop``, the start is then snapped down to the evaluation window grid (a short track: phase 0).
         """
         crop, k = self.crop_samples, self.crops_per_track
         span = n - crop + 1 if n >= crop else n  # possible starts (or loop phases)
@@ -238,7 +247,11 @@ class CropStream(SplitStream):
             return 0
         c = item % k
         lo, hi = c * span // k, (c + 1) * span // k
-        return lo + _hash(self.seed, self.epoch, item) % (hi - lo) if hi > lo else lo
+        start = lo + _hash(self.seed, self.epoch, item) % (hi - lo) if hi > lo else lo
+        if self.grid_hop:
+            grid = window_starts(n, crop, hop=self.grid_hop)  # ascending, grid[0] = 0
+            start = int(grid[bisect.bisect_right(grid, start) - 1]) if n > crop else 0
+        return start
 
     def _read_batches(self, b0: int, b1: int, skip: int = 0) -> Iterator[Batch]:
         """The rank's batches ``[b0, b1)`` (this worker's share), without the first ``skip`` of them.

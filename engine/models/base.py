@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,6 +218,9 @@ class GenreModel(nn.Module):
         self.backbone = arch_cls(arch_cfg, self.in_shape, self.num_classes)
         if cfg.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        # wave [B, T] -> backbone.prefix output, served from a cache of the frozen prefix (set by the training
+        # loop with optim.cache_frozen_prefix: engine.feature_cache.PrefixCache.by_content); None: computed
+        self.prefix_cache: Callable[[Tensor], Tensor] | None = None
 
     @property
     def arch(self) -> str:
@@ -243,7 +247,19 @@ class GenreModel(nn.Module):
         return self.spec_aug(x)
 
     def forward(self, wave: Tensor, targets: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        if self.prefix_cache is not None:  # mixup is off with a prefix cache (checked where it is set)
+            logits = self.backbone.after_prefix(self.prefix_cache(wave))
+            return logits if targets is None else (logits, targets)
         return self.head(self.features(wave), targets)
+
+    def prefix_features(self, wave: Tensor) -> Tensor:
+        """Waveform ``[B, T]`` -> the output of the backbone's frozen prefix (``backbone.prefix``, e.g. musicnn's
+        front end ``[B, 561, T]``): :meth:`features`, channels-last, ``backbone.prefix``. What a
+        :class:`~engine.feature_cache.PrefixCache` stores and ``backbone.after_prefix`` reads."""
+        x = self.features(wave)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone.prefix(x)
 
     def head(self, x: Tensor, targets: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """The rest of :meth:`forward` after :meth:`features`: backbone input ``x [B, C, F, frames]`` ->

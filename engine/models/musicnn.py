@@ -179,23 +179,51 @@ class Musicnn(nn.Module):
         d = self.pooled_dim
         return {"meanmax": 2 * d, "penultimate": self.cfg.backend_units, "taggram": k, "mean_pool": d, "max_pool": d}
 
-    def midend_features(self, x: Tensor) -> Tensor:
-        """``[B, 1, F, frames]`` -> the densely connected mid-end output ``[B, 753, frames]``."""
+    # The frozen-prefix protocol (engine.feature_cache.PrefixCache): forward(x) = after_prefix(prefix(x)), where
+    # prefix is the front end -- the modules of prefix_modules, the costly part that fine-tuning keeps frozen.
+    prefix_modules = ("input_bn", "timbral", "temporal")
+
+    def prefix(self, x: Tensor) -> Tensor:
+        """``[B, 1, F, frames]`` -> the concatenated front end ``[B, 561, T]`` (timbral, then temporal)."""
         x = self.input_bn(x.transpose(2, 3))  # (B, 1, T, F): TF's NHWC with H = time, W = band
-        front = torch.cat([m(x) for m in self.timbral] + [m(x) for m in self.temporal], dim=1)  # (B, 561, T)
+        return torch.cat([m(x) for m in self.timbral] + [m(x) for m in self.temporal], dim=1)  # (B, 561, T)
+
+    def midend_after_prefix(self, front: Tensor) -> Tensor:
+        """The front end ``[B, 561, T]`` -> the densely connected mid-end output ``[B, 753, T]``."""
         c1 = self.midend[0](front)  # (B, 64, T)
         c2 = self.midend[1](c1) + c1  # residual
         c3 = self.midend[2](c2) + c2
         return torch.cat([front, c1, c2, c3], dim=1)  # (B, 753, T)
 
-    def outputs(self, x: Tensor) -> dict[str, Tensor]:
-        """Every named output for features ``[B, 1, F, frames]``: ``logits``, ``taggram``, ``penultimate``,
-        ``meanmax``, ``mean_pool``, ``max_pool`` (each ``[B, D]``)."""
-        mid = self.midend_features(x)  # (B, 753, T)
-        max_pool, mean_pool = mid.amax(dim=2), mid.mean(dim=2)  # (B, 753) each
+    def midend_features(self, x: Tensor) -> Tensor:
+        """``[B, 1, F, frames]`` -> the densely connected mid-end output ``[B, 753, frames]``."""
+        return self.midend_after_prefix(self.prefix(x))
+
+    @staticmethod
+    def _interleave(max_pool: Tensor, mean_pool: Tensor) -> Tensor:  # (B, D) x 2 -> (B, 2D)
         # TF concatenates [max, mean] on a trailing axis and flattens: the BN / dense inputs interleave them
-        pooled = torch.stack([max_pool, mean_pool], dim=2).flatten(1)  # (B, 1506)
-        normed = self.dropout(self.pool_bn(pooled))  # (B, 1506)
+        return torch.stack([max_pool, mean_pool], dim=2).flatten(1)
+
+    def pooled_after_prefix(self, front: Tensor) -> Tensor:
+        """The front end ``[B, 561, T]`` -> the interleaved max / mean pool ``[B, 1506]`` that ``pool_bn`` reads."""
+        mid = self.midend_after_prefix(front)
+        return self._interleave(mid.amax(dim=2), mid.mean(dim=2))
+
+    def pooled(self, x: Tensor) -> Tensor:
+        """``[B, 1, F, frames]`` -> the interleaved max / mean pool ``[B, 1506]`` (before ``pool_bn``)."""
+        return self.pooled_after_prefix(self.prefix(x))
+
+    def linear_head(self) -> tuple[nn.BatchNorm1d, nn.Linear] | None:
+        """``(pool_bn, classifier)`` when the logits are an affine map of :meth:`pooled` in eval mode
+        (``head_input: meanmax``), what an exact logistic fit is written into
+        (:meth:`engine.linear_fit.LogisticFit.load_into`); None for the penultimate head."""
+        return (self.pool_bn, self.classifier) if self.cfg.head_input == "meanmax" else None
+
+    def outputs_after_prefix(self, front: Tensor) -> dict[str, Tensor]:
+        """:meth:`outputs` from the front end ``[B, 561, T]`` (:meth:`prefix`)."""
+        mid = self.midend_after_prefix(front)  # (B, 753, T)
+        max_pool, mean_pool = mid.amax(dim=2), mid.mean(dim=2)  # (B, 753) each
+        normed = self.dropout(self.pool_bn(self._interleave(max_pool, mean_pool)))  # (B, 1506)
         penultimate = self.dense_bn(torch.relu(self.dense(normed)))  # (B, 200)
         logits = self.classifier(normed if self.cfg.head_input == "meanmax" else self.dropout(penultimate))
         return {
@@ -207,5 +235,14 @@ class Musicnn(nn.Module):
             "max_pool": max_pool,
         }
 
+    def outputs(self, x: Tensor) -> dict[str, Tensor]:
+        """Every named output for features ``[B, 1, F, frames]``: ``logits``, ``taggram``, ``penultimate``,
+        ``meanmax``, ``mean_pool``, ``max_pool`` (each ``[B, D]``)."""
+        return self.outputs_after_prefix(self.prefix(x))
+
+    def after_prefix(self, front: Tensor) -> Tensor:  # (B, 561, T) -> (B, K)
+        """The logits from the front end (:meth:`prefix`): the mid-end, pooling and head."""
+        return self.outputs_after_prefix(front)["logits"]
+
     def forward(self, x: Tensor) -> Tensor:  # (B, 1, F, frames) -> (B, K)
-        return self.outputs(x)["logits"]
+        return self.after_prefix(self.prefix(x))

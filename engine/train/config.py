@@ -39,6 +39,9 @@ class DataConfig:
     eval_batch_size: int = bounded(64, ge=1)
     num_workers: int = bounded(-1, ge=-1, note="-1 = by core count, 0 = in the training process")  # DataLoader workers per process; -1 = by core count
     shuffle_buffer: int = bounded(512, ge=1, note="1 = no shuffling of samples")  # samples per worker
+    # snap each training crop's start down to the evaluation window grid (shards.windows.window_starts with
+    # eval_hop_seconds): crops repeat across epochs and equal validation windows (optim.cache_frozen_prefix needs it)
+    crop_grid: bool = False
     holdout_fold: int = bounded(-1, ge=-1, note="-1 = no cross-validation")  # >= 0: cross-validation, train on the other folds of train_split (this one is the test fold)
 
     def validate(self) -> None:
@@ -84,6 +87,13 @@ class OptimConfig:
     # early-stop on and save it (best.pt / last.pt hold the average); 0 = off
     freeze_epochs: int = bounded(0, ge=0, note="0 = the whole run")  # run.freeze prefixes are frozen for this many epochs, then trained; 0 = the whole run
     pretrained_lr_scale: float = bounded(1.0, gt=0)  # lr factor of the weights loaded by run.init_from (the new head: optim.lr)
+    # keep the output of the backbone's frozen prefix (musicnn: the front end) per input window in memory and
+    # train only what follows it (engine.train.prefix): needs data.crop_grid, run.freeze covering the prefix for
+    # the whole run (freeze_epochs 0), a cacheable front end and no mixup; cv folds share the cache
+    cache_frozen_prefix: bool = False
+    # "lbfgs": before the first step of a fresh run, fit the linear head exactly (engine.train.exact's solver,
+    # C = solver_c or 1) on every evaluation window of the training tracks, and validate it as epoch 0
+    head_init: Literal["none", "lbfgs"] = "none"
 
     def validate(self) -> None:
         check_bounds(self, "optim")
@@ -151,6 +161,25 @@ class TrainConfig:
             raise ConfigError("data.shards is required (a shard-set directory made by tools/make_shards.py)")
         if self.run.resume and not self.run.out_dir:
             raise ConfigError("run.resume needs run.out_dir: the run directory to continue")
+        if self.optim.cache_frozen_prefix:
+            self.check_prefix_cache()
+
+    def check_prefix_cache(self) -> None:
+        """ConfigError naming each setting that makes ``optim.cache_frozen_prefix`` serve stale prefix outputs
+        (the model-dependent rules are checked when the model is built: :mod:`engine.train.prefix`)."""
+        bad = []
+        if not self.data.crop_grid:
+            bad.append("data.crop_grid must be true (random crops would never repeat)")
+        if not self.run.freeze:
+            bad.append("run.freeze must name the backbone's prefix modules")
+        if self.optim.freeze_epochs:
+            bad.append(f"optim.freeze_epochs must be 0 (the prefix frozen for the whole run), got {self.optim.freeze_epochs}")
+        if self.model.augment.enabled and self.model.augment.mixup_p > 0:
+            bad.append("model.augment.mixup_p must be 0 (mixup mixes before the prefix)")
+        if self.optim.solver != "gradient":
+            bad.append("optim.solver must be gradient")
+        if bad:
+            raise ConfigError("optim.cache_frozen_prefix: " + "; ".join(bad))
 
 
 def yaml_dump(data: dict[str, Any]) -> str:

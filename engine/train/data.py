@@ -112,7 +112,7 @@ def make_loaders(cfg: TrainConfig, shards: ShardSet, rank: int, world: int) -> L
         data.shards, data.train_split, crop_samples=shards.segment_samples,
         batch_size=data.batch_size, seed=cfg.run.seed, shuffle_buffer=data.shuffle_buffer,
         rank=rank, world_size=world, holdout_fold=data.holdout_fold, folds="exclude",
-        crops_per_track=data.crops_per_track,
+        crops_per_track=data.crops_per_track, grid_hop=shards.hop_samples if data.crop_grid else 0,
     )  # fmt: skip
     valid_stream = WindowStream(
         data.shards, data.valid_split, window_samples=shards.eval_samples,

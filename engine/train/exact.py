@@ -8,7 +8,7 @@ approximate a convex problem that L-BFGS solves exactly in seconds. :func:`fit_e
 1. check that the model qualifies (:func:`linear_model`: the backbone's ``linear_head``, the front end
    cacheable by :func:`engine.feature_cache.uncacheable_reason`, no setting the fit could not honour);
 2. compute the pooled features of every *evaluation window* of the training tracks once
-   (:func:`pooled_training_set`: the windows, window length and hop that validation and ``evaluate`` score,
+   (:func:`engine.train.pooled_fit.pooled_training_set`: the windows, window length and hop that validation and ``evaluate`` score,
    pooled by the backbone's own ``pooled``), through a :class:`~engine.feature_cache.FeatureCache`
    (``cv`` shares one directory across its folds, so each clip's front end runs once);
 3. fit scikit-learn's L2 logistic regression (:mod:`engine.linear_fit`; multinomial, or one-vs-rest on a
@@ -29,46 +29,34 @@ batch size) are ignored.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from engine.config import ConfigError
 from engine.distributed import accelerate_precision, make_accelerator
-from engine.feature_cache import ClipKey, FeatureCache, FeatureStore, uncacheable_reason
-from engine.linear_fit import LogisticFit, fit_logistic, fit_logistic_cv, multilabel_strata, stratified_folds
+from engine.feature_cache import FeatureCache, FeatureStore, uncacheable_reason
 from engine.models import GenreModel, build_model, count_parameters
-from engine.models.inputs import model_input
-from engine.tasks import Task, get_task
+from engine.tasks import get_task
 from engine.train.config import TrainConfig
 from engine.train.data import ShardSet, make_loaders, open_shard_set
 from engine.train.loop import evaluate_epoch
+from engine.train.pooled_fit import pooled_training_set, solve, training_figures
 from engine.train.records import RunRecords
 from engine.train.state import TrainState, open_run_dir, seed_everything
 from shards.format import manifest_task
 from shards.outputs import prepare_output_dir
-from shards.reader import make_loader
-from shards.window_stream import WindowStream
-from shards.windows import window_starts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CachedFrontend", "PooledSet", "fit_exact", "linear_model", "pooled_training_set"]
+__all__ = ["CachedFrontend", "fit_exact", "linear_model"]
 
 SOLVER = "lbfgs"
-PATH_TOL = 1e-4
-"""Gradient tolerance of the inner-CV fits along the C grid at least (``LogisticRegressionCV``'s default ``tol``);
-the refit with the chosen C solves to ``optim.solver_tol``."""
 
 
 def fit_exact(cfg: TrainConfig, feature_cache: str | Path | FeatureStore | None = None) -> dict[str, Any]:
@@ -93,7 +81,13 @@ def fit_exact(cfg: TrainConfig, feature_cache: str | Path | FeatureStore | None 
     if state_dir is not None:
         return finished_fit(run_dir, state_dir)
     t0 = time.perf_counter()
-    train_set = pooled_training_set(cfg, shards, model, task, feature_cache)
+    cache = FeatureCache(model, feature_cache)
+    device = accelerator.device
+    train_set = pooled_training_set(
+        cfg, shards, task, lambda clips, rows: model.backbone.pooled(cache.features(clips, rows, device)), device
+    )
+    train_set.counts = cache.counts()
+    log.info("lbfgs features: %s", train_set.counts)
     fit = solve(cfg, train_set, weight, len(shards.labels))
     fit.load_into(classifier, norm)
     fit_seconds = time.perf_counter() - t0
@@ -125,9 +119,7 @@ class CachedFrontend(nn.Module):
         self.model, self.cache = model, cache
 
     def forward(self, x: Tensor) -> Tensor:  # wave [B, T] or feats [B, frames, D] -> logits [B, K]
-        rows = x.detach().cpu().numpy()
-        keys = [ClipKey("sha1:" + hashlib.sha1(r.tobytes()).hexdigest(), 0, int(r.shape[0])) for r in rows]
-        return self.model.head(self.cache.features(keys, x, x.device))
+        return self.model.head(self.cache.by_content(x))
 
 
 def refuse_unhonoured_settings(cfg: TrainConfig) -> None:
@@ -169,110 +161,6 @@ def linear_model(
             f"optim.solver: lbfgs needs features that do not change during training, but {reason}"
         )
     return model, parts[0], parts[1]
-
-
-@dataclass
-class PooledSet:
-    """The training windows as a logistic regression sees them."""
-
-    x: Tensor  # [W, D] float64: the backbone's pooled features of every window (before its standardisation)
-    targets: Tensor  # [W] long labels, or [W, K] float multi-hot
-    weight: Tensor  # [W] float64: 1 / windows of the track
-    folds: np.ndarray  # [W] inner fold of the window's track
-    tracks: int
-    counts: dict[str, int] = field(default_factory=dict)  # the FeatureCache's counts
-
-
-def pooled_training_set(
-    cfg: TrainConfig, shards: ShardSet, model: GenreModel, task: Task, store: str | Path | FeatureStore | None
-) -> PooledSet:
-    """Every evaluation window of the training tracks (``data.holdout_fold`` excluded), its front-end features
-    from the cache (computed once per clip), pooled by the backbone, with its track's target and inner fold."""
-    window, hop = shards.eval_samples, shards.hop_samples
-    stream = WindowStream(cfg.data.shards, cfg.data.train_split, window_samples=window, hop_samples=hop,
-                          batch_size=cfg.data.eval_batch_size, rank=0, world_size=1,
-                          holdout_fold=cfg.data.holdout_fold, folds="exclude")  # fmt: skip
-    keys, lengths = stream.track_keys(), stream.track_lengths()
-    cache = FeatureCache(model, store)
-    device = next(model.parameters()).device
-    k = len(shards.labels)
-    seen: Counter[int] = Counter()  # windows of each track so far (they come in order)
-    xs, ys, tracks = [], [], []
-    loader = make_loader(stream, num_workers=None if cfg.data.num_workers < 0 else cfg.data.num_workers)
-    for batch in tqdm(loader, desc="features", unit="batch", disable=not cfg.run.progress, leave=False):
-        ok = batch["valid"].bool()
-        rows = model_input(batch)[ok]
-        track_ids = batch["track"][ok].tolist()
-        clips = []
-        for t in track_ids:
-            start = int(window_starts(lengths[t], window, hop=hop)[seen[t]])
-            clips.append(ClipKey(keys[t], start, window))
-            seen[t] += 1
-        with torch.no_grad():
-            xs.append(model.backbone.pooled(cache.features(clips, rows, device)).double())
-        ys.append(task.targets(batch, k, device)[ok.to(device)])
-        tracks += track_ids
-    log.info("lbfgs features: %s", cache.counts())
-    track = torch.tensor(tracks, dtype=torch.long)
-    per_track = torch.bincount(track, minlength=len(keys)).double()
-    targets = torch.cat(ys)
-    targets = targets if task.multi_label else targets.argmax(dim=1)
-    folds = inner_folds(stream, targets.cpu(), track, cfg.optim.solver_folds)
-    return PooledSet(
-        torch.cat(xs), targets, (1.0 / per_track[track]).to(device), folds, len(seen), cache.counts()
-    )
-
-
-def inner_folds(stream: WindowStream, targets: Tensor, track: Tensor, k: int) -> np.ndarray:
-    """Inner fold per window: the shard set's fold of its track when the training tracks span >= 2 folds,
-    else ``k`` stratified folds of tracks (:func:`engine.linear_fit.stratified_folds`)."""
-    shard_folds = np.asarray(stream.track_folds())
-    if (shard_folds >= 0).all() and len(np.unique(shard_folds)) >= 2:
-        return shard_folds[track.numpy()]
-    first = {}  # one target per track: its first window's
-    for w, t in enumerate(track.tolist()):
-        first.setdefault(t, w)
-    order = sorted(first)
-    per_track = targets[[first[t] for t in order]]
-    strata = multilabel_strata(per_track) if per_track.dim() == 2 else per_track.numpy()
-    k = min(
-        k, int(np.unique(strata, return_counts=True)[1].max())
-    )  # no more folds than the largest class has tracks
-    try:
-        fold_of = dict(zip(order, stratified_folds(strata, max(2, k))))
-    except ValueError as err:
-        raise ConfigError(f"optim.solver_folds={k}: {err}; lower it or give optim.solver_c") from err
-    return np.asarray([fold_of[t] for t in track.tolist()])
-
-
-def solve(cfg: TrainConfig, data: PooledSet, class_weight: Tensor | None, num_classes: int) -> LogisticFit:
-    """The L2 logistic regression of ``data``: ``optim.solver_c``, else C by inner cross-validation."""
-    weight = data.weight
-    if class_weight is not None and data.targets.dim() == 1:
-        weight = weight * class_weight.to(weight)[data.targets]
-    multi = data.targets.dim() == 2
-    common = {"sample_weight": weight, "num_classes": None if multi else num_classes, "tol": cfg.optim.solver_tol}
-    if cfg.optim.solver_c is not None:
-        return fit_logistic(data.x, data.targets, cfg.optim.solver_c, **common)
-    path_tol = max(PATH_TOL, cfg.optim.solver_tol)
-    scoring = None if cfg.optim.solver_scoring == "auto" else cfg.optim.solver_scoring
-    return fit_logistic_cv(data.x, data.targets, cfg.optim.solver_cs, folds=data.folds, path_tol=path_tol,
-                           scoring=scoring, **common)  # fmt: skip
-
-
-def training_figures(fit: LogisticFit, data: PooledSet) -> dict[str, float]:
-    """``train_loss`` (weighted mean cross-entropy; multi-label: binary, over tags) and ``train_acc`` (tag
-    accuracy multi-label) of the fit on its own windows."""
-    p = fit.probabilities(data.x).clamp(1e-15, 1 - 1e-15)
-    w = data.weight / data.weight.sum()
-    if fit.multilabel:
-        y = data.targets.to(p)
-        loss = -(y * p.log() + (1 - y) * (1 - p).log()).mean(dim=1)
-        hits = ((p > 0.5) == (y > 0.5)).to(p).mean(dim=1)
-    else:
-        loss = -p.gather(1, data.targets[:, None]).squeeze(1).log()
-        hits = (p.argmax(dim=1) == data.targets).to(p)
-    return {"train_loss": float((w * loss).sum()), "train_acc": float((w * hits).sum())}
 
 
 def finished_fit(run_dir: Path, state_dir: Path) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class Learner:
     freezer: Freezer
     n_params: int
     num_classes: int  # K
+    first_epoch: int = 0  # the first training epoch (1 with optim.head_init: epoch 0 is the initialised head)
 
 
 def check_eval_window(model: torch.nn.Module, window: int, feature_dim: int | None) -> None:

@@ -19,14 +19,16 @@ import torch
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
+from engine.config import ConfigError
 from engine.distributed import accelerate_precision, make_accelerator
 from engine.evaluation_loop import evaluate_stream
 from engine.models.inputs import model_input
 from engine.optim import ddp_kwargs
 from engine.tasks import Selection, Task, get_task
 from engine.train.config import TrainConfig
-from engine.train.data import Loaders, make_loaders, open_shard_set
+from engine.train.data import Loaders, ShardSet, make_loaders, open_shard_set
 from engine.train.learner import Learner, build_learner
+from engine.train.prefix import attach_prefix_cache, init_head_exactly
 from engine.train.records import RunRecords
 from engine.train.state import (
     TrainState,
@@ -43,7 +45,7 @@ from shards.outputs import prepare_output_dir
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-    from engine.feature_cache import FeatureStore
+    from engine.feature_cache import FeatureStore, PrefixCache
 
 logger = get_logger(__name__)
 
@@ -52,7 +54,9 @@ __all__ = ["TrainedEpoch", "evaluate_epoch", "train_by_gradient", "train_epoch"]
 
 def train_by_gradient(cfg: TrainConfig, feature_cache: str | Path | FeatureStore | None = None) -> dict[str, Any]:
     """Train a model as ``cfg`` says by epochs of its optimiser (``optim.solver: gradient``); returns ``{run_dir,
-    best_checkpoint, last_checkpoint, history, best, ...}``. ``feature_cache`` is not used: crops are redrawn.
+    best_checkpoint, last_checkpoint, history, best, ...}``. ``feature_cache``: with ``optim.cache_frozen_prefix``,
+    a :class:`~engine.feature_cache.FeatureStore` whose memory keeps the frozen prefix outputs (``cv`` shares one
+    across its folds; a directory or None: a new in-memory one); otherwise not used.
 
     Everything that can be checked is checked before the run directory is made: the output folder
     (:class:`shards.outputs.OutputError`), the shard set, the splits and the window lengths (:class:`ConfigError`)."""
@@ -68,13 +72,19 @@ def train_by_gradient(cfg: TrainConfig, feature_cache: str | Path | FeatureStore
     data = make_loaders(cfg, shards, accelerator.process_index, accelerator.num_processes)  # checks the windows
     run_dir, state_dir = open_run_dir(cfg, accelerator)  # the same on every rank; config.yaml written
     learner = build_learner(cfg, shards, data.optim_steps_per_epoch, accelerator)
+    prefix_cache = attach_prefix_cache(cfg, learner, feature_cache)  # optim.cache_frozen_prefix (else None)
     state = resume_train_state(accelerator, state_dir, learner.net) if cfg.run.resume else TrainState()
     weight = weight.to(accelerator.device) if weight is not None else None
     records = RunRecords(run_dir, cfg, shards, learner.eval_net, learner.n_params, accelerator, task.checkpoint_extra(),
                          weights="ema" if learner.ema is not None else "raw")  # fmt: skip
     log_start(cfg, accelerator, learner, data)
+    if cfg.optim.head_init != "none":  # epoch 0 is the exactly initialised head; training epochs are 1, 2, ...
+        learner.first_epoch = 1
+        if not state.history:  # a fresh run (a resumed one has its epoch-0 row)
+            head_init_epoch(cfg, accelerator, learner, data, shards, task, weight, prefix_cache, state, records,
+                            selection, run_dir)  # fmt: skip
 
-    while state.epoch < data.epochs:
+    while state.epoch < data.epochs + learner.first_epoch:
         epoch = state.epoch
         trained = train_epoch(cfg, accelerator, learner, data, state, weight, run_dir, task)
         metrics, ckpt_extra = evaluate_epoch(learner.eval_net, data.valid_loader, accelerator, shards.labels, weight,
@@ -96,6 +106,31 @@ def train_by_gradient(cfg: TrainConfig, feature_cache: str | Path | FeatureStore
     accelerator.wait_for_everyone()
     # no accelerator.end_training(): it destroys the process group, and cv/compare train again in-process
     return summary
+
+
+def head_init_epoch(
+    cfg: TrainConfig, accelerator: Accelerator, learner: Learner, data: Loaders, shards: ShardSet, task: Task,
+    weight: torch.Tensor | None, prefix_cache: PrefixCache | None, state: TrainState, records: RunRecords,
+    selection: Selection, run_dir: Path,
+) -> None:  # fmt: skip
+    """``optim.head_init: lbfgs``: fit the head exactly (:func:`engine.train.prefix.init_head_exactly`), validate
+    it and record it as epoch 0 (history row, ``last.pt``, ``best.pt`` unless a later epoch beats it, state)."""
+    if accelerator.num_processes > 1:
+        raise ConfigError("optim.head_init: lbfgs fits in one process; launch without torchrun / accelerate launch")
+    t0 = time.perf_counter()
+    fit = init_head_exactly(cfg, shards, learner, task, weight, prefix_cache)
+    metrics, extra = evaluate_epoch(learner.eval_net, data.valid_loader, accelerator, shards.labels, weight,
+                                    cfg.run.precision, cfg.eval.track_aggregate, task)  # fmt: skip
+    row = {
+        "epoch": 0, "step": 0, "lr": learner.optimizer.param_groups[0]["lr"], "train_loss": fit["train_loss"],
+        "train_acc": fit["train_acc"], **metrics, "train_clips_per_s": 0.0,
+        "epoch_seconds": time.perf_counter() - t0, "head_init": cfg.optim.head_init, "C": fit["C"],
+        "train_windows": fit["train_windows"],
+    }  # fmt: skip
+    improved = end_epoch(state, row, learner, selection)
+    log_epoch(0, row, task)
+    records.epoch_end(0, row, improved, state.history, extra)
+    save_train_state(accelerator, run_dir, state, learner.net)
 
 
 @dataclass
@@ -121,7 +156,7 @@ def train_epoch(
         reseed_all(net, epoch_seed(cfg.run.seed, epoch, rank))
     data.train_stream.set_epoch(epoch, start_batch=done)  # the first `done` items: {} placeholders, nothing read
     model.train()
-    learner.freezer.apply(epoch)  # run.freeze for this epoch (a function of the epoch: resumes exactly)
+    learner.freezer.apply(epoch - learner.first_epoch)  # run.freeze for this epoch (a function of the epoch: resumes exactly)
     t0, seen, n_steps = time.perf_counter(), state.epoch_seen, done
     seen0 = seen  # clips trained before a mid-epoch stop: not this session's throughput
     loss_sum = torch.full((), state.epoch_loss, device=accelerator.device)

@@ -20,7 +20,7 @@ from engine.cv import cross_validate, evaluate_best, flatten_metrics
 from engine.evaluate import evaluate_checkpoint
 from engine.models import ARCHS
 from engine.train import TrainConfig, train
-from engine.train.exact import PooledSet, solve
+from engine.train.pooled_fit import PooledSet, solve
 from shards.window_stream import WindowStream
 
 ROOT = Path(__file__).resolve().parents[2]
