@@ -128,6 +128,20 @@ def check_folds(cfg: TrainConfig, folds: int | None = None) -> int:
     return k_available
 
 
+def fold_feature_store(cfg: TrainConfig, out_dir: Path) -> FeatureStore | None:
+    """What the folds share: fixed front-end features (``optim.solver: lbfgs``) and a frozen prefix's outputs
+    (``optim.cache_frozen_prefix``), computed once for every fold, in memory; the features of audio also on disk
+    under ``<out>/feature_cache`` (an interrupted cv resumes without recomputing them). Embeddings and other
+    feature shards stay in memory only: their front end is a reshape of data already on disk, cheaper to redo
+    than to write and read back. None: nothing to share (gradient training without a cached prefix)."""
+    if cfg.optim.cache_frozen_prefix:
+        return FeatureStore()
+    if cfg.optim.solver != "lbfgs":
+        return None
+    audio = load_manifest(cfg.data.shards).get("kind") != "features"
+    return FeatureStore(out_dir / "feature_cache" if audio else None)
+
+
 def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = None) -> dict[str, Any]:
     """Train and evaluate one model per fold; returns ``{folds: [...], summary: {metric: {mean, std}},
     train_seconds_total, confusion_matrix}`` (the last: :func:`pooled_confusion`, genre sets). Each fold's row has its test metrics (flat, :func:`flatten_metrics`), ``best_epoch``,
@@ -136,11 +150,7 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = No
     k = check_folds(cfg, folds)
     out_dir = prepare_output_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # fixed front-end features (optim.solver: lbfgs) are computed once for every fold: kept on disk here; a
-    # frozen prefix's outputs (optim.cache_frozen_prefix) once for every fold too, in memory
-    cache = FeatureStore(out_dir / "feature_cache") if cfg.optim.solver == "lbfgs" else None
-    if cfg.optim.cache_frozen_prefix:
-        cache = FeatureStore()
+    cache = fold_feature_store(cfg, out_dir)
     rows = []
     for fold in range(k):
         fold_dir = out_dir / f"fold{fold}"

@@ -98,7 +98,7 @@ def fit_exact(cfg: TrainConfig, feature_cache: str | Path | FeatureStore | None 
            "C": float(fit.c[0]), "train_windows": int(train_set.x.shape[0]), "train_tracks": train_set.tracks,
            "features_computed": train_set.counts["computed"], "fit_seconds": fit_seconds,
            "epoch_seconds": time.perf_counter() - t0}  # fmt: skip
-    log.info("lbfgs: C = %g (%d L-BFGS iterations), %d windows of %d tracks, fitted in %.1f s | valid loss %.4f %s",
+    log.info("lbfgs: C = %g (%d solver iterations), %d windows of %d tracks, fitted in %.1f s | valid loss %.4f %s",
              row["C"], fit.n_iter, row["train_windows"], train_set.tracks, fit_seconds, row["valid_loss"],
              task.log_figures(row))  # fmt: skip
     records = RunRecords(run_dir, cfg, shards, model, count_parameters(model), accelerator, task.checkpoint_extra(),
