@@ -81,13 +81,14 @@ def ddp_kwargs(freeze_epochs: int) -> list[Any]:
 class Freezer:
     """Freeze the parameters under ``prefixes`` for the first ``epochs`` epochs (0: the whole run).
 
-    Make it before the model is wrapped for DDP: a whole-run freeze takes effect at once (DDP then leaves those
+    ``norm_stats`` (``run.freeze_norm_stats``): every BatchNorm of the model keeps normalising by its running
+    statistics in training, and they stay as they are. Make it before the model is wrapped for DDP: a whole-run freeze takes effect at once (DDP then leaves those
     parameters out), a temporary one at the first :meth:`apply`. Call :meth:`apply` after ``model.train()`` at
     the start of every epoch. Prefixes are checked here (:class:`ConfigError` naming the model's modules for
     one that matches nothing).
     """
 
-    def __init__(self, model: nn.Module, prefixes: list[str], epochs: int) -> None:
+    def __init__(self, model: nn.Module, prefixes: list[str], epochs: int, norm_stats: bool = False) -> None:
         if epochs < 0:
             raise ConfigError(f"optim.freeze_epochs must be >= 0 (0: the whole run), got {epochs}")
         if epochs and not prefixes:
@@ -103,6 +104,8 @@ class Freezer:
         stems = tuple(p.rstrip(".") + "." for p in self.prefixes)
         self.norms = [m for n, m in model.named_modules()
                       if isinstance(m, nn.modules.batchnorm._BatchNorm) and (n + ".").startswith(stems)]  # fmt: skip
+        # run.freeze_norm_stats: every BatchNorm in eval mode in every epoch (its affine parameters still train)
+        self.held_norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if norm_stats else []
 
     def frozen(self, epoch: int) -> bool:
         """Whether the parameters under the prefixes are frozen in ``epoch``."""
@@ -116,6 +119,9 @@ class Freezer:
         if frozen and self.model.training:
             for m in self.norms:
                 m.eval()  # running statistics stay the pretrained ones
+        if self.model.training:
+            for m in self.held_norms:
+                m.eval()
         if self.epochs and epoch == self.epochs:
             log.info("epoch %d: %d parameter tensors under %s unfrozen", epoch, len(self.params), self.prefixes)
         return frozen

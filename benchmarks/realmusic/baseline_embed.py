@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     p.add_argument("--emb", type=Path, default=Path("/work/data/realmusic_emb_msd"), help="embedding feature-shard set")
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
+    p.add_argument("--tol", type=float, default=1e-4, help="LogisticRegression's tol (1e-12: solved to the optimum)")
     p.add_argument("--with-valid", action="store_true", help="also train on the validation split")
     p.add_argument("--json", type=Path, default=None, help="write the per-fold results here")
     args = p.parse_args(argv)
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     emb = manifest.get("embedding", {})
     print(f"{len(train)} train-split tracks ({len(valid)} valid added), {len(manifest['labels'])} classes, {k} folds; "
           f"{emb.get('checkpoint', '?')} '{emb.get('embedding', '?')}' clip means ({dim} values), read in {t_read:.1f}s")  # fmt: skip
-    rows = cross_validate(train, valid, feats, k, args.C)
+    rows = cross_validate(train, valid, feats, k, args.C, args.tol)
     mean, std = report(rows)
     print(f"total {time.perf_counter() - t0:.1f}s (reading and the {k} fits)")
     if args.json:

@@ -124,6 +124,10 @@ class RunConfig:
     # (default: the same name up to case and punctuation; null: a fresh row); engine.checkpoint.init_from
     init_label_map: str = ""
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes to freeze (optim.freeze_epochs: how long)
+    # every BatchNorm normalises by its running statistics in training too and leaves them as they are (its affine
+    # parameters still train): a small-set fine-tune whose head was fitted on eval-mode features (optim.head_init)
+    # would otherwise see other features from the first step (batch statistics of 16 crops)
+    freeze_norm_stats: bool = False
     tensorboard: bool = True
     progress: bool = True
 

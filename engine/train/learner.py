@@ -68,7 +68,7 @@ def build_learner(cfg: TrainConfig, shards: ShardSet, optim_steps_per_epoch: int
     if cfg.run.init_from:  # the dataset's labels that the checkpoint also has start from its output rows
         init = init_from(model, cfg.run.init_from, labels=shards.labels, label_map=cfg.run.init_label_map or None)
         loaded = init["loaded"]
-    freezer = Freezer(model, cfg.run.freeze, cfg.optim.freeze_epochs)  # before DDP wraps the model
+    freezer = Freezer(model, cfg.run.freeze, cfg.optim.freeze_epochs, cfg.run.freeze_norm_stats)  # before DDP wraps
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     n_params = count_parameters(model)

@@ -136,6 +136,24 @@ def test_freezer_checks_its_settings_and_keeps_frozen_batchnorms_in_eval_mode(pr
     assert model.backbone.midend[0].bn.training
 
 
+def test_frozen_norm_stats_keep_every_batchnorms_statistics_while_its_affine_parameters_train(pretrained_cache) -> None:
+    torch.manual_seed(0)
+    model = build_model(model_config("MSD_musicnn"), 3, 16000, 47616)
+    freezer = Freezer(model, [], 0, norm_stats=True)  # run.freeze_norm_stats, nothing else frozen
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    stats = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    bn = model.backbone.midend[0].bn
+    affine = bn.weight.detach().clone()
+    model.train()
+    freezer.apply(0)
+    assert not any(m.training for m in norms) and model.backbone.midend[0].conv.training  # only the norms
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.randn(4, 47616)).logsumexp(dim=1).mean().backward()
+    opt.step()
+    assert all(torch.equal(m.running_mean, a) and torch.equal(m.running_var, b) for m, (a, b) in zip(norms, stats))
+    assert not torch.equal(bn.weight, affine)
+
+
 def test_init_from_refuses_a_checkpoint_trained_on_another_input(pretrained_cache, tmp_path, make_tiny_checkpoint) -> None:
     logmel = from_dict(ModelConfig, {"arch": "musicnn", "features": {"features": ["logmel"], "n_fft": 512,
                                                                       "hop_length": 256, "n_mels": 96}})  # fmt: skip
