@@ -158,10 +158,15 @@ class Standardiser:
     scale: Tensor
 
     @classmethod
-    def fit(cls, x: Tensor) -> Standardiser:
-        """Statistics of ``x [N, D]`` (computed in ``x``'s dtype; pass float64)."""
+    def fit(cls, x: Tensor, var_eps: float = 0.0) -> Standardiser:
+        """Statistics of ``x [N, D]`` (computed in ``x``'s dtype; pass float64). ``var_eps`` > 0: ``scale =
+        sqrt(var + var_eps)`` for every column, as a BatchNorm with that ``eps`` divides (a near-constant column is
+        damped instead of blown up to unit variance: a head that goes on training must not read a 1e-10 wobble
+        of it as a 1-sigma move)."""
         mean = x.mean(dim=0)
         var = (x - mean).pow(2).mean(dim=0)
+        if var_eps > 0:
+            return cls(mean, (var + var_eps).sqrt())
         n = x.shape[0]
         eps = torch.finfo(torch.float64).eps
         constant = var <= n * eps * var + (n * mean * eps) ** 2  # sklearn's _is_constant_feature
@@ -442,6 +447,7 @@ def fit_logistic(
     max_iter: int = 5000,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float64,
+    var_eps: float = 0.0,
 ) -> LogisticFit:
     """Standardise ``x [N, D]`` and fit sklearn's L2 logistic regression with inverse strength ``c``.
 
@@ -454,9 +460,11 @@ def fit_logistic(
         tol: largest absolute gradient entry of the objective / sum(weights) at convergence.
         max_iter: L-BFGS iterations.
         device, dtype: where and in which precision to solve (float64 by default, as sklearn).
+        var_eps: 0 (default): scikit-learn's ``StandardScaler``; > 0: scale ``sqrt(var + var_eps)``, a
+            BatchNorm's (see :meth:`Standardiser.fit`; the exact head of a model that goes on training).
     """
     xt, yt, weight, k = _prepare(x, y, num_classes, sample_weight, device, dtype)
-    scaler = Standardiser.fit(xt)
+    scaler = Standardiser.fit(xt, var_eps)
     cvec = _c_vector(c, k, xt)
     prob = _problem(yt, k, dtype, weight)
     w, b, _, n_iter, converged = _solve(scaler(xt), prob, cvec, weight, tol, max_iter, None)

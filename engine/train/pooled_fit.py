@@ -111,15 +111,19 @@ def inner_folds(stream: WindowStream, targets: Tensor, track: Tensor, k: int) ->
     return np.asarray([fold_of[t] for t in track.tolist()])
 
 
-def solve(cfg: TrainConfig, data: PooledSet, class_weight: Tensor | None, num_classes: int) -> LogisticFit:
-    """The L2 logistic regression of ``data``: ``optim.solver_c``, else C by inner cross-validation."""
+def solve(
+    cfg: TrainConfig, data: PooledSet, class_weight: Tensor | None, num_classes: int, var_eps: float = 0.0
+) -> LogisticFit:
+    """The L2 logistic regression of ``data``: ``optim.solver_c``, else C by inner cross-validation.
+    ``var_eps`` > 0 (with ``optim.solver_c``): standardise as a BatchNorm with that eps (the head of a fine-tune,
+    :func:`engine.linear_fit.Standardiser.fit`)."""
     weight = data.weight
     if class_weight is not None and data.targets.dim() == 1:
         weight = weight * class_weight.to(weight)[data.targets]
     multi = data.targets.dim() == 2
     common = {"sample_weight": weight, "num_classes": None if multi else num_classes, "tol": cfg.optim.solver_tol}
     if cfg.optim.solver_c is not None:
-        return fit_logistic(data.x, data.targets, cfg.optim.solver_c, **common)
+        return fit_logistic(data.x, data.targets, cfg.optim.solver_c, var_eps=var_eps, **common)
     path_tol = max(PATH_TOL, cfg.optim.solver_tol)
     scoring = None if cfg.optim.solver_scoring == "auto" else cfg.optim.solver_scoring
     return fit_logistic_cv(data.x, data.targets, cfg.optim.solver_cs, folds=data.folds, path_tol=path_tol,

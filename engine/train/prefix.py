@@ -91,8 +91,11 @@ def init_head_exactly(
     finally:
         net.train(was_training)
     c = cfg.optim.solver_c or HEAD_INIT_C
+    # standardised as the BatchNorm will (sqrt(var + eps)): a near-constant pool value is not blown up by 1e8,
+    # so the mid-end's first steps do not move the logits by thousands
+    var_eps = float(norm.eps) if norm is not None else 0.0
     fit = solve(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, solver_c=c)), train_set, weight,
-                len(shards.labels))  # fmt: skip
+                len(shards.labels), var_eps)  # fmt: skip
     with torch.no_grad():
         fit.load_into(classifier, norm)
     if learner.ema is not None:  # the average starts from the initialised head
