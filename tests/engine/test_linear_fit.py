@@ -293,3 +293,19 @@ def test_cuda_fit_equals_cpu_fit(multiclass):
     assert gpu.weight.device.type == "cuda"
     p_cpu, p_gpu = cpu.probabilities(torch.from_numpy(x)), gpu.probabilities(torch.from_numpy(x).cuda())
     assert float((p_cpu - p_gpu.cpu()).abs().max()) < 1e-6
+
+
+def test_var_eps_standardises_as_a_batchnorm_and_damps_a_near_constant_column(multiclass):
+    x, y = multiclass
+    x = x.copy()
+    x[:, 5] = 3.0 + 1e-9 * np.random.default_rng(0).normal(size=len(x))  # near-constant, not constant
+    eps = 1e-3
+    fit = fit_logistic(x, y, 1.0, tol=1e-10, var_eps=eps)
+    z = (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + eps)
+    want = LogisticRegression(C=1.0, **SK).fit(z, y).predict_proba(z)
+    np.testing.assert_allclose(fit.probabilities(torch.as_tensor(x)).numpy(), want, atol=1e-6)
+    assert float(fit.raw_weight[:, 5].abs().max()) < 1e3  # scikit-learn's scaling would make it ~1e9 per unit
+    norm, linear = nn.BatchNorm1d(x.shape[1], eps=eps).eval().double(), nn.Linear(x.shape[1], 4).double()
+    with torch.no_grad():
+        fit.load_into(linear, norm)
+        torch.testing.assert_close(linear(norm(torch.as_tensor(x))), fit.logits(torch.as_tensor(x)))
