@@ -69,7 +69,8 @@ def test_finetune_gets_the_genre_head_and_freezes_then_trains_the_pretrained_lay
     run = tmp_path / "run"
     # the head of the shipped tag models (on the penultimate layer), so that every pretrained layer is on its path
     freeze = [f"run.freeze=[{','.join(FRONT_MID + BACK)}]", "model.params.head_input=penultimate",
-              "optim.cache_frozen_prefix=false", "optim.head_init=none"]  # a temporary freeze: no prefix cache
+              "optim.cache_frozen_prefix=false", "optim.head_init=none",  # a temporary freeze: no prefix cache
+              "run.freeze_norm_stats=false"]  # the BatchNorms leave eval mode with the unfreeze
     first = train(finetune_config(shards, run, "optim.epochs=1", "optim.freeze_epochs=1", *freeze))
     assert first["labels"] == ["classical", "metal", "reggae"]
     after0 = torch.load(run / "last.pt", weights_only=True)["model_state"]
