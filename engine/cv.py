@@ -8,9 +8,9 @@ folds were assigned at ingest (``make_shards.py --folds K``, track- or artist-gr
 artist crosses from training into its test fold. Resumable fold by fold: a finished fold is read back,
 an interrupted one resumes from its saved state. With ``optim.solver: lbfgs`` the front-end features of every
 training clip are computed once for all folds (``<out>/feature_cache``, :class:`engine.feature_cache.FeatureCache`;
-``features_computed`` per fold counts the clips computed in that fold). Written: ``cv.json``, ``cv.md``,
-``confusion_matrix.png`` (the held-out folds' track predictions pooled, also in cv.json; genre sets), and per fold its run and
-``eval/`` (metrics, report, predictions; no plots).
+``features_computed`` per fold counts the clips computed in that fold). Written: ``cv.json`` and ``cv.md`` (with
+the confusion matrix of the held-out folds' track predictions pooled, genre sets), and per fold its run and ``eval/``
+(metrics, report, predictions; no plots).
 """
 
 from __future__ import annotations
@@ -194,12 +194,8 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = No
         "train_seconds_total": sum(r.get("train_seconds", 0.0) for r in rows),
     }
     pooled = pooled_confusion(out_dir, k)
-    if pooled is not None:
+    if pooled is not None:  # a table in cv.md, not a PNG: matplotlib would double a probe's cv wall time
         result["confusion_matrix"] = pooled
-        from engine.plots import confusion_matrix_png
-
-        confusion_matrix_png(pooled["counts"], pooled["labels"], out_dir / "confusion_matrix.png",
-                             title=f"Confusion matrix (tracks, {k} held-out folds)")  # fmt: skip
     (out_dir / "cv.json").write_text(json.dumps(result, indent=2))
     (out_dir / "cv.md").write_text(cv_markdown(result))
     return result
@@ -229,7 +225,8 @@ CV_COLUMNS = (
 
 def cv_markdown(result: dict[str, Any]) -> str:
     """Per-fold rows and the mean ± std row; ``track_*`` is the run's ``eval.track_aggregate``, the
-    ``track_mean_prob_*`` / ``track_mean_logprob_*`` columns are each aggregate; ``train s`` per fold."""
+    ``track_mean_prob_*`` / ``track_mean_logprob_*`` columns are each aggregate; ``train s`` per fold; then the
+    pooled confusion matrix (genre sets)."""
     s = result["summary"]
     cols = [c for c in CV_COLUMNS if c in s]
     timed = "train_seconds" in s
@@ -242,6 +239,14 @@ def cv_markdown(result: dict[str, Any]) -> str:
     if timed:
         cells.append(f"**{s['train_seconds']['mean']:.0f} ± {s['train_seconds']['std']:.0f}** (total {result['train_seconds_total']:.0f})")
     lines.append("| **mean ± std** | " + " | ".join(cells) + " |")
+    pooled = result.get("confusion_matrix")
+    if pooled:
+        from engine.report import table_lines
+
+        lines += ["", f"## Confusion matrix (tracks of the {len(result['folds'])} held-out folds; rows = true, "
+                  "columns = predicted)", ""]  # fmt: skip
+        lines += table_lines(["true \\ predicted", *pooled["labels"]],
+                             [[name, *row] for name, row in zip(pooled["labels"], pooled["counts"])])  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -26,7 +26,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine.plots import confusion_matrix_png
 from shards.outputs import prepare_output_dir, prepare_output_file
 from shards.resumable import atomic_write_text
 
@@ -344,6 +343,8 @@ def write_evaluation(
     atomic_write_text(paths["metrics"], json.dumps(jsonable(metrics), indent=2, allow_nan=False) + "\n")
     write_predictions_csv(paths["predictions"], predictions, label_names)
     if plots:
+        from engine.plots import confusion_matrix_png  # matplotlib (~1 s to import) only when drawing
+
         k = len(label_names)
         empty = [[0] * k for _ in range(k)]
         paths["confusion_matrix"] = confusion_matrix_png(

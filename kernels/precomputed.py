@@ -110,13 +110,13 @@ class PrecomputedFrontend(nn.Module):
         if not feats.is_floating_point():
             raise TypeError(f"precomputed features must be floating point, got {feats.dtype}")
         with torch.autocast(feats.device.type, enabled=False):
-            y = feats.float().transpose(1, 2)  # (B, D, frames)
+            x = feats.float()  # (B, frames, D)
+            if self.norm_kind == "stats":  # on the stored layout: one pass over contiguous memory, same values
+                x = (x - self.norm_mean.view(1, 1, -1)) / self.norm_std.view(1, 1, -1)
+            y = x.transpose(1, 2)  # (B, D, frames), a view
             if self.bn is not None:
                 y = self.bn(y)
-            y = y.unsqueeze(1)  # (B, 1, D, frames)
-            if self.norm_kind == "stats":
-                y = (y - self.norm_mean) / self.norm_std
-            return y
+            return y.unsqueeze(1)  # (B, 1, D, frames)
 
 
 def sequence_augment_config(cfg: AugmentConfig) -> AugmentConfig:
