@@ -110,6 +110,7 @@ def test_train_init_from_carries_the_rows_through_run_init_label_map(pretrained_
         "data.crops_per_track=1",
         "optim.epochs=1", "optim.max_steps_per_epoch=1", "optim.schedule=none", "run.progress=false",
         "run.tensorboard=false",
+        "optim.cache_frozen_prefix=false", "optim.head_init=none",  # the recipe's cached prefix / probe head: not here
     ])  # fmt: skip
     with caplog.at_level(logging.INFO, logger="engine.checkpoint"):
         result = train(cfg)
