@@ -144,7 +144,8 @@ def fold_feature_store(cfg: TrainConfig, out_dir: Path) -> FeatureStore | None:
 
 def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = None) -> dict[str, Any]:
     """Train and evaluate one model per fold; returns ``{folds: [...], summary: {metric: {mean, std}},
-    train_seconds_total, confusion_matrix}`` (the last: :func:`pooled_confusion`, genre sets). Each fold's row has its test metrics (flat, :func:`flatten_metrics`), ``best_epoch``,
+    train_seconds_total, confusion_matrix}`` (the last: :func:`pooled_confusion`, genre sets). Each fold's row
+    has its test metrics (flat, :func:`flatten_metrics`), ``best_epoch``,
     ``parameters`` and ``train_seconds`` (wall seconds of ``train`` for that fold, validation included; a fold
     resumed after an interruption counts only the resumed part). std is the population std over folds."""
     k = check_folds(cfg, folds)
@@ -168,7 +169,8 @@ def cross_validate(cfg: TrainConfig, out_dir: str | Path, folds: int | None = No
         t0 = time.perf_counter()
         summary = train(fold_cfg, feature_cache=cache)
         train_seconds = time.perf_counter() - t0
-        # no PNGs a fold (a second of matplotlib each, against a fit of a fraction of one): one for all folds below
+        # no PNGs (a second of matplotlib each, against a fit of a fraction of one): the folds' confusion matrices
+        # are pooled into cv.json / cv.md below
         metrics = evaluate_best(cfg, summary["best_checkpoint"], cfg.data.train_split, fold_dir / "eval", fold, plots=False)
         row = {
             "fold": fold,

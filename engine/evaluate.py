@@ -89,8 +89,8 @@ def evaluate_checkpoint(
             process group of ``accelerate launch`` / ``torchrun``).
         fold: evaluate only the tracks of this k-fold fold (cross-validation); None: every track.
         progress: show a progress bar on the main process.
-        plots: also draw the report's PNG plots (``cv`` leaves them out of its folds and draws one
-            confusion matrix for all of them).
+        plots: also draw the report's PNG plots (``cv`` leaves them out of its folds: it pools their
+            confusion matrices into ``cv.json`` / ``cv.md``).
 
     Returns:
         The metrics dict (also written to metrics.json): ``segment`` / ``track`` (see

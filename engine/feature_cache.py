@@ -107,19 +107,19 @@ def prefix_modules(model: GenreModel) -> dict[str, nn.Module]:
     return {f"backbone.{name}": getattr(bb, name) for name in getattr(bb, "prefix_modules", ())}
 
 
-def moving_prefix_reason(model: GenreModel) -> str | None:
-    """Why the output of ``model``'s backbone prefix is not a fixed function of its input right now (a
-    trainable parameter, a BatchNorm in training mode, no prefix protocol), or None."""
+def moving_prefix_reason(model: GenreModel, norms: bool = True) -> str | None:
+    """Why the output of ``model``'s backbone prefix is not a fixed function of its input right now (no prefix
+    protocol, a trainable parameter, with ``norms`` a BatchNorm in training mode), or None."""
     modules = prefix_modules(model)
     if not modules:
         return f"the {model.cfg.arch} backbone has no frozen-prefix protocol (prefix_modules, prefix, after_prefix)"
     trainable = [f"{stem}.{n}" for stem, m in modules.items() for n, p in m.named_parameters() if p.requires_grad]
     if trainable:
         return f"prefix parameters are trainable ({', '.join(trainable[:4])}{', ...' if len(trainable) > 4 else ''})"
-    norms = [f"{stem}.{n}".rstrip(".") for stem, m in modules.items() for n, b in m.named_modules()
-             if isinstance(b, _NORMS) and b.training]  # fmt: skip
-    if norms:
-        return f"prefix BatchNorms normalise by batch statistics ({', '.join(norms[:4])})"
+    training = [f"{stem}.{n}".rstrip(".") for stem, m in modules.items() for n, b in m.named_modules()
+                if norms and isinstance(b, _NORMS) and b.training]  # fmt: skip
+    if training:
+        return f"prefix BatchNorms normalise by batch statistics ({', '.join(training[:4])})"
     return None
 
 
@@ -270,11 +270,10 @@ class PrefixCache(FeatureCache):
     (unfrozen, a BatchNorm back in training mode) raises RuntimeError at the next computation."""
 
     def __init__(self, model: GenreModel, store: FeatureStore | None = None, store_device: torch.device | str = "cpu") -> None:
-        if not prefix_modules(model):
-            raise NotCacheableError(moving_prefix_reason(model))
-        trainable = [n for stem, m in prefix_modules(model).items() for n, p in m.named_parameters() if p.requires_grad]
-        if trainable:
-            raise NotCacheableError(f"the backbone prefix cannot be cached: {moving_prefix_reason(model)}")
+        # the BatchNorms are checked at each computation: the freezer puts them in eval mode each epoch
+        reason = moving_prefix_reason(model, norms=False)
+        if reason:
+            raise NotCacheableError(f"the backbone prefix cannot be cached: {reason}")
         super().__init__(model, FeatureStore(None, store.memory if store is not None else {}), store_device)
 
     def _fingerprint(self, model: GenreModel) -> str:

@@ -18,7 +18,7 @@ Macro averages
 --------------
 A macro average over every class the model knows (scikit-learn's ``average="macro"`` with ``labels=`` all
 K classes, torchmetrics' ``average="macro"``) keeps a class that is absent from the truth but predicted a few
-times is kept with precision 0 and recall 0 (zero division -> 0), which drags
+times, with precision 0 and recall 0 (zero division -> 0), which drags
 the macro average down by a class the evaluation set does not contain. That is common in
 cross-dataset evaluation (a model with 10 genres on a set with 8). Here the **macro average is over the
 classes with support > 0** (present in the truth), like scikit-learn with ``labels=`` the present

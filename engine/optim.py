@@ -82,8 +82,9 @@ class Freezer:
     """Freeze the parameters under ``prefixes`` for the first ``epochs`` epochs (0: the whole run).
 
     ``norm_stats`` (``run.freeze_norm_stats``): every BatchNorm of the model keeps normalising by its running
-    statistics in training, and they stay as they are. Make it before the model is wrapped for DDP: a whole-run freeze takes effect at once (DDP then leaves those
-    parameters out), a temporary one at the first :meth:`apply`. Call :meth:`apply` after ``model.train()`` at
+    statistics in training, and they stay as they are. Make it before the model is wrapped for DDP: a whole-run
+    freeze takes effect at once (DDP then leaves those parameters out), a temporary one at the first
+    :meth:`apply`. Call :meth:`apply` after ``model.train()`` at
     the start of every epoch. Prefixes are checked here (:class:`ConfigError` naming the model's modules for
     one that matches nothing).
     """

@@ -248,9 +248,9 @@ class CropStream(SplitStream):
         c = item % k
         lo, hi = c * span // k, (c + 1) * span // k
         start = lo + _hash(self.seed, self.epoch, item) % (hi - lo) if hi > lo else lo
-        if self.grid_hop:
-            grid = window_starts(n, crop, hop=self.grid_hop)  # ascending, grid[0] = 0
-            start = int(grid[bisect.bisect_right(grid, start) - 1]) if n > crop else 0
+        if self.grid_hop:  # a track no longer than the crop has one window, at 0
+            grid = window_starts(n, crop, hop=self.grid_hop) if n > crop else [0]  # ascending, grid[0] = 0
+            start = int(grid[bisect.bisect_right(grid, start) - 1])
         return start
 
     def _read_batches(self, b0: int, b1: int, skip: int = 0) -> Iterator[Batch]:

@@ -10,7 +10,7 @@ approximate a convex problem that L-BFGS solves exactly in seconds. :func:`fit_e
 2. compute the pooled features of every *evaluation window* of the training tracks once
    (:func:`engine.train.pooled_fit.pooled_training_set`: the windows, window length and hop that validation and ``evaluate`` score,
    pooled by the backbone's own ``pooled``), through a :class:`~engine.feature_cache.FeatureCache`
-   (``cv`` shares one directory across its folds, so each clip's front end runs once);
+   (``cv`` gives every fold one :class:`~engine.feature_cache.FeatureStore`, so each clip's front end runs once);
 3. fit scikit-learn's L2 logistic regression (:mod:`engine.linear_fit`; multinomial, or one-vs-rest on a
    multi-label set) with ``optim.solver_c``, or C chosen by inner cross-validation over
    ``np.logspace(-4, 4, optim.solver_cs)``: the inner folds are the shard set's own folds of the training
@@ -91,7 +91,7 @@ def fit_exact(cfg: TrainConfig, feature_cache: str | Path | FeatureStore | None 
     fit = solve(cfg, train_set, weight, len(shards.labels))
     fit.load_into(classifier, norm)
     fit_seconds = time.perf_counter() - t0
-    valid_net = CachedFrontend(model, FeatureCache(model, feature_cache))  # cv: the valid split's features once
+    valid_net = CachedFrontend(model, cache)  # the valid windows keyed by content; cv: computed once for all folds
     metrics, extra = evaluate_epoch(valid_net, data.valid_loader, accelerator, shards.labels, weight,
                                     cfg.run.precision, cfg.eval.track_aggregate, task)  # fmt: skip
     row = {"epoch": 0, "step": fit.n_iter, **training_figures(fit, train_set), **metrics, "solver": SOLVER,
