@@ -167,6 +167,9 @@ class TrainConfig:
             raise ConfigError("run.resume needs run.out_dir: the run directory to continue")
         if self.optim.cache_frozen_prefix:
             self.check_prefix_cache()
+        if self.optim.head_init != "none" and self.optim.solver != "gradient":
+            raise ConfigError(f"optim.head_init={self.optim.head_init} starts a gradient run from an exact head; "
+                              f"optim.solver={self.optim.solver} already fits the head exactly: leave head_init at none")
 
     def check_prefix_cache(self) -> None:
         """ConfigError naming each setting that makes ``optim.cache_frozen_prefix`` serve stale prefix outputs

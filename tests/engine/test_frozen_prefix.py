@@ -129,3 +129,9 @@ def test_a_run_with_head_init_resumes_after_its_saved_epochs_without_refitting(s
     assert [r["epoch"] for r in second["history"]] == [0, 1, 2]
     assert second["history"][:2] == first["history"]  # epoch 0 (the fit) and epoch 1 read back, not redone
     assert [r.get("head_init") for r in second["history"]] == ["lbfgs", None, None]
+
+
+def test_head_init_with_the_exact_solver_is_refused_not_ignored():
+    with pytest.raises(ConfigError, match="optim.solver=lbfgs already fits the head exactly: leave head_init at none"):
+        load_config(TrainConfig, str(Path(__file__).resolve().parents[2] / "configs" / "stats.yaml"),
+                    ["data.shards=x", "optim.head_init=lbfgs"])
